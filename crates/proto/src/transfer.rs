@@ -1,0 +1,298 @@
+//! The sender's and the receiver's bookkeeping for one file: which chunks go, which are in flight, which are
+//! verified, and which frames are legal when. Drivers move the bytes; these types decide.
+
+use std::collections::{BTreeSet, VecDeque};
+
+use crate::frame::Frame;
+use crate::plan::{ChunkMap, ChunkPlan};
+
+/// The peer broke the transfer protocol.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ProtocolViolation {
+    #[error("unexpected {0} frame")]
+    Unexpected(&'static str),
+    #[error("chunk {0} does not exist in this file")]
+    NoSuchChunk(u32),
+    #[error("chunk {index} carries more than its {len} bytes")]
+    Overrun { index: u32, len: u64 },
+    #[error("chunk {index} ended after {got} of its {len} bytes")]
+    ShortChunk { index: u32, got: u64, len: u64 },
+    #[error("acknowledgement for chunk {0}, which is not in flight")]
+    NotInFlight(u32),
+}
+
+/// What the sender does with a chunk on its first, in-order pass over the file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FirstPass {
+    /// The receiver lacks it: read, hash and send.
+    Send,
+    /// The receiver verified it earlier with this SHA-256: read and hash only (for the whole-file hash), and
+    /// check that the source still has the same bytes.
+    Check { expected: [u8; 32] },
+}
+
+/// The source no longer matches what the receiver verified in an earlier run.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("chunk {index} of the source changed since the receiver verified it")]
+pub struct SourceChanged {
+    pub index: u32,
+}
+
+/// Sender-side state of one transfer.
+#[derive(Debug)]
+pub struct OutgoingTransfer {
+    plan: ChunkPlan,
+    /// Verified by the receiver, in an earlier run or in this one.
+    verified: ChunkMap,
+    /// Hashes the receiver reported for chunks verified before this run.
+    earlier: Vec<Option<[u8; 32]>>,
+    in_flight: BTreeSet<u32>,
+    to_resend: VecDeque<u32>,
+    /// Chunks put on the wire in this run, re-sends included.
+    pub chunks_sent: u32,
+    /// Chunks re-sent after failing verification.
+    pub chunks_resent: u32,
+    /// Chunks the receiver already had when this run started.
+    pub chunks_skipped: u32,
+}
+
+impl OutgoingTransfer {
+    /// Starts from the receiver's list of verified chunks (`Accept` + `VerifiedList`).
+    pub fn new(plan: ChunkPlan, receiver_verified: &[(u32, [u8; 32])]) -> Result<Self, ProtocolViolation> {
+        let n = plan.chunk_count();
+        let mut verified = ChunkMap::new(n);
+        let mut earlier = vec![None; n as usize];
+        for &(index, sha) in receiver_verified {
+            if !plan.contains(index) {
+                return Err(ProtocolViolation::NoSuchChunk(index));
+            }
+            verified.insert(index);
+            earlier[index as usize] = Some(sha);
+        }
+        let chunks_skipped = verified.count();
+        Ok(Self {
+            plan,
+            verified,
+            earlier,
+            in_flight: BTreeSet::new(),
+            to_resend: VecDeque::new(),
+            chunks_sent: 0,
+            chunks_resent: 0,
+            chunks_skipped,
+        })
+    }
+
+    pub fn plan(&self) -> &ChunkPlan {
+        &self.plan
+    }
+
+    /// The first pass over the file, in order: what to do with each chunk.
+    pub fn first_pass(&self) -> Vec<FirstPass> {
+        self.earlier
+            .iter()
+            .map(|e| match e {
+                Some(expected) => FirstPass::Check { expected: *expected },
+                None => FirstPass::Send,
+            })
+            .collect()
+    }
+
+    /// A chunk the receiver had verified was read again; its hash must be unchanged.
+    pub fn check_skipped(&self, index: u32, actual: [u8; 32]) -> Result<(), SourceChanged> {
+        match self.earlier.get(index as usize) {
+            Some(Some(expected)) if *expected == actual => Ok(()),
+            _ => Err(SourceChanged { index }),
+        }
+    }
+
+    /// Chunk `index` was put on the wire completely.
+    pub fn on_sent(&mut self, index: u32) {
+        self.in_flight.insert(index);
+        self.chunks_sent += 1;
+    }
+
+    /// The receiver's verdict on chunk `index`.
+    pub fn on_chunk_done(&mut self, index: u32, ok: bool) -> Result<(), ProtocolViolation> {
+        if !self.in_flight.remove(&index) {
+            return Err(ProtocolViolation::NotInFlight(index));
+        }
+        if ok {
+            self.verified.insert(index);
+        } else {
+            self.to_resend.push_back(index);
+            self.chunks_resent += 1;
+        }
+        Ok(())
+    }
+
+    /// The next chunk to send again after it failed verification.
+    pub fn next_resend(&mut self) -> Option<u32> {
+        self.to_resend.pop_front()
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// File bytes the receiver has verified.
+    pub fn bytes_verified(&self) -> u64 {
+        (0..self.plan.chunk_count()).filter(|&i| self.verified.get(i)).map(|i| self.plan.len(i)).sum()
+    }
+
+    pub fn verified(&self) -> &ChunkMap {
+        &self.verified
+    }
+
+    /// Every chunk verified by the receiver.
+    pub fn is_complete(&self) -> bool {
+        self.verified.is_complete()
+    }
+}
+
+/// What a frame means to the receiver, once checked against the transfer state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Incoming {
+    /// Chunk `index` starts at file offset `offset`.
+    ChunkBegin { index: u32, offset: u64 },
+    /// A piece of the current chunk, to be written at `offset` after decompressing to `raw_len` bytes.
+    Data { offset: u64, raw_len: u32 },
+    /// The current chunk is complete; verify it against `expected`.
+    ChunkEnd { index: u32, expected: [u8; 32] },
+    /// The sender is done; once every chunk verified, check the whole file against `expected`.
+    FileEnd { expected: [u8; 32] },
+    /// Nothing to do.
+    Nothing,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Current {
+    index: u32,
+    received: u64,
+}
+
+/// Receiver-side state of one transfer.
+#[derive(Debug)]
+pub struct IncomingTransfer {
+    plan: ChunkPlan,
+    verified: ChunkMap,
+    current: Option<Current>,
+    /// Chunks that failed verification in this run.
+    pub chunks_failed: u32,
+    /// Chunks verified in this run.
+    pub chunks_verified_now: u32,
+}
+
+impl IncomingTransfer {
+    pub fn new(plan: ChunkPlan, verified: ChunkMap) -> Self {
+        Self { plan, verified, current: None, chunks_failed: 0, chunks_verified_now: 0 }
+    }
+
+    pub fn plan(&self) -> &ChunkPlan {
+        &self.plan
+    }
+
+    pub fn verified(&self) -> &ChunkMap {
+        &self.verified
+    }
+
+    /// Checks a data-path frame from the sender against the state and says what to do with it.
+    pub fn on_frame(&mut self, frame: &Frame<'_>) -> Result<Incoming, ProtocolViolation> {
+        match (*frame, self.current) {
+            (Frame::ChunkBegin { index }, None) => {
+                if !self.plan.contains(index) {
+                    return Err(ProtocolViolation::NoSuchChunk(index));
+                }
+                self.current = Some(Current { index, received: 0 });
+                Ok(Incoming::ChunkBegin { index, offset: self.plan.offset(index) })
+            }
+            (Frame::Data { raw_len, .. }, Some(mut cur)) => {
+                let len = self.plan.len(cur.index);
+                if cur.received + u64::from(raw_len) > len {
+                    return Err(ProtocolViolation::Overrun { index: cur.index, len });
+                }
+                let offset = self.plan.offset(cur.index) + cur.received;
+                cur.received += u64::from(raw_len);
+                self.current = Some(cur);
+                Ok(Incoming::Data { offset, raw_len })
+            }
+            (Frame::ChunkEnd { sha256 }, Some(cur)) => {
+                let len = self.plan.len(cur.index);
+                if cur.received != len {
+                    return Err(ProtocolViolation::ShortChunk { index: cur.index, got: cur.received, len });
+                }
+                self.current = None;
+                Ok(Incoming::ChunkEnd { index: cur.index, expected: sha256 })
+            }
+            (Frame::FileEnd { sha256 }, None) => Ok(Incoming::FileEnd { expected: sha256 }),
+            (Frame::KeepAlive, _) => Ok(Incoming::Nothing),
+            (f, _) => Err(ProtocolViolation::Unexpected(f.name())),
+        }
+    }
+
+    /// The driver's verdict on a chunk after hashing (and, when ok, making it durable).
+    pub fn chunk_result(&mut self, index: u32, ok: bool) {
+        if ok {
+            if self.verified.insert(index) {
+                self.chunks_verified_now += 1;
+            }
+        } else {
+            self.chunks_failed += 1;
+        }
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.verified.is_complete()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1024 * 1024;
+
+    #[test]
+    fn sender_skips_verified_and_resends_failed() {
+        let plan = ChunkPlan::new(12 * MIB, 5 * MIB).unwrap();
+        let mut t = OutgoingTransfer::new(plan, &[(1, [7; 32])]).unwrap();
+        assert_eq!(t.first_pass(), vec![FirstPass::Send, FirstPass::Check { expected: [7; 32] }, FirstPass::Send]);
+        assert!(t.check_skipped(1, [7; 32]).is_ok());
+        assert_eq!(t.check_skipped(1, [8; 32]), Err(SourceChanged { index: 1 }));
+        t.on_sent(0);
+        t.on_sent(2);
+        assert_eq!(t.on_chunk_done(1, true), Err(ProtocolViolation::NotInFlight(1)));
+        t.on_chunk_done(0, true).unwrap();
+        t.on_chunk_done(2, false).unwrap();
+        assert_eq!(t.next_resend(), Some(2));
+        assert!(!t.is_complete());
+        t.on_sent(2);
+        t.on_chunk_done(2, true).unwrap();
+        assert!(t.is_complete());
+        assert_eq!((t.chunks_sent, t.chunks_resent, t.chunks_skipped), (3, 1, 1));
+        assert_eq!(t.bytes_verified(), 12 * MIB);
+    }
+
+    #[test]
+    fn receiver_enforces_chunk_framing() {
+        let plan = ChunkPlan::new(6 * MIB, 5 * MIB).unwrap();
+        let mut r = IncomingTransfer::new(plan, ChunkMap::new(2));
+        let piece = vec![0u8; MIB as usize];
+        assert!(r.on_frame(&Frame::Data { raw_len: 1, compressed: false, payload: &piece[..1] }).is_err());
+        assert_eq!(r.on_frame(&Frame::ChunkBegin { index: 1 }).unwrap(), Incoming::ChunkBegin { index: 1, offset: 5 * MIB });
+        assert!(r.on_frame(&Frame::ChunkBegin { index: 0 }).is_err());
+        assert_eq!(
+            r.on_frame(&Frame::Data { raw_len: MIB as u32, compressed: false, payload: &piece }).unwrap(),
+            Incoming::Data { offset: 5 * MIB, raw_len: MIB as u32 }
+        );
+        assert!(matches!(
+            r.on_frame(&Frame::Data { raw_len: 1, compressed: false, payload: &piece[..1] }),
+            Err(ProtocolViolation::Overrun { .. })
+        ));
+        assert_eq!(r.on_frame(&Frame::ChunkEnd { sha256: [1; 32] }).unwrap(), Incoming::ChunkEnd { index: 1, expected: [1; 32] });
+        r.chunk_result(1, true);
+        assert!(matches!(r.on_frame(&Frame::ChunkBegin { index: 2 }), Err(ProtocolViolation::NoSuchChunk(2))));
+        r.on_frame(&Frame::ChunkBegin { index: 0 }).unwrap();
+        assert!(matches!(r.on_frame(&Frame::ChunkEnd { sha256: [0; 32] }), Err(ProtocolViolation::ShortChunk { .. })));
+    }
+}

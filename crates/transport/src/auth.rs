@@ -1,0 +1,157 @@
+//! Version negotiation and mutual authentication by the shared secret (SPAKE2 + key confirmation bound to the
+//! TLS session).
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use spake2::{Ed25519Group, Identity as PakeIdentity, Password, Spake2};
+use tokio::io::{AsyncRead, AsyncWrite};
+use trackshift_proto::frame::PROTOCOL_VERSION;
+use trackshift_proto::{ErrorCode, Frame};
+
+use crate::framed::{read_raw, write_frame};
+use crate::TransportError;
+
+/// Our software name and version, sent in `Hello`.
+pub const SOFTWARE: &str = concat!("trackshift ", env!("CARGO_PKG_VERSION"));
+/// TLS exporter label (RFC 8446 §7.5): binds the secret's proof to this TLS session.
+pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-trackshift-auth-v1";
+/// SPAKE2 identity shared by both sides (symmetric mode: both ends know the same secret).
+const PAKE_IDENTITY: &[u8] = b"trackshift control channel v1";
+
+type HmacSha256 = Hmac<Sha256>;
+
+fn confirmation(key: &[u8], role: &[u8], exporter: &[u8; 32]) -> [u8; 32] {
+    // HMAC accepts keys of any length; the SPAKE2 key is 32 bytes.
+    let mut mac = <HmacSha256 as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+    mac.update(role);
+    mac.update(exporter);
+    mac.finalize().into_bytes().into()
+}
+
+fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn expect<'b, S: AsyncRead + Unpin>(s: &mut S, buf: &'b mut Vec<u8>) -> Result<Frame<'b>, TransportError> {
+    let t = read_raw(s, buf).await?;
+    let f = Frame::decode(t, buf)?;
+    if let Frame::Error { code, message } = f {
+        return Err(match code {
+            ErrorCode::Auth => TransportError::SecretRefused,
+            _ => TransportError::Peer { code, message: message.to_owned() },
+        });
+    }
+    Ok(f)
+}
+
+fn unexpected(f: &Frame<'_>, wanted: &str) -> TransportError {
+    TransportError::Protocol(format!("expected {wanted}, got {}", f.name()))
+}
+
+/// Sender side: Hello, SPAKE2, confirmations. `exporter` is the TLS exporter value for `EXPORTER_LABEL`.
+pub async fn authenticate_client<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    exporter: [u8; 32],
+    secret: &str,
+) -> Result<(), TransportError> {
+    let mut buf = Vec::new();
+    write_frame(s, &Frame::Hello { min_version: PROTOCOL_VERSION, max_version: PROTOCOL_VERSION, software: SOFTWARE })
+        .await?;
+    match expect(s, &mut buf).await? {
+        Frame::Hello { .. } => {}
+        f => return Err(unexpected(&f, "Hello")),
+    }
+    let (pake, outbound) =
+        Spake2::<Ed25519Group>::start_symmetric(&Password::new(secret.as_bytes()), &PakeIdentity::new(PAKE_IDENTITY));
+    write_frame(s, &Frame::Pake { message: &outbound }).await?;
+    let key = match expect(s, &mut buf).await? {
+        Frame::Pake { message } => pake.finish(message).map_err(|_| TransportError::PeerNotAuthentic)?,
+        f => return Err(unexpected(&f, "Pake")),
+    };
+    write_frame(s, &Frame::Confirm { mac: confirmation(&key, b"sender", &exporter) }).await?;
+    match expect(s, &mut buf).await? {
+        Frame::Confirm { mac } if constant_time_eq(&mac, &confirmation(&key, b"receiver", &exporter)) => Ok(()),
+        Frame::Confirm { .. } => Err(TransportError::PeerNotAuthentic),
+        f => Err(unexpected(&f, "Confirm")),
+    }
+}
+
+/// Receiver side. On a wrong secret it tells the sender (an `Error` frame with code `Auth`) and fails.
+pub async fn authenticate_server<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    exporter: [u8; 32],
+    secret: &str,
+) -> Result<(), TransportError> {
+    let mut buf = Vec::new();
+    match expect(s, &mut buf).await? {
+        Frame::Hello { min_version, max_version, .. } => {
+            if !(min_version..=max_version).contains(&PROTOCOL_VERSION) {
+                let message = format!(
+                    "receiver speaks protocol version {PROTOCOL_VERSION}, sender {min_version}..={max_version}; upgrade the older side"
+                );
+                write_frame(s, &Frame::Error { code: ErrorCode::Version, message: &message }).await?;
+                return Err(TransportError::Version { ours: PROTOCOL_VERSION, min: min_version, max: max_version });
+            }
+        }
+        f => return Err(unexpected(&f, "Hello")),
+    }
+    write_frame(s, &Frame::Hello { min_version: PROTOCOL_VERSION, max_version: PROTOCOL_VERSION, software: SOFTWARE })
+        .await?;
+    let (pake, outbound) =
+        Spake2::<Ed25519Group>::start_symmetric(&Password::new(secret.as_bytes()), &PakeIdentity::new(PAKE_IDENTITY));
+    let key = match expect(s, &mut buf).await? {
+        Frame::Pake { message } => pake.finish(message).map_err(|_| TransportError::PeerNotAuthentic)?,
+        f => return Err(unexpected(&f, "Pake")),
+    };
+    write_frame(s, &Frame::Pake { message: &outbound }).await?;
+    match expect(s, &mut buf).await? {
+        Frame::Confirm { mac } if constant_time_eq(&mac, &confirmation(&key, b"sender", &exporter)) => {}
+        Frame::Confirm { .. } => {
+            write_frame(s, &Frame::Error { code: ErrorCode::Auth, message: "wrong secret" }).await?;
+            return Err(TransportError::PeerNotAuthentic);
+        }
+        f => return Err(unexpected(&f, "Confirm")),
+    }
+    write_frame(s, &Frame::Confirm { mac: confirmation(&key, b"receiver", &exporter) }).await
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    async fn run(client_secret: &str, server_secret: &str, client_ekm: [u8; 32]) -> (Result<(), TransportError>, Result<(), TransportError>) {
+        let (mut a, mut b) = tokio::io::duplex(4096);
+        let ss = server_secret.to_owned();
+        let server = tokio::spawn(async move { authenticate_server(&mut b, [1; 32], &ss).await });
+        let c = authenticate_client(&mut a, client_ekm, client_secret).await;
+        (c, server.await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn same_secret_authenticates_both_ways() {
+        let (c, s) = run("hunter2", "hunter2", [1; 32]).await;
+        c.unwrap();
+        s.unwrap();
+    }
+
+    #[tokio::test]
+    async fn wrong_secret_is_refused() {
+        let (c, s) = run("wrong", "hunter2", [1; 32]).await;
+        assert!(matches!(c, Err(TransportError::SecretRefused)), "{c:?}");
+        assert!(matches!(s, Err(TransportError::PeerNotAuthentic)));
+    }
+
+    #[tokio::test]
+    async fn a_relayed_handshake_from_another_tls_session_fails() {
+        // Same secret, but the two ends see different TLS exporter values (a man in the middle).
+        let (c, s) = run("hunter2", "hunter2", [2; 32]).await;
+        assert!(c.is_err());
+        assert!(s.is_err());
+    }
+}
+
+/// The TLS exporter value both ends feed into the key confirmation.
+pub fn exporter_of<D>(conn: &rustls::ConnectionCommon<D>) -> Result<[u8; 32], TransportError> {
+    Ok(conn.export_keying_material([0u8; 32], EXPORTER_LABEL, None)?)
+}

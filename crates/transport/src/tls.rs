@@ -1,0 +1,157 @@
+//! TLS 1.3 configurations: the receiver's server side and the sender's pinning client side.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use tokio::net::TcpStream;
+
+use crate::identity::fingerprint_of;
+use crate::{Identity, TransportError};
+
+pub use tokio_rustls::TlsAcceptor;
+
+/// The sender's TLS stream.
+pub type ClientTls = tokio_rustls::client::TlsStream<TcpStream>;
+/// The receiver's TLS stream.
+pub type ServerTls = tokio_rustls::server::TlsStream<TcpStream>;
+
+/// How long a TCP connect plus TLS handshake may take before the attempt counts as failed.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Socket buffers large enough for a long fat pipe (the kernel caps them at net.core.*mem_max).
+const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The receiver's TLS configuration: TLS 1.3 only, its own identity, no client certificates (the shared secret
+/// authenticates the sender).
+pub fn server_config(identity: &Identity) -> Result<Arc<rustls::ServerConfig>, TransportError> {
+    let config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(vec![identity.cert.clone()], identity.key.clone_key())?;
+    Ok(Arc::new(config))
+}
+
+/// Checks the receiver's certificate against a pinned fingerprint, and records what it saw.
+#[derive(Debug)]
+struct PinningVerifier {
+    expected: Option<String>,
+    seen: Arc<Mutex<Option<String>>>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinningVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let fp = fingerprint_of(end_entity);
+        if let Ok(mut seen) = self.seen.lock() {
+            *seen = Some(fp.clone());
+        }
+        match &self.expected {
+            Some(expected) if *expected != fp => {
+                Err(rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure))
+            }
+            // Pinned and equal, or first contact (trust on first use; the caller records it).
+            _ => Ok(ServerCertVerified::assertion()),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        // The handshake signature proves the receiver holds the certificate's key: pinning means nothing without it.
+        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The sender's TLS configuration pinned to `expected` (a canonical fingerprint), or open to any certificate on
+/// first contact. `seen` receives the fingerprint the receiver presented.
+pub fn client_config(
+    expected: Option<String>,
+    seen: Arc<Mutex<Option<String>>>,
+) -> Result<Arc<rustls::ClientConfig>, TransportError> {
+    let provider = provider();
+    let verifier = PinningVerifier { expected, seen, provider: provider.clone() };
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+fn tune(stream: &TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let sock = socket2_ref(stream);
+    let _ = sock.set_send_buffer_size(SOCKET_BUFFER);
+    let _ = sock.set_recv_buffer_size(SOCKET_BUFFER);
+}
+
+fn socket2_ref(stream: &TcpStream) -> socket2::SockRef<'_> {
+    socket2::SockRef::from(stream)
+}
+
+/// Tunes an accepted connection like an outgoing one.
+pub fn tune_accepted(stream: &TcpStream) {
+    tune(stream);
+}
+
+/// Connects to `addr` and runs the TLS handshake. On a pinning failure the error names both fingerprints.
+pub async fn connect(
+    addr: &str,
+    expected: Option<String>,
+    known_file: &str,
+) -> Result<(ClientTls, String), TransportError> {
+    let seen = Arc::new(Mutex::new(None));
+    let config = client_config(expected.clone(), seen.clone())?;
+    let attempt = async {
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|source| TransportError::Unreachable { addr: addr.to_owned(), source })?;
+        tune(&tcp);
+        let name = ServerName::try_from("trackshift").map_err(|e| TransportError::Protocol(e.to_string()))?;
+        tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.map_err(|e| {
+            let seen = seen.lock().ok().and_then(|s| s.clone());
+            match (seen, &expected) {
+                (Some(seen), Some(exp)) if seen != *exp => TransportError::FingerprintMismatch {
+                    to: addr.to_owned(),
+                    seen,
+                    expected: exp.clone(),
+                    known_file: known_file.to_owned(),
+                },
+                _ => TransportError::io(format!("TLS handshake with {addr}"), e),
+            }
+        })
+    };
+    let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, attempt).await.map_err(|_| TransportError::Timeout("connecting"))??;
+    let fp = seen.lock().ok().and_then(|s| s.clone()).ok_or_else(|| TransportError::Protocol("no certificate".into()))?;
+    Ok((tls, fp))
+}
