@@ -90,16 +90,26 @@ impl std::fmt::Debug for PieceDecompressor {
 
 impl PieceDecompressor {
     pub fn new() -> Result<Self, CompressError> {
-        Ok(Self { ctx: zstd::bulk::Decompressor::new()? })
+        Ok(Self {
+            ctx: zstd::bulk::Decompressor::new()?,
+        })
     }
 
     /// Decompresses `payload` into `out` (cleared first), which must come to exactly `raw_len` bytes
     /// (at most `DATA_PIECE`, checked by the frame decoder), so allocation stays bounded.
-    pub fn decompress(&mut self, payload: &[u8], raw_len: usize, out: &mut Vec<u8>) -> Result<(), CompressError> {
+    pub fn decompress(
+        &mut self,
+        payload: &[u8],
+        raw_len: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<(), CompressError> {
         out.clear();
         out.reserve(raw_len);
         // A frame claiming more than raw_len output fails here instead of allocating.
-        let n = self.ctx.decompress_to_buffer(payload, out).map_err(|_| CompressError::BadPiece { expected: raw_len })?;
+        let n = self
+            .ctx
+            .decompress_to_buffer(payload, out)
+            .map_err(|_| CompressError::BadPiece { expected: raw_len })?;
         if n != raw_len {
             return Err(CompressError::BadPiece { expected: raw_len });
         }

@@ -97,7 +97,11 @@ pub struct Offer<'a> {
 #[non_exhaustive]
 pub enum Frame<'a> {
     /// First frame each way: protocol versions spoken.
-    Hello { min_version: u16, max_version: u16, software: &'a str },
+    Hello {
+        min_version: u16,
+        max_version: u16,
+        software: &'a str,
+    },
     /// One SPAKE2 message.
     Pake { message: &'a [u8] },
     /// Key confirmation: HMAC of the TLS exporter value under the PAKE key.
@@ -111,7 +115,11 @@ pub enum Frame<'a> {
     /// Sender → receiver: the bytes of chunk `index` follow in `Data` frames.
     ChunkBegin { index: u32 },
     /// A piece of the current chunk: `raw_len` file bytes, zstd-compressed when `compressed`.
-    Data { raw_len: u32, compressed: bool, payload: &'a [u8] },
+    Data {
+        raw_len: u32,
+        compressed: bool,
+        payload: &'a [u8],
+    },
     /// End of the current chunk and the SHA-256 of its original bytes.
     ChunkEnd { sha256: [u8; 32] },
     /// Receiver → sender: chunk `index` verified and durable (`ok`), or failed verification and must be re-sent.
@@ -119,7 +127,11 @@ pub enum Frame<'a> {
     /// Sender → receiver: every chunk was sent; the SHA-256 of the whole file.
     FileEnd { sha256: [u8; 32] },
     /// Receiver → sender: the whole file verified and is in place under `final_name` (or not, `ok` false).
-    FileDone { ok: bool, sha256: [u8; 32], final_name: &'a str },
+    FileDone {
+        ok: bool,
+        sha256: [u8; 32],
+        final_name: &'a str,
+    },
     /// Either way: the transfer cannot go on.
     Error { code: ErrorCode, message: &'a str },
     /// Nothing; keeps an idle connection's NAT bindings and liveness checks fresh.
@@ -209,7 +221,11 @@ impl<'a> Frame<'a> {
         let start = out.len();
         out.extend_from_slice(&[0; HEADER_LEN]);
         let t = match self {
-            Frame::Hello { min_version, max_version, software } => {
+            Frame::Hello {
+                min_version,
+                max_version,
+                software,
+            } => {
                 out.extend_from_slice(&MAGIC);
                 out.extend_from_slice(&min_version.to_be_bytes());
                 out.extend_from_slice(&max_version.to_be_bytes());
@@ -244,7 +260,11 @@ impl<'a> Frame<'a> {
                 out.extend_from_slice(&index.to_be_bytes());
                 ty::CHUNK_BEGIN
             }
-            Frame::Data { raw_len, compressed, payload } => {
+            Frame::Data {
+                raw_len,
+                compressed,
+                payload,
+            } => {
                 out.extend_from_slice(&raw_len.to_be_bytes());
                 out.push(u8::from(*compressed));
                 out.extend_from_slice(payload);
@@ -263,7 +283,11 @@ impl<'a> Frame<'a> {
                 out.extend_from_slice(sha256);
                 ty::FILE_END
             }
-            Frame::FileDone { ok, sha256, final_name } => {
+            Frame::FileDone {
+                ok,
+                sha256,
+                final_name,
+            } => {
                 out.push(u8::from(*ok));
                 out.extend_from_slice(sha256);
                 put_text(out, final_name);
@@ -283,18 +307,27 @@ impl<'a> Frame<'a> {
 
     /// Decodes the body of a frame of type `frame_type`.
     pub fn decode(frame_type: u8, body: &'a [u8]) -> Result<Self, WireError> {
-        let mut r = Reader { buf: body, what: "frame" };
+        let mut r = Reader {
+            buf: body,
+            what: "frame",
+        };
         let frame = match frame_type {
             ty::HELLO => {
                 r.what = "Hello";
                 if r.array::<4>()? != MAGIC {
                     return Err(WireError::Malformed("Hello: not a TrackShift peer"));
                 }
-                Frame::Hello { min_version: r.u16()?, max_version: r.u16()?, software: r.text()? }
+                Frame::Hello {
+                    min_version: r.u16()?,
+                    max_version: r.u16()?,
+                    software: r.text()?,
+                }
             }
             ty::PAKE => {
                 r.what = "Pake";
-                Frame::Pake { message: r.bytes()? }
+                Frame::Pake {
+                    message: r.bytes()?,
+                }
             }
             ty::CONFIRM => {
                 r.what = "Confirm";
@@ -312,12 +345,16 @@ impl<'a> Frame<'a> {
             }
             ty::ACCEPT => {
                 r.what = "Accept";
-                Frame::Accept { verified_count: r.u32()? }
+                Frame::Accept {
+                    verified_count: r.u32()?,
+                }
             }
             ty::VERIFIED_LIST => {
                 r.what = "VerifiedList";
                 let entries = r.rest();
-                if entries.len() % VERIFIED_ENTRY_LEN != 0 || entries.len() / VERIFIED_ENTRY_LEN > MAX_VERIFIED_PER_FRAME {
+                if entries.len() % VERIFIED_ENTRY_LEN != 0
+                    || entries.len() / VERIFIED_ENTRY_LEN > MAX_VERIFIED_PER_FRAME
+                {
                     return Err(WireError::Malformed("VerifiedList length"));
                 }
                 Frame::VerifiedList { entries }
@@ -331,10 +368,16 @@ impl<'a> Frame<'a> {
                 let raw_len = r.u32()?;
                 let compressed = r.flag()?;
                 let payload = r.rest();
-                if raw_len as usize > DATA_PIECE || (!compressed && payload.len() != raw_len as usize) {
+                if raw_len as usize > DATA_PIECE
+                    || (!compressed && payload.len() != raw_len as usize)
+                {
                     return Err(WireError::Malformed("Data lengths"));
                 }
-                Frame::Data { raw_len, compressed, payload }
+                Frame::Data {
+                    raw_len,
+                    compressed,
+                    payload,
+                }
             }
             ty::CHUNK_END => {
                 r.what = "ChunkEnd";
@@ -342,7 +385,10 @@ impl<'a> Frame<'a> {
             }
             ty::CHUNK_DONE => {
                 r.what = "ChunkDone";
-                Frame::ChunkDone { index: r.u32()?, ok: r.flag()? }
+                Frame::ChunkDone {
+                    index: r.u32()?,
+                    ok: r.flag()?,
+                }
             }
             ty::FILE_END => {
                 r.what = "FileEnd";
@@ -350,11 +396,18 @@ impl<'a> Frame<'a> {
             }
             ty::FILE_DONE => {
                 r.what = "FileDone";
-                Frame::FileDone { ok: r.flag()?, sha256: r.array()?, final_name: r.text()? }
+                Frame::FileDone {
+                    ok: r.flag()?,
+                    sha256: r.array()?,
+                    final_name: r.text()?,
+                }
             }
             ty::ERROR => {
                 r.what = "Error";
-                Frame::Error { code: ErrorCode::from_u8(r.u8()?), message: r.text()? }
+                Frame::Error {
+                    code: ErrorCode::from_u8(r.u8()?),
+                    message: r.text()?,
+                }
             }
             ty::KEEPALIVE => Frame::KeepAlive,
             other => return Err(WireError::UnknownType(other)),
@@ -492,20 +545,47 @@ mod tests {
         let id = SessionId([7; 16]);
         let entries = encode_verified_entries(&[(3, [9; 32]), (5, [1; 32])]);
         for f in [
-            Frame::Hello { min_version: 1, max_version: 2, software: "trackshift 0.1" },
-            Frame::Pake { message: &[1, 2, 3] },
+            Frame::Hello {
+                min_version: 1,
+                max_version: 2,
+                software: "trackshift 0.1",
+            },
+            Frame::Pake {
+                message: &[1, 2, 3],
+            },
             Frame::Confirm { mac: [4; 32] },
-            Frame::Offer(Offer { session_id: id, file_name: "a.bin", file_size: 99, chunk_size: 5 << 20, mtime_ns: -5 }),
+            Frame::Offer(Offer {
+                session_id: id,
+                file_name: "a.bin",
+                file_size: 99,
+                chunk_size: 5 << 20,
+                mtime_ns: -5,
+            }),
             Frame::Accept { verified_count: 2 },
             Frame::VerifiedList { entries: &entries },
             Frame::ChunkBegin { index: 4 },
-            Frame::Data { raw_len: 3, compressed: false, payload: b"abc" },
-            Frame::Data { raw_len: 100, compressed: true, payload: b"zz" },
+            Frame::Data {
+                raw_len: 3,
+                compressed: false,
+                payload: b"abc",
+            },
+            Frame::Data {
+                raw_len: 100,
+                compressed: true,
+                payload: b"zz",
+            },
             Frame::ChunkEnd { sha256: [2; 32] },
             Frame::ChunkDone { index: 9, ok: true },
             Frame::FileEnd { sha256: [3; 32] },
-            Frame::FileDone { ok: true, sha256: [5; 32], final_name: "a (1).bin" },
-            Frame::Error { code: ErrorCode::NoSpace, message: "disk full" },
+            Frame::FileDone {
+                ok: true,
+                sha256: [5; 32],
+                final_name: "a (1).bin",
+            },
+            Frame::Error {
+                code: ErrorCode::NoSpace,
+                message: "disk full",
+            },
             Frame::KeepAlive,
         ] {
             round_trip(&f);
@@ -517,14 +597,22 @@ mod tests {
     #[test]
     fn data_header_matches_encode() {
         let mut buf = Vec::new();
-        Frame::Data { raw_len: 3, compressed: false, payload: b"abc" }.encode(&mut buf);
+        Frame::Data {
+            raw_len: 3,
+            compressed: false,
+            payload: b"abc",
+        }
+        .encode(&mut buf);
         assert_eq!(&buf[..10], &data_header(3, false, 3));
     }
 
     #[test]
     fn oversized_and_empty_headers_are_refused() {
         assert_eq!(parse_header([0, 0, 0, 0, 1]), Err(WireError::Empty));
-        assert!(matches!(parse_header([0xff, 0xff, 0xff, 0xff, 1]), Err(WireError::TooLarge(_))));
+        assert!(matches!(
+            parse_header([0xff, 0xff, 0xff, 0xff, 1]),
+            Err(WireError::TooLarge(_))
+        ));
     }
 
     #[test]

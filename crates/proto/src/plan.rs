@@ -33,9 +33,15 @@ impl ChunkPlan {
         if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size) {
             return Err(PlanError::ChunkSize(chunk_size));
         }
-        let plan = Self { file_size, chunk_size };
+        let plan = Self {
+            file_size,
+            chunk_size,
+        };
         if plan.chunk_count_u64() > MAX_CHUNKS {
-            return Err(PlanError::TooManyChunks { size: file_size, chunk_size });
+            return Err(PlanError::TooManyChunks {
+                size: file_size,
+                chunk_size,
+            });
         }
         Ok(plan)
     }
@@ -86,7 +92,11 @@ pub struct ChunkMap {
 impl ChunkMap {
     /// A map of `len` chunks, none done.
     pub fn new(len: u32) -> Self {
-        Self { bits: vec![0; (len as usize).div_ceil(64)], len, set: 0 }
+        Self {
+            bits: vec![0; (len as usize).div_ceil(64)],
+            len,
+            set: 0,
+        }
     }
 
     pub fn len(&self) -> u32 {

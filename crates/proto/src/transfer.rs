@@ -58,7 +58,10 @@ pub struct OutgoingTransfer {
 
 impl OutgoingTransfer {
     /// Starts from the receiver's list of verified chunks (`Accept` + `VerifiedList`).
-    pub fn new(plan: ChunkPlan, receiver_verified: &[(u32, [u8; 32])]) -> Result<Self, ProtocolViolation> {
+    pub fn new(
+        plan: ChunkPlan,
+        receiver_verified: &[(u32, [u8; 32])],
+    ) -> Result<Self, ProtocolViolation> {
         let n = plan.chunk_count();
         let mut verified = ChunkMap::new(n);
         let mut earlier = vec![None; n as usize];
@@ -91,7 +94,9 @@ impl OutgoingTransfer {
         self.earlier
             .iter()
             .map(|e| match e {
-                Some(expected) => FirstPass::Check { expected: *expected },
+                Some(expected) => FirstPass::Check {
+                    expected: *expected,
+                },
                 None => FirstPass::Send,
             })
             .collect()
@@ -136,7 +141,10 @@ impl OutgoingTransfer {
 
     /// File bytes the receiver has verified.
     pub fn bytes_verified(&self) -> u64 {
-        (0..self.plan.chunk_count()).filter(|&i| self.verified.get(i)).map(|i| self.plan.len(i)).sum()
+        (0..self.plan.chunk_count())
+            .filter(|&i| self.verified.get(i))
+            .map(|i| self.plan.len(i))
+            .sum()
     }
 
     pub fn verified(&self) -> &ChunkMap {
@@ -184,7 +192,13 @@ pub struct IncomingTransfer {
 
 impl IncomingTransfer {
     pub fn new(plan: ChunkPlan, verified: ChunkMap) -> Self {
-        Self { plan, verified, current: None, chunks_failed: 0, chunks_verified_now: 0 }
+        Self {
+            plan,
+            verified,
+            current: None,
+            chunks_failed: 0,
+            chunks_verified_now: 0,
+        }
     }
 
     pub fn plan(&self) -> &ChunkPlan {
@@ -203,12 +217,18 @@ impl IncomingTransfer {
                     return Err(ProtocolViolation::NoSuchChunk(index));
                 }
                 self.current = Some(Current { index, received: 0 });
-                Ok(Incoming::ChunkBegin { index, offset: self.plan.offset(index) })
+                Ok(Incoming::ChunkBegin {
+                    index,
+                    offset: self.plan.offset(index),
+                })
             }
             (Frame::Data { raw_len, .. }, Some(mut cur)) => {
                 let len = self.plan.len(cur.index);
                 if cur.received + u64::from(raw_len) > len {
-                    return Err(ProtocolViolation::Overrun { index: cur.index, len });
+                    return Err(ProtocolViolation::Overrun {
+                        index: cur.index,
+                        len,
+                    });
                 }
                 let offset = self.plan.offset(cur.index) + cur.received;
                 cur.received += u64::from(raw_len);
@@ -218,10 +238,17 @@ impl IncomingTransfer {
             (Frame::ChunkEnd { sha256 }, Some(cur)) => {
                 let len = self.plan.len(cur.index);
                 if cur.received != len {
-                    return Err(ProtocolViolation::ShortChunk { index: cur.index, got: cur.received, len });
+                    return Err(ProtocolViolation::ShortChunk {
+                        index: cur.index,
+                        got: cur.received,
+                        len,
+                    });
                 }
                 self.current = None;
-                Ok(Incoming::ChunkEnd { index: cur.index, expected: sha256 })
+                Ok(Incoming::ChunkEnd {
+                    index: cur.index,
+                    expected: sha256,
+                })
             }
             (Frame::FileEnd { sha256 }, None) => Ok(Incoming::FileEnd { expected: sha256 }),
             (Frame::KeepAlive, _) => Ok(Incoming::Nothing),
@@ -256,12 +283,22 @@ mod tests {
     fn sender_skips_verified_and_resends_failed() {
         let plan = ChunkPlan::new(12 * MIB, 5 * MIB).unwrap();
         let mut t = OutgoingTransfer::new(plan, &[(1, [7; 32])]).unwrap();
-        assert_eq!(t.first_pass(), vec![FirstPass::Send, FirstPass::Check { expected: [7; 32] }, FirstPass::Send]);
+        assert_eq!(
+            t.first_pass(),
+            vec![
+                FirstPass::Send,
+                FirstPass::Check { expected: [7; 32] },
+                FirstPass::Send
+            ]
+        );
         assert!(t.check_skipped(1, [7; 32]).is_ok());
         assert_eq!(t.check_skipped(1, [8; 32]), Err(SourceChanged { index: 1 }));
         t.on_sent(0);
         t.on_sent(2);
-        assert_eq!(t.on_chunk_done(1, true), Err(ProtocolViolation::NotInFlight(1)));
+        assert_eq!(
+            t.on_chunk_done(1, true),
+            Err(ProtocolViolation::NotInFlight(1))
+        );
         t.on_chunk_done(0, true).unwrap();
         t.on_chunk_done(2, false).unwrap();
         assert_eq!(t.next_resend(), Some(2));
@@ -269,7 +306,10 @@ mod tests {
         t.on_sent(2);
         t.on_chunk_done(2, true).unwrap();
         assert!(t.is_complete());
-        assert_eq!((t.chunks_sent, t.chunks_resent, t.chunks_skipped), (3, 1, 1));
+        assert_eq!(
+            (t.chunks_sent, t.chunks_resent, t.chunks_skipped),
+            (3, 1, 1)
+        );
         assert_eq!(t.bytes_verified(), 12 * MIB);
     }
 
@@ -278,21 +318,57 @@ mod tests {
         let plan = ChunkPlan::new(6 * MIB, 5 * MIB).unwrap();
         let mut r = IncomingTransfer::new(plan, ChunkMap::new(2));
         let piece = vec![0u8; MIB as usize];
-        assert!(r.on_frame(&Frame::Data { raw_len: 1, compressed: false, payload: &piece[..1] }).is_err());
-        assert_eq!(r.on_frame(&Frame::ChunkBegin { index: 1 }).unwrap(), Incoming::ChunkBegin { index: 1, offset: 5 * MIB });
+        assert!(r
+            .on_frame(&Frame::Data {
+                raw_len: 1,
+                compressed: false,
+                payload: &piece[..1]
+            })
+            .is_err());
+        assert_eq!(
+            r.on_frame(&Frame::ChunkBegin { index: 1 }).unwrap(),
+            Incoming::ChunkBegin {
+                index: 1,
+                offset: 5 * MIB
+            }
+        );
         assert!(r.on_frame(&Frame::ChunkBegin { index: 0 }).is_err());
         assert_eq!(
-            r.on_frame(&Frame::Data { raw_len: MIB as u32, compressed: false, payload: &piece }).unwrap(),
-            Incoming::Data { offset: 5 * MIB, raw_len: MIB as u32 }
+            r.on_frame(&Frame::Data {
+                raw_len: MIB as u32,
+                compressed: false,
+                payload: &piece
+            })
+            .unwrap(),
+            Incoming::Data {
+                offset: 5 * MIB,
+                raw_len: MIB as u32
+            }
         );
         assert!(matches!(
-            r.on_frame(&Frame::Data { raw_len: 1, compressed: false, payload: &piece[..1] }),
+            r.on_frame(&Frame::Data {
+                raw_len: 1,
+                compressed: false,
+                payload: &piece[..1]
+            }),
             Err(ProtocolViolation::Overrun { .. })
         ));
-        assert_eq!(r.on_frame(&Frame::ChunkEnd { sha256: [1; 32] }).unwrap(), Incoming::ChunkEnd { index: 1, expected: [1; 32] });
+        assert_eq!(
+            r.on_frame(&Frame::ChunkEnd { sha256: [1; 32] }).unwrap(),
+            Incoming::ChunkEnd {
+                index: 1,
+                expected: [1; 32]
+            }
+        );
         r.chunk_result(1, true);
-        assert!(matches!(r.on_frame(&Frame::ChunkBegin { index: 2 }), Err(ProtocolViolation::NoSuchChunk(2))));
+        assert!(matches!(
+            r.on_frame(&Frame::ChunkBegin { index: 2 }),
+            Err(ProtocolViolation::NoSuchChunk(2))
+        ));
         r.on_frame(&Frame::ChunkBegin { index: 0 }).unwrap();
-        assert!(matches!(r.on_frame(&Frame::ChunkEnd { sha256: [0; 32] }), Err(ProtocolViolation::ShortChunk { .. })));
+        assert!(matches!(
+            r.on_frame(&Frame::ChunkEnd { sha256: [0; 32] }),
+            Err(ProtocolViolation::ShortChunk { .. })
+        ));
     }
 }

@@ -1,0 +1,370 @@
+//! The `trackshift` command-line tool: argument parsing, output, exit codes, and the drivers that connect the
+//! protocol (`trackshift-proto`), the disk (`trackshift-storage`) and the network (`trackshift-transport`).
+//! This is the only crate that uses `anyhow`-style error handling at the edge and prints to the terminal.
+
+mod failure;
+mod output;
+mod receive;
+mod send;
+mod sessions;
+mod units;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use trackshift_proto::compress::CompressMode;
+use trackshift_proto::plan::{DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
+use trackshift_proto::SessionId;
+
+use failure::{exit, Failure};
+use output::{OutputMode, Reporter};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "trackshift",
+    version,
+    about = "Moves very large files fast and intact across bad networks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Flags every command takes.
+#[derive(Args, Debug, Clone)]
+struct Common {
+    /// Where sessions, identity and known receivers live [default: $XDG_STATE_HOME/trackshift or ~/.local/state/trackshift]
+    #[arg(long, env = "TRACKSHIFT_STATE_DIR", value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// One JSON object per line on stdout (NDJSON)
+    #[arg(long)]
+    json: bool,
+    /// No progress or messages (errors still go to stderr)
+    #[arg(long, short)]
+    quiet: bool,
+    /// Log details to stderr (repeat for more)
+    #[arg(long, short, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Send one file to a receiver
+    Send(SendArgs),
+    /// Receive files into a directory
+    Receive(ReceiveArgs),
+    /// Resume an interrupted outgoing session
+    Resume(ResumeArgs),
+    /// List the sessions in the state dir
+    List(ListArgs),
+    /// Show one session's state and progress
+    Status(StatusArgs),
+    /// Print the version
+    Version,
+    /// Print a shell completion script
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Protocol {
+    Udp,
+    Tcp,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum Compress {
+    Auto,
+    Zstd,
+    None,
+}
+
+impl From<Compress> for CompressMode {
+    fn from(c: Compress) -> Self {
+        match c {
+            Compress::Auto => CompressMode::Auto,
+            Compress::Zstd => CompressMode::Zstd,
+            Compress::None => CompressMode::None,
+        }
+    }
+}
+
+fn chunk_size(s: &str) -> Result<u64, String> {
+    let v = units::parse_size(s)?;
+    if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&v) {
+        return Err(format!("{s} is out of range: use 5MiB to 200MiB"));
+    }
+    Ok(v)
+}
+
+/// Transfer tuning shared by `send` and `resume`.
+#[derive(Args, Debug, Clone)]
+struct TransferArgs {
+    /// The shared secret the receiver printed (or was started with)
+    #[arg(long, env = "TRACKSHIFT_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    /// Data path: udp (DCSP) or tcp
+    #[arg(long, value_enum, default_value = "tcp")]
+    protocol: Protocol,
+    /// Parallel streams (UDP data plane)
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    streams: u16,
+    /// Cap on the sending rate, e.g. 100Mbit, 1Gbit, 50MB/s
+    #[arg(long, value_parser = units::parse_rate, value_name = "RATE")]
+    max_rate: Option<u64>,
+    /// Expected certificate fingerprint of the receiver (sha256:…), instead of trust on first use
+    #[arg(long)]
+    fingerprint: Option<String>,
+    /// Keep retrying a dropped connection for this long, e.g. 5m, 30s
+    #[arg(long, value_parser = units::parse_duration, default_value = "5m")]
+    retry_for: Duration,
+    /// Give up on an unreachable receiver (never connected in this run) after this long
+    #[arg(long, value_parser = units::parse_duration, default_value = "30s")]
+    connect_timeout: Duration,
+}
+
+#[derive(Args, Debug)]
+struct SendArgs {
+    /// The file to send
+    path: PathBuf,
+    /// The receiver, HOST:PORT
+    #[arg(long, value_name = "HOST:PORT")]
+    to: String,
+    /// Chunk size: the unit of verification and resume (5MiB to 200MiB)
+    #[arg(long, value_parser = chunk_size, default_value_t = DEFAULT_CHUNK_SIZE, value_name = "SIZE")]
+    chunk_size: u64,
+    /// zstd per chunk: auto (only when it pays), zstd, or none
+    #[arg(long, value_enum, default_value = "auto")]
+    compress: Compress,
+    #[command(flatten)]
+    transfer: TransferArgs,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args, Debug)]
+struct ReceiveArgs {
+    /// Address to listen on, ADDR:PORT (TCP control channel; UDP on the same port)
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: String,
+    /// Where finished files go
+    #[arg(long, value_name = "DIR")]
+    output_dir: PathBuf,
+    /// The shared secret senders must know (generated and printed when absent)
+    #[arg(long, env = "TRACKSHIFT_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    /// Exit after the first transfer ends: 0 if it verified, non-zero if it failed
+    #[arg(long)]
+    once: bool,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args, Debug)]
+struct ResumeArgs {
+    /// The session id, as `trackshift list` shows it
+    session_id: SessionId,
+    #[command(flatten)]
+    transfer: TransferArgs,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args, Debug)]
+struct ListArgs {
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args, Debug)]
+struct StatusArgs {
+    session_id: SessionId,
+    #[command(flatten)]
+    common: Common,
+}
+
+fn default_state_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|x| !x.is_empty()) {
+        return PathBuf::from(x).join("trackshift");
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    home.join(".local/state/trackshift")
+}
+
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info,trackshift=debug",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TRACKSHIFT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn setup(common: &Common) -> (Reporter, PathBuf) {
+    init_logging(common.verbose);
+    let reporter = Reporter::new(OutputMode {
+        json: common.json,
+        quiet: common.quiet,
+    });
+    (
+        reporter,
+        common.state_dir.clone().unwrap_or_else(default_state_dir),
+    )
+}
+
+fn check_protocol(t: &TransferArgs) -> Result<(), Failure> {
+    if t.protocol == Protocol::Udp {
+        return Err(Failure::usage(
+            "--protocol udp is not yet available in this build: use --protocol tcp (the default)",
+        ));
+    }
+    Ok(())
+}
+
+fn send_options(
+    t: TransferArgs,
+    path: PathBuf,
+    to: String,
+    chunk_size: u64,
+    compress: CompressMode,
+    state_dir: PathBuf,
+) -> send::SendOptions {
+    send::SendOptions {
+        path,
+        to,
+        secret: t.secret,
+        chunk_size,
+        compress,
+        max_rate: t.max_rate,
+        state_dir,
+        fingerprint: t.fingerprint,
+        retry_for: t.retry_for,
+        connect_timeout: t.connect_timeout,
+        resume_id: None,
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Send(a) => {
+            let (mut reporter, state_dir) = setup(&a.common);
+            check_protocol(&a.transfer)?;
+            let opts = send_options(
+                a.transfer,
+                a.path,
+                a.to,
+                a.chunk_size,
+                a.compress.into(),
+                state_dir,
+            );
+            {
+                let r = send::run(opts, &mut reporter);
+                with_error_event(&reporter, r)
+            }
+        }
+        Command::Resume(a) => {
+            let (mut reporter, state_dir) = setup(&a.common);
+            check_protocol(&a.transfer)?;
+            let store = trackshift_storage::SessionStore::open(
+                &trackshift_storage::StateDir::open(&state_dir)?,
+            )?;
+            let rec = store.outgoing(&a.session_id)?.ok_or_else(|| {
+                Failure::usage(format!(
+                    "no outgoing session {} in {}: see `trackshift list`",
+                    a.session_id,
+                    state_dir.display()
+                ))
+            })?;
+            drop(store);
+            if rec.state == trackshift_storage::SessionState::Completed {
+                reporter.info(&format!("session {} already completed", rec.id));
+                return Ok(());
+            }
+            let compress = match rec.compress.as_str() {
+                "zstd" => CompressMode::Zstd,
+                "none" => CompressMode::None,
+                _ => CompressMode::Auto,
+            };
+            let mut opts = send_options(
+                a.transfer,
+                rec.source.clone(),
+                rec.to.clone(),
+                rec.chunk_size,
+                compress,
+                state_dir,
+            );
+            opts.resume_id = Some(rec.id);
+            {
+                let r = send::run(opts, &mut reporter);
+                with_error_event(&reporter, r)
+            }
+        }
+        Command::Receive(a) => {
+            let (reporter, state_dir) = setup(&a.common);
+            let opts = receive::ReceiveOptions {
+                listen: a.listen,
+                output_dir: a.output_dir,
+                secret: a.secret,
+                state_dir,
+                once: a.once,
+            };
+            receive::run(opts, reporter)
+        }
+        Command::List(a) => {
+            let (reporter, state_dir) = setup(&a.common);
+            sessions::list(&state_dir, &reporter)
+        }
+        Command::Status(a) => {
+            let (reporter, state_dir) = setup(&a.common);
+            sessions::status(&state_dir, a.session_id, &reporter)
+        }
+        Command::Version => {
+            println!(
+                "trackshift {} (control protocol v{})",
+                env!("CARGO_PKG_VERSION"),
+                trackshift_proto::frame::PROTOCOL_VERSION
+            );
+            Ok(())
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "trackshift",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+    }
+}
+
+fn with_error_event(reporter: &Reporter, r: Result<(), Failure>) -> Result<(), Failure> {
+    if let Err(f) = &r {
+        reporter.event(
+            serde_json::json!({"event": "error", "message": f.message, "exit_code": f.code}),
+        );
+    }
+    r
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match run(cli) {
+        Ok(()) => exit::OK,
+        Err(f) => {
+            eprintln!("trackshift: error: {}", f.message);
+            f.code
+        }
+    };
+    std::process::exit(code);
+}

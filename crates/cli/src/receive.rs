@@ -1,0 +1,714 @@
+//! `trackshift receive`: the receiver's driver. An accept loop, one task per connection, and one worker thread
+//! per transfer that decompresses, writes, hashes and records; `trackshift_proto::IncomingTransfer` decides
+//! which frames are legal.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio::io::split;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use trackshift_proto::compress::PieceDecompressor;
+use trackshift_proto::frame::{encode_verified_entries, DATA_PIECE, MAX_VERIFIED_PER_FRAME};
+use trackshift_proto::hashing::{Hasher, OrderedFileHasher};
+use trackshift_proto::{
+    ChunkMap, ChunkPlan, ErrorCode, Frame, Incoming, IncomingTransfer, SessionId,
+};
+use trackshift_storage::{
+    check_output_dir, ensure_space, unix_now, validate_file_name, IncomingSession, PartialFile,
+    SessionState, SessionStore, StateDir, StorageError,
+};
+use trackshift_transport::{
+    authenticate_server, exporter_of, server_config, tune_accepted, FrameReader, FrameWriter,
+    Identity, TlsAcceptor, TransportError,
+};
+
+use crate::failure::{exit, Failure};
+use crate::output::Reporter;
+
+/// Frames queued between the network task and the worker: bounds receiver memory to a few MiB per transfer.
+const WORKER_QUEUE: usize = 8;
+/// A TLS handshake plus authentication must finish within this, or the connection is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A sender silent for this long (no data, no keep-alive) is considered gone; its session stays resumable.
+const SENDER_SILENCE: Duration = Duration::from_secs(120);
+
+#[derive(Debug, Clone)]
+pub struct ReceiveOptions {
+    pub listen: String,
+    pub output_dir: PathBuf,
+    pub secret: Option<String>,
+    pub state_dir: PathBuf,
+    pub once: bool,
+}
+
+struct Ctx {
+    store: Arc<SessionStore>,
+    output_dir: PathBuf,
+    secret: String,
+    acceptor: TlsAcceptor,
+    reporter: Reporter,
+    busy: Mutex<HashSet<SessionId>>,
+}
+
+/// How one connection ended, for `--once`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConnOutcome {
+    Completed,
+    /// A definite failure with this exit code.
+    Failed(i32),
+    /// The sender went away or never got going; a resume may follow.
+    Dropped,
+}
+
+pub fn run(opts: ReceiveOptions, reporter: Reporter) -> Result<(), Failure> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::failed(format!("cannot start the async runtime: {e}")))?;
+    rt.block_on(serve(opts, reporter))
+}
+
+fn load_or_create_secret(state: &StateDir) -> Result<(String, bool), Failure> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = state.path().join("receiver.secret");
+    if let Ok(s) = std::fs::read_to_string(&path) {
+        let s = s.trim().to_owned();
+        if !s.is_empty() {
+            return Ok((s, false));
+        }
+    }
+    let secret = hex::encode(rand::random::<[u8; 16]>());
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| {
+            Failure::new(
+                exit::STORAGE,
+                format!(
+                    "cannot save the generated secret in {}: {e}",
+                    path.display()
+                ),
+            )
+        })?;
+    f.write_all(secret.as_bytes())
+        .and_then(|_| f.sync_all())
+        .map_err(|e| {
+            Failure::new(
+                exit::STORAGE,
+                format!(
+                    "cannot save the generated secret in {}: {e}",
+                    path.display()
+                ),
+            )
+        })?;
+    Ok((secret, true))
+}
+
+async fn serve(opts: ReceiveOptions, reporter: Reporter) -> Result<(), Failure> {
+    check_output_dir(&opts.output_dir)?;
+    let state = StateDir::open(&opts.state_dir)?;
+    let store = SessionStore::open(&state)?;
+    let identity = Identity::load_or_create(&state.identity_dir())
+        .map_err(|e| Failure::new(exit::STORAGE, e.to_string()))?;
+    let (secret, generated) = match opts.secret.clone().filter(|s| !s.is_empty()) {
+        Some(s) => (s, false),
+        None => load_or_create_secret(&state)?,
+    };
+    let config = server_config(&identity).map_err(|e| Failure::failed(e.to_string()))?;
+    let listener = TcpListener::bind(&opts.listen)
+        .await
+        .map_err(|e| Failure::failed(format!("cannot listen on {}: {e}", opts.listen)))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| Failure::failed(e.to_string()))?;
+    let fingerprint = identity.fingerprint();
+    reporter.event(json!({
+        "event": "listening", "addr": local.to_string(), "fingerprint": fingerprint,
+        "output_dir": opts.output_dir.display().to_string(),
+        "secret": if generated || opts.secret.is_none() { Some(secret.clone()) } else { None },
+    }));
+    reporter.info(&format!(
+        "listening on {local} (TCP), certificate {fingerprint}"
+    ));
+    if opts.secret.is_none() {
+        reporter.info(&format!(
+            "secret: {secret}  (senders pass it with --secret or TRACKSHIFT_SECRET)"
+        ));
+    }
+    let ctx = Arc::new(Ctx {
+        store: Arc::new(store),
+        output_dir: opts.output_dir.clone(),
+        secret,
+        acceptor: TlsAcceptor::from(config),
+        reporter,
+        busy: Mutex::new(HashSet::new()),
+    });
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<ConnOutcome>();
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| Failure::failed(format!("cannot install the SIGTERM handler: {e}")))?;
+    let code = loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    let ctx = ctx.clone();
+                    let done_tx = done_tx.clone();
+                    tokio::spawn(async move {
+                        let outcome = handle_conn(&ctx, tcp, peer).await;
+                        let _ = done_tx.send(outcome);
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            _ = tokio::signal::ctrl_c() => break exit::OK,
+            _ = sigterm.recv() => break exit::OK,
+            Some(outcome) = done_rx.recv() => {
+                if opts.once {
+                    match outcome {
+                        ConnOutcome::Completed => break exit::OK,
+                        ConnOutcome::Failed(code) => break code,
+                        ConnOutcome::Dropped => {}
+                    }
+                }
+            }
+        }
+    };
+    ctx.reporter
+        .info("stopped; partial transfers are kept and resume when their senders re-run");
+    if code == exit::OK {
+        Ok(())
+    } else {
+        Err(Failure::new(code, "the transfer failed (see above)"))
+    }
+}
+
+/// Releases a session's busy mark when the connection ends.
+struct BusyGuard<'a> {
+    ctx: &'a Ctx,
+    id: SessionId,
+}
+
+impl Drop for BusyGuard<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut b) = self.ctx.busy.lock() {
+            b.remove(&self.id);
+        }
+    }
+}
+
+fn storage_code(e: &StorageError) -> ErrorCode {
+    if e.is_no_space() {
+        ErrorCode::NoSpace
+    } else if e.is_permission() {
+        ErrorCode::Permission
+    } else {
+        ErrorCode::Internal
+    }
+}
+
+fn exit_code_for(code: ErrorCode) -> i32 {
+    match code {
+        ErrorCode::NoSpace | ErrorCode::Permission => exit::STORAGE,
+        ErrorCode::Auth => exit::AUTH,
+        ErrorCode::BadName => exit::USAGE,
+        _ => exit::FAILED,
+    }
+}
+
+async fn handle_conn(ctx: &Ctx, tcp: TcpStream, peer: SocketAddr) -> ConnOutcome {
+    tune_accepted(&tcp);
+    let mut tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, ctx.acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!("TLS handshake with {peer} failed: {e}");
+            return ConnOutcome::Dropped;
+        }
+        Err(_) => return ConnOutcome::Dropped,
+    };
+    let auth = async {
+        let ekm = exporter_of(tls.get_ref().1)?;
+        authenticate_server(&mut tls, ekm, &ctx.secret).await
+    };
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, auth).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e @ (TransportError::PeerNotAuthentic | TransportError::Version { .. }))) => {
+            let code = if matches!(e, TransportError::PeerNotAuthentic) {
+                exit::AUTH
+            } else {
+                exit::FAILED
+            };
+            ctx.reporter.info(&format!("refused {peer}: {e}"));
+            ctx.reporter.event(
+                json!({"event": "refused", "peer": peer.to_string(), "reason": e.to_string()}),
+            );
+            return ConnOutcome::Failed(code);
+        }
+        Ok(Err(e)) => {
+            tracing::debug!("connection from {peer} ended during authentication: {e}");
+            return ConnOutcome::Dropped;
+        }
+        Err(_) => return ConnOutcome::Dropped,
+    }
+    let (rd, wr) = split(tls);
+    let reader = FrameReader::new(rd);
+    let mut writer = FrameWriter::new(wr);
+    match receive_session(ctx, reader, &mut writer, peer).await {
+        Ok(outcome) => outcome,
+        Err((code, message)) => {
+            ctx.reporter
+                .info(&format!("transfer from {peer} failed: {message}"));
+            let _ = writer
+                .send(&Frame::Error {
+                    code,
+                    message: &message,
+                })
+                .await;
+            let _ = writer.flush().await;
+            ConnOutcome::Failed(exit_code_for(code))
+        }
+    }
+}
+
+type RecvReader = FrameReader<tokio::io::ReadHalf<trackshift_transport::ServerTls>>;
+type RecvWriter = FrameWriter<tokio::io::WriteHalf<trackshift_transport::ServerTls>>;
+
+/// Serves one offer. `Err` carries what to tell the sender.
+async fn receive_session(
+    ctx: &Ctx,
+    mut reader: RecvReader,
+    writer: &mut RecvWriter,
+    peer: SocketAddr,
+) -> Result<ConnOutcome, (ErrorCode, String)> {
+    let proto = |e: TransportError| (ErrorCode::Protocol, e.to_string());
+    let (id, name, size, chunk_size, mtime_ns) = match reader.next().await {
+        Ok(Frame::Offer(o)) => (
+            o.session_id,
+            o.file_name.to_owned(),
+            o.file_size,
+            o.chunk_size,
+            o.mtime_ns,
+        ),
+        Ok(f) => {
+            return Err((
+                ErrorCode::Protocol,
+                format!("expected Offer, got {}", f.name()),
+            ))
+        }
+        Err(TransportError::Closed) => return Ok(ConnOutcome::Dropped),
+        Err(e) => return Err(proto(e)),
+    };
+    validate_file_name(&name).map_err(|e| (ErrorCode::BadName, e.to_string()))?;
+    let plan =
+        ChunkPlan::new(size, chunk_size).map_err(|e| (ErrorCode::Protocol, e.to_string()))?;
+    {
+        let mut busy = ctx
+            .busy
+            .lock()
+            .map_err(|_| (ErrorCode::Internal, "lock poisoned".to_owned()))?;
+        if !busy.insert(id) {
+            return Err((
+                ErrorCode::Busy,
+                format!("session {id} is already being received on another connection"),
+            ));
+        }
+    }
+    let _guard = BusyGuard { ctx, id };
+    let store_err = |e: StorageError| (storage_code(&e), e.to_string());
+
+    let existing = ctx.store.incoming(&id).map_err(store_err)?;
+    let mut record = match existing {
+        Some(rec) if rec.file_name != name || rec.size != size || rec.chunk_size != chunk_size => {
+            return Err((
+                ErrorCode::SessionMismatch,
+                format!("session {id} belongs to another file ({})", rec.file_name),
+            ));
+        }
+        Some(rec) if rec.state == SessionState::Completed => {
+            // The sender missed our confirmation (it was interrupted at the very end): confirm again.
+            let sha = rec
+                .sha256_hex
+                .as_deref()
+                .and_then(|h| hex::decode(h).ok())
+                .and_then(|v| <[u8; 32]>::try_from(v).ok());
+            let final_name = rec
+                .final_path
+                .as_ref()
+                .and_then(|p| p.file_name())
+                .and_then(|n| n.to_str())
+                .unwrap_or(&name);
+            let frame = Frame::FileDone {
+                ok: sha.is_some(),
+                sha256: sha.unwrap_or([0; 32]),
+                final_name,
+            };
+            writer.send(&frame).await.map_err(proto)?;
+            writer.flush().await.map_err(proto)?;
+            return Ok(ConnOutcome::Completed);
+        }
+        Some(rec) => rec,
+        None => {
+            check_output_dir(&ctx.output_dir).map_err(store_err)?;
+            IncomingSession {
+                id,
+                file_name: name.clone(),
+                size,
+                chunk_size,
+                chunk_count: plan.chunk_count(),
+                source_mtime_ns: i128::from(mtime_ns),
+                output_dir: ctx.output_dir.clone(),
+                peer: peer.to_string(),
+                state: SessionState::Active,
+                created_unix: unix_now(),
+                updated_unix: unix_now(),
+                final_path: None,
+                sha256_hex: None,
+                error: None,
+            }
+        }
+    };
+    let verified: Vec<(u32, [u8; 32])> = ctx
+        .store
+        .verified_chunks(&id)
+        .map_err(store_err)?
+        .into_iter()
+        .filter(|(i, _)| plan.contains(*i))
+        .collect();
+    let mut map = ChunkMap::new(plan.chunk_count());
+    for (i, _) in &verified {
+        map.insert(*i);
+    }
+    let verified_bytes: u64 = verified.iter().map(|(i, _)| plan.len(*i)).sum();
+    let output_dir = record.output_dir.clone();
+    if let Err(e) = ensure_space(&output_dir, size - verified_bytes) {
+        record.state = SessionState::Interrupted;
+        record.error = Some(e.to_string());
+        let _ = ctx.store.put_incoming(&record);
+        return Err(store_err(e));
+    }
+    let part = PartialFile::open(&output_dir, &id, size).map_err(store_err)?;
+    record.state = SessionState::Active;
+    record.peer = peer.to_string();
+    record.updated_unix = unix_now();
+    record.error = None;
+    ctx.store.put_incoming(&record).map_err(store_err)?;
+
+    writer
+        .send(&Frame::Accept {
+            verified_count: verified.len() as u32,
+        })
+        .await
+        .map_err(proto)?;
+    for batch in verified.chunks(MAX_VERIFIED_PER_FRAME) {
+        writer
+            .send(&Frame::VerifiedList {
+                entries: &encode_verified_entries(batch),
+            })
+            .await
+            .map_err(proto)?;
+    }
+    writer.flush().await.map_err(proto)?;
+    ctx.reporter.info(&format!(
+        "receiving {name} ({size} bytes) from {peer}, session {id}{}",
+        if verified.is_empty() {
+            String::new()
+        } else {
+            format!(", resuming with {} chunks verified", verified.len())
+        }
+    ));
+    ctx.reporter.event(json!({
+        "event": "session_start", "session_id": id.to_hex(), "file": name, "bytes": size, "peer": peer.to_string(),
+        "chunks_verified": verified.len(),
+    }));
+
+    let started = Instant::now();
+    let (frame_tx, frame_rx) = mpsc::channel::<(u8, Vec<u8>)>(WORKER_QUEUE);
+    let (event_tx, mut event_rx) = mpsc::unbounded_channel::<WorkerEvent>();
+    let (recycle_tx, mut recycle_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let job = WorkerJob {
+        id,
+        plan,
+        part,
+        map,
+        output_dir: output_dir.clone(),
+        name: name.clone(),
+    };
+    let handle = spawn_worker(job, ctx.store.clone(), frame_rx, event_tx, recycle_tx)
+        .map_err(|e| (ErrorCode::Internal, e))?;
+
+    // The reader task feeds the worker directly; reading a frame is not cancel-safe, so it gets a task of its
+    // own instead of a branch in the `select!` below.
+    let mut reader_task = tokio::spawn(async move {
+        loop {
+            let mut buf = recycle_rx
+                .try_recv()
+                .unwrap_or_else(|_| Vec::with_capacity(DATA_PIECE + 64));
+            let t = match tokio::time::timeout(SENDER_SILENCE, reader.next_into(&mut buf)).await {
+                Ok(r) => r?,
+                Err(_) => return Err(TransportError::Timeout("waiting for the sender")),
+            };
+            if frame_tx.send((t, buf)).await.is_err() {
+                return Ok(());
+            }
+        }
+    });
+    let mut bytes_now = 0u64;
+    let mut reader_result: Option<Result<(), TransportError>> = None;
+    let outcome: Result<(ConnOutcome, Option<(String, [u8; 32])>), (ErrorCode, String)> = loop {
+        tokio::select! {
+            biased;
+            ev = event_rx.recv() => match ev {
+                Some(WorkerEvent::ChunkDone { index, ok, len }) => {
+                    if ok { bytes_now += len; }
+                    writer.send(&Frame::ChunkDone { index, ok }).await.map_err(proto)?;
+                    writer.flush().await.map_err(proto)?;
+                }
+                Some(WorkerEvent::FileDone { sha, final_path }) => {
+                    let final_name = final_path.file_name().and_then(|n| n.to_str()).unwrap_or(&name).to_owned();
+                    // The sender may be gone already; the file is in place either way.
+                    let _ = writer.send(&Frame::FileDone { ok: true, sha256: sha, final_name: &final_name }).await;
+                    let _ = writer.flush().await;
+                    break Ok((ConnOutcome::Completed, Some((final_path.display().to_string(), sha))));
+                }
+                Some(WorkerEvent::FileMismatch { sha }) => {
+                    let _ = writer.send(&Frame::FileDone { ok: false, sha256: sha, final_name: &name }).await;
+                    let _ = writer.flush().await;
+                    break Ok((ConnOutcome::Failed(exit::FAILED), None));
+                }
+                Some(WorkerEvent::Fatal { code, message }) => break Err((code, message)),
+                // The worker is done: the reader ended and everything queued was processed.
+                None => match reader_result.take() {
+                    Some(Err(e @ (TransportError::Wire(_) | TransportError::Protocol(_)))) => break Err(proto(e)),
+                    _ => break Ok((ConnOutcome::Dropped, None)),
+                },
+            },
+            joined = &mut reader_task, if reader_result.is_none() => {
+                reader_result = Some(joined.unwrap_or(Err(TransportError::Closed)));
+            }
+        }
+    };
+    reader_task.abort();
+    let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+    let seconds = started.elapsed().as_secs_f64();
+    let mut record = ctx.store.incoming(&id).ok().flatten().unwrap_or(record);
+    let (ok, sha_hex, final_path) = match &outcome {
+        Ok((ConnOutcome::Completed, Some((path, sha)))) => {
+            (true, Some(hex::encode(sha)), Some(path.clone()))
+        }
+        _ => (false, None, None),
+    };
+    if !ok && record.state != SessionState::Completed {
+        record.state = match &outcome {
+            Ok((ConnOutcome::Failed(_), _)) => SessionState::Failed,
+            _ => SessionState::Interrupted,
+        };
+        record.error = outcome.as_ref().err().map(|(_, m)| m.clone());
+        record.updated_unix = unix_now();
+        let _ = ctx.store.put_incoming(&record);
+    }
+    let dropped = matches!(outcome, Ok((ConnOutcome::Dropped, _)));
+    if !dropped {
+        ctx.reporter.event(json!({
+            "event": "summary", "session_id": id.to_hex(), "file": name, "bytes": size, "seconds": seconds,
+            "goodput_mbps": if seconds > 0.0 { bytes_now as f64 * 8.0 / seconds / 1e6 } else { 0.0 },
+            "protocol": "tcp", "sha256": sha_hex, "ok": ok, "final_path": final_path, "peer": peer.to_string(),
+            "bytes_received": bytes_now,
+            "error": outcome.as_ref().err().map(|(_, m)| m.clone()),
+        }));
+    } else {
+        ctx.reporter.event(json!({"event": "interrupted", "session_id": id.to_hex(), "file": name, "peer": peer.to_string()}));
+        ctx.reporter.info(&format!(
+            "{name} from {peer}: connection lost; session {id} kept for resume"
+        ));
+    }
+    if let Some(path) = &final_path {
+        ctx.reporter
+            .info(&format!("received {name} → {path} in {seconds:.1}s"));
+    }
+    outcome.map(|(o, _)| o)
+}
+
+/// What the worker thread needs for one transfer.
+struct WorkerJob {
+    id: SessionId,
+    plan: ChunkPlan,
+    part: PartialFile,
+    map: ChunkMap,
+    output_dir: PathBuf,
+    name: String,
+}
+
+/// What the worker tells the connection task.
+enum WorkerEvent {
+    ChunkDone { index: u32, ok: bool, len: u64 },
+    FileDone { sha: [u8; 32], final_path: PathBuf },
+    FileMismatch { sha: [u8; 32] },
+    Fatal { code: ErrorCode, message: String },
+}
+
+fn spawn_worker(
+    job: WorkerJob,
+    store: Arc<SessionStore>,
+    frames: mpsc::Receiver<(u8, Vec<u8>)>,
+    events: mpsc::UnboundedSender<WorkerEvent>,
+    recycle: mpsc::UnboundedSender<Vec<u8>>,
+) -> Result<std::thread::JoinHandle<()>, String> {
+    std::thread::Builder::new()
+        .name("trackshift-write".into())
+        .spawn(move || {
+            if let Err((code, message)) = worker(job, &store, frames, &events, recycle) {
+                let _ = events.send(WorkerEvent::Fatal { code, message });
+            }
+        })
+        .map_err(|e| format!("cannot start the writer thread: {e}"))
+}
+
+/// Reads `[from, to)` of the partial file into the whole-file hasher.
+fn hash_from_disk(
+    part: &PartialFile,
+    hasher: &mut OrderedFileHasher,
+    to: u64,
+) -> Result<(), StorageError> {
+    let mut buf = vec![0u8; DATA_PIECE];
+    while hasher.position() < to {
+        let n = (to - hasher.position()).min(DATA_PIECE as u64) as usize;
+        part.read_at(hasher.position(), &mut buf[..n])?;
+        hasher.update_from_disk(&buf[..n]);
+    }
+    Ok(())
+}
+
+/// The receiving worker: checks each frame against the transfer state, writes at its offset, hashes, and makes
+/// verified chunks durable before they count.
+fn worker(
+    job: WorkerJob,
+    store: &SessionStore,
+    mut frames: mpsc::Receiver<(u8, Vec<u8>)>,
+    events: &mpsc::UnboundedSender<WorkerEvent>,
+    recycle: mpsc::UnboundedSender<Vec<u8>>,
+) -> Result<(), (ErrorCode, String)> {
+    let WorkerJob {
+        id,
+        plan,
+        part,
+        map,
+        output_dir,
+        name,
+    } = job;
+    let store_err = |e: StorageError| (storage_code(&e), e.to_string());
+    let mut transfer = IncomingTransfer::new(plan, map);
+    let mut file_hasher = OrderedFileHasher::new();
+    // Hash the prefix verified in earlier runs now, while the sender re-reads its side of it.
+    let prefix = transfer.verified().done_prefix();
+    let prefix_end = if prefix == plan.chunk_count() {
+        plan.file_size()
+    } else {
+        plan.offset(prefix)
+    };
+    hash_from_disk(&part, &mut file_hasher, prefix_end).map_err(store_err)?;
+    let mut decompressor =
+        PieceDecompressor::new().map_err(|e| (ErrorCode::Internal, e.to_string()))?;
+    let mut unpacked = Vec::with_capacity(DATA_PIECE);
+    let mut chunk_hasher: Option<Hasher> = None;
+    while let Some((frame_type, buf)) = frames.blocking_recv() {
+        let frame =
+            Frame::decode(frame_type, &buf).map_err(|e| (ErrorCode::Protocol, e.to_string()))?;
+        match transfer
+            .on_frame(&frame)
+            .map_err(|e| (ErrorCode::Protocol, e.to_string()))?
+        {
+            Incoming::ChunkBegin { offset, .. } => {
+                chunk_hasher = Some(Hasher::new());
+                file_hasher.begin_chunk(offset);
+            }
+            Incoming::Data { offset, raw_len } => {
+                let Frame::Data {
+                    compressed,
+                    payload,
+                    ..
+                } = frame
+                else {
+                    return Err((ErrorCode::Internal, "data frame mismatch".into()));
+                };
+                let bytes: &[u8] = if compressed {
+                    decompressor
+                        .decompress(payload, raw_len as usize, &mut unpacked)
+                        .map_err(|e| (ErrorCode::Protocol, e.to_string()))?;
+                    &unpacked
+                } else {
+                    payload
+                };
+                part.write_at(offset, bytes).map_err(store_err)?;
+                if let Some(h) = chunk_hasher.as_mut() {
+                    h.update(bytes);
+                }
+                file_hasher.update(offset, bytes);
+            }
+            Incoming::ChunkEnd { index, expected } => {
+                let actual = chunk_hasher.take().map(Hasher::finish).unwrap_or([0; 32]);
+                let ok = actual == expected;
+                if ok {
+                    // Durable data first, then the record that says it is there.
+                    part.sync_data().map_err(store_err)?;
+                    store
+                        .mark_chunk_verified(&id, index, actual)
+                        .map_err(store_err)?;
+                    file_hasher.chunk_verified();
+                } else {
+                    tracing::warn!(
+                        "chunk {index} of session {id} failed verification; asking for it again"
+                    );
+                    file_hasher.chunk_failed();
+                }
+                transfer.chunk_result(index, ok);
+                let _ = events.send(WorkerEvent::ChunkDone {
+                    index,
+                    ok,
+                    len: plan.len(index),
+                });
+            }
+            Incoming::FileEnd { expected } => {
+                if !transfer.is_complete() {
+                    return Err((
+                        ErrorCode::Protocol,
+                        "sender ended the file with chunks still missing".into(),
+                    ));
+                }
+                hash_from_disk(&part, &mut file_hasher, plan.file_size()).map_err(store_err)?;
+                let sha = std::mem::take(&mut file_hasher).finish();
+                if sha != expected {
+                    // Every chunk verified yet the whole does not: the partial data cannot be trusted.
+                    let _ = part.remove();
+                    let _ = store.remove_incoming(&id);
+                    let _ = events.send(WorkerEvent::FileMismatch { sha });
+                    return Ok(());
+                }
+                let final_path = part.finalize(&output_dir, &name).map_err(store_err)?;
+                if let Some(mut rec) = store.incoming(&id).map_err(store_err)? {
+                    rec.state = SessionState::Completed;
+                    rec.final_path = Some(final_path.clone());
+                    rec.sha256_hex = Some(hex::encode(sha));
+                    rec.updated_unix = unix_now();
+                    rec.error = None;
+                    store.put_incoming(&rec).map_err(store_err)?;
+                }
+                let _ = events.send(WorkerEvent::FileDone { sha, final_path });
+                return Ok(());
+            }
+            Incoming::Nothing => {}
+        }
+        let _ = recycle.send(buf);
+    }
+    Ok(())
+}

@@ -1,0 +1,761 @@
+//! `trackshift send`: the sender's driver. It owns the file reader thread, the connection and the retries;
+//! `trackshift_proto::OutgoingTransfer` decides what goes.
+
+use std::fs::File;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc as std_mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::json;
+use tokio::io::split;
+use tokio::sync::mpsc;
+use trackshift_proto::compress::{CompressMode, PieceCompressor};
+use trackshift_proto::frame::{verified_entries, DATA_PIECE};
+use trackshift_proto::hashing::Hasher;
+use trackshift_proto::{
+    ChunkPlan, ErrorCode, FirstPass, Frame, Offer, OutgoingTransfer, SessionId,
+};
+use trackshift_storage::{KnownReceivers, OutgoingSession, SessionState, SessionStore, StateDir};
+use trackshift_transport::{
+    authenticate_client, connect, exporter_of, normalize_fingerprint, Backoff, FrameReader,
+    FrameWriter, TransportError,
+};
+
+use crate::failure::{exit, Failure};
+use crate::output::Reporter;
+
+/// Pieces the reader thread may run ahead of the network: bounds the sender's memory to a few MiB.
+const READ_AHEAD: usize = 8;
+/// How long to wait for the receiver's final word after the last chunk (it re-reads and hashes what it could
+/// not hash in order, which can take a while for a huge resumed file).
+const FINAL_WAIT: Duration = Duration::from_secs(3600);
+/// Longest silence from the receiver while chunks are in flight before the connection counts as dead.
+const PEER_SILENCE: Duration = Duration::from_secs(60);
+
+/// Everything `send` and `resume` need.
+#[derive(Debug, Clone)]
+pub struct SendOptions {
+    pub path: PathBuf,
+    pub to: String,
+    pub secret: Option<String>,
+    pub chunk_size: u64,
+    pub compress: CompressMode,
+    pub max_rate: Option<u64>,
+    pub state_dir: PathBuf,
+    pub fingerprint: Option<String>,
+    pub retry_for: Duration,
+    pub connect_timeout: Duration,
+    pub resume_id: Option<SessionId>,
+}
+
+/// Counters for the summary.
+#[derive(Debug, Default, Clone)]
+struct Stats {
+    bytes_on_wire: u64,
+    chunks_sent: u32,
+    chunks_resent: u32,
+    chunks_skipped: u32,
+    compressed_chunks: u32,
+    connections: u32,
+}
+
+/// Why one connection's attempt ended.
+enum AttemptError {
+    /// Worth another connection.
+    Transient(TransportError),
+    /// The source changed under an earlier session: start a fresh one.
+    SourceChanged(u32),
+    /// Final.
+    Fatal(Failure),
+}
+
+impl From<TransportError> for AttemptError {
+    fn from(e: TransportError) -> Self {
+        if e.is_transient() {
+            AttemptError::Transient(e)
+        } else {
+            AttemptError::Fatal(e.into())
+        }
+    }
+}
+
+/// Runs a send to completion. Returns the exit code (the summary has been printed).
+pub fn run(opts: SendOptions, reporter: &mut Reporter) -> Result<(), Failure> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::failed(format!("cannot start the async runtime: {e}")))?;
+    rt.block_on(send(opts, reporter))
+}
+
+struct Source {
+    file: File,
+    path: PathBuf,
+    name: String,
+    size: u64,
+    mtime_ns: i64,
+}
+
+fn open_source(path: &Path) -> Result<Source, Failure> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| Failure::usage(format!("cannot read {}: {e}", path.display())))?;
+    if meta.is_dir() {
+        return Err(Failure::usage(format!(
+            "{} is a directory: trackshift sends one file at a time",
+            path.display()
+        )));
+    }
+    if !meta.is_file() {
+        return Err(Failure::usage(format!(
+            "{} is not a regular file",
+            path.display()
+        )));
+    }
+    let file = File::open(path)
+        .map_err(|e| Failure::usage(format!("cannot read {}: {e}", path.display())))?;
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| {
+            Failure::usage(format!(
+                "{}: the file name must be valid UTF-8",
+                path.display()
+            ))
+        })?
+        .to_owned();
+    let canonical = std::fs::canonicalize(path)
+        .map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?;
+    let mtime_ns = meta
+        .mtime()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(meta.mtime_nsec());
+    Ok(Source {
+        file,
+        path: canonical,
+        name,
+        size: meta.len(),
+        mtime_ns,
+    })
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+async fn send(opts: SendOptions, reporter: &mut Reporter) -> Result<(), Failure> {
+    let source = open_source(&opts.path)?;
+    let plan =
+        ChunkPlan::new(source.size, opts.chunk_size).map_err(|e| Failure::usage(e.to_string()))?;
+    let Some(secret) = opts.secret.clone().filter(|s| !s.is_empty()) else {
+        return Err(Failure::new(
+            exit::AUTH,
+            "no secret given: pass --secret or set TRACKSHIFT_SECRET (the receiver prints its secret when it starts)",
+        ));
+    };
+    let expected_fp = match &opts.fingerprint {
+        Some(f) => Some(normalize_fingerprint(f).ok_or_else(|| {
+            Failure::usage(format!(
+                "--fingerprint `{f}` is not a SHA-256 fingerprint (sha256:<64 hex digits>)"
+            ))
+        })?),
+        None => None,
+    };
+    let state = StateDir::open(&opts.state_dir)?;
+    let store = SessionStore::open(&state)?;
+    let mut known = KnownReceivers::open(&state)?;
+
+    let compress_name = match opts.compress {
+        CompressMode::Auto => "auto",
+        CompressMode::Zstd => "zstd",
+        CompressMode::None => "none",
+    };
+    let same_source = |s: &OutgoingSession| {
+        s.size == source.size
+            && s.mtime_ns == i128::from(source.mtime_ns)
+            && s.chunk_size == opts.chunk_size
+    };
+    let previous = match opts.resume_id {
+        Some(id) => store.outgoing(&id)?,
+        None => store.find_outgoing(&source.path, &opts.to)?,
+    };
+    let mut record = match previous {
+        Some(p) if p.state != SessionState::Completed && same_source(&p) => {
+            reporter.info(&format!("resuming session {}", p.id));
+            p
+        }
+        p => {
+            if let Some(p) = p.filter(|p| p.state != SessionState::Completed) {
+                reporter.info(&format!(
+                    "{} changed since session {}: starting a fresh session",
+                    source.path.display(),
+                    p.id
+                ));
+            }
+            OutgoingSession {
+                id: SessionId::random(),
+                source: source.path.clone(),
+                to: opts.to.clone(),
+                receiver_fingerprint: None,
+                size: source.size,
+                mtime_ns: i128::from(source.mtime_ns),
+                chunk_size: opts.chunk_size,
+                chunk_count: plan.chunk_count(),
+                protocol: "tcp".into(),
+                compress: compress_name.into(),
+                state: SessionState::Active,
+                created_unix: unix_now(),
+                updated_unix: unix_now(),
+                bytes_confirmed: 0,
+                sha256_hex: None,
+                error: None,
+            }
+        }
+    };
+    record.state = SessionState::Active;
+    record.updated_unix = unix_now();
+    store.put_outgoing(&record)?;
+
+    reporter.event(json!({
+        "event": "start", "session_id": record.id.to_hex(), "file": source.name, "bytes": source.size,
+        "to": opts.to, "protocol": "tcp", "chunk_size": opts.chunk_size, "chunks": plan.chunk_count(),
+    }));
+    let started = Instant::now();
+    let mut stats = Stats::default();
+    let mut backoff = Backoff::new(opts.retry_for);
+    let mut ever_connected = false;
+    let mut progress_started = false;
+    let known_path = known.path().display().to_string();
+
+    let result: Result<(String, [u8; 32]), Failure> = loop {
+        let expected = expected_fp.clone().or_else(|| known.get(&opts.to));
+        let attempt = async {
+            let (mut tls, fp) = connect(&opts.to, expected.clone(), &known_path).await?;
+            let ekm = exporter_of(tls.get_ref().1)?;
+            tokio::time::timeout(
+                Duration::from_secs(30),
+                authenticate_client(&mut tls, ekm, &secret),
+            )
+            .await
+            .map_err(|_| TransportError::Timeout("authenticating"))??;
+            Ok::<_, TransportError>((tls, fp))
+        };
+        let (tls, fp) = match attempt.await {
+            Ok(ok) => ok,
+            Err(e) if e.is_transient() => {
+                let limit = if ever_connected {
+                    opts.retry_for
+                } else {
+                    opts.connect_timeout
+                };
+                match retry_delay(&mut backoff, started, limit) {
+                    Some(d) => {
+                        reporter.info(&format!("{e}; retrying in {:.1}s", d.as_secs_f64()));
+                        reporter.event(json!({"event": "retry", "error": e.to_string(), "delay_s": d.as_secs_f64()}));
+                        tokio::time::sleep(d).await;
+                        continue;
+                    }
+                    None => break Err(Failure::failed(format!("giving up: {e}"))),
+                }
+            }
+            Err(e) => break Err(e.into()),
+        };
+        if expected.is_none() {
+            known.remember(&opts.to, &fp)?;
+            reporter.info(&format!(
+                "receiver {} identified as {fp} (remembered in {known_path})",
+                opts.to
+            ));
+        }
+        if record.receiver_fingerprint.as_deref() != Some(fp.as_str()) {
+            record.receiver_fingerprint = Some(fp.clone());
+            store.put_outgoing(&record)?;
+        }
+        ever_connected = true;
+        stats.connections += 1;
+        match transfer_once(
+            tls,
+            &source,
+            plan,
+            &record,
+            &opts,
+            reporter,
+            &mut stats,
+            started,
+            &mut progress_started,
+        )
+        .await
+        {
+            Ok(done) => break Ok(done),
+            Err(AttemptError::Fatal(f)) => break Err(f),
+            Err(AttemptError::SourceChanged(index)) => {
+                reporter.info(&format!(
+                    "chunk {index} of {} differs from what the receiver verified earlier: starting a fresh session",
+                    source.path.display()
+                ));
+                record.state = SessionState::Abandoned;
+                store.put_outgoing(&record)?;
+                record.id = SessionId::random();
+                record.state = SessionState::Active;
+                record.created_unix = unix_now();
+                record.bytes_confirmed = 0;
+                store.put_outgoing(&record)?;
+                continue;
+            }
+            Err(AttemptError::Transient(e)) => {
+                backoff.reset();
+                match retry_delay(&mut backoff, Instant::now(), opts.retry_for) {
+                    Some(d) => {
+                        reporter.info(&format!(
+                            "connection lost ({e}); reconnecting in {:.1}s",
+                            d.as_secs_f64()
+                        ));
+                        reporter.event(json!({"event": "retry", "error": e.to_string(), "delay_s": d.as_secs_f64()}));
+                        tokio::time::sleep(d).await;
+                    }
+                    None => break Err(Failure::failed(format!("giving up: {e}"))),
+                }
+            }
+        }
+    };
+    reporter.progress_finish();
+    let seconds = started.elapsed().as_secs_f64();
+    let (ok, sha_hex, final_name) = match &result {
+        Ok((name, sha)) => (true, Some(hex::encode(sha)), Some(name.clone())),
+        Err(_) => (false, None, None),
+    };
+    record.state = match &result {
+        Ok(_) => SessionState::Completed,
+        Err(f) if f.code == exit::AUTH || f.code == exit::USAGE => SessionState::Failed,
+        Err(_) => SessionState::Interrupted,
+    };
+    record.updated_unix = unix_now();
+    record.sha256_hex = sha_hex.clone();
+    record.error = result.as_ref().err().map(|f| f.message.clone());
+    if ok {
+        record.bytes_confirmed = source.size;
+    }
+    let _ = store.put_outgoing(&record);
+    let sent_bytes = source
+        .size
+        .saturating_sub(u64::from(stats.chunks_skipped) * opts.chunk_size)
+        .max(0);
+    reporter.event(json!({
+        "event": "summary",
+        "session_id": record.id.to_hex(),
+        "file": source.name,
+        "final_name": final_name,
+        "bytes": source.size,
+        "seconds": seconds,
+        "goodput_mbps": if seconds > 0.0 { sent_bytes as f64 * 8.0 / seconds / 1e6 } else { 0.0 },
+        "protocol": "tcp",
+        "sha256": sha_hex,
+        "ok": ok,
+        "chunks_total": plan.chunk_count(),
+        "chunks_sent": stats.chunks_sent,
+        "chunks_resent": stats.chunks_resent,
+        "chunks_skipped": stats.chunks_skipped,
+        "compressed_chunks": stats.compressed_chunks,
+        "bytes_on_wire": stats.bytes_on_wire,
+        "connections": stats.connections,
+        "error": result.as_ref().err().map(|f| f.message.clone()),
+    }));
+    match result {
+        Ok((name, sha)) => {
+            reporter.info(&format!(
+                "sent {} ({} bytes) as {name} in {seconds:.1}s, sha256 {}",
+                source.name,
+                source.size,
+                hex::encode(sha)
+            ));
+            Ok(())
+        }
+        Err(f) => Err(f),
+    }
+}
+
+fn retry_delay(backoff: &mut Backoff, since: Instant, limit: Duration) -> Option<Duration> {
+    if since.elapsed() >= limit {
+        return None;
+    }
+    backoff
+        .next_delay(Instant::now(), rand::random::<f64>())
+        .map(|d| d.min(limit.saturating_sub(since.elapsed())))
+}
+
+/// What the reader thread hands the network task.
+enum ReadMsg {
+    Begin(u32),
+    Piece {
+        raw_len: u32,
+        compressed: bool,
+        buf: Vec<u8>,
+    },
+    End(u32, [u8; 32]),
+    /// A chunk the receiver already had, re-read: its current hash.
+    Checked(u32, [u8; 32]),
+    /// The whole file has been read once: its SHA-256.
+    FileHash([u8; 32]),
+    Failed(String),
+}
+
+/// Reads the file: one in-order pass (hashing everything, sending what the receiver lacks), then re-sends on
+/// request. Runs on its own thread so hashing and compression stay off the network task.
+fn reader_thread(
+    file: File,
+    plan: ChunkPlan,
+    first_pass: Vec<FirstPass>,
+    mode: CompressMode,
+    out: mpsc::Sender<ReadMsg>,
+    resend: std_mpsc::Receiver<u32>,
+    recycle: std_mpsc::Receiver<Vec<u8>>,
+) {
+    let mut compressor = match PieceCompressor::new() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = out.blocking_send(ReadMsg::Failed(e.to_string()));
+            return;
+        }
+    };
+    let mut file_hasher = Hasher::new();
+    let mut read_chunk =
+        |index: u32, send: bool, file_hasher: Option<&mut Hasher>| -> Result<[u8; 32], String> {
+            let mut file_hasher = file_hasher;
+            let (start, len) = (plan.offset(index), plan.len(index));
+            let mut chunk_hasher = Hasher::new();
+            let mut compress = None;
+            if send && out.blocking_send(ReadMsg::Begin(index)).is_err() {
+                return Err("stopped".into());
+            }
+            let mut done = 0u64;
+            while done < len {
+                let n = (len - done).min(DATA_PIECE as u64) as usize;
+                let mut buf = recycle
+                    .try_recv()
+                    .unwrap_or_else(|_| Vec::with_capacity(DATA_PIECE));
+                buf.resize(n, 0);
+                file.read_exact_at(&mut buf, start + done)
+                    .map_err(|e| format!("reading the source file: {e}"))?;
+                chunk_hasher.update(&buf);
+                if let Some(h) = file_hasher.as_deref_mut() {
+                    h.update(&buf);
+                }
+                if send {
+                    let use_zstd =
+                        *compress.get_or_insert_with(|| compressor.should_compress(mode, &buf));
+                    let msg = match use_zstd.then(|| compressor.compress(&buf)).flatten() {
+                        Some(packed) => {
+                            let mut p = Vec::with_capacity(packed.len());
+                            p.extend_from_slice(packed);
+                            ReadMsg::Piece {
+                                raw_len: n as u32,
+                                compressed: true,
+                                buf: p,
+                            }
+                        }
+                        None => ReadMsg::Piece {
+                            raw_len: n as u32,
+                            compressed: false,
+                            buf,
+                        },
+                    };
+                    if out.blocking_send(msg).is_err() {
+                        return Err("stopped".into());
+                    }
+                }
+                done += n as u64;
+            }
+            let sha = chunk_hasher.finish();
+            if send && out.blocking_send(ReadMsg::End(index, sha)).is_err() {
+                return Err("stopped".into());
+            }
+            if send && compress == Some(true) {
+                // Counted by the network task through the compressed flag of pieces.
+            }
+            Ok(sha)
+        };
+    for (index, what) in first_pass.iter().enumerate() {
+        let index = index as u32;
+        let res = match what {
+            FirstPass::Send => read_chunk(index, true, Some(&mut file_hasher)).map(|_| ()),
+            FirstPass::Check { .. } => {
+                read_chunk(index, false, Some(&mut file_hasher)).and_then(|sha| {
+                    out.blocking_send(ReadMsg::Checked(index, sha))
+                        .map_err(|_| "stopped".into())
+                })
+            }
+        };
+        if let Err(e) = res {
+            let _ = out.blocking_send(ReadMsg::Failed(e));
+            return;
+        }
+    }
+    if out
+        .blocking_send(ReadMsg::FileHash(file_hasher.finish()))
+        .is_err()
+    {
+        return;
+    }
+    while let Ok(index) = resend.recv() {
+        if let Err(e) = read_chunk(index, true, None) {
+            let _ = out.blocking_send(ReadMsg::Failed(e));
+            return;
+        }
+    }
+}
+
+/// One connection: offer, learn what the receiver has, stream the rest, wait for the verdict.
+#[allow(clippy::too_many_arguments)]
+async fn transfer_once(
+    tls: trackshift_transport::ClientTls,
+    source: &Source,
+    plan: ChunkPlan,
+    record: &OutgoingSession,
+    opts: &SendOptions,
+    reporter: &mut Reporter,
+    stats: &mut Stats,
+    started: Instant,
+    progress_started: &mut bool,
+) -> Result<(String, [u8; 32]), AttemptError> {
+    let (rd, wr) = split(tls);
+    let mut reader = FrameReader::new(rd);
+    let mut writer = FrameWriter::new(wr);
+    writer
+        .send(&Frame::Offer(Offer {
+            session_id: record.id,
+            file_name: &source.name,
+            file_size: source.size,
+            chunk_size: plan.chunk_size(),
+            mtime_ns: source.mtime_ns,
+        }))
+        .await?;
+    writer.flush().await?;
+
+    // Accept, then the verified list.
+    let count = match reader.next().await? {
+        Frame::Accept { verified_count } => verified_count as usize,
+        Frame::Error { code, message } => return Err(peer_error(code, message)),
+        Frame::FileDone {
+            ok: true,
+            sha256,
+            final_name,
+        } => {
+            // The receiver completed this session before we heard so (we were interrupted at the very end).
+            let ours = hash_whole_file(&source.file, source.size)
+                .map_err(|e| AttemptError::Fatal(Failure::usage(e)))?;
+            if ours == sha256 {
+                return Ok((final_name.to_owned(), sha256));
+            }
+            return Err(AttemptError::SourceChanged(0));
+        }
+        f => {
+            return Err(AttemptError::Fatal(Failure::failed(format!(
+                "receiver sent {} instead of Accept",
+                f.name()
+            ))))
+        }
+    };
+    let mut verified = Vec::with_capacity(count.min(plan.chunk_count() as usize));
+    while verified.len() < count {
+        match reader.next().await? {
+            Frame::VerifiedList { entries } => verified.extend(verified_entries(entries)),
+            Frame::Error { code, message } => return Err(peer_error(code, message)),
+            f => {
+                return Err(AttemptError::Fatal(Failure::failed(format!(
+                    "receiver sent {} inside its verified list",
+                    f.name()
+                ))))
+            }
+        }
+    }
+    let mut transfer = OutgoingTransfer::new(plan, &verified).map_err(|e| {
+        AttemptError::Fatal(Failure::failed(format!(
+            "receiver's chunk list is invalid: {e}"
+        )))
+    })?;
+    let base = transfer.bytes_verified();
+    if stats.connections == 1 {
+        stats.chunks_skipped = transfer.chunks_skipped;
+    }
+    if !*progress_started {
+        reporter.progress_start("sending", source.size, base);
+        *progress_started = true;
+    }
+    reporter.event(json!({"event": "accepted", "chunks_verified": transfer.chunks_skipped, "bytes_verified": base}));
+
+    let (read_tx, mut read_rx) = mpsc::channel(READ_AHEAD);
+    let (resend_tx, resend_rx) = std_mpsc::channel();
+    let (recycle_tx, recycle_rx) = std_mpsc::channel();
+    let file = source
+        .file
+        .try_clone()
+        .map_err(|e| AttemptError::Fatal(Failure::usage(format!("source file: {e}"))))?;
+    let first_pass = transfer.first_pass();
+    let mode = opts.compress;
+    let reader_handle = std::thread::Builder::new()
+        .name("trackshift-read".into())
+        .spawn(move || reader_thread(file, plan, first_pass, mode, read_tx, resend_rx, recycle_rx))
+        .map_err(|e| {
+            AttemptError::Fatal(Failure::failed(format!("cannot start reader thread: {e}")))
+        })?;
+
+    // Frames from the receiver arrive through a task of their own: reading a frame is not cancel-safe, so it
+    // must not sit in the `select!` below.
+    let (peer_tx, mut peer_rx) = mpsc::channel::<Result<(u8, Vec<u8>), TransportError>>(16);
+    let peer_task = tokio::spawn(async move {
+        let mut reader = reader;
+        loop {
+            let mut buf = Vec::new();
+            let r = reader.next_into(&mut buf).await.map(|t| (t, buf));
+            let stop = r.is_err();
+            if peer_tx.send(r).await.is_err() || stop {
+                break;
+            }
+        }
+    });
+    let mut file_hash: Option<[u8; 32]> = None;
+    let mut file_end_sent = false;
+    let mut reader_done = false;
+    let mut chunk_compressed = false;
+    let mut pace = opts.max_rate.map(|r| (r, tokio::time::Instant::now()));
+    let mut last_heard = Instant::now();
+    let outcome = loop {
+        if !file_end_sent && transfer.is_complete() {
+            if let Some(sha) = file_hash {
+                writer.send(&Frame::FileEnd { sha256: sha }).await?;
+                writer.flush().await?;
+                file_end_sent = true;
+                // No more re-sends: let the reader thread finish.
+                drop_resend(&resend_tx);
+            }
+        }
+        let silence_limit = if file_end_sent {
+            FINAL_WAIT
+        } else {
+            PEER_SILENCE
+        };
+        let waiting_on_peer = reader_done || file_end_sent;
+        tokio::select! {
+            biased;
+            msg = peer_rx.recv() => {
+                last_heard = Instant::now();
+                let (frame_type, body) = msg.unwrap_or(Err(TransportError::Closed))?;
+                match Frame::decode(frame_type, &body).map_err(TransportError::from)? {
+                    Frame::ChunkDone { index, ok } => {
+                        transfer.on_chunk_done(index, ok).map_err(|e| AttemptError::Fatal(Failure::failed(format!("receiver: {e}"))))?;
+                        if !ok {
+                            reporter.info(&format!("chunk {index} failed verification at the receiver; sending it again"));
+                            let _ = resend_tx.send(index);
+                            stats.chunks_resent += 1;
+                        }
+                        reporter.progress(transfer.bytes_verified(), source.size, started, base);
+                    }
+                    Frame::FileDone { ok, sha256, final_name } => {
+                        if !ok {
+                            break Err(AttemptError::Fatal(Failure::failed(format!(
+                                "the receiver's whole-file SHA-256 {} does not match; the session was discarded, re-run to send again",
+                                hex::encode(sha256)
+                            ))));
+                        }
+                        match file_hash {
+                            Some(ours) if ours == sha256 => break Ok((final_name.to_owned(), sha256)),
+                            Some(_) => break Err(AttemptError::Fatal(Failure::failed("receiver confirmed a different SHA-256 than the source's"))),
+                            // Receiver had the whole file already (completed earlier): trust only a match.
+                            None => {
+                                let ours = hash_whole_file(&source.file, source.size).map_err(|e| AttemptError::Fatal(Failure::usage(e)))?;
+                                if ours == sha256 { break Ok((final_name.to_owned(), sha256)); }
+                                break Err(AttemptError::SourceChanged(0));
+                            }
+                        }
+                    }
+                    Frame::Error { code, message } => break Err(peer_error(code, message)),
+                    Frame::KeepAlive => {}
+                    f => break Err(AttemptError::Fatal(Failure::failed(format!("receiver sent an unexpected {} frame", f.name())))),
+                }
+            }
+            msg = read_rx.recv(), if !reader_done => {
+                match msg {
+                    None => { reader_done = true; }
+                    Some(ReadMsg::Begin(index)) => {
+                        writer.send(&Frame::ChunkBegin { index }).await?;
+                        chunk_compressed = false;
+                    }
+                    Some(ReadMsg::Piece { raw_len, compressed, buf }) => {
+                        if let Some((rate, next)) = &mut pace {
+                            tokio::time::sleep_until(*next).await;
+                            *next = (*next).max(tokio::time::Instant::now() - Duration::from_millis(50))
+                                + Duration::from_secs_f64(buf.len() as f64 / *rate as f64);
+                        }
+                        writer.send_data(raw_len, compressed, &buf).await?;
+                        stats.bytes_on_wire += buf.len() as u64 + 10;
+                        chunk_compressed |= compressed;
+                        if !compressed { let _ = recycle_tx.send(buf); }
+                    }
+                    Some(ReadMsg::End(index, sha)) => {
+                        writer.send(&Frame::ChunkEnd { sha256: sha }).await?;
+                        writer.flush().await?;
+                        transfer.on_sent(index);
+                        stats.chunks_sent += 1;
+                        if chunk_compressed { stats.compressed_chunks += 1; }
+                    }
+                    Some(ReadMsg::Checked(index, sha)) => {
+                        if transfer.check_skipped(index, sha).is_err() {
+                            break Err(AttemptError::SourceChanged(index));
+                        }
+                    }
+                    Some(ReadMsg::FileHash(sha)) => { file_hash = Some(sha); writer.flush().await?; }
+                    Some(ReadMsg::Failed(e)) => break Err(AttemptError::Fatal(Failure::usage(e))),
+                }
+            }
+            _ = tokio::time::sleep(Duration::from_secs(5)), if waiting_on_peer => {
+                if last_heard.elapsed() > silence_limit {
+                    break Err(AttemptError::Transient(TransportError::Timeout("waiting for the receiver")));
+                }
+                writer.send(&Frame::KeepAlive).await?;
+                writer.flush().await?;
+            }
+        }
+    };
+    peer_task.abort();
+    drop(read_rx);
+    drop(resend_tx);
+    let _ = reader_handle.join();
+    if outcome.is_ok() {
+        let _ = writer.shutdown().await;
+    }
+    outcome
+}
+
+fn drop_resend(_tx: &std_mpsc::Sender<u32>) {
+    // The sender half is dropped with the loop; nothing to do until then.
+}
+
+fn hash_whole_file(file: &File, size: u64) -> Result<[u8; 32], String> {
+    let mut h = Hasher::new();
+    let mut buf = vec![0u8; DATA_PIECE];
+    let mut off = 0;
+    while off < size {
+        let n = (size - off).min(DATA_PIECE as u64) as usize;
+        file.read_exact_at(&mut buf[..n], off)
+            .map_err(|e| format!("reading the source file: {e}"))?;
+        h.update(&buf[..n]);
+        off += n as u64;
+    }
+    Ok(h.finish())
+}
+
+fn peer_error(code: ErrorCode, message: &str) -> AttemptError {
+    let e = TransportError::Peer {
+        code,
+        message: message.to_owned(),
+    };
+    if e.is_transient() {
+        AttemptError::Transient(e)
+    } else {
+        AttemptError::Fatal(e.into())
+    }
+}

@@ -1,0 +1,247 @@
+//! The output dir checks, free space, and the state dir.
+
+use std::fs::{self, DirBuilder, OpenOptions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::error::{io_error, is_permission_io};
+use crate::names::RESERVED_PREFIX;
+use crate::StorageError;
+
+/// Checks that `dir` exists, is a directory and is writable, by creating and removing a probe file
+/// (`.trackshift-probe-…`, never following a symlink).
+///
+/// Errors: "output dir /x does not exist", "output dir /x is not a directory",
+/// "output dir /x is not writable: permission denied" (each with what to do).
+pub fn check_output_dir(dir: &Path) -> Result<(), StorageError> {
+    let meta = match fs::metadata(dir) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(StorageError::OutputDirMissing {
+                dir: dir.to_path_buf(),
+            })
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotADirectory => {
+            return Err(StorageError::OutputDirMissing {
+                dir: dir.to_path_buf(),
+            })
+        }
+        Err(e) => return Err(io_error("inspect output dir", dir, e)),
+    };
+    if !meta.is_dir() {
+        return Err(StorageError::OutputDirNotDirectory {
+            dir: dir.to_path_buf(),
+        });
+    }
+    let probe = dir.join(unique_name("probe"));
+    let opened = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&probe);
+    match opened {
+        Ok(file) => {
+            drop(file);
+            fs::remove_file(&probe).map_err(|e| io_error("remove probe file", &probe, e))?;
+            Ok(())
+        }
+        Err(e) => {
+            let detail = if e.kind() == io::ErrorKind::ReadOnlyFilesystem
+                || e.raw_os_error() == Some(libc::EROFS)
+            {
+                "read-only file system".to_owned()
+            } else if is_permission_io(&e) {
+                "permission denied".to_owned()
+            } else {
+                return Err(io_error("create a probe file in", dir, e));
+            };
+            Err(StorageError::OutputDirNotWritable {
+                dir: dir.to_path_buf(),
+                detail,
+            })
+        }
+    }
+}
+
+/// Bytes available to an unprivileged writer on the filesystem holding `dir` (`f_bavail * f_frsize`).
+pub fn available_space(dir: &Path) -> Result<u64, StorageError> {
+    let st =
+        rustix::fs::statvfs(dir).map_err(|e| io_error("query free space of", dir, e.into()))?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// Fails with [`StorageError::InsufficientSpace`] (`is_no_space()` is true) when fewer than `needed` bytes
+/// are available on the filesystem holding `dir`.
+pub fn ensure_space(dir: &Path, needed: u64) -> Result<(), StorageError> {
+    let available = available_space(dir)?;
+    if available < needed {
+        return Err(StorageError::InsufficientSpace {
+            dir: dir.to_path_buf(),
+            needed,
+            available,
+        });
+    }
+    Ok(())
+}
+
+/// Seconds since the Unix epoch, for `created_unix` / `updated_unix`.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A name under the reserved prefix that no other call (in this or another process) uses at the same time.
+pub(crate) fn unique_name(kind: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{RESERVED_PREFIX}{kind}-{}-{n}-{nanos}", std::process::id())
+}
+
+/// Opens `dir` and fsyncs it, so a rename or link in it survives a power cut.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    let d = fs::File::open(dir).map_err(|e| io_error("open directory", dir, e))?;
+    d.sync_all().map_err(|e| io_error("sync directory", dir, e))
+}
+
+/// The state dir (session store, known receivers, TLS identity). Created with mode 0700 if missing;
+/// resolving the default location is the CLI's job.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    path: PathBuf,
+}
+
+impl StateDir {
+    /// Opens `path` as the state dir, creating it (and `identity/` inside it) with mode 0700 if missing.
+    pub fn open(path: &Path) -> Result<Self, StorageError> {
+        create_private_dir(path, true)?;
+        create_private_dir(&path.join("identity"), false)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The state dir itself.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `<state>/identity`, for the transport crate's TLS identity files. Already created (0700) by [`StateDir::open`].
+    pub fn identity_dir(&self) -> PathBuf {
+        self.path.join("identity")
+    }
+}
+
+fn create_private_dir(path: &Path, recursive: bool) -> Result<(), StorageError> {
+    match DirBuilder::new()
+        .recursive(recursive)
+        .mode(0o700)
+        .create(path)
+    {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io_error("create state dir", path, e)),
+    }
+    let meta = fs::metadata(path).map_err(|e| io_error("inspect state dir", path, e))?;
+    if !meta.is_dir() {
+        return Err(StorageError::StateDirNotDirectory {
+            dir: path.to_path_buf(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn output_dir_checks() {
+        let tmp = tempfile::tempdir().unwrap();
+        check_output_dir(tmp.path()).unwrap();
+        assert_eq!(
+            fs::read_dir(tmp.path()).unwrap().count(),
+            0,
+            "probe file left behind"
+        );
+
+        let missing = tmp.path().join("nope");
+        let err = check_output_dir(&missing).unwrap_err();
+        assert!(err
+            .to_string()
+            .starts_with(&format!("output dir {} does not exist", missing.display())));
+
+        let file = tmp.path().join("f");
+        fs::write(&file, b"x").unwrap();
+        let err = check_output_dir(&file).unwrap_err();
+        assert!(err.to_string().contains("is not a directory"), "{err}");
+    }
+
+    #[test]
+    fn unwritable_output_dir() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ro = tmp.path().join("ro");
+        fs::create_dir(&ro).unwrap();
+        fs::set_permissions(&ro, fs::Permissions::from_mode(0o500)).unwrap();
+        // root can write anyway; only check when the probe really is refused.
+        if let Err(err) = check_output_dir(&ro) {
+            assert!(err.is_permission(), "{err}");
+            assert!(
+                err.to_string().starts_with(&format!(
+                    "output dir {} is not writable: permission denied",
+                    ro.display()
+                )),
+                "{err}"
+            );
+        }
+        fs::set_permissions(&ro, fs::Permissions::from_mode(0o700)).unwrap();
+    }
+
+    #[test]
+    fn free_space_is_reported() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert!(available_space(tmp.path()).unwrap() > 0);
+        ensure_space(tmp.path(), 1).unwrap();
+        let err = ensure_space(tmp.path(), u64::MAX).unwrap_err();
+        assert!(err.is_no_space(), "{err}");
+        assert!(available_space(&tmp.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn state_dir_is_private() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("a/b/state");
+        let state = StateDir::open(&path).unwrap();
+        assert_eq!(state.path(), path);
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        let id = state.identity_dir();
+        assert_eq!(id, path.join("identity"));
+        assert_eq!(
+            fs::metadata(&id).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        // Reopening an existing one is fine.
+        StateDir::open(&path).unwrap();
+
+        let file = tmp.path().join("file");
+        fs::write(&file, b"").unwrap();
+        let err = StateDir::open(&file).unwrap_err();
+        assert!(
+            matches!(err, StorageError::StateDirNotDirectory { .. })
+                || err.to_string().contains("state dir"),
+            "{err}"
+        );
+    }
+}
