@@ -1,0 +1,408 @@
+//! [`Lab`]: the test-support handle that runs `trackshift-netlab up` as a child process.
+
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::config::LinkOverrides;
+use crate::emulator::{self, LabCounters};
+use crate::sys;
+
+/// How to start a [`Lab`]. `LabConfig::from("lossy")` is the `lossy` profile with defaults.
+#[derive(Debug, Clone)]
+pub struct LabConfig {
+    /// A named profile (`clean`, `wan`, `lossy`, `sat`, `burst`, `flaky`) or none (then only overrides).
+    pub profile: Option<String>,
+    /// Values on top of the profile.
+    pub overrides: LinkOverrides,
+    pub seed: u64,
+    /// The emulator stops by itself after this (a safety bound; default 120 s).
+    pub max_duration: Duration,
+    /// Change side a's address this long after start.
+    pub addr_change_at: Option<Duration>,
+    /// How long to wait for the ready line (default 20 s).
+    pub ready_timeout: Duration,
+    /// The `trackshift-netlab` binary; default: `$TRACKSHIFT_NETLAB_BIN`, else next to the test executable.
+    pub binary: Option<PathBuf>,
+}
+
+impl Default for LabConfig {
+    fn default() -> Self {
+        Self {
+            profile: None,
+            overrides: LinkOverrides::default(),
+            seed: 1,
+            max_duration: Duration::from_secs(120),
+            addr_change_at: None,
+            ready_timeout: Duration::from_secs(20),
+            binary: None,
+        }
+    }
+}
+
+impl LabConfig {
+    /// A profile with default settings.
+    pub fn profile(name: &str) -> Self {
+        Self {
+            profile: Some(name.to_string()),
+            ..Self::default()
+        }
+    }
+
+    /// The `up` arguments after `--name`.
+    pub fn up_args(&self) -> Vec<String> {
+        let mut a = Vec::new();
+        if let Some(p) = &self.profile {
+            a.extend(["--profile".to_string(), p.clone()]);
+        }
+        a.extend(self.overrides.to_args());
+        a.extend(["--seed".to_string(), self.seed.to_string()]);
+        a.extend([
+            "--max-duration".to_string(),
+            format!("{}ms", self.max_duration.as_millis()),
+        ]);
+        if let Some(t) = self.addr_change_at {
+            a.extend([
+                "--addr-change-at".to_string(),
+                format!("{}ms", t.as_millis()),
+            ]);
+        }
+        a
+    }
+}
+
+impl From<&str> for LabConfig {
+    fn from(profile: &str) -> Self {
+        Self::profile(profile)
+    }
+}
+
+impl From<&LabConfig> for LabConfig {
+    fn from(c: &LabConfig) -> Self {
+        c.clone()
+    }
+}
+
+/// Finds a workspace binary built next to the running test: `current_exe()/../../<name>` (tests live in
+/// `target/<profile>/deps/`), or `current_exe()/../<name>`. Panics with a hint to build it if absent.
+pub fn locate_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut tried = Vec::new();
+    for dir in exe.ancestors().skip(1).take(2) {
+        let p = dir.join(name);
+        if p.is_file() {
+            return p;
+        }
+        tried.push(p);
+    }
+    panic!(
+        "binary `{name}` not found (looked at {tried:?}); build it first: `cargo build -p {}`",
+        if name == "trackshift-netlab" {
+            "trackshift-netlab"
+        } else {
+            name
+        }
+    );
+}
+
+fn netlab_binary(cfg: &LabConfig) -> PathBuf {
+    if let Some(b) = &cfg.binary {
+        return b.clone();
+    }
+    if let Some(b) = std::env::var_os("TRACKSHIFT_NETLAB_BIN") {
+        return PathBuf::from(b);
+    }
+    locate_binary("trackshift-netlab")
+}
+
+/// A running lab: two namespaces joined by the emulated link. Dropping it stops the emulator
+/// (SIGTERM, bounded wait, SIGKILL) and runs `trackshift-netlab down` as a fallback.
+#[derive(Debug)]
+pub struct Lab {
+    child: Option<Child>,
+    binary: PathBuf,
+    name: String,
+    ns_a: String,
+    ns_b: String,
+    addr_a: Ipv4Addr,
+    addr_b: Ipv4Addr,
+    lines: Mutex<Receiver<serde_json::Value>>, // Mutex only to make Lab Sync
+    stderr: Arc<Mutex<String>>,
+}
+
+static RUNS: AtomicU32 = AtomicU32::new(0);
+
+fn unique_name(prefix: &str) -> String {
+    let clean: String = prefix
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .take(16)
+        .collect();
+    let clean = if clean.is_empty() {
+        "lab".to_string()
+    } else {
+        clean
+    };
+    let n = RUNS.fetch_add(1, Ordering::SeqCst);
+    format!("{clean}-{}-{n}", std::process::id())
+}
+
+impl Lab {
+    /// Starts a lab whose names begin with `name_prefix` (a process id and counter are appended so
+    /// parallel tests never collide) and waits for it to be ready.
+    pub fn start(name_prefix: &str, config: impl Into<LabConfig>) -> Result<Lab> {
+        let cfg: LabConfig = config.into();
+        let binary = netlab_binary(&cfg);
+        if !binary.is_file() {
+            bail!(
+                "{} not found: build it with `cargo build -p trackshift-netlab`",
+                binary.display()
+            );
+        }
+        let name = unique_name(name_prefix);
+        let mut child = Command::new(&binary)
+            .arg("up")
+            .arg("--name")
+            .arg(&name)
+            .args(cfg.up_args())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let (tx, rx) = mpsc::channel();
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                match serde_json::from_str::<serde_json::Value>(&line) {
+                    Ok(v) => {
+                        if tx.send(v).is_err() {
+                            break;
+                        }
+                    }
+                    Err(_) => eprintln!("[netlab stdout] {line}"),
+                }
+            }
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let err_pipe = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
+        let buf = stderr.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(err_pipe).lines().map_while(Result::ok) {
+                eprintln!("[netlab] {line}");
+                if let Ok(mut b) = buf.lock() {
+                    b.push_str(&line);
+                    b.push('\n');
+                }
+            }
+        });
+        let mut lab = Lab {
+            child: Some(child),
+            binary,
+            name: name.clone(),
+            ns_a: format!("{name}-a"),
+            ns_b: format!("{name}-b"),
+            addr_a: emulator::ADDR_A,
+            addr_b: emulator::ADDR_B,
+            lines: Mutex::new(rx),
+            stderr,
+        };
+        let ready = lab.wait_event("ready", cfg.ready_timeout)?;
+        let field = |k: &str| ready.get(k).and_then(|v| v.as_str()).map(str::to_string);
+        lab.ns_a = field("ns_a").ok_or_else(|| anyhow!("ready line without ns_a: {ready}"))?;
+        lab.ns_b = field("ns_b").ok_or_else(|| anyhow!("ready line without ns_b: {ready}"))?;
+        lab.addr_a = field("addr_a")
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| anyhow!("bad addr_a: {ready}"))?;
+        lab.addr_b = field("addr_b")
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| anyhow!("bad addr_b: {ready}"))?;
+        Ok(lab)
+    }
+
+    fn wait_event(&mut self, event: &str, timeout: Duration) -> Result<serde_json::Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let got = match self.lines.get_mut() {
+                Ok(rx) => rx.recv_timeout(left),
+                Err(poisoned) => poisoned.into_inner().recv_timeout(left),
+            };
+            match got {
+                Ok(v) if v.get("event").and_then(|e| e.as_str()) == Some(event) => return Ok(v),
+                Ok(_) => continue,
+                Err(RecvTimeoutError::Timeout) => {
+                    bail!(
+                        "no `{event}` from trackshift-netlab within {timeout:?}; stderr:\n{}",
+                        self.stderr_text()
+                    )
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    let status = self.child.as_mut().and_then(|c| c.wait().ok());
+                    bail!(
+                        "trackshift-netlab exited ({status:?}) before `{event}`; stderr:\n{}",
+                        self.stderr_text()
+                    )
+                }
+            }
+        }
+    }
+
+    /// Everything the emulator wrote on stderr so far.
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// The run name (namespaces are `<name>-a` and `<name>-b`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn ns_a(&self) -> &str {
+        &self.ns_a
+    }
+
+    pub fn ns_b(&self) -> &str {
+        &self.ns_b
+    }
+
+    /// Side a's current address (changes after [`Lab::addr_change`]).
+    pub fn addr_a(&self) -> Ipv4Addr {
+        self.addr_a
+    }
+
+    pub fn addr_b(&self) -> Ipv4Addr {
+        self.addr_b
+    }
+
+    /// `ip netns exec <ns_a> <program>`: add arguments, then spawn/output as usual.
+    pub fn command_in_a(&self, program: impl AsRef<OsStr>) -> Command {
+        command_in(&self.ns_a, program)
+    }
+
+    /// `ip netns exec <ns_b> <program>`.
+    pub fn command_in_b(&self, program: impl AsRef<OsStr>) -> Command {
+        command_in(&self.ns_b, program)
+    }
+
+    /// Runs `f` on a thread inside namespace a (sockets it opens live there).
+    pub fn run_in_a<T: Send, F: FnOnce() -> T + Send>(&self, f: F) -> Result<T> {
+        in_netns(&self.ns_a, f)
+    }
+
+    /// Runs `f` on a thread inside namespace b.
+    pub fn run_in_b<T: Send, F: FnOnce() -> T + Send>(&self, f: F) -> Result<T> {
+        in_netns(&self.ns_b, f)
+    }
+
+    /// Moves side a to a new address (SIGUSR1) and waits until done; returns the new address.
+    pub fn addr_change(&mut self) -> Result<Ipv4Addr> {
+        let pid = self
+            .child
+            .as_ref()
+            .map(|c| c.id())
+            .ok_or_else(|| anyhow!("lab stopped"))?;
+        sys::kill(pid, libc::SIGUSR1)?;
+        let v = self.wait_event("addr_change", Duration::from_secs(10))?;
+        self.addr_a = v
+            .get("addr_a")
+            .and_then(|a| a.as_str())
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| anyhow!("bad addr_change line: {v}"))?;
+        Ok(self.addr_a)
+    }
+
+    /// Waits for an `addr_change` line (e.g. from `addr_change_at`); returns the new address.
+    pub fn wait_addr_change(&mut self, timeout: Duration) -> Result<Ipv4Addr> {
+        let v = self.wait_event("addr_change", timeout)?;
+        self.addr_a = v
+            .get("addr_a")
+            .and_then(|a| a.as_str())
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| anyhow!("bad addr_change line: {v}"))?;
+        Ok(self.addr_a)
+    }
+
+    /// Stops the emulator (SIGTERM) and returns its counters. Namespaces are gone when this returns.
+    pub fn stop(mut self) -> Result<LabCounters> {
+        let pid = self
+            .child
+            .as_ref()
+            .map(|c| c.id())
+            .ok_or_else(|| anyhow!("lab already stopped"))?;
+        let _ = sys::kill(pid, libc::SIGTERM);
+        let v = self.wait_event("counters", Duration::from_secs(15));
+        self.reap(Duration::from_secs(10));
+        let v = v?;
+        serde_json::from_value(v.clone()).with_context(|| format!("parsing counters line {v}"))
+    }
+
+    /// Waits for the child to exit (SIGKILL after `grace`), then runs `down` if namespaces remain.
+    fn reap(&mut self, grace: Duration) {
+        if let Some(mut child) = self.child.take() {
+            let deadline = Instant::now() + grace;
+            loop {
+                match child.try_wait() {
+                    Ok(Some(_)) => break,
+                    Ok(None) if Instant::now() < deadline => {
+                        thread::sleep(Duration::from_millis(20))
+                    }
+                    _ => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break;
+                    }
+                }
+            }
+        }
+        if emulator::netns_exists(&self.ns_a) || emulator::netns_exists(&self.ns_b) {
+            let _ = Command::new(&self.binary)
+                .args(["down", "--name", &self.name])
+                .stdout(Stdio::null())
+                .status();
+            let _ = emulator::down(&self.name);
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Some(c) = &self.child {
+            let _ = sys::kill(c.id(), libc::SIGTERM);
+        }
+        self.reap(Duration::from_secs(10));
+    }
+}
+
+/// `ip netns exec <ns> <program>`.
+pub fn command_in(ns: &str, program: impl AsRef<OsStr>) -> Command {
+    let ip = ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .unwrap_or("ip");
+    let mut c = Command::new(ip);
+    c.args(["netns", "exec", ns]).arg(program);
+    c
+}
+
+/// Runs `f` on a fresh thread that first enters network namespace `ns` (`/run/netns/<ns>`); sockets
+/// created by `f` belong to that namespace and keep working after the thread ends.
+pub fn in_netns<T: Send, F: FnOnce() -> T + Send>(ns: &str, f: F) -> Result<T> {
+    thread::scope(|s| {
+        s.spawn(|| -> Result<T> {
+            sys::enter_netns(ns).with_context(|| format!("entering netns {ns}"))?;
+            Ok(f())
+        })
+        .join()
+        .map_err(|_| anyhow!("thread in netns {ns} panicked"))?
+    })
+}
