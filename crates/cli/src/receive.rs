@@ -567,7 +567,7 @@ fn spawn_worker(
     std::thread::Builder::new()
         .name("trackshift-write".into())
         .spawn(move || {
-            if let Err((code, message)) = worker(job, &store, frames, &events, recycle) {
+            if let Err((code, message)) = worker(job, store, frames, &events, recycle) {
                 let _ = events.send(WorkerEvent::Fatal { code, message });
             }
         })
@@ -593,7 +593,7 @@ fn hash_from_disk(
 /// verified chunks durable before they count.
 fn worker(
     job: WorkerJob,
-    store: &SessionStore,
+    store: Arc<SessionStore>,
     mut frames: mpsc::Receiver<(u8, Vec<u8>)>,
     events: &mpsc::UnboundedSender<WorkerEvent>,
     recycle: mpsc::UnboundedSender<Vec<u8>>,
@@ -607,6 +607,8 @@ fn worker(
         name,
     } = job;
     let store_err = |e: StorageError| (storage_code(&e), e.to_string());
+    let part = Arc::new(part);
+    let mut committer = Committer::start(part.clone(), store.clone(), id, events.clone())?;
     let mut transfer = IncomingTransfer::new(plan, map);
     let mut file_hasher = OrderedFileHasher::new();
     // Hash the prefix verified in earlier runs now, while the sender re-reads its side of it.
@@ -659,24 +661,20 @@ fn worker(
                 let actual = chunk_hasher.take().map(Hasher::finish).unwrap_or([0; 32]);
                 let ok = actual == expected;
                 if ok {
-                    // Durable data first, then the record that says it is there.
-                    part.sync_data().map_err(store_err)?;
-                    store
-                        .mark_chunk_verified(&id, index, actual)
-                        .map_err(store_err)?;
                     file_hasher.chunk_verified();
+                    committer.commit(index, actual, plan.len(index))?;
                 } else {
                     tracing::warn!(
                         "chunk {index} of session {id} failed verification; asking for it again"
                     );
                     file_hasher.chunk_failed();
+                    let _ = events.send(WorkerEvent::ChunkDone {
+                        index,
+                        ok: false,
+                        len: plan.len(index),
+                    });
                 }
                 transfer.chunk_result(index, ok);
-                let _ = events.send(WorkerEvent::ChunkDone {
-                    index,
-                    ok,
-                    len: plan.len(index),
-                });
             }
             Incoming::FileEnd { expected } => {
                 if !transfer.is_complete() {
@@ -685,6 +683,9 @@ fn worker(
                         "sender ended the file with chunks still missing".into(),
                     ));
                 }
+                committer.finish()?;
+                let part = Arc::try_unwrap(part)
+                    .map_err(|_| (ErrorCode::Internal, "partial file still shared".to_owned()))?;
                 hash_from_disk(&part, &mut file_hasher, plan.file_size()).map_err(store_err)?;
                 let sha = std::mem::take(&mut file_hasher).finish();
                 if sha != expected {
@@ -710,5 +711,68 @@ fn worker(
         }
         let _ = recycle.send(buf);
     }
-    Ok(())
+    committer.finish()
+}
+
+type ErrorReply = (ErrorCode, String);
+
+/// Makes verified chunks durable off the worker's path, so writing and hashing the next chunk overlaps the
+/// previous chunk's fdatasync: data synced first, then the store's mark, then the sender is told.
+struct Committer {
+    tx: Option<std::sync::mpsc::Sender<(u32, [u8; 32], u64)>>,
+    handle: Option<std::thread::JoinHandle<Result<(), ErrorReply>>>,
+}
+
+impl Committer {
+    fn start(
+        part: Arc<PartialFile>,
+        store: Arc<SessionStore>,
+        id: SessionId,
+        events: mpsc::UnboundedSender<WorkerEvent>,
+    ) -> Result<Self, ErrorReply> {
+        let (tx, rx) = std::sync::mpsc::channel::<(u32, [u8; 32], u64)>();
+        let handle = std::thread::Builder::new()
+            .name("trackshift-commit".into())
+            .spawn(move || {
+                let store_err = |e: StorageError| (storage_code(&e), e.to_string());
+                while let Ok(first) = rx.recv() {
+                    // One fdatasync covers every chunk that finished meanwhile.
+                    let mut batch = vec![first];
+                    batch.extend(rx.try_iter());
+                    part.sync_data().map_err(store_err)?;
+                    for (index, sha, len) in batch {
+                        store.mark_chunk_verified(&id, index, sha).map_err(store_err)?;
+                        let _ = events.send(WorkerEvent::ChunkDone { index, ok: true, len });
+                    }
+                }
+                Ok(())
+            })
+            .map_err(|e| (ErrorCode::Internal, format!("cannot start the commit thread: {e}")))?;
+        Ok(Self { tx: Some(tx), handle: Some(handle) })
+    }
+
+    /// Queues a verified chunk; fails with the commit thread's error if it has stopped.
+    fn commit(&mut self, index: u32, sha: [u8; 32], len: u64) -> Result<(), ErrorReply> {
+        match &self.tx {
+            Some(tx) if tx.send((index, sha, len)).is_ok() => Ok(()),
+            _ => self.finish().and(Err((ErrorCode::Internal, "commit thread stopped".into()))),
+        }
+    }
+
+    /// Waits until every queued chunk is durable and recorded.
+    fn finish(&mut self) -> Result<(), ErrorReply> {
+        self.tx = None;
+        match self.handle.take() {
+            Some(h) => h
+                .join()
+                .unwrap_or_else(|_| Err((ErrorCode::Internal, "commit thread panicked".into()))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Committer {
+    fn drop(&mut self) {
+        let _ = self.finish();
+    }
 }

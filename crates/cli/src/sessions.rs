@@ -39,7 +39,7 @@ fn describe(store: &SessionStore, rec: &SessionRecord) -> Result<serde_json::Val
             let chunks_done = if s.size == 0 {
                 s.chunk_count
             } else {
-                (s.bytes_confirmed / s.chunk_size.max(1)) as u32
+                s.bytes_confirmed.div_ceil(s.chunk_size.max(1)) as u32
             };
             (s.bytes_confirmed, s.size, chunks_done, s.chunk_count)
         }

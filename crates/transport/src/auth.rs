@@ -22,7 +22,8 @@ type HmacSha256 = Hmac<Sha256>;
 
 fn confirmation(key: &[u8], role: &[u8], exporter: &[u8; 32]) -> [u8; 32] {
     // HMAC accepts keys of any length; the SPAKE2 key is 32 bytes.
-    let mut mac = <HmacSha256 as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+    let mut mac = <HmacSha256 as Mac>::new_from_slice(key)
+        .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
     mac.update(role);
     mac.update(exporter);
     mac.finalize().into_bytes().into()
@@ -32,13 +33,19 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn expect<'b, S: AsyncRead + Unpin>(s: &mut S, buf: &'b mut Vec<u8>) -> Result<Frame<'b>, TransportError> {
+async fn expect<'b, S: AsyncRead + Unpin>(
+    s: &mut S,
+    buf: &'b mut Vec<u8>,
+) -> Result<Frame<'b>, TransportError> {
     let t = read_raw(s, buf).await?;
     let f = Frame::decode(t, buf)?;
     if let Frame::Error { code, message } = f {
         return Err(match code {
             ErrorCode::Auth => TransportError::SecretRefused,
-            _ => TransportError::Peer { code, message: message.to_owned() },
+            _ => TransportError::Peer {
+                code,
+                message: message.to_owned(),
+            },
         });
     }
     Ok(f)
@@ -55,22 +62,43 @@ pub async fn authenticate_client<S: AsyncRead + AsyncWrite + Unpin>(
     secret: &str,
 ) -> Result<(), TransportError> {
     let mut buf = Vec::new();
-    write_frame(s, &Frame::Hello { min_version: PROTOCOL_VERSION, max_version: PROTOCOL_VERSION, software: SOFTWARE })
-        .await?;
+    write_frame(
+        s,
+        &Frame::Hello {
+            min_version: PROTOCOL_VERSION,
+            max_version: PROTOCOL_VERSION,
+            software: SOFTWARE,
+        },
+    )
+    .await?;
     match expect(s, &mut buf).await? {
         Frame::Hello { .. } => {}
         f => return Err(unexpected(&f, "Hello")),
     }
-    let (pake, outbound) =
-        Spake2::<Ed25519Group>::start_symmetric(&Password::new(secret.as_bytes()), &PakeIdentity::new(PAKE_IDENTITY));
+    let (pake, outbound) = Spake2::<Ed25519Group>::start_symmetric(
+        &Password::new(secret.as_bytes()),
+        &PakeIdentity::new(PAKE_IDENTITY),
+    );
     write_frame(s, &Frame::Pake { message: &outbound }).await?;
     let key = match expect(s, &mut buf).await? {
-        Frame::Pake { message } => pake.finish(message).map_err(|_| TransportError::PeerNotAuthentic)?,
+        Frame::Pake { message } => pake
+            .finish(message)
+            .map_err(|_| TransportError::PeerNotAuthentic)?,
         f => return Err(unexpected(&f, "Pake")),
     };
-    write_frame(s, &Frame::Confirm { mac: confirmation(&key, b"sender", &exporter) }).await?;
+    write_frame(
+        s,
+        &Frame::Confirm {
+            mac: confirmation(&key, b"sender", &exporter),
+        },
+    )
+    .await?;
     match expect(s, &mut buf).await? {
-        Frame::Confirm { mac } if constant_time_eq(&mac, &confirmation(&key, b"receiver", &exporter)) => Ok(()),
+        Frame::Confirm { mac }
+            if constant_time_eq(&mac, &confirmation(&key, b"receiver", &exporter)) =>
+        {
+            Ok(())
+        }
         Frame::Confirm { .. } => Err(TransportError::PeerNotAuthentic),
         f => Err(unexpected(&f, "Confirm")),
     }
@@ -84,35 +112,75 @@ pub async fn authenticate_server<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<(), TransportError> {
     let mut buf = Vec::new();
     match expect(s, &mut buf).await? {
-        Frame::Hello { min_version, max_version, .. } => {
+        Frame::Hello {
+            min_version,
+            max_version,
+            ..
+        } => {
             if !(min_version..=max_version).contains(&PROTOCOL_VERSION) {
                 let message = format!(
                     "receiver speaks protocol version {PROTOCOL_VERSION}, sender {min_version}..={max_version}; upgrade the older side"
                 );
-                write_frame(s, &Frame::Error { code: ErrorCode::Version, message: &message }).await?;
-                return Err(TransportError::Version { ours: PROTOCOL_VERSION, min: min_version, max: max_version });
+                write_frame(
+                    s,
+                    &Frame::Error {
+                        code: ErrorCode::Version,
+                        message: &message,
+                    },
+                )
+                .await?;
+                return Err(TransportError::Version {
+                    ours: PROTOCOL_VERSION,
+                    min: min_version,
+                    max: max_version,
+                });
             }
         }
         f => return Err(unexpected(&f, "Hello")),
     }
-    write_frame(s, &Frame::Hello { min_version: PROTOCOL_VERSION, max_version: PROTOCOL_VERSION, software: SOFTWARE })
-        .await?;
-    let (pake, outbound) =
-        Spake2::<Ed25519Group>::start_symmetric(&Password::new(secret.as_bytes()), &PakeIdentity::new(PAKE_IDENTITY));
+    write_frame(
+        s,
+        &Frame::Hello {
+            min_version: PROTOCOL_VERSION,
+            max_version: PROTOCOL_VERSION,
+            software: SOFTWARE,
+        },
+    )
+    .await?;
+    let (pake, outbound) = Spake2::<Ed25519Group>::start_symmetric(
+        &Password::new(secret.as_bytes()),
+        &PakeIdentity::new(PAKE_IDENTITY),
+    );
     let key = match expect(s, &mut buf).await? {
-        Frame::Pake { message } => pake.finish(message).map_err(|_| TransportError::PeerNotAuthentic)?,
+        Frame::Pake { message } => pake
+            .finish(message)
+            .map_err(|_| TransportError::PeerNotAuthentic)?,
         f => return Err(unexpected(&f, "Pake")),
     };
     write_frame(s, &Frame::Pake { message: &outbound }).await?;
     match expect(s, &mut buf).await? {
-        Frame::Confirm { mac } if constant_time_eq(&mac, &confirmation(&key, b"sender", &exporter)) => {}
+        Frame::Confirm { mac }
+            if constant_time_eq(&mac, &confirmation(&key, b"sender", &exporter)) => {}
         Frame::Confirm { .. } => {
-            write_frame(s, &Frame::Error { code: ErrorCode::Auth, message: "wrong secret" }).await?;
+            write_frame(
+                s,
+                &Frame::Error {
+                    code: ErrorCode::Auth,
+                    message: "wrong secret",
+                },
+            )
+            .await?;
             return Err(TransportError::PeerNotAuthentic);
         }
         f => return Err(unexpected(&f, "Confirm")),
     }
-    write_frame(s, &Frame::Confirm { mac: confirmation(&key, b"receiver", &exporter) }).await
+    write_frame(
+        s,
+        &Frame::Confirm {
+            mac: confirmation(&key, b"receiver", &exporter),
+        },
+    )
+    .await
 }
 
 #[cfg(test)]
@@ -120,7 +188,11 @@ pub async fn authenticate_server<S: AsyncRead + AsyncWrite + Unpin>(
 mod tests {
     use super::*;
 
-    async fn run(client_secret: &str, server_secret: &str, client_ekm: [u8; 32]) -> (Result<(), TransportError>, Result<(), TransportError>) {
+    async fn run(
+        client_secret: &str,
+        server_secret: &str,
+        client_ekm: [u8; 32],
+    ) -> (Result<(), TransportError>, Result<(), TransportError>) {
         let (mut a, mut b) = tokio::io::duplex(4096);
         let ss = server_secret.to_owned();
         let server = tokio::spawn(async move { authenticate_server(&mut b, [1; 32], &ss).await });

@@ -18,7 +18,11 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(give_up_after: Duration) -> Self {
-        Self { give_up_after, first_failure: None, attempt: 0 }
+        Self {
+            give_up_after,
+            first_failure: None,
+            attempt: 0,
+        }
     }
 
     /// Forget past failures (after a successful connection made progress).
@@ -50,12 +54,16 @@ mod tests {
     fn grows_caps_and_gives_up() {
         let t0 = Instant::now();
         let mut b = Backoff::new(Duration::from_secs(60));
-        let d: Vec<_> = (0..8).map(|_| b.next_delay(t0, 0.999_999).unwrap()).collect();
+        let d: Vec<_> = (0..8)
+            .map(|_| b.next_delay(t0, 0.999_999).unwrap())
+            .collect();
         assert!(d[0] <= Duration::from_millis(250) && d[0] >= Duration::from_millis(240));
         assert!(d[1] > d[0] && d[2] > d[1]);
         assert!(d[7] <= CAP);
         assert!(b.next_delay(t0 + Duration::from_secs(61), 0.5).is_none());
         b.reset();
-        assert!(b.next_delay(t0 + Duration::from_secs(61), 0.0).unwrap() >= Duration::from_millis(125));
+        assert!(
+            b.next_delay(t0 + Duration::from_secs(61), 0.0).unwrap() >= Duration::from_millis(125)
+        );
     }
 }

@@ -22,7 +22,12 @@ pub enum TransportError {
         "receiver {to} presented certificate fingerprint {seen}, but {expected} is expected; \
          if the receiver's identity really changed, remove its line from {known_file} or pass --fingerprint {seen}"
     )]
-    FingerprintMismatch { to: String, seen: String, expected: String, known_file: String },
+    FingerprintMismatch {
+        to: String,
+        seen: String,
+        expected: String,
+        known_file: String,
+    },
     #[error("authentication refused: the receiver did not accept the secret (check --secret / TRACKSHIFT_SECRET)")]
     SecretRefused,
     #[error("authentication failed: the peer could not prove it knows the secret (wrong secret or an impostor)")]
@@ -45,10 +50,18 @@ pub enum TransportError {
 
 impl TransportError {
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        if matches!(source.kind(), std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe) {
+        if matches!(
+            source.kind(),
+            std::io::ErrorKind::UnexpectedEof
+                | std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::BrokenPipe
+        ) {
             return Self::Closed;
         }
-        Self::Io { context: context.into(), source }
+        Self::Io {
+            context: context.into(),
+            source,
+        }
     }
 
     /// Whether retrying the connection later could help (as opposed to a refusal or bad configuration).
@@ -62,7 +75,15 @@ impl TransportError {
 
     /// Whether this is an authentication failure (exit code 3).
     pub fn is_auth(&self) -> bool {
-        matches!(self, Self::FingerprintMismatch { .. } | Self::SecretRefused | Self::PeerNotAuthentic)
-            || matches!(self, Self::Peer { code: ErrorCode::Auth, .. })
+        matches!(
+            self,
+            Self::FingerprintMismatch { .. } | Self::SecretRefused | Self::PeerNotAuthentic
+        ) || matches!(
+            self,
+            Self::Peer {
+                code: ErrorCode::Auth,
+                ..
+            }
+        )
     }
 }

@@ -11,22 +11,44 @@ const WRITE_BUFFER: usize = 64 * 1024;
 
 /// Reads one frame's type and body into `buf` (resized to the body). Oversized frames are refused before any
 /// allocation.
-pub async fn read_raw<R: AsyncRead + Unpin>(r: &mut R, buf: &mut Vec<u8>) -> Result<u8, TransportError> {
+pub async fn read_raw<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+) -> Result<u8, TransportError> {
     let mut header = [0u8; HEADER_LEN];
-    r.read_exact(&mut header).await.map_err(|e| TransportError::io("reading from peer", e))?;
+    r.read_exact(&mut header)
+        .await
+        .map_err(|e| TransportError::io("reading from peer", e))?;
     let (len, frame_type) = frame::parse_header(header)?;
     buf.clear();
-    buf.resize(len, 0);
-    r.read_exact(buf).await.map_err(|e| TransportError::io("reading from peer", e))?;
+    buf.reserve(len);
+    // read_buf fills the spare capacity without zeroing it first (1 MiB per data frame).
+    let mut limited = r.take(len as u64);
+    while buf.len() < len {
+        let n = limited
+            .read_buf(buf)
+            .await
+            .map_err(|e| TransportError::io("reading from peer", e))?;
+        if n == 0 {
+            return Err(TransportError::Closed);
+        }
+    }
     Ok(frame_type)
 }
 
 /// Writes one frame and flushes it.
-pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, f: &Frame<'_>) -> Result<(), TransportError> {
+pub async fn write_frame<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    f: &Frame<'_>,
+) -> Result<(), TransportError> {
     let mut buf = Vec::with_capacity(64);
     f.encode(&mut buf);
-    w.write_all(&buf).await.map_err(|e| TransportError::io("writing to peer", e))?;
-    w.flush().await.map_err(|e| TransportError::io("writing to peer", e))
+    w.write_all(&buf)
+        .await
+        .map_err(|e| TransportError::io("writing to peer", e))?;
+    w.flush()
+        .await
+        .map_err(|e| TransportError::io("writing to peer", e))
 }
 
 /// Reads frames from one direction of a connection, reusing one buffer.
@@ -38,7 +60,10 @@ pub struct FrameReader<R> {
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub fn new(inner: R) -> Self {
-        Self { inner, buf: Vec::new() }
+        Self {
+            inner,
+            buf: Vec::new(),
+        }
     }
 
     /// The next frame, borrowed from the internal buffer. A peer's `Error` frame comes back as a frame; the
@@ -63,29 +88,52 @@ pub struct FrameWriter<W: AsyncWrite> {
 
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     pub fn new(inner: W) -> Self {
-        Self { inner: BufWriter::with_capacity(WRITE_BUFFER, inner), scratch: Vec::with_capacity(256) }
+        Self {
+            inner: BufWriter::with_capacity(WRITE_BUFFER, inner),
+            scratch: Vec::with_capacity(256),
+        }
     }
 
     /// Queues a frame (call `flush` to push it out).
     pub async fn send(&mut self, f: &Frame<'_>) -> Result<(), TransportError> {
         self.scratch.clear();
         f.encode(&mut self.scratch);
-        self.inner.write_all(&self.scratch).await.map_err(|e| TransportError::io("writing to peer", e))
+        self.inner
+            .write_all(&self.scratch)
+            .await
+            .map_err(|e| TransportError::io("writing to peer", e))
     }
 
     /// Queues a `Data` frame without copying `payload` into a frame buffer first.
-    pub async fn send_data(&mut self, raw_len: u32, compressed: bool, payload: &[u8]) -> Result<(), TransportError> {
+    pub async fn send_data(
+        &mut self,
+        raw_len: u32,
+        compressed: bool,
+        payload: &[u8],
+    ) -> Result<(), TransportError> {
         let header = data_header(raw_len, compressed, payload.len());
-        self.inner.write_all(&header).await.map_err(|e| TransportError::io("writing to peer", e))?;
-        self.inner.write_all(payload).await.map_err(|e| TransportError::io("writing to peer", e))
+        self.inner
+            .write_all(&header)
+            .await
+            .map_err(|e| TransportError::io("writing to peer", e))?;
+        self.inner
+            .write_all(payload)
+            .await
+            .map_err(|e| TransportError::io("writing to peer", e))
     }
 
     pub async fn flush(&mut self) -> Result<(), TransportError> {
-        self.inner.flush().await.map_err(|e| TransportError::io("writing to peer", e))
+        self.inner
+            .flush()
+            .await
+            .map_err(|e| TransportError::io("writing to peer", e))
     }
 
     /// Flushes and closes the write direction (TLS close_notify).
     pub async fn shutdown(&mut self) -> Result<(), TransportError> {
-        self.inner.shutdown().await.map_err(|e| TransportError::io("closing connection", e))
+        self.inner
+            .shutdown()
+            .await
+            .map_err(|e| TransportError::io("closing connection", e))
     }
 }

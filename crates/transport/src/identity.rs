@@ -27,17 +27,28 @@ impl Identity {
     pub fn load_or_create(dir: &Path) -> Result<Self, TransportError> {
         let cert_path = dir.join(CERT_FILE);
         let key_path = dir.join(KEY_FILE);
-        let err = |message: String| TransportError::Identity { path: dir.display().to_string(), message };
+        let err = |message: String| TransportError::Identity {
+            path: dir.display().to_string(),
+            message,
+        };
         if !cert_path.exists() || !key_path.exists() {
-            let generated =
-                rcgen::generate_simple_self_signed(vec!["trackshift".to_owned()]).map_err(|e| err(e.to_string()))?;
+            let generated = rcgen::generate_simple_self_signed(vec!["trackshift".to_owned()])
+                .map_err(|e| err(e.to_string()))?;
             fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
-            write_private(&key_path, generated.signing_key.serialize_pem().as_bytes()).map_err(|e| err(e.to_string()))?;
-            write_private(&cert_path, generated.cert.pem().as_bytes()).map_err(|e| err(e.to_string()))?;
+            write_private(&key_path, generated.signing_key.serialize_pem().as_bytes())
+                .map_err(|e| err(e.to_string()))?;
+            write_private(&cert_path, generated.cert.pem().as_bytes())
+                .map_err(|e| err(e.to_string()))?;
         }
-        let cert = CertificateDer::from_pem_file(&cert_path).map_err(|e| err(format!("{CERT_FILE}: {e}")))?;
-        let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| err(format!("{KEY_FILE}: {e}")))?;
-        Ok(Self { cert, key, dir: dir.to_owned() })
+        let cert = CertificateDer::from_pem_file(&cert_path)
+            .map_err(|e| err(format!("{CERT_FILE}: {e}")))?;
+        let key =
+            PrivateKeyDer::from_pem_file(&key_path).map_err(|e| err(format!("{KEY_FILE}: {e}")))?;
+        Ok(Self {
+            cert,
+            key,
+            dir: dir.to_owned(),
+        })
     }
 
     /// The certificate's fingerprint, as the sender pins it.
@@ -52,7 +63,12 @@ impl Identity {
 
 fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
-    let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
     f.write_all(data)?;
     f.sync_all()?;
     fs::rename(&tmp, path)
@@ -66,7 +82,12 @@ pub fn fingerprint_of(cert: &[u8]) -> String {
 /// Accepts a fingerprint as printed (`sha256:ab12…`), bare hex, or hex with colons; returns the canonical form,
 /// or `None` when it is not 32 bytes of hex.
 pub fn normalize_fingerprint(s: &str) -> Option<String> {
-    let hexpart: String = s.trim().trim_start_matches("sha256:").chars().filter(|c| *c != ':').collect();
+    let hexpart: String = s
+        .trim()
+        .trim_start_matches("sha256:")
+        .chars()
+        .filter(|c| *c != ':')
+        .collect();
     let bytes = hex::decode(hexpart.to_ascii_lowercase()).ok()?;
     (bytes.len() == 32).then(|| format!("sha256:{}", hex::encode(bytes)))
 }
@@ -83,7 +104,10 @@ mod tests {
         let b = Identity::load_or_create(dir.path()).unwrap();
         assert_eq!(a.fingerprint(), b.fingerprint());
         use std::os::unix::fs::PermissionsExt;
-        let mode = fs::metadata(dir.path().join(KEY_FILE)).unwrap().permissions().mode();
+        let mode = fs::metadata(dir.path().join(KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
 

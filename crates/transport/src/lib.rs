@@ -23,4 +23,6 @@ pub use backoff::Backoff;
 pub use error::TransportError;
 pub use framed::{FrameReader, FrameWriter};
 pub use identity::{fingerprint_of, normalize_fingerprint, Identity};
-pub use tls::{client_config, connect, server_config, tune_accepted, ClientTls, ServerTls, TlsAcceptor};
+pub use tls::{
+    client_config, connect, server_config, tune_accepted, ClientTls, ServerTls, TlsAcceptor,
+};

@@ -60,9 +60,9 @@ impl ServerCertVerifier for PinningVerifier {
             *seen = Some(fp.clone());
         }
         match &self.expected {
-            Some(expected) if *expected != fp => {
-                Err(rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure))
-            }
+            Some(expected) if *expected != fp => Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            )),
             // Pinned and equal, or first contact (trust on first use; the caller records it).
             _ => Ok(ServerCertVerified::assertion()),
         }
@@ -74,7 +74,12 @@ impl ServerCertVerifier for PinningVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -84,11 +89,18 @@ impl ServerCertVerifier for PinningVerifier {
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
         // The handshake signature proves the receiver holds the certificate's key: pinning means nothing without it.
-        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -99,7 +111,11 @@ pub fn client_config(
     seen: Arc<Mutex<Option<String>>>,
 ) -> Result<Arc<rustls::ClientConfig>, TransportError> {
     let provider = provider();
-    let verifier = PinningVerifier { expected, seen, provider: provider.clone() };
+    let verifier = PinningVerifier {
+        expected,
+        seen,
+        provider: provider.clone(),
+    };
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
@@ -135,23 +151,38 @@ pub async fn connect(
     let attempt = async {
         let tcp = TcpStream::connect(addr)
             .await
-            .map_err(|source| TransportError::Unreachable { addr: addr.to_owned(), source })?;
+            .map_err(|source| TransportError::Unreachable {
+                addr: addr.to_owned(),
+                source,
+            })?;
         tune(&tcp);
-        let name = ServerName::try_from("trackshift").map_err(|e| TransportError::Protocol(e.to_string()))?;
-        tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.map_err(|e| {
-            let seen = seen.lock().ok().and_then(|s| s.clone());
-            match (seen, &expected) {
-                (Some(seen), Some(exp)) if seen != *exp => TransportError::FingerprintMismatch {
-                    to: addr.to_owned(),
-                    seen,
-                    expected: exp.clone(),
-                    known_file: known_file.to_owned(),
-                },
-                _ => TransportError::io(format!("TLS handshake with {addr}"), e),
-            }
-        })
+        let name = ServerName::try_from("trackshift")
+            .map_err(|e| TransportError::Protocol(e.to_string()))?;
+        tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| {
+                let seen = seen.lock().ok().and_then(|s| s.clone());
+                match (seen, &expected) {
+                    (Some(seen), Some(exp)) if seen != *exp => {
+                        TransportError::FingerprintMismatch {
+                            to: addr.to_owned(),
+                            seen,
+                            expected: exp.clone(),
+                            known_file: known_file.to_owned(),
+                        }
+                    }
+                    _ => TransportError::io(format!("TLS handshake with {addr}"), e),
+                }
+            })
     };
-    let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, attempt).await.map_err(|_| TransportError::Timeout("connecting"))??;
-    let fp = seen.lock().ok().and_then(|s| s.clone()).ok_or_else(|| TransportError::Protocol("no certificate".into()))?;
+    let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, attempt)
+        .await
+        .map_err(|_| TransportError::Timeout("connecting"))??;
+    let fp = seen
+        .lock()
+        .ok()
+        .and_then(|s| s.clone())
+        .ok_or_else(|| TransportError::Protocol("no certificate".into()))?;
     Ok((tls, fp))
 }
