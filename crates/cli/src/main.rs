@@ -4,6 +4,7 @@
 
 mod failure;
 mod output;
+mod pool;
 mod receive;
 mod send;
 mod sessions;

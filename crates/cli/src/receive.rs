@@ -13,7 +13,9 @@ use tokio::io::split;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use trackshift_proto::compress::PieceDecompressor;
-use trackshift_proto::frame::{encode_verified_entries, DATA_PIECE, MAX_VERIFIED_PER_FRAME};
+use trackshift_proto::frame::{
+    encode_verified_entries, DATA_BODY_OFFSET, DATA_PIECE, MAX_VERIFIED_PER_FRAME,
+};
 use trackshift_proto::hashing::{Hasher, OrderedFileHasher};
 use trackshift_proto::{
     ChunkMap, ChunkPlan, ErrorCode, Frame, Incoming, IncomingTransfer, SessionId,
@@ -29,6 +31,7 @@ use trackshift_transport::{
 
 use crate::failure::{exit, Failure};
 use crate::output::Reporter;
+use crate::pool::{BufPool, PooledBuf, SharedBytes};
 
 /// Frames queued between the network task and the worker: bounds receiver memory to a few MiB per transfer.
 const WORKER_QUEUE: usize = 8;
@@ -433,9 +436,9 @@ async fn receive_session(
     }));
 
     let started = Instant::now();
-    let (frame_tx, frame_rx) = mpsc::channel::<(u8, Vec<u8>)>(WORKER_QUEUE);
+    let (frame_tx, frame_rx) = mpsc::channel::<(u8, PooledBuf)>(WORKER_QUEUE);
     let (event_tx, mut event_rx) = mpsc::unbounded_channel::<WorkerEvent>();
-    let (recycle_tx, mut recycle_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let frame_pool = BufPool::new(DATA_PIECE + 64);
     let job = WorkerJob {
         id,
         plan,
@@ -444,17 +447,17 @@ async fn receive_session(
         output_dir: output_dir.clone(),
         name: name.clone(),
     };
-    let handle = spawn_worker(job, ctx.store.clone(), frame_rx, event_tx, recycle_tx)
+    let handle = spawn_worker(job, ctx.store.clone(), frame_rx, event_tx)
         .map_err(|e| (ErrorCode::Internal, e))?;
 
     // The reader task feeds the worker directly; reading a frame is not cancel-safe, so it gets a task of its
     // own instead of a branch in the `select!` below.
     let mut reader_task = tokio::spawn(async move {
         loop {
-            let mut buf = recycle_rx
-                .try_recv()
-                .unwrap_or_else(|_| Vec::with_capacity(DATA_PIECE + 64));
-            let t = match tokio::time::timeout(SENDER_SILENCE, reader.next_into(&mut buf)).await {
+            let mut buf = frame_pool.get();
+            let t = match tokio::time::timeout(SENDER_SILENCE, reader.next_into(buf.data_mut()))
+                .await
+            {
                 Ok(r) => r?,
                 Err(_) => return Err(TransportError::Timeout("waiting for the sender")),
             };
@@ -560,14 +563,13 @@ enum WorkerEvent {
 fn spawn_worker(
     job: WorkerJob,
     store: Arc<SessionStore>,
-    frames: mpsc::Receiver<(u8, Vec<u8>)>,
+    frames: mpsc::Receiver<(u8, PooledBuf)>,
     events: mpsc::UnboundedSender<WorkerEvent>,
-    recycle: mpsc::UnboundedSender<Vec<u8>>,
 ) -> Result<std::thread::JoinHandle<()>, String> {
     std::thread::Builder::new()
         .name("trackshift-write".into())
         .spawn(move || {
-            if let Err((code, message)) = worker(job, store, frames, &events, recycle) {
+            if let Err((code, message)) = worker(job, store, frames, &events) {
                 let _ = events.send(WorkerEvent::Fatal { code, message });
             }
         })
@@ -594,9 +596,8 @@ fn hash_from_disk(
 fn worker(
     job: WorkerJob,
     store: Arc<SessionStore>,
-    mut frames: mpsc::Receiver<(u8, Vec<u8>)>,
+    mut frames: mpsc::Receiver<(u8, PooledBuf)>,
     events: &mpsc::UnboundedSender<WorkerEvent>,
-    recycle: mpsc::UnboundedSender<Vec<u8>>,
 ) -> Result<(), (ErrorCode, String)> {
     let WorkerJob {
         id,
@@ -621,53 +622,59 @@ fn worker(
     hash_from_disk(&part, &mut file_hasher, prefix_end).map_err(store_err)?;
     let mut decompressor =
         PieceDecompressor::new().map_err(|e| (ErrorCode::Internal, e.to_string()))?;
-    let mut unpacked = Vec::with_capacity(DATA_PIECE);
+    let unpack_pool = BufPool::new(DATA_PIECE);
+    let file_hasher = FileHashWorker::start(file_hasher)?;
     let mut chunk_hasher: Option<Hasher> = None;
     while let Some((frame_type, buf)) = frames.blocking_recv() {
-        let frame =
-            Frame::decode(frame_type, &buf).map_err(|e| (ErrorCode::Protocol, e.to_string()))?;
-        match transfer
-            .on_frame(&frame)
-            .map_err(|e| (ErrorCode::Protocol, e.to_string()))?
-        {
+        let (incoming, compressed) = {
+            let frame = Frame::decode(frame_type, &buf)
+                .map_err(|e| (ErrorCode::Protocol, e.to_string()))?;
+            let incoming = transfer
+                .on_frame(&frame)
+                .map_err(|e| (ErrorCode::Protocol, e.to_string()))?;
+            (
+                incoming,
+                matches!(
+                    frame,
+                    Frame::Data {
+                        compressed: true,
+                        ..
+                    }
+                ),
+            )
+        };
+        match incoming {
             Incoming::ChunkBegin { offset, .. } => {
                 chunk_hasher = Some(Hasher::new());
-                file_hasher.begin_chunk(offset);
+                file_hasher.send(HashOp::Begin(offset))?;
             }
             Incoming::Data { offset, raw_len } => {
-                let Frame::Data {
-                    compressed,
-                    payload,
-                    ..
-                } = frame
-                else {
-                    return Err((ErrorCode::Internal, "data frame mismatch".into()));
-                };
-                let bytes: &[u8] = if compressed {
+                let bytes = if compressed {
+                    let mut out = unpack_pool.get();
                     decompressor
-                        .decompress(payload, raw_len as usize, &mut unpacked)
+                        .decompress(&buf[DATA_BODY_OFFSET..], raw_len as usize, out.data_mut())
                         .map_err(|e| (ErrorCode::Protocol, e.to_string()))?;
-                    &unpacked
+                    SharedBytes::new(Arc::new(out), 0)
                 } else {
-                    payload
+                    SharedBytes::new(Arc::new(buf), DATA_BODY_OFFSET)
                 };
-                part.write_at(offset, bytes).map_err(store_err)?;
+                part.write_at(offset, &bytes).map_err(store_err)?;
                 if let Some(h) = chunk_hasher.as_mut() {
-                    h.update(bytes);
+                    h.update(&bytes);
                 }
-                file_hasher.update(offset, bytes);
+                file_hasher.send(HashOp::Bytes(offset, bytes))?;
             }
             Incoming::ChunkEnd { index, expected } => {
                 let actual = chunk_hasher.take().map(Hasher::finish).unwrap_or([0; 32]);
                 let ok = actual == expected;
                 if ok {
-                    file_hasher.chunk_verified();
+                    file_hasher.send(HashOp::Verified)?;
                     committer.commit(index, actual, plan.len(index))?;
                 } else {
                     tracing::warn!(
                         "chunk {index} of session {id} failed verification; asking for it again"
                     );
-                    file_hasher.chunk_failed();
+                    file_hasher.send(HashOp::Failed)?;
                     let _ = events.send(WorkerEvent::ChunkDone {
                         index,
                         ok: false,
@@ -684,6 +691,7 @@ fn worker(
                     ));
                 }
                 committer.finish()?;
+                let mut file_hasher = file_hasher.finish()?;
                 let part = Arc::try_unwrap(part)
                     .map_err(|_| (ErrorCode::Internal, "partial file still shared".to_owned()))?;
                 hash_from_disk(&part, &mut file_hasher, plan.file_size()).map_err(store_err)?;
@@ -709,9 +717,63 @@ fn worker(
             }
             Incoming::Nothing => {}
         }
-        let _ = recycle.send(buf);
     }
     committer.finish()
+}
+
+/// What the worker asks of the whole-file hashing thread, in file order.
+enum HashOp {
+    Begin(u64),
+    Bytes(u64, SharedBytes),
+    Verified,
+    Failed,
+}
+
+/// Runs the receiver's `OrderedFileHasher` on a thread of its own, so the whole-file hash does not slow the
+/// worker that writes and verifies chunks.
+struct FileHashWorker {
+    tx: std::sync::mpsc::SyncSender<HashOp>,
+    handle: std::thread::JoinHandle<OrderedFileHasher>,
+}
+
+impl FileHashWorker {
+    fn start(mut hasher: OrderedFileHasher) -> Result<Self, ErrorReply> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<HashOp>(2 * WORKER_QUEUE);
+        let handle = std::thread::Builder::new()
+            .name("trackshift-filehash".into())
+            .spawn(move || {
+                for op in rx {
+                    match op {
+                        HashOp::Begin(offset) => hasher.begin_chunk(offset),
+                        HashOp::Bytes(offset, bytes) => hasher.update(offset, &bytes),
+                        HashOp::Verified => hasher.chunk_verified(),
+                        HashOp::Failed => hasher.chunk_failed(),
+                    }
+                }
+                hasher
+            })
+            .map_err(|e| {
+                (
+                    ErrorCode::Internal,
+                    format!("cannot start the hashing thread: {e}"),
+                )
+            })?;
+        Ok(Self { tx, handle })
+    }
+
+    fn send(&self, op: HashOp) -> Result<(), ErrorReply> {
+        self.tx
+            .send(op)
+            .map_err(|_| (ErrorCode::Internal, "the hashing thread stopped".into()))
+    }
+
+    /// Everything sent so far hashed: the hasher, to finish from disk.
+    fn finish(self) -> Result<OrderedFileHasher, ErrorReply> {
+        drop(self.tx);
+        self.handle
+            .join()
+            .map_err(|_| (ErrorCode::Internal, "the hashing thread panicked".into()))
+    }
 }
 
 type ErrorReply = (ErrorCode, String);
@@ -741,21 +803,37 @@ impl Committer {
                     batch.extend(rx.try_iter());
                     part.sync_data().map_err(store_err)?;
                     for (index, sha, len) in batch {
-                        store.mark_chunk_verified(&id, index, sha).map_err(store_err)?;
-                        let _ = events.send(WorkerEvent::ChunkDone { index, ok: true, len });
+                        store
+                            .mark_chunk_verified(&id, index, sha)
+                            .map_err(store_err)?;
+                        let _ = events.send(WorkerEvent::ChunkDone {
+                            index,
+                            ok: true,
+                            len,
+                        });
                     }
                 }
                 Ok(())
             })
-            .map_err(|e| (ErrorCode::Internal, format!("cannot start the commit thread: {e}")))?;
-        Ok(Self { tx: Some(tx), handle: Some(handle) })
+            .map_err(|e| {
+                (
+                    ErrorCode::Internal,
+                    format!("cannot start the commit thread: {e}"),
+                )
+            })?;
+        Ok(Self {
+            tx: Some(tx),
+            handle: Some(handle),
+        })
     }
 
     /// Queues a verified chunk; fails with the commit thread's error if it has stopped.
     fn commit(&mut self, index: u32, sha: [u8; 32], len: u64) -> Result<(), ErrorReply> {
         match &self.tx {
             Some(tx) if tx.send((index, sha, len)).is_ok() => Ok(()),
-            _ => self.finish().and(Err((ErrorCode::Internal, "commit thread stopped".into()))),
+            _ => self
+                .finish()
+                .and(Err((ErrorCode::Internal, "commit thread stopped".into()))),
         }
     }
 

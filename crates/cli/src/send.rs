@@ -5,6 +5,7 @@ use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
@@ -24,6 +25,7 @@ use trackshift_transport::{
 
 use crate::failure::{exit, Failure};
 use crate::output::Reporter;
+use crate::pool::{BufPool, PooledBuf};
 
 /// Pieces the reader thread may run ahead of the network: bounds the sender's memory to a few MiB.
 const READ_AHEAD: usize = 8;
@@ -56,6 +58,9 @@ struct Stats {
     chunks_sent: u32,
     chunks_resent: u32,
     chunks_skipped: u32,
+    bytes_skipped: u64,
+    /// File bytes the receiver has confirmed so far (all runs).
+    bytes_confirmed: u64,
     compressed_chunks: u32,
     connections: u32,
 }
@@ -228,6 +233,9 @@ async fn send(opts: SendOptions, reporter: &mut Reporter) -> Result<(), Failure>
     let mut stats = Stats::default();
     let mut backoff = Backoff::new(opts.retry_for);
     let mut ever_connected = false;
+    // When the current run of failed attempts began: the start (never connected yet) or the lost connection.
+    // `--retry-for` / `--connect-timeout` count from here, not from the start of a long transfer.
+    let mut retrying_since = started;
     let mut progress_started = false;
     let known_path = known.path().display().to_string();
 
@@ -252,7 +260,7 @@ async fn send(opts: SendOptions, reporter: &mut Reporter) -> Result<(), Failure>
                 } else {
                     opts.connect_timeout
                 };
-                match retry_delay(&mut backoff, started, limit) {
+                match retry_delay(&mut backoff, retrying_since, limit) {
                     Some(d) => {
                         reporter.info(&format!("{e}; retrying in {:.1}s", d.as_secs_f64()));
                         reporter.event(json!({"event": "retry", "error": e.to_string(), "delay_s": d.as_secs_f64()}));
@@ -308,7 +316,8 @@ async fn send(opts: SendOptions, reporter: &mut Reporter) -> Result<(), Failure>
             }
             Err(AttemptError::Transient(e)) => {
                 backoff.reset();
-                match retry_delay(&mut backoff, Instant::now(), opts.retry_for) {
+                retrying_since = Instant::now();
+                match retry_delay(&mut backoff, retrying_since, opts.retry_for) {
                     Some(d) => {
                         reporter.info(&format!(
                             "connection lost ({e}); reconnecting in {:.1}s",
@@ -336,14 +345,18 @@ async fn send(opts: SendOptions, reporter: &mut Reporter) -> Result<(), Failure>
     record.updated_unix = unix_now();
     record.sha256_hex = sha_hex.clone();
     record.error = result.as_ref().err().map(|f| f.message.clone());
-    if ok {
-        record.bytes_confirmed = source.size;
-    }
+    record.bytes_confirmed = if ok {
+        source.size
+    } else {
+        stats.bytes_confirmed.max(record.bytes_confirmed)
+    };
     let _ = store.put_outgoing(&record);
-    let sent_bytes = source
-        .size
-        .saturating_sub(u64::from(stats.chunks_skipped) * opts.chunk_size)
-        .max(0);
+    // File bytes this run delivered (chunks verified in an earlier run do not count).
+    let sent_bytes = if ok {
+        source.size.saturating_sub(stats.bytes_skipped)
+    } else {
+        0
+    };
     reporter.event(json!({
         "event": "summary",
         "session_id": record.id.to_hex(),
@@ -393,7 +406,7 @@ enum ReadMsg {
     Piece {
         raw_len: u32,
         compressed: bool,
-        buf: Vec<u8>,
+        buf: Arc<PooledBuf>,
     },
     End(u32, [u8; 32]),
     /// A chunk the receiver already had, re-read: its current hash.
@@ -403,8 +416,39 @@ enum ReadMsg {
     Failed(String),
 }
 
+/// Hashes the whole file on a thread of its own, fed the reader's buffers in file order.
+struct FileHashThread {
+    tx: std_mpsc::SyncSender<Arc<PooledBuf>>,
+    handle: std::thread::JoinHandle<[u8; 32]>,
+}
+
+impl FileHashThread {
+    fn start() -> Result<Self, String> {
+        let (tx, rx) = std_mpsc::sync_channel::<Arc<PooledBuf>>(READ_AHEAD);
+        let handle = std::thread::Builder::new()
+            .name("trackshift-filehash".into())
+            .spawn(move || {
+                let mut h = Hasher::new();
+                for buf in rx {
+                    h.update(&buf);
+                }
+                h.finish()
+            })
+            .map_err(|e| format!("cannot start the hashing thread: {e}"))?;
+        Ok(Self { tx, handle })
+    }
+
+    fn finish(self) -> Result<[u8; 32], String> {
+        drop(self.tx);
+        self.handle
+            .join()
+            .map_err(|_| "the hashing thread panicked".to_owned())
+    }
+}
+
 /// Reads the file: one in-order pass (hashing everything, sending what the receiver lacks), then re-sends on
-/// request. Runs on its own thread so hashing and compression stay off the network task.
+/// request. Runs on its own thread (with the whole-file hash on another) so hashing and compression stay off
+/// the network task.
 fn reader_thread(
     file: File,
     plan: ChunkPlan,
@@ -412,100 +456,97 @@ fn reader_thread(
     mode: CompressMode,
     out: mpsc::Sender<ReadMsg>,
     resend: std_mpsc::Receiver<u32>,
-    recycle: std_mpsc::Receiver<Vec<u8>>,
 ) {
-    let mut compressor = match PieceCompressor::new() {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = out.blocking_send(ReadMsg::Failed(e.to_string()));
-            return;
-        }
-    };
-    let mut file_hasher = Hasher::new();
+    if let Err(e) = read_file(&file, plan, &first_pass, mode, &out, &resend) {
+        let _ = out.blocking_send(ReadMsg::Failed(e));
+    }
+}
+
+fn read_file(
+    file: &File,
+    plan: ChunkPlan,
+    first_pass: &[FirstPass],
+    mode: CompressMode,
+    out: &mpsc::Sender<ReadMsg>,
+    resend: &std_mpsc::Receiver<u32>,
+) -> Result<(), String> {
+    let stopped = || "stopped".to_owned();
+    let mut compressor = PieceCompressor::new().map_err(|e| e.to_string())?;
+    let pool = BufPool::new(DATA_PIECE);
+    let packed_pool = BufPool::new(DATA_PIECE + DATA_PIECE / 64);
+    let file_hash = FileHashThread::start()?;
     let mut read_chunk =
-        |index: u32, send: bool, file_hasher: Option<&mut Hasher>| -> Result<[u8; 32], String> {
-            let mut file_hasher = file_hasher;
+        |index: u32, send: bool, file_hash: Option<&FileHashThread>| -> Result<[u8; 32], String> {
             let (start, len) = (plan.offset(index), plan.len(index));
             let mut chunk_hasher = Hasher::new();
             let mut compress = None;
-            if send && out.blocking_send(ReadMsg::Begin(index)).is_err() {
-                return Err("stopped".into());
+            if send {
+                out.blocking_send(ReadMsg::Begin(index))
+                    .map_err(|_| stopped())?;
             }
             let mut done = 0u64;
             while done < len {
                 let n = (len - done).min(DATA_PIECE as u64) as usize;
-                let mut buf = recycle
-                    .try_recv()
-                    .unwrap_or_else(|_| Vec::with_capacity(DATA_PIECE));
-                buf.resize(n, 0);
-                file.read_exact_at(&mut buf, start + done)
+                let mut buf = pool.get();
+                buf.data_mut().resize(n, 0);
+                file.read_exact_at(buf.data_mut(), start + done)
                     .map_err(|e| format!("reading the source file: {e}"))?;
                 chunk_hasher.update(&buf);
-                if let Some(h) = file_hasher.as_deref_mut() {
-                    h.update(&buf);
+                let shared = Arc::new(buf);
+                if let Some(fh) = file_hash {
+                    fh.tx.send(shared.clone()).map_err(|_| stopped())?;
                 }
                 if send {
                     let use_zstd =
-                        *compress.get_or_insert_with(|| compressor.should_compress(mode, &buf));
-                    let msg = match use_zstd.then(|| compressor.compress(&buf)).flatten() {
+                        *compress.get_or_insert_with(|| compressor.should_compress(mode, &shared));
+                    let packed = use_zstd.then(|| compressor.compress(&shared)).flatten();
+                    let msg = match packed {
                         Some(packed) => {
-                            let mut p = Vec::with_capacity(packed.len());
-                            p.extend_from_slice(packed);
+                            let mut p = packed_pool.get();
+                            p.data_mut().extend_from_slice(packed);
                             ReadMsg::Piece {
                                 raw_len: n as u32,
                                 compressed: true,
-                                buf: p,
+                                buf: Arc::new(p),
                             }
                         }
                         None => ReadMsg::Piece {
                             raw_len: n as u32,
                             compressed: false,
-                            buf,
+                            buf: shared,
                         },
                     };
-                    if out.blocking_send(msg).is_err() {
-                        return Err("stopped".into());
-                    }
+                    out.blocking_send(msg).map_err(|_| stopped())?;
                 }
                 done += n as u64;
             }
             let sha = chunk_hasher.finish();
-            if send && out.blocking_send(ReadMsg::End(index, sha)).is_err() {
-                return Err("stopped".into());
-            }
-            if send && compress == Some(true) {
-                // Counted by the network task through the compressed flag of pieces.
+            if send {
+                out.blocking_send(ReadMsg::End(index, sha))
+                    .map_err(|_| stopped())?;
             }
             Ok(sha)
         };
     for (index, what) in first_pass.iter().enumerate() {
         let index = index as u32;
-        let res = match what {
-            FirstPass::Send => read_chunk(index, true, Some(&mut file_hasher)).map(|_| ()),
-            FirstPass::Check { .. } => {
-                read_chunk(index, false, Some(&mut file_hasher)).and_then(|sha| {
-                    out.blocking_send(ReadMsg::Checked(index, sha))
-                        .map_err(|_| "stopped".into())
-                })
+        match what {
+            FirstPass::Send => {
+                read_chunk(index, true, Some(&file_hash))?;
             }
-        };
-        if let Err(e) = res {
-            let _ = out.blocking_send(ReadMsg::Failed(e));
-            return;
+            FirstPass::Check { .. } => {
+                let sha = read_chunk(index, false, Some(&file_hash))?;
+                out.blocking_send(ReadMsg::Checked(index, sha))
+                    .map_err(|_| stopped())?;
+            }
         }
     }
-    if out
-        .blocking_send(ReadMsg::FileHash(file_hasher.finish()))
-        .is_err()
-    {
-        return;
-    }
+    let digest = file_hash.finish()?;
+    out.blocking_send(ReadMsg::FileHash(digest))
+        .map_err(|_| stopped())?;
     while let Ok(index) = resend.recv() {
-        if let Err(e) = read_chunk(index, true, None) {
-            let _ = out.blocking_send(ReadMsg::Failed(e));
-            return;
-        }
+        read_chunk(index, true, None)?;
     }
+    Ok(())
 }
 
 /// One connection: offer, learn what the receiver has, stream the rest, wait for the verdict.
@@ -580,6 +621,7 @@ async fn transfer_once(
     let base = transfer.bytes_verified();
     if stats.connections == 1 {
         stats.chunks_skipped = transfer.chunks_skipped;
+        stats.bytes_skipped = base;
     }
     if !*progress_started {
         reporter.progress_start("sending", source.size, base);
@@ -589,7 +631,6 @@ async fn transfer_once(
 
     let (read_tx, mut read_rx) = mpsc::channel(READ_AHEAD);
     let (resend_tx, resend_rx) = std_mpsc::channel();
-    let (recycle_tx, recycle_rx) = std_mpsc::channel();
     let file = source
         .file
         .try_clone()
@@ -598,7 +639,7 @@ async fn transfer_once(
     let mode = opts.compress;
     let reader_handle = std::thread::Builder::new()
         .name("trackshift-read".into())
-        .spawn(move || reader_thread(file, plan, first_pass, mode, read_tx, resend_rx, recycle_rx))
+        .spawn(move || reader_thread(file, plan, first_pass, mode, read_tx, resend_rx))
         .map_err(|e| {
             AttemptError::Fatal(Failure::failed(format!("cannot start reader thread: {e}")))
         })?;
@@ -652,7 +693,8 @@ async fn transfer_once(
                             let _ = resend_tx.send(index);
                             stats.chunks_resent += 1;
                         }
-                        reporter.progress(transfer.bytes_verified(), source.size, started, base);
+                        stats.bytes_confirmed = transfer.bytes_verified();
+                        reporter.progress(stats.bytes_confirmed, source.size, started, base);
                     }
                     Frame::FileDone { ok, sha256, final_name } => {
                         if !ok {
@@ -693,7 +735,6 @@ async fn transfer_once(
                         writer.send_data(raw_len, compressed, &buf).await?;
                         stats.bytes_on_wire += buf.len() as u64 + 10;
                         chunk_compressed |= compressed;
-                        if !compressed { let _ = recycle_tx.send(buf); }
                     }
                     Some(ReadMsg::End(index, sha)) => {
                         writer.send(&Frame::ChunkEnd { sha256: sha }).await?;

@@ -34,20 +34,21 @@ pub fn parse_rate(s: &str) -> Result<u64, String> {
         .find(|c: char| !c.is_ascii_digit() && c != '.')
         .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let bits_per_unit: f64 =
-        match unit.trim() {
-            "bit" | "bps" => 1.0,
-            "kbit" | "Kbit" | "kbps" | "Kbps" => 1e3,
-            "Mbit" | "Mbps" => 1e6,
-            "Gbit" | "Gbps" => 1e9,
-            "B/s" => 8.0,
-            "kB/s" | "KB/s" => 8e3,
-            "MB/s" => 8e6,
-            "GB/s" => 8e9,
-            other => return Err(format!(
+    let bits_per_unit: f64 = match unit.trim() {
+        "bit" | "bps" => 1.0,
+        "kbit" | "Kbit" | "kbps" | "Kbps" => 1e3,
+        "Mbit" | "Mbps" => 1e6,
+        "Gbit" | "Gbps" => 1e9,
+        "B/s" => 8.0,
+        "kB/s" | "KB/s" => 8e3,
+        "MB/s" => 8e6,
+        "GB/s" => 8e9,
+        other => {
+            return Err(format!(
                 "unknown rate unit `{other}` in `{s}`: use e.g. 100Mbit, 1Gbit, 250kbit or 50MB/s"
-            )),
-        };
+            ))
+        }
+    };
     let v: f64 = num
         .parse()
         .map_err(|_| format!("`{s}` is not a rate (e.g. 100Mbit, 50MB/s)"))?;

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use trackshift_netlab::{Lab, LabConfig, LinkOverrides};
 
-
 fn config(profile: Option<&str>, overrides: LinkOverrides, max: Duration) -> LabConfig {
     LabConfig {
         profile: profile.map(str::to_string),

@@ -15,6 +15,8 @@ pub const DATA_PIECE: usize = 1024 * 1024;
 /// Largest frame accepted (type byte + body). A `Data` frame of a piece that zstd could not shrink is the largest
 /// frame; anything longer is refused before any allocation.
 pub const MAX_FRAME_LEN: usize = DATA_PIECE + 64 * 1024;
+/// Where the file bytes start in the body of a `Data` frame (after `raw_len: u32` and `compressed: u8`).
+pub const DATA_BODY_OFFSET: usize = 5;
 /// Length of the frame header: `len: u32` and `type: u8`.
 pub const HEADER_LEN: usize = 5;
 /// Most entries in one `VerifiedList` frame (each 36 bytes), keeping it under `MAX_FRAME_LEN`.
@@ -185,9 +187,13 @@ pub fn parse_header(header: [u8; HEADER_LEN]) -> Result<(usize, u8), WireError> 
 }
 
 /// The header of a `Data` frame whose payload the caller writes separately (avoids copying file bytes).
-pub fn data_header(raw_len: u32, compressed: bool, payload_len: usize) -> [u8; HEADER_LEN + 5] {
-    let len = (1 + 5 + payload_len) as u32;
-    let mut h = [0u8; HEADER_LEN + 5];
+pub fn data_header(
+    raw_len: u32,
+    compressed: bool,
+    payload_len: usize,
+) -> [u8; HEADER_LEN + DATA_BODY_OFFSET] {
+    let len = (1 + DATA_BODY_OFFSET + payload_len) as u32;
+    let mut h = [0u8; HEADER_LEN + DATA_BODY_OFFSET];
     h[..4].copy_from_slice(&len.to_be_bytes());
     h[4] = ty::DATA;
     h[5..9].copy_from_slice(&raw_len.to_be_bytes());

@@ -48,6 +48,7 @@ pub struct OutgoingTransfer {
     earlier: Vec<Option<[u8; 32]>>,
     in_flight: BTreeSet<u32>,
     to_resend: VecDeque<u32>,
+    verified_bytes: u64,
     /// Chunks put on the wire in this run, re-sends included.
     pub chunks_sent: u32,
     /// Chunks re-sent after failing verification.
@@ -73,7 +74,12 @@ impl OutgoingTransfer {
             earlier[index as usize] = Some(sha);
         }
         let chunks_skipped = verified.count();
+        let verified_bytes = (0..n)
+            .filter(|&i| verified.get(i))
+            .map(|i| plan.len(i))
+            .sum();
         Ok(Self {
+            verified_bytes,
             plan,
             verified,
             earlier,
@@ -122,7 +128,9 @@ impl OutgoingTransfer {
             return Err(ProtocolViolation::NotInFlight(index));
         }
         if ok {
-            self.verified.insert(index);
+            if self.verified.insert(index) {
+                self.verified_bytes += self.plan.len(index);
+            }
         } else {
             self.to_resend.push_back(index);
             self.chunks_resent += 1;
@@ -141,10 +149,7 @@ impl OutgoingTransfer {
 
     /// File bytes the receiver has verified.
     pub fn bytes_verified(&self) -> u64 {
-        (0..self.plan.chunk_count())
-            .filter(|&i| self.verified.get(i))
-            .map(|i| self.plan.len(i))
-            .sum()
+        self.verified_bytes
     }
 
     pub fn verified(&self) -> &ChunkMap {

@@ -1,0 +1,106 @@
+//! Reusable 1 MiB buffers shared between threads without copying: a buffer goes back to its pool when the last
+//! `Arc` to it is dropped, so steady-state transfers allocate nothing and memory stays bounded by the queues.
+
+use std::ops::Deref;
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Arc;
+
+/// A buffer that returns to its pool when dropped.
+#[derive(Debug)]
+pub struct PooledBuf {
+    data: Vec<u8>,
+    home: Sender<Vec<u8>>,
+}
+
+impl PooledBuf {
+    pub fn data_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.data
+    }
+}
+
+impl Deref for PooledBuf {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+impl Drop for PooledBuf {
+    fn drop(&mut self) {
+        let _ = self.home.send(std::mem::take(&mut self.data));
+    }
+}
+
+/// Where buffers come from and go back to. Cheap to create; one per transfer.
+#[derive(Debug)]
+pub struct BufPool {
+    home: Sender<Vec<u8>>,
+    free: Receiver<Vec<u8>>,
+    capacity: usize,
+}
+
+impl BufPool {
+    pub fn new(capacity: usize) -> Self {
+        let (home, free) = channel();
+        Self {
+            home,
+            free,
+            capacity,
+        }
+    }
+
+    /// An empty buffer with at least the pool's capacity reserved.
+    pub fn get(&self) -> PooledBuf {
+        let mut data = self.free.try_recv().unwrap_or_default();
+        data.clear();
+        data.reserve(self.capacity);
+        PooledBuf {
+            data,
+            home: self.home.clone(),
+        }
+    }
+}
+
+/// A shared, read-only view of part of a pooled buffer.
+#[derive(Debug, Clone)]
+pub struct SharedBytes {
+    buf: Arc<PooledBuf>,
+    start: usize,
+}
+
+impl SharedBytes {
+    pub fn new(buf: Arc<PooledBuf>, start: usize) -> Self {
+        Self { buf, start }
+    }
+}
+
+impl Deref for SharedBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_come_back_when_the_last_share_drops() {
+        let pool = BufPool::new(16);
+        let mut b = pool.get();
+        b.data_mut().extend_from_slice(b"hello");
+        let ptr = b.as_ptr();
+        let shared = Arc::new(b);
+        let view = SharedBytes::new(shared.clone(), 1);
+        assert_eq!(&*view, b"ello");
+        drop(shared);
+        drop(view);
+        let again = pool.get();
+        assert_eq!(again.as_ptr(), ptr);
+        assert!(again.is_empty());
+    }
+}
