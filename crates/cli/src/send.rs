@@ -732,7 +732,10 @@ async fn transfer_once(
                             *next = (*next).max(tokio::time::Instant::now() - Duration::from_millis(50))
                                 + Duration::from_secs_f64(buf.len() as f64 / *rate as f64);
                         }
-                        writer.send_data(raw_len, compressed, &buf).await?;
+                        // A receiver that stops reading (gone without a reset) must not hang us forever.
+                        tokio::time::timeout(PEER_SILENCE, writer.send_data(raw_len, compressed, &buf))
+                            .await
+                            .map_err(|_| TransportError::Timeout("sending: the receiver stopped reading"))??;
                         stats.bytes_on_wire += buf.len() as u64 + 10;
                         chunk_compressed |= compressed;
                     }

@@ -1,0 +1,762 @@
+//! Test support for the end-to-end scenarios in `tests/tests/e2e_*.rs`: they start the real `trackshift` binary
+//! on loopback and check what arrives.
+//!
+//! Everything here is bounded in time: every wait on a child process has a deadline, and a child that misses it
+//! is killed and the test fails with what the child printed. Every child is killed when its guard drops, so a
+//! failing test leaves no process behind.
+//!
+//! The binary is the one `cargo build -p trackshift-cli` put next to the test executable
+//! (`target/<profile>/trackshift`); the tests do not build it themselves.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::ffi::OsStr;
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// The shared secret the scenarios use.
+pub const SECRET: &str = "e2e-shared-secret";
+
+/// 1 MiB.
+pub const MIB: u64 = 1024 * 1024;
+
+/// How long one whole transfer may take in a test (generous: all scenarios share two cores).
+pub const TRANSFER_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// How long a short command (`status`, `list`, a refused `send`) may take.
+pub const SHORT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The `trackshift` binary built by `cargo build -p trackshift-cli`, found next to this test executable:
+/// `…/target/debug/deps/e2e_x-hash` → `…/target/debug/trackshift`.
+pub fn bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut dir = exe
+        .parent()
+        .expect("test executable has a parent dir")
+        .to_path_buf();
+    if dir.file_name() == Some(OsStr::new("deps")) {
+        dir.pop();
+    }
+    let path = dir.join("trackshift");
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build -p trackshift-cli` first",
+        path.display()
+    );
+    path
+}
+
+/// A `trackshift` command with an environment that cannot leak into the test: no secret, state dir or log
+/// filter from the caller's environment, and a private XDG state home.
+pub fn trackshift<I, S>(args: I) -> Command
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut cmd = Command::new(bin());
+    cmd.args(args)
+        .env_remove("TRACKSHIFT_SECRET")
+        .env_remove("TRACKSHIFT_STATE_DIR")
+        .env_remove("TRACKSHIFT_LOG")
+        .env(
+            "XDG_STATE_HOME",
+            std::env::temp_dir().join("trackshift-e2e-xdg-state-unused"),
+        );
+    cmd
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Files, hashes, directories
+
+/// A per-test scratch directory (removed on drop) with named subdirectories.
+#[derive(Debug)]
+pub struct Scratch {
+    root: tempfile::TempDir,
+}
+
+impl Scratch {
+    pub fn new(test: &str) -> Self {
+        let root = tempfile::Builder::new()
+            .prefix(&format!("trackshift-e2e-{test}-"))
+            .tempdir()
+            .expect("tempdir");
+        Self { root }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.root.path()
+    }
+
+    /// `<root>/<name>`, created if missing.
+    pub fn dir(&self, name: &str) -> PathBuf {
+        let p = self.root.path().join(name);
+        fs::create_dir_all(&p).expect("create scratch subdir");
+        p
+    }
+
+    /// `<root>/<name>` (not created).
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.root.path().join(name)
+    }
+}
+
+/// Writes `size` pseudo-random (incompressible) bytes derived from `seed` to `path`, 1 MiB at a time.
+pub fn random_file(path: &Path, size: u64, seed: u64) -> PathBuf {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut f = std::io::BufWriter::with_capacity(
+        MIB as usize,
+        File::create(path).expect("create random file"),
+    );
+    let mut block = vec![0u8; MIB as usize];
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(MIB) as usize;
+        rng.fill_bytes(&mut block[..n]);
+        f.write_all(&block[..n]).expect("write random file");
+        left -= n as u64;
+    }
+    f.flush().expect("flush random file");
+    path.to_path_buf()
+}
+
+/// The SHA-256 of a file, lowercase hex.
+pub fn sha256_file(path: &Path) -> String {
+    let mut f = File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; MIB as usize];
+    loop {
+        let n = f.read(&mut buf).expect("read for hashing");
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    hex::encode(h.finalize())
+}
+
+/// Asserts that `received` exists and has the same SHA-256 as `source`; returns that hash.
+pub fn assert_same_file(source: &Path, received: &Path) -> String {
+    assert!(
+        received.is_file(),
+        "{} was not delivered",
+        received.display()
+    );
+    let (a, b) = (sha256_file(source), sha256_file(received));
+    assert_eq!(
+        a,
+        b,
+        "{} differs from {}",
+        received.display(),
+        source.display()
+    );
+    a
+}
+
+/// The names in a directory, sorted.
+pub fn dir_names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display()))
+        .map(|e| {
+            e.expect("dir entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// The receiver's partial files (`.trackshift-*.part`) in an output dir.
+pub fn part_files(dir: &Path) -> Vec<String> {
+    dir_names(dir)
+        .into_iter()
+        .filter(|n| n.starts_with(".trackshift-") && n.ends_with(".part"))
+        .collect()
+}
+
+/// A free TCP port on 127.0.0.1 (bound then released; a later bind by the receiver may in theory race).
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local_addr").port()
+}
+
+/// Polls `f` every `every` until it returns `Some`, or panics after `timeout` with `what`.
+pub fn wait_until<T>(
+    what: &str,
+    timeout: Duration,
+    every: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(every);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Child processes
+
+/// What a finished command printed and how it ended.
+#[derive(Debug, Clone)]
+pub struct Output {
+    /// The exit code (`-1` when killed by a signal).
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    /// The stdout lines that parsed as JSON objects (the NDJSON events).
+    pub events: Vec<Value>,
+}
+
+impl Output {
+    /// The last event named `name`, if any.
+    pub fn event(&self, name: &str) -> Option<&Value> {
+        self.events.iter().rev().find(|e| e["event"] == name)
+    }
+
+    /// The `summary` event; panics with the output when there is none.
+    pub fn summary(&self) -> &Value {
+        self.event("summary")
+            .unwrap_or_else(|| panic!("no summary event in {self:#?}"))
+    }
+
+    /// stderr without blank lines.
+    pub fn stderr_lines(&self) -> Vec<&str> {
+        self.stderr
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .collect()
+    }
+}
+
+/// A running `trackshift` process: stdout is read line by line on a thread (JSON lines become events), stderr is
+/// collected on another. Killed (SIGKILL) and reaped on drop.
+#[derive(Debug)]
+pub struct Proc {
+    name: String,
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    stdout_seen: Vec<String>,
+    stdout_closed: bool,
+    stderr: Arc<Mutex<String>>,
+    threads: Vec<JoinHandle<()>>,
+    status: Option<ExitStatus>,
+}
+
+fn pump_stdout(out: ChildStdout, tx: mpsc::Sender<String>) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            match line {
+                Ok(l) => {
+                    if tx.send(l).is_err() {
+                        return;
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+    })
+}
+
+impl Proc {
+    /// Starts `cmd` with stdout and stderr piped (stdin closed). `name` labels failure messages.
+    pub fn spawn(name: &str, mut cmd: Command) -> Self {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e}"));
+        let (tx, lines) = mpsc::channel();
+        let mut threads = vec![pump_stdout(child.stdout.take().expect("piped stdout"), tx)];
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut err = child.stderr.take().expect("piped stderr");
+        let sink = stderr.clone();
+        threads.push(std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            loop {
+                match err.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => sink
+                        .lock()
+                        .expect("stderr lock")
+                        .push_str(&String::from_utf8_lossy(&buf[..n])),
+                }
+            }
+        }));
+        Self {
+            name: name.to_owned(),
+            child,
+            lines,
+            stdout_seen: Vec::new(),
+            stdout_closed: false,
+            stderr,
+            threads,
+            status: None,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What the process wrote on stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().expect("stderr lock").clone()
+    }
+
+    fn take_line(&mut self, timeout: Duration) -> Option<String> {
+        if self.stdout_closed {
+            return None;
+        }
+        match self.lines.recv_timeout(timeout) {
+            Ok(l) => {
+                self.stdout_seen.push(l.clone());
+                Some(l)
+            }
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => {
+                self.stdout_closed = true;
+                None
+            }
+        }
+    }
+
+    fn drain_lines(&mut self) {
+        while let Ok(l) = self.lines.try_recv() {
+            self.stdout_seen.push(l);
+        }
+    }
+
+    /// All events (JSON lines on stdout) printed so far.
+    pub fn events(&mut self) -> Vec<Value> {
+        self.drain_lines();
+        self.stdout_seen
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .collect()
+    }
+
+    /// Waits for the first event (already printed or still to come) for which `pred` holds. Panics (killing the
+    /// process) after `timeout`, or when the process closes stdout without printing it.
+    pub fn wait_event(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        if let Some(v) = self.events().into_iter().find(|v| pred(v)) {
+            return v;
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                self.fail(&format!("timed out after {timeout:?} waiting for {what}"));
+            }
+            if self.stdout_closed {
+                self.fail(&format!("exited without printing {what}"));
+            }
+            if let Some(line) = self.take_line(left.min(Duration::from_millis(200))) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    if pred(&v) {
+                        return v;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        if self.status.is_some() {
+            return false;
+        }
+        match self.child.try_wait().expect("try_wait") {
+            Some(st) => {
+                self.status = Some(st);
+                false
+            }
+            None => true,
+        }
+    }
+
+    /// Waits for the process to exit by itself; kills it and panics after `timeout`.
+    pub fn wait(&mut self, timeout: Duration) -> Output {
+        let deadline = Instant::now() + timeout;
+        while self.is_running() {
+            if Instant::now() >= deadline {
+                self.fail(&format!("did not exit within {timeout:?}"));
+            }
+            // Keep the pipe flowing (the reader thread does; this only collects).
+            self.drain_lines();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.finish()
+    }
+
+    /// SIGKILL, then reap. Returns what it printed.
+    pub fn kill(&mut self) -> Output {
+        if self.is_running() {
+            let _ = self.child.kill();
+            self.status = Some(self.child.wait().expect("wait after kill"));
+        }
+        self.finish()
+    }
+
+    /// SIGTERM (graceful stop), then wait up to `timeout`.
+    pub fn terminate(&mut self, timeout: Duration) -> Output {
+        if self.is_running() {
+            let st = Command::new("kill")
+                .args(["-TERM", &self.pid().to_string()])
+                .status()
+                .expect("run kill");
+            assert!(st.success(), "kill -TERM {} failed", self.pid());
+        }
+        self.wait(timeout)
+    }
+
+    fn finish(&mut self) -> Output {
+        let status = self.status.expect("finished process has a status");
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        self.drain_lines();
+        self.stdout_closed = true;
+        let stdout = self.stdout_seen.join("\n");
+        Output {
+            code: status.code().unwrap_or(-1),
+            events: self
+                .stdout_seen
+                .iter()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .collect(),
+            stdout,
+            stderr: self.stderr(),
+        }
+    }
+
+    /// Kills the process and panics with everything it printed.
+    pub fn fail(&mut self, why: &str) -> ! {
+        let name = self.name.clone();
+        let out = self.kill();
+        panic!(
+            "{name}: {why}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            out.stdout, out.stderr
+        );
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs a command to completion within `timeout` (killed and failing the test otherwise).
+pub fn run(name: &str, cmd: Command, timeout: Duration) -> Output {
+    Proc::spawn(name, cmd).wait(timeout)
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Receiver
+
+/// A `trackshift receive --json` process, killed on drop.
+#[derive(Debug)]
+pub struct Receiver {
+    pub proc: Proc,
+    /// `127.0.0.1:PORT` from the `listening` event.
+    pub addr: String,
+    pub fingerprint: String,
+    pub output_dir: PathBuf,
+    pub state_dir: PathBuf,
+}
+
+/// How to start a receiver.
+#[derive(Debug, Clone)]
+pub struct ReceiverConfig {
+    pub listen: String,
+    pub output_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub secret: Option<String>,
+    pub extra: Vec<String>,
+}
+
+impl ReceiverConfig {
+    /// On an ephemeral loopback port with [`SECRET`].
+    pub fn new(output_dir: &Path, state_dir: &Path) -> Self {
+        Self {
+            listen: "127.0.0.1:0".into(),
+            output_dir: output_dir.to_path_buf(),
+            state_dir: state_dir.to_path_buf(),
+            secret: Some(SECRET.into()),
+            extra: Vec::new(),
+        }
+    }
+
+    pub fn listen(mut self, addr: &str) -> Self {
+        self.listen = addr.into();
+        self
+    }
+
+    pub fn command(&self) -> Command {
+        let mut cmd = trackshift(["receive", "--json", "--listen", &self.listen]);
+        cmd.arg("--output-dir")
+            .arg(&self.output_dir)
+            .arg("--state-dir")
+            .arg(&self.state_dir);
+        if let Some(s) = &self.secret {
+            cmd.args(["--secret", s]);
+        }
+        cmd.args(&self.extra);
+        cmd
+    }
+
+    /// Starts the receiver and waits (bounded) for its `listening` line.
+    pub fn start(&self) -> Receiver {
+        let mut proc = Proc::spawn("receiver", self.command());
+        let listening = proc.wait_event("the `listening` event", Duration::from_secs(60), |v| {
+            v["event"] == "listening"
+        });
+        let addr = listening["addr"]
+            .as_str()
+            .expect("listening.addr")
+            .to_owned();
+        let fingerprint = listening["fingerprint"]
+            .as_str()
+            .expect("listening.fingerprint")
+            .to_owned();
+        assert!(
+            fingerprint.starts_with("sha256:"),
+            "fingerprint {fingerprint}"
+        );
+        Receiver {
+            proc,
+            addr,
+            fingerprint,
+            output_dir: self.output_dir.clone(),
+            state_dir: self.state_dir.clone(),
+        }
+    }
+}
+
+impl Receiver {
+    /// A receiver on an ephemeral loopback port with [`SECRET`].
+    pub fn start(output_dir: &Path, state_dir: &Path) -> Self {
+        ReceiverConfig::new(output_dir, state_dir).start()
+    }
+
+    /// Waits for the receiver's `summary` event of `session_id`.
+    pub fn wait_summary(&mut self, session_id: &str, timeout: Duration) -> Value {
+        let id = session_id.to_owned();
+        self.proc.wait_event(
+            &format!("the receiver's summary of {id}"),
+            timeout,
+            move |v| v["event"] == "summary" && v["session_id"] == id.as_str(),
+        )
+    }
+
+    /// Asserts the receiver process is still serving.
+    pub fn assert_running(&mut self) {
+        if !self.proc.is_running() {
+            let out = self.proc.kill();
+            panic!(
+                "the receiver exited ({}) but should keep serving\n{}\n{}",
+                out.code, out.stdout, out.stderr
+            );
+        }
+    }
+
+    /// `trackshift status <id>` on the receiver's state dir.
+    pub fn status(&self, session_id: &str) -> Option<Value> {
+        status(session_id, &self.state_dir)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Sender and the other commands
+
+/// `trackshift send FILE --to ADDR --state-dir D --json [--protocol tcp] [--secret S] EXTRA…` (`--protocol tcp`
+/// unless `extra` names a protocol).
+pub fn send_command(
+    file: &Path,
+    to: &str,
+    state_dir: &Path,
+    secret: Option<&str>,
+    extra: &[&str],
+) -> Command {
+    let mut cmd = trackshift(["send"]);
+    cmd.arg(file)
+        .args(["--to", to, "--json"])
+        .arg("--state-dir")
+        .arg(state_dir);
+    if !extra.contains(&"--protocol") {
+        cmd.args(["--protocol", "tcp"]);
+    }
+    if let Some(s) = secret {
+        cmd.args(["--secret", s]);
+    }
+    cmd.args(extra);
+    cmd
+}
+
+/// Runs a send to completion (bounded by [`TRANSFER_TIMEOUT`]): exit code, events (`summary()`), stderr.
+pub fn send(file: &Path, to: &str, state_dir: &Path, extra: &[&str]) -> Output {
+    run(
+        "sender",
+        send_command(file, to, state_dir, Some(SECRET), extra),
+        TRANSFER_TIMEOUT,
+    )
+}
+
+/// Starts a send in the background (for killing it mid-transfer).
+pub fn spawn_send(file: &Path, to: &str, state_dir: &Path, extra: &[&str]) -> Proc {
+    Proc::spawn(
+        "sender",
+        send_command(file, to, state_dir, Some(SECRET), extra),
+    )
+}
+
+/// `trackshift status <id> --state-dir D --json`, or `None` when the state dir does not know the session (yet).
+pub fn status(session_id: &str, state_dir: &Path) -> Option<Value> {
+    let mut cmd = trackshift(["status", session_id, "--json"]);
+    cmd.arg("--state-dir").arg(state_dir);
+    let out = run("status", cmd, SHORT_TIMEOUT);
+    if out.code != 0 {
+        return None;
+    }
+    Some(
+        serde_json::from_str(out.stdout.trim())
+            .unwrap_or_else(|e| panic!("status output {:?}: {e}", out.stdout)),
+    )
+}
+
+/// `chunks_done` from `trackshift status` (0 while the session is unknown).
+pub fn chunks_done(session_id: &str, state_dir: &Path) -> u64 {
+    status(session_id, state_dir)
+        .and_then(|v| v["chunks_done"].as_u64())
+        .unwrap_or(0)
+}
+
+/// `trackshift list --json --state-dir D`: the JSON array.
+pub fn list(state_dir: &Path) -> Vec<Value> {
+    let mut cmd = trackshift(["list", "--json"]);
+    cmd.arg("--state-dir").arg(state_dir);
+    let out = run("list", cmd, SHORT_TIMEOUT);
+    assert_eq!(out.code, 0, "list failed: {out:#?}");
+    match serde_json::from_str(out.stdout.trim()) {
+        Ok(Value::Array(v)) => v,
+        other => panic!(
+            "list --json printed {:?}, not a JSON array ({other:?})",
+            out.stdout
+        ),
+    }
+}
+
+/// The session id from a sender's `start` event (waiting for it, bounded).
+pub fn session_id_of(sender: &mut Proc) -> String {
+    let start = sender.wait_event("the sender's `start` event", Duration::from_secs(60), |v| {
+        v["event"] == "start"
+    });
+    start["session_id"]
+        .as_str()
+        .expect("start.session_id")
+        .to_owned()
+}
+
+/// A summary field as u64 (panics with the summary when absent).
+pub fn field(summary: &Value, name: &str) -> u64 {
+    summary[name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("summary has no integer {name}: {summary}"))
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// tmpfs mounts (the tests run as root)
+
+/// A tmpfs mounted on a directory; unmounted on drop (also when the test panics).
+#[derive(Debug)]
+pub struct TmpfsMount {
+    dir: PathBuf,
+}
+
+fn mount_cmd(args: &[&str], dir: &Path) -> Output {
+    let mut cmd = Command::new("mount");
+    cmd.args(args).arg(dir);
+    run("mount", cmd, SHORT_TIMEOUT)
+}
+
+impl TmpfsMount {
+    /// `mount -t tmpfs -o <options> tmpfs <dir>` (e.g. `size=40M` or `size=1M,ro`).
+    pub fn new(dir: &Path, options: &str) -> Self {
+        fs::create_dir_all(dir).expect("mount point");
+        let out = mount_cmd(&["-t", "tmpfs", "-o", options, "tmpfs"], dir);
+        assert_eq!(out.code, 0, "mounting a tmpfs needs root: {out:#?}");
+        Self {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// `mount -o remount,<options> <dir>` (e.g. `size=200M`).
+    pub fn remount(&self, options: &str) {
+        let out = mount_cmd(&["-o", &format!("remount,{options}")], &self.dir);
+        assert_eq!(out.code, 0, "remount failed: {out:#?}");
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for TmpfsMount {
+    fn drop(&mut self) {
+        let st = Command::new("umount")
+            .arg(&self.dir)
+            .stderr(Stdio::null())
+            .status();
+        if !matches!(st, Ok(s) if s.success()) {
+            // Busy (a child still has a file open): detach it lazily so the temp dir can go.
+            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        }
+    }
+}
+
+/// Writes zeros to `path` until the filesystem is full (ENOSPC); returns the bytes written.
+pub fn fill_until_full(path: &Path) -> u64 {
+    let mut f = File::create(path).expect("create filler");
+    let block = vec![0u8; 256 * 1024];
+    let mut written = 0u64;
+    loop {
+        match f.write(&block) {
+            Ok(0) => break,
+            Ok(n) => written += n as u64,
+            Err(e) if e.raw_os_error() == Some(28) => break, // ENOSPC
+            Err(e) => panic!("filling {}: {e}", path.display()),
+        }
+    }
+    // tmpfs reports ENOSPC on write; sync_all is a no-op there but keeps the helper honest elsewhere.
+    let _ = f.sync_all();
+    written
+}

@@ -1,0 +1,110 @@
+//! The receiver's disk fills up: the sender exits 4 with a clear message, the receiver keeps serving and keeps
+//! its state, and the same `send` completes once there is room. The output dir is a small tmpfs (the tests run
+//! as root); the receiver's state dir stays on the normal disk.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use trackshift_scenarios::*;
+
+fn mentions_space(stderr: &str) -> bool {
+    let s = stderr.to_lowercase();
+    s.contains("space") || s.contains("full")
+}
+
+#[test]
+fn not_enough_space_up_front_exits_4_and_resumes_after_the_fs_grows() {
+    let t = Scratch::new("full-upfront");
+    let (rs, ss) = (t.dir("rs"), t.dir("ss"));
+    let src = random_file(&t.file("sixty.bin"), 60 * MIB, 31);
+    let mnt = TmpfsMount::new(&t.file("out"), "size=40M");
+    let out = mnt.path().to_path_buf();
+    let mut rx = Receiver::start(&out, &rs);
+    let args = ["--chunk-size", "5MiB"];
+
+    let full = send(&src, &rx.addr, &ss, &args);
+    assert_eq!(full.code, 4, "{full:#?}");
+    let lines = full.stderr_lines();
+    assert_eq!(lines.len(), 1, "{:?}", full.stderr);
+    assert!(
+        mentions_space(lines[0]),
+        "the error does not say the disk is full: {}",
+        lines[0]
+    );
+    eprintln!("disk full up front: {}", lines[0]);
+    let first = full.summary();
+    assert_eq!(first["ok"], false);
+    rx.assert_running();
+    assert!(!out.join("sixty.bin").exists());
+
+    mnt.remount("size=200M");
+    let res = send(&src, &rx.addr, &ss, &args);
+    assert_eq!(res.code, 0, "{}", res.stderr);
+    assert_eq!(
+        res.summary()["session_id"],
+        first["session_id"],
+        "the re-run resumes the same session"
+    );
+    assert_same_file(&src, &out.join("sixty.bin"));
+    assert!(part_files(&out).is_empty(), "{:?}", dir_names(&out));
+}
+
+#[test]
+fn the_disk_filling_up_mid_transfer_exits_4_keeps_state_and_resumes() {
+    let t = Scratch::new("full-midway");
+    let (rs, ss) = (t.dir("rs"), t.dir("ss"));
+    let src = random_file(&t.file("fortyeight.bin"), 48 * MIB, 32);
+    let mnt = TmpfsMount::new(&t.file("out"), "size=64M");
+    let out = mnt.path().to_path_buf();
+    let mut rx = Receiver::start(&out, &rs);
+    let args = ["--chunk-size", "5MiB", "--max-rate", "100Mbit"];
+
+    let mut tx = spawn_send(&src, &rx.addr, &ss, &args);
+    let id = session_id_of(&mut tx);
+    let seen = wait_until(
+        "2 chunks verified",
+        Duration::from_secs(120),
+        Duration::from_millis(50),
+        || {
+            let n = chunks_done(&id, &rs);
+            (n >= 2).then_some(n)
+        },
+    );
+    let filler = out.join("filler");
+    let filled = fill_until_full(&filler);
+    assert!(filled > 0);
+
+    let res = tx.wait(TRANSFER_TIMEOUT);
+    assert_eq!(
+        res.code, 4,
+        "the sender should stop with exit 4 when the receiver's disk is full: {res:#?}"
+    );
+    let lines = res.stderr_lines();
+    assert_eq!(lines.len(), 1, "{:?}", res.stderr);
+    assert!(mentions_space(lines[0]), "{}", lines[0]);
+    eprintln!("disk full midway: {}", lines[0]);
+    rx.assert_running();
+    let verified = chunks_done(&id, &rs);
+    assert!(
+        verified >= seen,
+        "the receiver lost verified chunks: {verified} < {seen}"
+    );
+    assert!(verified < 10, "the file completed despite the full disk");
+    assert!(!out.join("fortyeight.bin").exists());
+
+    std::fs::remove_file(&filler).unwrap();
+    let res = send(&src, &rx.addr, &ss, &args);
+    assert_eq!(res.code, 0, "{}", res.stderr);
+    let s = res.summary();
+    assert_eq!(s["session_id"], id.as_str(), "{s}");
+    let skipped = field(s, "chunks_skipped");
+    assert!(skipped >= 2 && skipped >= seen, "{s}");
+    assert_eq!(
+        field(s, "chunks_sent"),
+        field(s, "chunks_total") - skipped,
+        "{s}"
+    );
+    assert_same_file(&src, &out.join("fortyeight.bin"));
+    assert!(part_files(&out).is_empty(), "{:?}", dir_names(&out));
+}

@@ -1,0 +1,190 @@
+//! Whole transfers over loopback with the real binary: a big random file, two senders at once, an empty file,
+//! and the informational commands (`version`, `completions`, `list`, `status`).
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use trackshift_scenarios::*;
+
+/// 500 MiB of random data arrives byte-identical; `--compress auto` does not compress it.
+#[test]
+fn a_500_mib_random_file_arrives_byte_identical() {
+    let t = Scratch::new("big");
+    let size = 500 * MIB;
+    let src = random_file(&t.file("big.bin"), size, 1);
+    let out = t.dir("out");
+    let mut rx = Receiver::start(&out, &t.dir("rs"));
+
+    let res = send(&src, &rx.addr, &t.dir("ss"), &["--compress", "auto"]);
+    assert_eq!(res.code, 0, "send failed: {}", res.stderr);
+    let s = res.summary();
+    assert_eq!(s["ok"], true, "{s}");
+    assert_eq!(s["protocol"], "tcp");
+    assert_eq!(s["file"], "big.bin");
+    assert_eq!(field(s, "bytes"), size);
+    let sha = assert_same_file(&src, &out.join("big.bin"));
+    assert_eq!(s["sha256"], sha.as_str(), "summary sha256");
+    // Default chunk size 50 MiB: 10 chunks, all sent once on one connection.
+    let total = field(s, "chunks_total");
+    assert_eq!(total, 10, "{s}");
+    assert_eq!(field(s, "chunks_sent"), total, "{s}");
+    assert_eq!(field(s, "chunks_skipped"), 0, "{s}");
+    assert_eq!(field(s, "chunks_resent"), 0, "{s}");
+    assert_eq!(field(s, "connections"), 1, "{s}");
+    // Random data is incompressible: auto must send it raw (no chunk compressed, no growth on the wire).
+    assert_eq!(field(s, "compressed_chunks"), 0, "{s}");
+    assert!(field(s, "bytes_on_wire") <= size + size / 100, "{s}");
+    assert!(s["goodput_mbps"].as_f64().unwrap() > 0.0, "{s}");
+
+    let id = s["session_id"].as_str().unwrap();
+    let r = rx.wait_summary(id, Duration::from_secs(60));
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["sha256"], sha.as_str(), "{r}");
+    assert_eq!(
+        std::path::Path::new(r["final_path"].as_str().unwrap()),
+        out.join("big.bin")
+    );
+    assert_eq!(
+        dir_names(&out),
+        vec!["big.bin".to_owned()],
+        "only the final file is left"
+    );
+}
+
+/// Two senders with different files to one receiver at the same time: both complete and verify.
+#[test]
+fn two_concurrent_senders_both_arrive() {
+    let t = Scratch::new("two");
+    let a = random_file(&t.file("a.bin"), 100 * MIB, 71);
+    let b = random_file(&t.file("b.bin"), 96 * MIB + 12345, 72);
+    let out = t.dir("out");
+    let ss = t.dir("ss"); // one sender state dir shared by both (their sessions differ)
+    let mut rx = Receiver::start(&out, &t.dir("rs"));
+
+    let args = ["--chunk-size", "5MiB", "--max-rate", "400Mbit"];
+    let mut sa = spawn_send(&a, &rx.addr, &ss, &args);
+    let mut sb = spawn_send(&b, &rx.addr, &ss, &args);
+    let ra = sa.wait(TRANSFER_TIMEOUT);
+    let rb = sb.wait(TRANSFER_TIMEOUT);
+    assert_eq!(ra.code, 0, "sender a: {}", ra.stderr);
+    assert_eq!(rb.code, 0, "sender b: {}", rb.stderr);
+    let (sa, sb) = (ra.summary(), rb.summary());
+    assert_ne!(
+        sa["session_id"], sb["session_id"],
+        "each transfer is its own session"
+    );
+    let ha = assert_same_file(&a, &out.join("a.bin"));
+    let hb = assert_same_file(&b, &out.join("b.bin"));
+    assert_eq!(sa["sha256"], ha.as_str());
+    assert_eq!(sb["sha256"], hb.as_str());
+    for s in [sa, sb] {
+        let id = s["session_id"].as_str().unwrap();
+        let r = rx.wait_summary(id, Duration::from_secs(60));
+        assert_eq!(r["ok"], true, "{r}");
+    }
+    // Did the two really overlap? Both session_start events before the first receiver summary.
+    let ev = rx.proc.events();
+    let first_summary = ev.iter().position(|e| e["event"] == "summary").unwrap();
+    let starts_before = ev[..first_summary]
+        .iter()
+        .filter(|e| e["event"] == "session_start")
+        .count();
+    if starts_before < 2 {
+        eprintln!("note: the two transfers did not overlap on this run (machine too slow to start both at once)");
+    }
+    assert!(part_files(&out).is_empty(), "{:?}", dir_names(&out));
+    rx.assert_running();
+}
+
+/// An empty file is a valid transfer too.
+#[test]
+fn an_empty_file_arrives() {
+    let t = Scratch::new("empty");
+    let src = t.file("empty.txt");
+    std::fs::write(&src, b"").unwrap();
+    let out = t.dir("out");
+    let rx = Receiver::start(&out, &t.dir("rs"));
+    let res = send(&src, &rx.addr, &t.dir("ss"), &[]);
+    assert_eq!(res.code, 0, "{res:#?}");
+    assert_eq!(res.summary()["ok"], true);
+    assert_same_file(&src, &out.join("empty.txt"));
+    assert!(part_files(&out).is_empty());
+}
+
+/// A second file of the same name is not overwritten: it arrives as `name (1).ext`.
+#[test]
+fn a_name_collision_is_written_beside_the_existing_file() {
+    let t = Scratch::new("collide");
+    let out = t.dir("out");
+    let existing = out.join("report.bin");
+    std::fs::write(&existing, b"precious").unwrap();
+    let src = random_file(&t.dir("src").join("report.bin"), 6 * MIB, 5);
+    let rx = Receiver::start(&out, &t.dir("rs"));
+    let res = send(&src, &rx.addr, &t.dir("ss"), &["--chunk-size", "5MiB"]);
+    assert_eq!(res.code, 0, "{res:#?}");
+    assert_eq!(
+        std::fs::read(&existing).unwrap(),
+        b"precious",
+        "the existing file was overwritten"
+    );
+    assert_same_file(&src, &out.join("report (1).bin"));
+    assert_eq!(res.summary()["final_name"], "report (1).bin");
+}
+
+/// `version`, `completions bash`, and `list --json` / `status --json` after a transfer.
+#[test]
+fn version_completions_list_and_status() {
+    let v = run("version", trackshift(["version"]), SHORT_TIMEOUT);
+    assert_eq!(v.code, 0, "{v:#?}");
+    assert!(v.stdout.starts_with("trackshift "), "{:?}", v.stdout);
+
+    let c = run(
+        "completions",
+        trackshift(["completions", "bash"]),
+        SHORT_TIMEOUT,
+    );
+    assert_eq!(c.code, 0, "{c:#?}");
+    assert!(
+        c.stdout.contains("trackshift") && c.stdout.contains("complete"),
+        "not a bash completion script"
+    );
+    let bad = run(
+        "completions",
+        trackshift(["completions", "tcsh"]),
+        SHORT_TIMEOUT,
+    );
+    assert_eq!(bad.code, 2, "unknown shell is a usage error: {bad:#?}");
+
+    let t = Scratch::new("list");
+    let (rs, ss) = (t.dir("rs"), t.dir("ss"));
+    assert!(list(&ss).is_empty(), "a fresh state dir lists no sessions");
+    let src = random_file(&t.file("small.bin"), 7 * MIB, 9);
+    let out = t.dir("out");
+    let rx = Receiver::start(&out, &rs);
+    let res = send(&src, &rx.addr, &ss, &["--chunk-size", "5MiB"]);
+    assert_eq!(res.code, 0, "{res:#?}");
+    let id = res.summary()["session_id"].as_str().unwrap().to_owned();
+
+    let sent = list(&ss);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0]["id"], id.as_str());
+    assert_eq!(sent[0]["direction"], "outgoing");
+    assert_eq!(sent[0]["state"], "completed");
+    let got = list(&rs);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["id"], id.as_str());
+    assert_eq!(got[0]["direction"], "incoming");
+    assert_eq!(got[0]["state"], "completed");
+    assert_eq!(got[0]["file_name"], "small.bin");
+
+    let st = status(&id, &rs).expect("status of the received session");
+    assert_eq!(st["chunks_total"], 2);
+    assert_eq!(st["chunks_done"], 2);
+    assert_eq!(st["state"], "completed");
+    let st = status(&id, &ss).expect("status of the sent session");
+    assert_eq!(st["direction"], "outgoing");
+    assert_eq!(st["chunks_done"], 2);
+    let unknown = status("00000000000000000000000000000000", &rs);
+    assert!(unknown.is_none(), "an unknown session is an error");
+}
