@@ -80,9 +80,7 @@ impl From<TransportError> for Failure {
             TransportError::Peer {
                 code: ErrorCode::NoSpace,
                 message,
-            } => {
-                format!("receiver storage full: {message}; free space there and re-run the same command to resume")
-            }
+            } => format!("receiver storage full: {message}"),
             _ => e.to_string(),
         };
         Self::new(code, message)

@@ -37,6 +37,9 @@ use crate::pool::{BufPool, PooledBuf, SharedBytes};
 const WORKER_QUEUE: usize = 8;
 /// A TLS handshake plus authentication must finish within this, or the connection is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// After a failure, how long to keep draining the sender's data so our `Error` frame reaches it before the
+/// connection closes (closing with unread data would reset it).
+const ERROR_DRAIN: Duration = Duration::from_secs(3);
 /// A sender silent for this long (no data, no keep-alive) is considered gone; its session stays resumable.
 const SENDER_SILENCE: Duration = Duration::from_secs(120);
 
@@ -295,7 +298,9 @@ async fn receive_session(
     peer: SocketAddr,
 ) -> Result<ConnOutcome, (ErrorCode, String)> {
     let proto = |e: TransportError| (ErrorCode::Protocol, e.to_string());
-    let (id, name, size, chunk_size, mtime_ns) = match reader.next().await {
+    let offer = tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.next()).await;
+    let offer = offer.map_err(|_| (ErrorCode::Protocol, "no offer within 30 s".to_owned()))?;
+    let (id, name, size, chunk_size, mtime_ns) = match offer {
         Ok(Frame::Offer(o)) => (
             o.session_id,
             o.file_name.to_owned(),
@@ -462,13 +467,21 @@ async fn receive_session(
                 Err(_) => return Err(TransportError::Timeout("waiting for the sender")),
             };
             if frame_tx.send((t, buf)).await.is_err() {
+                // The worker stopped (a failure the sender is being told about): keep reading and discarding
+                // for a moment so closing does not reset the connection before the sender reads our Error.
+                let mut sink = Vec::new();
+                let _ = tokio::time::timeout(ERROR_DRAIN, async {
+                    while reader.next_into(&mut sink).await.is_ok() {}
+                })
+                .await;
                 return Ok(());
             }
         }
     });
     let mut bytes_now = 0u64;
     let mut reader_result: Option<Result<(), TransportError>> = None;
-    let outcome: Result<(ConnOutcome, Option<(String, [u8; 32])>), (ErrorCode, String)> = loop {
+    let mut reader_joined = false;
+    let outcome: Result<SessionEnd, ErrorReply> = loop {
         tokio::select! {
             biased;
             ev = event_rx.recv() => match ev {
@@ -496,13 +509,28 @@ async fn receive_session(
                     _ => break Ok((ConnOutcome::Dropped, None)),
                 },
             },
-            joined = &mut reader_task, if reader_result.is_none() => {
+            joined = &mut reader_task, if !reader_joined => {
+                reader_joined = true;
                 reader_result = Some(joined.unwrap_or(Err(TransportError::Closed)));
             }
         }
     };
-    reader_task.abort();
     let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+    if let Err((code, message)) = &outcome {
+        // Tell the sender why, close our side cleanly, and let the reader drain until the sender hangs up.
+        let _ = writer
+            .send(&Frame::Error {
+                code: *code,
+                message,
+            })
+            .await;
+        let _ = writer.flush().await;
+        let _ = writer.shutdown().await;
+        if !reader_joined {
+            let _ = tokio::time::timeout(ERROR_DRAIN, &mut reader_task).await;
+        }
+    }
+    reader_task.abort();
     let seconds = started.elapsed().as_secs_f64();
     let mut record = ctx.store.incoming(&id).ok().flatten().unwrap_or(record);
     let (ok, sha_hex, final_path) = match &outcome {
@@ -539,8 +567,18 @@ async fn receive_session(
         ctx.reporter
             .info(&format!("received {name} → {path} in {seconds:.1}s"));
     }
-    outcome.map(|(o, _)| o)
+    match outcome {
+        Ok((o, _)) => Ok(o),
+        Err((code, message)) => {
+            ctx.reporter
+                .info(&format!("transfer from {peer} failed: {message}"));
+            Ok(ConnOutcome::Failed(exit_code_for(code)))
+        }
+    }
 }
+
+/// How a session ended on this connection, with the final path and SHA-256 when it completed.
+type SessionEnd = (ConnOutcome, Option<(String, [u8; 32])>);
 
 /// What the worker thread needs for one transfer.
 struct WorkerJob {

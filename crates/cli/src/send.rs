@@ -32,6 +32,8 @@ const READ_AHEAD: usize = 8;
 /// How long to wait for the receiver's final word after the last chunk (it re-reads and hashes what it could
 /// not hash in order, which can take a while for a huge resumed file).
 const FINAL_WAIT: Duration = Duration::from_secs(3600);
+/// How often the sender records confirmed progress in its own store (for `trackshift status`).
+const PROGRESS_SAVE_EVERY: Duration = Duration::from_secs(2);
 /// Longest silence from the receiver while chunks are in flight before the connection counts as dead.
 const PEER_SILENCE: Duration = Duration::from_secs(60);
 
@@ -290,6 +292,7 @@ async fn send(opts: SendOptions, reporter: &mut Reporter) -> Result<(), Failure>
             &source,
             plan,
             &record,
+            &store,
             &opts,
             reporter,
             &mut stats,
@@ -556,12 +559,14 @@ async fn transfer_once(
     source: &Source,
     plan: ChunkPlan,
     record: &OutgoingSession,
+    store: &SessionStore,
     opts: &SendOptions,
     reporter: &mut Reporter,
     stats: &mut Stats,
     started: Instant,
     progress_started: &mut bool,
 ) -> Result<(String, [u8; 32]), AttemptError> {
+    let mut last_saved = Instant::now();
     let (rd, wr) = split(tls);
     let mut reader = FrameReader::new(rd);
     let mut writer = FrameWriter::new(wr);
@@ -694,6 +699,15 @@ async fn transfer_once(
                             stats.chunks_resent += 1;
                         }
                         stats.bytes_confirmed = transfer.bytes_verified();
+                        if last_saved.elapsed() >= PROGRESS_SAVE_EVERY {
+                            // So `trackshift status` on the sender shows progress; the receiver's record is the
+                            // authoritative one, so a failure here only costs the display.
+                            last_saved = Instant::now();
+                            let mut progress = record.clone();
+                            progress.bytes_confirmed = stats.bytes_confirmed;
+                            progress.updated_unix = unix_now();
+                            let _ = store.put_outgoing(&progress);
+                        }
                         reporter.progress(stats.bytes_confirmed, source.size, started, base);
                     }
                     Frame::FileDone { ok, sha256, final_name } => {

@@ -183,6 +183,11 @@ pub async fn authenticate_server<S: AsyncRead + AsyncWrite + Unpin>(
     .await
 }
 
+/// The TLS exporter value both ends feed into the key confirmation.
+pub fn exporter_of<D>(conn: &rustls::ConnectionCommon<D>) -> Result<[u8; 32], TransportError> {
+    Ok(conn.export_keying_material([0u8; 32], EXPORTER_LABEL, None)?)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -221,9 +226,4 @@ mod tests {
         assert!(c.is_err());
         assert!(s.is_err());
     }
-}
-
-/// The TLS exporter value both ends feed into the key confirmation.
-pub fn exporter_of<D>(conn: &rustls::ConnectionCommon<D>) -> Result<[u8; 32], TransportError> {
-    Ok(conn.export_keying_material([0u8; 32], EXPORTER_LABEL, None)?)
 }
