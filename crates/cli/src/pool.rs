@@ -62,6 +62,21 @@ impl BufPool {
     }
 }
 
+impl BufPool {
+    /// A copy of `data` whose first byte sits at an address that is a multiple of `align` (a power of two), as
+    /// direct I/O wants. The pool's capacity must be at least `data.len() + align`.
+    pub fn aligned_copy(&self, data: &[u8], align: usize) -> SharedBytes {
+        let mut buf = self.get();
+        let v = buf.data_mut();
+        v.reserve(data.len() + align);
+        // Capacity is reserved, so the allocation (and this padding) stays put while we fill it.
+        let pad = v.as_ptr().align_offset(align).min(align);
+        v.resize(pad, 0);
+        v.extend_from_slice(data);
+        SharedBytes::new(Arc::new(buf), pad)
+    }
+}
+
 /// A shared, read-only view of part of a pooled buffer.
 #[derive(Debug, Clone)]
 pub struct SharedBytes {
@@ -102,5 +117,16 @@ mod tests {
         let again = pool.get();
         assert_eq!(again.as_ptr(), ptr);
         assert!(again.is_empty());
+    }
+
+    #[test]
+    fn aligned_copies_are_aligned_and_equal() {
+        let pool = BufPool::new(8192 + 4096);
+        let data: Vec<u8> = (0..8192u32).map(|i| i as u8).collect();
+        for _ in 0..3 {
+            let c = pool.aligned_copy(&data[1..], 4096);
+            assert_eq!(c.as_ptr() as usize % 4096, 0);
+            assert_eq!(&*c, &data[1..]);
+        }
     }
 }

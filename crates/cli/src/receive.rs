@@ -22,7 +22,7 @@ use trackshift_proto::{
 };
 use trackshift_storage::{
     check_output_dir, ensure_space, unix_now, validate_file_name, IncomingSession, PartialFile,
-    SessionState, SessionStore, StateDir, StorageError,
+    SessionState, SessionStore, StateDir, StorageError, DIRECT_IO_ALIGN,
 };
 use trackshift_transport::{
     authenticate_server, exporter_of, server_config, tune_accepted, FrameReader, FrameWriter,
@@ -660,7 +660,8 @@ fn worker(
     hash_from_disk(&part, &mut file_hasher, prefix_end).map_err(store_err)?;
     let mut decompressor =
         PieceDecompressor::new().map_err(|e| (ErrorCode::Internal, e.to_string()))?;
-    let unpack_pool = BufPool::new(DATA_PIECE);
+    let aligned_pool = BufPool::new(DATA_PIECE + DIRECT_IO_ALIGN);
+    let mut unpacked = Vec::with_capacity(DATA_PIECE);
     let file_hasher = FileHashWorker::start(file_hasher)?;
     let mut chunk_hasher: Option<Hasher> = None;
     while let Some((frame_type, buf)) = frames.blocking_recv() {
@@ -687,15 +688,17 @@ fn worker(
                 file_hasher.send(HashOp::Begin(offset))?;
             }
             Incoming::Data { offset, raw_len } => {
+                // One copy into a page-aligned buffer lets the write go around the page cache (direct I/O),
+                // which costs far less than the page cache's own copy; see `PartialFile::write_at`.
                 let bytes = if compressed {
-                    let mut out = unpack_pool.get();
                     decompressor
-                        .decompress(&buf[DATA_BODY_OFFSET..], raw_len as usize, out.data_mut())
+                        .decompress(&buf[DATA_BODY_OFFSET..], raw_len as usize, &mut unpacked)
                         .map_err(|e| (ErrorCode::Protocol, e.to_string()))?;
-                    SharedBytes::new(Arc::new(out), 0)
+                    aligned_pool.aligned_copy(&unpacked, DIRECT_IO_ALIGN)
                 } else {
-                    SharedBytes::new(Arc::new(buf), DATA_BODY_OFFSET)
+                    aligned_pool.aligned_copy(&buf[DATA_BODY_OFFSET..], DIRECT_IO_ALIGN)
                 };
+                drop(buf);
                 part.write_at(offset, &bytes).map_err(store_err)?;
                 if let Some(h) = chunk_hasher.as_mut() {
                     h.update(&bytes);

@@ -31,7 +31,7 @@ pub use dirs::{available_space, check_output_dir, ensure_space, unix_now, StateD
 pub use error::StorageError;
 pub use known::KnownReceivers;
 pub use names::{validate_file_name, MAX_NAME_BYTES, RESERVED_PREFIX};
-pub use partial::PartialFile;
+pub use partial::{PartialFile, DIRECT_IO_ALIGN};
 pub use store::{
     id_hex, IncomingSession, OutgoingSession, SessionRecord, SessionState, SessionStore,
 };

@@ -26,7 +26,23 @@ const MAX_CANDIDATES: u32 = 9999;
 #[derive(Debug)]
 pub struct PartialFile {
     file: File,
+    /// The same file opened with `O_DIRECT`, where the filesystem supports it: aligned writes go around the
+    /// page cache, which on large files is cheaper in CPU than copying every byte into it (and keeps a 100 GB
+    /// transfer from evicting everything else). Unaligned writes and all reads use `file`.
+    direct: Option<File>,
     path: PathBuf,
+}
+
+/// Offset, length and memory alignment a write needs to go through the `O_DIRECT` descriptor. 4096 covers the
+/// logical block size of every common disk and filesystem.
+pub const DIRECT_IO_ALIGN: usize = 4096;
+
+fn is_aligned(offset: u64, data: &[u8]) -> bool {
+    let a = DIRECT_IO_ALIGN as u64;
+    offset % a == 0
+        && data.len() as u64 % a == 0
+        && (data.as_ptr() as usize) % DIRECT_IO_ALIGN == 0
+        && !data.is_empty()
 }
 
 impl PartialFile {
@@ -83,7 +99,17 @@ impl PartialFile {
             file.set_len(size)
                 .map_err(|e| io_error("set the length of", &path, e))?;
         }
-        Ok(Self { file, path })
+        let direct = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+            .ok()
+            // Only if it is the very file we checked above (nothing swapped in between).
+            .filter(|d| {
+                d.metadata()
+                    .is_ok_and(|m| m.dev() == meta.dev() && m.ino() == meta.ino())
+            });
+        Ok(Self { file, direct, path })
     }
 
     /// Where the partial file is.
@@ -91,8 +117,17 @@ impl PartialFile {
         &self.path
     }
 
-    /// Writes all of `data` at `offset`.
+    /// Writes all of `data` at `offset`; around the page cache when `offset`, the length and the buffer are all
+    /// aligned to [`DIRECT_IO_ALIGN`] and the filesystem supports it.
     pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), StorageError> {
+        if let Some(direct) = self.direct.as_ref().filter(|_| is_aligned(offset, data)) {
+            match direct.write_all_at(data, offset) {
+                Ok(()) => return Ok(()),
+                // The filesystem refused this direct write after all: write it through the page cache.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+                Err(e) => return Err(io_error("write", &self.path, e)),
+            }
+        }
         self.file
             .write_all_at(data, offset)
             .map_err(|e| io_error("write", &self.path, e))
@@ -198,6 +233,28 @@ mod tests {
 
     fn id(b: u8) -> SessionId {
         SessionId([b; 16])
+    }
+
+    #[test]
+    fn aligned_and_unaligned_writes_both_land() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = PartialFile::open(tmp.path(), &id(9), 3 * 4096 + 10).unwrap();
+        // A page-aligned buffer (may go through O_DIRECT) and an unaligned tail (page cache).
+        let mut backing = vec![0u8; 3 * 4096];
+        let pad = backing.as_ptr().align_offset(DIRECT_IO_ALIGN);
+        backing.resize(pad + 2 * 4096, 0);
+        let aligned = &mut backing[pad..pad + 2 * 4096];
+        aligned
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, b)| *b = (i % 251) as u8);
+        p.write_at(0, aligned).unwrap();
+        p.write_at(2 * 4096, &[7u8; 4096 + 10]).unwrap();
+        p.sync_data().unwrap();
+        let mut back = vec![0u8; 3 * 4096 + 10];
+        p.read_at(0, &mut back).unwrap();
+        assert_eq!(&back[..2 * 4096], &aligned[..]);
+        assert!(back[2 * 4096..].iter().all(|&b| b == 7));
     }
 
     #[test]
