@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use trackshift_proto::compress::CompressMode;
-use trackshift_proto::plan::{DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
+use trackshift_proto::plan::{MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
 use trackshift_proto::SessionId;
 
 use failure::{exit, Failure};
@@ -135,7 +135,7 @@ struct SendArgs {
     #[arg(long, value_name = "HOST:PORT")]
     to: String,
     /// Chunk size: the unit of verification and resume (5MiB to 200MiB)
-    #[arg(long, value_parser = chunk_size, default_value_t = DEFAULT_CHUNK_SIZE, value_name = "SIZE")]
+    #[arg(long, value_parser = chunk_size, default_value = "50MiB", value_name = "SIZE")]
     chunk_size: u64,
     /// zstd per chunk: auto (only when it pays), zstd, or none
     #[arg(long, value_enum, default_value = "auto")]

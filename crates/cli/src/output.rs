@@ -99,6 +99,15 @@ impl Reporter {
         }
     }
 
+    /// Moves the bar to `pos` bytes put on the wire (smoother than confirmed chunks); JSON is unaffected.
+    pub fn bar_position(&self, pos: u64) {
+        if let Some(bar) = &self.bar {
+            if pos > bar.position() {
+                bar.set_position(pos.min(bar.length().unwrap_or(pos)));
+            }
+        }
+    }
+
     pub fn progress_finish(&mut self) {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();

@@ -664,6 +664,7 @@ async fn transfer_once(
         }
     });
     let mut file_hash: Option<[u8; 32]> = None;
+    let mut wire_progress = 0u64;
     let mut file_end_sent = false;
     let mut reader_done = false;
     let mut chunk_compressed = false;
@@ -752,6 +753,8 @@ async fn transfer_once(
                             .map_err(|_| TransportError::Timeout("sending: the receiver stopped reading"))??;
                         stats.bytes_on_wire += buf.len() as u64 + 10;
                         chunk_compressed |= compressed;
+                        wire_progress += u64::from(raw_len);
+                        reporter.bar_position(base + wire_progress);
                     }
                     Some(ReadMsg::End(index, sha)) => {
                         writer.send(&Frame::ChunkEnd { sha256: sha }).await?;

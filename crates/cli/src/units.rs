@@ -99,6 +99,11 @@ mod tests {
     #[test]
     fn sizes() {
         assert_eq!(parse_size("50MiB").unwrap(), 50 << 20);
+        // `--chunk-size` defaults to the string "50MiB": it must stay the protocol's default.
+        assert_eq!(
+            parse_size("50MiB").unwrap(),
+            trackshift_proto::plan::DEFAULT_CHUNK_SIZE
+        );
         assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
         assert_eq!(parse_size("52428800").unwrap(), 52_428_800);
         assert_eq!(parse_size("100B").unwrap(), 100);
