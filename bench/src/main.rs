@@ -1,0 +1,243 @@
+//! `trackshift-bench`: the benchmark harness. It owns the orchestration of benchmark runs (namespaces, peer
+//! tools, timing, reports) and depends on no TrackShift crate: it drives the released `trackshift` and
+//! `trackshift-netlab` binaries exactly as a user or script would. See `bench/README.md`.
+
+mod link;
+mod local;
+mod net;
+mod procs;
+mod report;
+mod setup;
+mod util;
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+
+use anyhow::{bail, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::link::LinkKind;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "trackshift-bench",
+    version,
+    about = "Benchmark TrackShift against the tools users would pick instead"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Each profile on the emulated link: TrackShift, iperf3, rsync, scp and uftp on the same file.
+    Net(NetArgs),
+    /// cp against `trackshift send --protocol tcp` over loopback, on the same disk.
+    Local(LocalArgs),
+    /// Install the peer tools from Debian's packages (done automatically by `net` too).
+    Setup,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LinkArg {
+    /// The trackshift-netlab user-space emulator (a fresh `up` per tool run).
+    Emulator,
+    /// A plain veth pair between the two namespaces: no impairment; for debugging the harness.
+    Veth,
+}
+
+#[derive(Debug, clap::Args)]
+struct Common {
+    /// The `trackshift` binary (default: target/release/trackshift).
+    #[arg(long)]
+    trackshift: Option<PathBuf>,
+    /// Results root; each run writes <out>/<date>-<hostname>-<label>/.
+    #[arg(long, default_value_os_t = setup::workspace_root().join("bench/results"))]
+    out: PathBuf,
+    /// Label in the results folder name (default: the command and its profiles or sizes).
+    #[arg(long)]
+    label: Option<String>,
+    /// Bound for each transfer; one that does not finish is killed and reported as timed out.
+    #[arg(long, default_value = "240s", value_parser = util::parse_duration)]
+    timeout: std::time::Duration,
+}
+
+#[derive(Debug, clap::Args)]
+struct NetArgs {
+    /// Comma-separated profiles: clean, wan, lossy, sat, burst, flaky (or any custom name netlab accepts).
+    #[arg(long, value_delimiter = ',', default_value = "wan,lossy")]
+    profiles: Vec<String>,
+    /// All six named profiles (overrides --profiles).
+    #[arg(long)]
+    all: bool,
+    /// Size of the random file.
+    #[arg(long, default_value = "256MiB", value_parser = util::parse_size)]
+    size: u64,
+    /// Comma-separated tools: trackshift-tcp, trackshift-udp, iperf3, rsync, scp, uftp.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "trackshift-tcp,trackshift-udp,iperf3,rsync,scp,uftp"
+    )]
+    tools: Vec<String>,
+    /// TCP congestion controls to run the TCP tools with (each gets its own row).
+    #[arg(long, value_delimiter = ',', default_value = "cubic,bbr")]
+    cc: Vec<String>,
+    /// Seconds of each iperf3 run.
+    #[arg(long, default_value_t = 30)]
+    iperf_seconds: u64,
+    /// The link between the namespaces.
+    #[arg(long, value_enum, default_value_t = LinkArg::Emulator)]
+    link: LinkArg,
+    /// The `trackshift-netlab` binary (default: target/release/trackshift-netlab).
+    #[arg(long)]
+    netlab: Option<PathBuf>,
+    /// Where the random file and receivers' outputs go (a temp dir is made inside and removed).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Fail instead of installing missing tools with apt-get.
+    #[arg(long)]
+    no_install: bool,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Debug, clap::Args)]
+struct LocalArgs {
+    /// Comma-separated file sizes; two or more show whether RSS grows with size.
+    #[arg(long, value_delimiter = ',', default_value = "2GiB,8GiB", value_parser = util::parse_size)]
+    sizes: Vec<u64>,
+    /// One size only (overrides --sizes).
+    #[arg(long, value_parser = util::parse_size)]
+    size: Option<u64>,
+    /// Directory for the file, cp's copy and the receiver's output (all on the same disk).
+    #[arg(long, default_value_os_t = local::default_dir())]
+    dir: PathBuf,
+    /// Drop the page cache before each copy (sync; echo 3 > /proc/sys/vm/drop_caches).
+    #[arg(long)]
+    drop_caches: bool,
+    #[command(flatten)]
+    common: Common,
+}
+
+fn results_dir(common: &Common, default_label: &str) -> PathBuf {
+    let label = common
+        .label
+        .clone()
+        .unwrap_or_else(|| default_label.to_string());
+    common.out.join(format!(
+        "{}-{}-{}",
+        util::utc_stamp(),
+        util::slug(&util::hostname()),
+        util::slug(&label)
+    ))
+}
+
+/// The trackshift binary if present; its absence only turns its rows into `n/a`.
+fn optional_trackshift(explicit: Option<&std::path::Path>) -> Result<Option<PathBuf>> {
+    match setup::find_binary(explicit, "trackshift") {
+        Ok(p) => Ok(Some(p)),
+        Err(e) if explicit.is_none() => {
+            eprintln!("warning: {e:#}; TrackShift rows will say n/a");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn net(a: NetArgs) -> Result<()> {
+    for t in &a.tools {
+        if !net::ALL_TOOLS.contains(&t.as_str()) {
+            bail!("unknown tool `{t}` (known: {})", net::ALL_TOOLS.join(", "));
+        }
+    }
+    let profiles: Vec<String> = if a.all {
+        net::ALL_PROFILES.iter().map(|s| s.to_string()).collect()
+    } else {
+        a.profiles.clone()
+    };
+    setup::ensure_tools(setup::NET_TOOLS, !a.no_install)?;
+    let trackshift = if a.tools.iter().any(|t| t.starts_with("trackshift")) {
+        optional_trackshift(a.common.trackshift.as_deref())?
+    } else {
+        None
+    };
+    let (link, netlab) = match a.link {
+        LinkArg::Veth => (LinkKind::Veth, None),
+        LinkArg::Emulator => {
+            let bin = setup::find_binary(a.netlab.as_deref(), "trackshift-netlab")?;
+            (LinkKind::Netlab { bin: bin.clone() }, Some(bin))
+        }
+    };
+    let _cc = setup::CongestionControls::allow(&a.cc)?;
+    let work = tempfile::Builder::new()
+        .prefix("trackshift-bench-net-")
+        .tempdir_in(a.work_dir.clone().unwrap_or_else(std::env::temp_dir))?;
+    let label = if a.all {
+        "net-all".to_string()
+    } else {
+        format!("net-{}", profiles.join("-"))
+    };
+    let out_dir = results_dir(&a.common, &label);
+    let mut machine = setup::machine_description(trackshift.as_deref(), netlab.as_deref(), true);
+    machine["link"] = serde_json::json!(format!("{:?}", a.link).to_lowercase());
+    machine["command"] = serde_json::json!(std::env::args().collect::<Vec<_>>().join(" "));
+    let cfg = net::NetConfig {
+        profiles,
+        size: a.size,
+        timeout: a.common.timeout,
+        iperf_seconds: a.iperf_seconds,
+        tools: a.tools,
+        ccs: a.cc,
+        link,
+        trackshift,
+        work_dir: work.path().to_path_buf(),
+        out_dir: out_dir.clone(),
+    };
+    net::run_all(cfg, machine)?;
+    eprintln!("results written to {}", out_dir.display());
+    Ok(())
+}
+
+fn local(a: LocalArgs) -> Result<()> {
+    setup::ensure_tools(setup::LOCAL_TOOLS, true)?;
+    let sizes = a.size.map_or(a.sizes.clone(), |s| vec![s]);
+    let trackshift = optional_trackshift(a.common.trackshift.as_deref())?;
+    let label = format!(
+        "local-{}",
+        sizes
+            .iter()
+            .map(|s| util::fmt_size(*s))
+            .collect::<Vec<_>>()
+            .join("-")
+    );
+    let out_dir = results_dir(&a.common, &label);
+    let mut machine = setup::machine_description(trackshift.as_deref(), None, false);
+    machine["command"] = serde_json::json!(std::env::args().collect::<Vec<_>>().join(" "));
+    let cfg = local::LocalConfig {
+        sizes,
+        dir: a.dir,
+        drop_caches: a.drop_caches,
+        timeout: a.common.timeout,
+        trackshift,
+        out_dir: out_dir.clone(),
+    };
+    let md = local::run_local(cfg, machine)?;
+    println!("{md}");
+    eprintln!("results written to {}", out_dir.display());
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    ctrlc::set_handler(|| {
+        eprintln!("interrupted: stopping children and cleaning up");
+        util::INTERRUPTED.store(true, Ordering::SeqCst);
+    })?;
+    match cli.cmd {
+        Cmd::Net(a) => net(a),
+        Cmd::Local(a) => local(a),
+        Cmd::Setup => setup::ensure_tools(setup::NET_TOOLS, true),
+    }
+}

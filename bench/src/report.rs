@@ -1,0 +1,348 @@
+//! Result rows and their renderings: a Markdown table, JSON, and an SVG bar chart (hand-written SVG: no
+//! fonts, no native dependencies).
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::procs::Usage;
+
+/// Decimal megabyte: goodput is reported in MB/s = 10^6 bytes per second, like link rates.
+pub const MB: f64 = 1e6;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Status {
+    #[serde(rename = "ok")]
+    Ok,
+    #[serde(rename = "timed out")]
+    TimedOut,
+    #[serde(rename = "failed")]
+    Failed,
+    #[serde(rename = "n/a")]
+    NotAvailable,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::TimedOut => "timed out",
+            Status::Failed => "failed",
+            Status::NotAvailable => "n/a",
+        }
+    }
+}
+
+/// What a row is compared against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    /// TrackShift itself.
+    Trackshift,
+    /// iperf3: the TCP ceiling of the link, not a file transfer.
+    Reference,
+    /// The tools a user would pick instead (rsync, scp, uftp).
+    Peer,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub label: String,
+    pub tool: String,
+    pub family: Family,
+    pub congestion_control: Option<String>,
+    pub status: Status,
+    /// MB/s of file bytes delivered intact (iperf3: its measured receiver rate). For a timed-out row: the
+    /// bytes that arrived over the time allowed, an upper bound.
+    pub goodput_mbs: Option<f64>,
+    pub ratio_capacity: Option<f64>,
+    pub ratio_best_peer: Option<f64>,
+    pub file_bytes: u64,
+    pub bytes_arrived: u64,
+    pub seconds: f64,
+    pub sha256_ok: Option<bool>,
+    pub sender: Option<Usage>,
+    pub receiver: Option<Usage>,
+    pub note: String,
+    pub link_counters: Option<Value>,
+    pub logs: String,
+}
+
+impl Row {
+    pub fn new(label: &str, tool: &str, family: Family, cc: Option<&str>) -> Row {
+        Row {
+            label: label.to_string(),
+            tool: tool.to_string(),
+            family,
+            congestion_control: cc.map(String::from),
+            status: Status::Failed,
+            goodput_mbs: None,
+            ratio_capacity: None,
+            ratio_best_peer: None,
+            file_bytes: 0,
+            bytes_arrived: 0,
+            seconds: 0.0,
+            sha256_ok: None,
+            sender: None,
+            receiver: None,
+            note: String::new(),
+            link_counters: None,
+            logs: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ProfileResult {
+    pub profile: String,
+    pub link: String,
+    /// Nominal per-direction rate in Mbit/s and loss fraction, when the profile is known.
+    pub rate_mbit: Option<f64>,
+    pub loss: Option<f64>,
+    /// Payload capacity in MB/s: rate × (1 − loss) / 8; for `clean`/unknown, iperf3's best measured rate.
+    pub capacity_mbs: Option<f64>,
+    pub capacity_source: String,
+    pub best_peer_mbs: Option<f64>,
+    pub file_size: u64,
+    pub timeout_s: f64,
+    pub rows: Vec<Row>,
+}
+
+impl ProfileResult {
+    /// Fills both ratio columns once all rows are in.
+    pub fn compute_ratios(&mut self) {
+        self.best_peer_mbs = self
+            .rows
+            .iter()
+            .filter(|r| r.family == Family::Peer && r.status == Status::Ok)
+            .filter_map(|r| r.goodput_mbs)
+            .fold(None, |m: Option<f64>, g| Some(m.map_or(g, |m| m.max(g))));
+        for r in &mut self.rows {
+            let Some(g) = r.goodput_mbs else { continue };
+            r.ratio_capacity = self.capacity_mbs.filter(|c| *c > 0.0).map(|c| g / c);
+            if r.family != Family::Reference {
+                r.ratio_best_peer = self.best_peer_mbs.filter(|b| *b > 0.0).map(|b| g / b);
+            }
+        }
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "### Profile `{}` ({})\n", self.profile, self.link);
+        let cap = match self.capacity_mbs {
+            Some(c) => format!("{c:.2} MB/s ({})", self.capacity_source),
+            None => "unknown".into(),
+        };
+        let best = self
+            .best_peer_mbs
+            .map_or("none finished".into(), |b| format!("{b:.2} MB/s"));
+        let _ = writeln!(
+            s,
+            "File {} ({} bytes), timeout {:.0} s per transfer. Payload capacity: {cap}. Best peer: {best}.\n",
+            crate::util::fmt_size(self.file_size),
+            self.file_size,
+            self.timeout_s
+        );
+        s.push_str(
+            "| tool | status | goodput MB/s | × capacity | × best peer | time s | sender CPU s | sender peak RSS MiB \
+             | receiver CPU s | receiver peak RSS MiB | note |\n",
+        );
+        s.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
+        for r in &self.rows {
+            let f2 = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.2}"));
+            let f1 = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.1}"));
+            let goodput = match (r.status, r.goodput_mbs) {
+                (Status::TimedOut, Some(g)) => format!("≤ {g:.2}"),
+                (_, g) => f2(g),
+            };
+            let secs = if r.seconds > 0.0 {
+                format!("{:.1}", r.seconds)
+            } else {
+                "–".into()
+            };
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                r.label,
+                r.status.as_str(),
+                goodput,
+                f2(r.ratio_capacity),
+                f2(r.ratio_best_peer),
+                secs,
+                f2(r.sender.map(|u| u.cpu_s)),
+                f1(r.sender.map(|u| u.rss_mib())),
+                f2(r.receiver.map(|u| u.cpu_s)),
+                f1(r.receiver.map(|u| u.rss_mib())),
+                r.note.replace('|', "/"),
+            );
+        }
+        s
+    }
+
+    /// Horizontal bars of goodput per row, with the payload capacity as a dashed reference line.
+    pub fn svg(&self) -> String {
+        const W: f64 = 960.0;
+        const LEFT: f64 = 230.0;
+        const RIGHT: f64 = 150.0;
+        const TOP: f64 = 60.0;
+        const BAR: f64 = 22.0;
+        const GAP: f64 = 10.0;
+        let n = self.rows.len().max(1) as f64;
+        let h = TOP + n * (BAR + GAP) + 50.0;
+        let max_val = self
+            .rows
+            .iter()
+            .filter_map(|r| r.goodput_mbs)
+            .chain(self.capacity_mbs)
+            .fold(0.0f64, f64::max)
+            .max(1e-9)
+            * 1.08;
+        let plot_w = W - LEFT - RIGHT;
+        let x = |v: f64| LEFT + v / max_val * plot_w;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{h}" viewBox="0 0 {W} {h}" font-family="sans-serif" font-size="13">"#
+        );
+        let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="24" font-size="16" font-weight="bold" text-anchor="middle">Goodput on profile "{}" ({}, {}), MB/s</text>"#,
+            W / 2.0,
+            xml(&self.profile),
+            xml(&self.link),
+            crate::util::fmt_size(self.file_size)
+        );
+        // Axis ticks.
+        let step = nice_step(max_val / 6.0);
+        let mut t = 0.0;
+        while t <= max_val {
+            let tx = x(t);
+            let _ = writeln!(
+                s,
+                r##"<line x1="{tx:.1}" y1="{TOP}" x2="{tx:.1}" y2="{:.1}" stroke="#ddd"/><text x="{tx:.1}" y="{:.1}" text-anchor="middle" fill="#555">{}</text>"##,
+                h - 40.0,
+                h - 24.0,
+                fmt_tick(t)
+            );
+            t += step;
+        }
+        for (i, r) in self.rows.iter().enumerate() {
+            let y = TOP + i as f64 * (BAR + GAP);
+            let color = match (r.family, r.status) {
+                (_, Status::Failed | Status::NotAvailable) => "#bbbbbb",
+                (Family::Trackshift, _) => "#1f77b4",
+                (Family::Reference, _) => "#7f7f7f",
+                (Family::Peer, _) => "#ff7f0e",
+            };
+            let opacity = if r.status == Status::TimedOut {
+                0.45
+            } else {
+                1.0
+            };
+            let _ = writeln!(
+                s,
+                r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
+                LEFT - 8.0,
+                y + BAR * 0.7,
+                xml(&r.label)
+            );
+            let g = r.goodput_mbs.unwrap_or(0.0);
+            let _ = writeln!(
+                s,
+                r#"<rect x="{LEFT}" y="{y:.1}" width="{:.1}" height="{BAR}" fill="{color}" fill-opacity="{opacity}"/>"#,
+                (x(g) - LEFT).max(0.0)
+            );
+            let text = match r.status {
+                Status::Ok => format!("{g:.2}"),
+                Status::TimedOut => format!("≤ {g:.2} (timed out)"),
+                other => other.as_str().to_string(),
+            };
+            let _ = writeln!(
+                s,
+                r#"<text x="{:.1}" y="{:.1}">{}</text>"#,
+                x(g) + 6.0,
+                y + BAR * 0.7,
+                xml(&text)
+            );
+        }
+        if let Some(c) = self.capacity_mbs {
+            let cx = x(c);
+            let _ = writeln!(
+                s,
+                r##"<line x1="{cx:.1}" y1="{:.1}" x2="{cx:.1}" y2="{:.1}" stroke="#d62728" stroke-width="2" stroke-dasharray="6,4"/><text x="{cx:.1}" y="{:.1}" text-anchor="middle" fill="#d62728">capacity {c:.1} MB/s</text>"##,
+                TOP - 12.0,
+                h - 40.0,
+                TOP - 16.0
+            );
+        }
+        s.push_str("</svg>\n");
+        s
+    }
+}
+
+fn nice_step(raw: f64) -> f64 {
+    let mag = 10f64.powf(raw.max(1e-9).log10().floor());
+    for m in [1.0, 2.0, 5.0, 10.0] {
+        if m * mag >= raw {
+            return m * mag;
+        }
+    }
+    10.0 * mag
+}
+
+fn fmt_tick(v: f64) -> String {
+    if v >= 10.0 || v == 0.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}")
+    }
+}
+
+fn xml(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
+mod tests {
+    use super::*;
+
+    fn row(label: &str, family: Family, status: Status, g: f64) -> Row {
+        let mut r = Row::new(label, label, family, None);
+        r.status = status;
+        r.goodput_mbs = Some(g);
+        r
+    }
+
+    #[test]
+    fn ratios_use_finished_peers_only() {
+        let mut p = ProfileResult {
+            profile: "wan".into(),
+            link: "veth".into(),
+            rate_mbit: Some(200.0),
+            loss: Some(0.01),
+            capacity_mbs: Some(24.75),
+            capacity_source: "test".into(),
+            best_peer_mbs: None,
+            file_size: 1,
+            timeout_s: 1.0,
+            rows: vec![
+                row("ts", Family::Trackshift, Status::Ok, 20.0),
+                row("iperf3", Family::Reference, Status::Ok, 24.0),
+                row("rsync", Family::Peer, Status::Ok, 10.0),
+                row("scp", Family::Peer, Status::TimedOut, 15.0),
+            ],
+        };
+        p.compute_ratios();
+        assert_eq!(p.best_peer_mbs, Some(10.0));
+        assert_eq!(p.rows[0].ratio_best_peer, Some(2.0));
+        assert_eq!(p.rows[1].ratio_best_peer, None);
+        assert!(p.markdown().contains("| ts | ok | 20.00 |"));
+        assert!(p.svg().starts_with("<svg"));
+    }
+}
