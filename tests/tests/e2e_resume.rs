@@ -228,3 +228,48 @@ fn the_retry_window_counts_from_the_loss_not_from_the_start() {
     assert!(field(res.summary(), "connections") >= 2);
     assert_same_file(&src, &out.join("data.bin"));
 }
+
+#[test]
+fn a_new_connection_takes_over_a_session_whose_old_connection_went_silent() {
+    // A sender frozen mid-transfer (SIGSTOP) holds its connection open but says nothing, as a sender behind a
+    // dead link or a changed address would. Re-running the same send must take the session over at once
+    // instead of being told "busy" until the receiver notices the old connection is gone.
+    let t = Scratch::new("takeover");
+    let size = 60 * MIB;
+    let src = random_file(&t.file("data.bin"), size, 7);
+    let (out, rs, ss) = (t.dir("out"), t.dir("rs"), t.dir("ss"));
+    let mut rx = Receiver::start(&out, &rs);
+
+    let mut frozen = spawn_send(&src, &rx.addr, &ss, &CHUNK_ARGS);
+    let id = session_id_of(&mut frozen);
+    let seen = wait_verified(&id, &rs, 2);
+    let pid = frozen.pid().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap()
+        .success());
+
+    let res = send(&src, &rx.addr, &ss, &["--chunk-size", "5MiB"]);
+    let _ = std::process::Command::new("kill")
+        .args(["-CONT", &pid])
+        .status();
+    frozen.kill();
+    assert_eq!(
+        res.code, 0,
+        "the second connection did not take over: {}",
+        res.stderr
+    );
+    let s = res.summary();
+    assert_eq!(
+        s["session_id"],
+        id.as_str(),
+        "the re-run did not resume the same session: {s}"
+    );
+    assert!(
+        field(s, "chunks_skipped") >= seen,
+        "verified chunks were sent again: {s}"
+    );
+    assert_same_file(&src, &out.join("data.bin"));
+    rx.assert_running();
+}

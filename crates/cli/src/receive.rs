@@ -2,7 +2,7 @@
 //! per transfer that decompresses, writes, hashes and records; `trackshift_proto::IncomingTransfer` decides
 //! which frames are legal.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tokio::io::split;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use trackshift_proto::compress::PieceDecompressor;
 use trackshift_proto::frame::{
     encode_verified_entries, DATA_BODY_OFFSET, DATA_PIECE, MAX_VERIFIED_PER_FRAME,
@@ -58,7 +58,8 @@ struct Ctx {
     secret: String,
     acceptor: TlsAcceptor,
     reporter: Reporter,
-    busy: Mutex<HashSet<SessionId>>,
+    /// Sessions being received, each with a way to ask its connection to step aside.
+    busy: Mutex<HashMap<SessionId, Arc<Notify>>>,
 }
 
 /// How one connection ended, for `--once`.
@@ -91,32 +92,25 @@ fn load_or_create_secret(state: &StateDir) -> Result<(String, bool), Failure> {
         }
     }
     let secret = hex::encode(rand::random::<[u8; 16]>());
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|e| {
-            Failure::new(
-                exit::STORAGE,
-                format!(
-                    "cannot save the generated secret in {}: {e}",
-                    path.display()
-                ),
-            )
-        })?;
-    f.write_all(secret.as_bytes())
-        .and_then(|_| f.sync_all())
-        .map_err(|e| {
-            Failure::new(
-                exit::STORAGE,
-                format!(
-                    "cannot save the generated secret in {}: {e}",
-                    path.display()
-                ),
-            )
-        })?;
+    let save = || -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)?;
+        f.write_all(secret.as_bytes())?;
+        f.sync_all()
+    };
+    save().map_err(|e| {
+        Failure::new(
+            exit::STORAGE,
+            format!(
+                "cannot save the generated secret in {}: {e}",
+                path.display()
+            ),
+        )
+    })?;
     Ok((secret, true))
 }
 
@@ -157,7 +151,7 @@ async fn serve(opts: ReceiveOptions, reporter: Reporter) -> Result<(), Failure> 
         secret,
         acceptor: TlsAcceptor::from(config),
         reporter,
-        busy: Mutex::new(HashSet::new()),
+        busy: Mutex::new(HashMap::new()),
     });
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<ConnOutcome>();
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -200,17 +194,56 @@ async fn serve(opts: ReceiveOptions, reporter: Reporter) -> Result<(), Failure> 
     }
 }
 
-/// Releases a session's busy mark when the connection ends.
+/// Releases a session's busy mark when the connection ends (unless a newer connection already took it over).
 struct BusyGuard<'a> {
     ctx: &'a Ctx,
     id: SessionId,
+    cancel: Arc<Notify>,
 }
 
 impl Drop for BusyGuard<'_> {
     fn drop(&mut self) {
         if let Ok(mut b) = self.ctx.busy.lock() {
-            b.remove(&self.id);
+            if b.get(&self.id)
+                .is_some_and(|n| Arc::ptr_eq(n, &self.cancel))
+            {
+                b.remove(&self.id);
+            }
         }
+    }
+}
+
+/// How long a new connection for a session waits for the old one to step aside.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(15);
+
+/// Claims session `id` for this connection. A sender runs one connection per session, so an older connection
+/// still holding it is a dead one the receiver has not noticed yet (a stalled link, a changed address): it is
+/// asked to stop, and this waits until its worker has finished before taking over.
+async fn claim_session(ctx: &Ctx, id: SessionId) -> Result<BusyGuard<'_>, (ErrorCode, String)> {
+    let cancel = Arc::new(Notify::new());
+    let deadline = tokio::time::Instant::now() + TAKEOVER_WAIT;
+    loop {
+        let old = {
+            let mut busy = ctx
+                .busy
+                .lock()
+                .map_err(|_| (ErrorCode::Internal, "lock poisoned".to_owned()))?;
+            match busy.get(&id) {
+                Some(old) => old.clone(),
+                None => {
+                    busy.insert(id, cancel.clone());
+                    return Ok(BusyGuard { ctx, id, cancel });
+                }
+            }
+        };
+        old.notify_one();
+        if tokio::time::Instant::now() >= deadline {
+            return Err((
+                ErrorCode::Busy,
+                format!("session {id} is still being received on another connection"),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -282,7 +315,11 @@ async fn handle_conn(ctx: &Ctx, tcp: TcpStream, peer: SocketAddr) -> ConnOutcome
                 })
                 .await;
             let _ = writer.flush().await;
-            ConnOutcome::Failed(exit_code_for(code))
+            if code == ErrorCode::Busy {
+                ConnOutcome::Dropped
+            } else {
+                ConnOutcome::Failed(exit_code_for(code))
+            }
         }
     }
 }
@@ -320,19 +357,7 @@ async fn receive_session(
     validate_file_name(&name).map_err(|e| (ErrorCode::BadName, e.to_string()))?;
     let plan =
         ChunkPlan::new(size, chunk_size).map_err(|e| (ErrorCode::Protocol, e.to_string()))?;
-    {
-        let mut busy = ctx
-            .busy
-            .lock()
-            .map_err(|_| (ErrorCode::Internal, "lock poisoned".to_owned()))?;
-        if !busy.insert(id) {
-            return Err((
-                ErrorCode::Busy,
-                format!("session {id} is already being received on another connection"),
-            ));
-        }
-    }
-    let _guard = BusyGuard { ctx, id };
+    let guard = claim_session(ctx, id).await?;
     let store_err = |e: StorageError| (storage_code(&e), e.to_string());
 
     let existing = ctx.store.incoming(&id).map_err(store_err)?;
@@ -509,12 +534,21 @@ async fn receive_session(
                     _ => break Ok((ConnOutcome::Dropped, None)),
                 },
             },
+            _ = guard.cancel.notified() => {
+                // A newer connection for this session: this one is stale.
+                break Ok((ConnOutcome::Dropped, None));
+            }
             joined = &mut reader_task, if !reader_joined => {
                 reader_joined = true;
                 reader_result = Some(joined.unwrap_or(Err(TransportError::Closed)));
             }
         }
     };
+    if outcome.is_ok() {
+        // Done, dropped or superseded: stop reading so the worker sees the end of its queue and exits.
+        // (On an error the worker has already stopped, and the reader keeps draining; see below.)
+        reader_task.abort();
+    }
     let _ = tokio::task::spawn_blocking(move || handle.join()).await;
     if let Err((code, message)) = &outcome {
         // Tell the sender why, close our side cleanly, and let the reader drain until the sender hangs up.

@@ -20,6 +20,13 @@ const PAKE_IDENTITY: &[u8] = b"trackshift control channel v1";
 
 type HmacSha256 = Hmac<Sha256>;
 
+/// The `Hello` both sides send: the versions this build speaks.
+const OUR_HELLO: Frame<'static> = Frame::Hello {
+    min_version: PROTOCOL_VERSION,
+    max_version: PROTOCOL_VERSION,
+    software: SOFTWARE,
+};
+
 fn confirmation(key: &[u8], role: &[u8], exporter: &[u8; 32]) -> [u8; 32] {
     // HMAC accepts keys of any length; the SPAKE2 key is 32 bytes.
     let mut mac = <HmacSha256 as Mac>::new_from_slice(key)
@@ -62,15 +69,7 @@ pub async fn authenticate_client<S: AsyncRead + AsyncWrite + Unpin>(
     secret: &str,
 ) -> Result<(), TransportError> {
     let mut buf = Vec::new();
-    write_frame(
-        s,
-        &Frame::Hello {
-            min_version: PROTOCOL_VERSION,
-            max_version: PROTOCOL_VERSION,
-            software: SOFTWARE,
-        },
-    )
-    .await?;
+    write_frame(s, &OUR_HELLO).await?;
     match expect(s, &mut buf).await? {
         Frame::Hello { .. } => {}
         f => return Err(unexpected(&f, "Hello")),
@@ -138,15 +137,7 @@ pub async fn authenticate_server<S: AsyncRead + AsyncWrite + Unpin>(
         }
         f => return Err(unexpected(&f, "Hello")),
     }
-    write_frame(
-        s,
-        &Frame::Hello {
-            min_version: PROTOCOL_VERSION,
-            max_version: PROTOCOL_VERSION,
-            software: SOFTWARE,
-        },
-    )
-    .await?;
+    write_frame(s, &OUR_HELLO).await?;
     let (pake, outbound) = Spake2::<Ed25519Group>::start_symmetric(
         &Password::new(secret.as_bytes()),
         &PakeIdentity::new(PAKE_IDENTITY),

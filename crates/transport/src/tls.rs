@@ -21,6 +21,9 @@ pub type ServerTls = tokio_rustls::server::TlsStream<TcpStream>;
 
 /// How long a TCP connect plus TLS handshake may take before the attempt counts as failed.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+/// A peer that acknowledges nothing we sent for this long is gone (TCP_USER_TIMEOUT): the connection fails
+/// and the sender reconnects. Progress of any size resets it, so a slow but live link is never cut.
+const UNACKED_TIMEOUT: Duration = Duration::from_secs(90);
 /// Socket buffers large enough for a long fat pipe (the kernel caps them at net.core.*mem_max).
 const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
 
@@ -129,6 +132,7 @@ fn tune(stream: &TcpStream) {
     let sock = socket2_ref(stream);
     let _ = sock.set_send_buffer_size(SOCKET_BUFFER);
     let _ = sock.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = sock.set_tcp_user_timeout(Some(UNACKED_TIMEOUT));
 }
 
 fn socket2_ref(stream: &TcpStream) -> socket2::SockRef<'_> {
