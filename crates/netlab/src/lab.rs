@@ -312,13 +312,7 @@ impl Lab {
             .map(|c| c.id())
             .ok_or_else(|| anyhow!("lab stopped"))?;
         sys::kill(pid, libc::SIGUSR1)?;
-        let v = self.wait_event("addr_change", Duration::from_secs(10))?;
-        self.addr_a = v
-            .get("addr_a")
-            .and_then(|a| a.as_str())
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| anyhow!("bad addr_change line: {v}"))?;
-        Ok(self.addr_a)
+        self.wait_addr_change(Duration::from_secs(10))
     }
 
     /// Waits for an `addr_change` line (e.g. from `addr_change_at`); returns the new address.
