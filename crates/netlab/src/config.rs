@@ -163,11 +163,11 @@ pub fn describe(c: &LinkConfig) -> String {
 }
 
 fn fmt_rate(bps: u64) -> String {
-    if bps % 1_000_000_000 == 0 {
+    if bps.is_multiple_of(1_000_000_000) {
         format!("{} Gbit/s", bps / 1_000_000_000)
-    } else if bps % 1_000_000 == 0 {
+    } else if bps.is_multiple_of(1_000_000) {
         format!("{} Mbit/s", bps / 1_000_000)
-    } else if bps % 1000 == 0 {
+    } else if bps.is_multiple_of(1000) {
         format!("{} kbit/s", bps / 1000)
     } else {
         format!("{bps} bit/s")

@@ -358,7 +358,7 @@ impl<'a> Frame<'a> {
             ty::VERIFIED_LIST => {
                 r.what = "VerifiedList";
                 let entries = r.rest();
-                if entries.len() % VERIFIED_ENTRY_LEN != 0
+                if !entries.len().is_multiple_of(VERIFIED_ENTRY_LEN)
                     || entries.len() / VERIFIED_ENTRY_LEN > MAX_VERIFIED_PER_FRAME
                 {
                     return Err(WireError::Malformed("VerifiedList length"));

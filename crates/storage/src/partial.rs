@@ -39,9 +39,9 @@ pub const DIRECT_IO_ALIGN: usize = 4096;
 
 fn is_aligned(offset: u64, data: &[u8]) -> bool {
     let a = DIRECT_IO_ALIGN as u64;
-    offset % a == 0
-        && data.len() as u64 % a == 0
-        && (data.as_ptr() as usize) % DIRECT_IO_ALIGN == 0
+    offset.is_multiple_of(a)
+        && (data.len() as u64).is_multiple_of(a)
+        && (data.as_ptr() as usize).is_multiple_of(DIRECT_IO_ALIGN)
         && !data.is_empty()
 }
 

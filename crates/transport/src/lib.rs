@@ -10,6 +10,8 @@
 //! On top of TLS both sides run SPAKE2 with the shared secret and confirm the resulting key with an HMAC over
 //! the TLS exporter value, so the secret never crosses the wire, a fake receiver learns nothing it could
 //! brute-force offline, and the two confirmations bind the secret to this very TLS session.
+//!
+//! For the DCSP data plane it also owns the UDP sockets ([`udp`]): setup and batched (GSO/GRO) I/O only.
 
 mod auth;
 mod backoff;
@@ -17,6 +19,7 @@ mod error;
 mod framed;
 mod identity;
 mod tls;
+pub mod udp;
 
 pub use auth::{authenticate_client, authenticate_server, exporter_of, SOFTWARE};
 pub use backoff::Backoff;
@@ -26,3 +29,4 @@ pub use identity::{fingerprint_of, normalize_fingerprint, Identity};
 pub use tls::{
     client_config, connect, server_config, tune_accepted, ClientTls, ServerTls, TlsAcceptor,
 };
+pub use udp::{RecvBatch, UdpEndpoint};

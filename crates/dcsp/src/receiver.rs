@@ -1,0 +1,510 @@
+//! The receiving half of a DCSP connection.
+//!
+//! The driver hands it every datagram with the address it came from; it checks and decrypts, rebuilds blocks
+//! (from original shards, or with parity), and returns complete blocks as [`ReceiverEvent::Block`] for the
+//! driver to write at their offset. It answers with ACKs (cumulative block, complete ranges, NACKs for
+//! blocks missing shards) at a bounded rate, to the address the latest authentic packet came from (roaming).
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::ack::{Ack, Nack, MAX_NACKS, MAX_RANGES};
+use crate::crypto::{DirectionKeys, Replay, ReplayWindow};
+use crate::fec::{BlockAssembly, ParityDecoder, ShardReject};
+use crate::geometry::BlockGeometry;
+use crate::packet::{Header, PacketType, WireError, MAX_PACKET_NUMBER};
+
+/// Acknowledge after this many datagrams...
+const ACK_EVERY: u32 = 32;
+/// ...or this long after the first unacknowledged one.
+const ACK_DELAY: Duration = Duration::from_millis(2);
+/// Never more often than this (except to answer a PING).
+const MIN_ACK_INTERVAL: Duration = Duration::from_micros(250);
+
+/// What the receiver needs.
+#[derive(Debug)]
+pub struct ReceiverConfig {
+    pub conn_id: u64,
+    pub keys: DirectionKeys,
+    pub geometry: BlockGeometry,
+    /// Chunks already verified (from an earlier connection): their blocks will not come.
+    pub skip_chunks: Vec<u32>,
+    /// Most bytes held in incomplete blocks; shards of blocks beyond it are dropped (and NACKed later).
+    pub max_assembly_bytes: usize,
+}
+
+/// What the receiver asks of its driver.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReceiverEvent {
+    /// A complete block: write `data` at `offset` of the file.
+    Block {
+        block: u32,
+        chunk: u32,
+        offset: u64,
+        data: Vec<u8>,
+    },
+    /// Authentic packets now come from another address (the sender roamed); ACKs follow it.
+    PathChanged {
+        from: Option<SocketAddr>,
+        to: SocketAddr,
+    },
+}
+
+/// A datagram to send: its bytes are in the buffer given to `poll_transmit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transmit {
+    pub destination: SocketAddr,
+}
+
+/// Counters for the summary and for tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReceiverStats {
+    pub packets_received: u64,
+    pub bytes_received: u64,
+    pub blocks_completed: u64,
+    pub fec_recovered: u64,
+    pub duplicate_shards: u64,
+    pub acks_sent: u64,
+    pub path_changes: u64,
+    /// Dropped: not DCSP or malformed header.
+    pub dropped_malformed: u64,
+    /// Dropped: another wire version (see `last_version_seen`).
+    pub dropped_version: u64,
+    /// Dropped: another connection id.
+    pub dropped_unknown_connection: u64,
+    /// Dropped: failed authentication (forged, corrupted, truncated).
+    pub dropped_unauthentic: u64,
+    /// Dropped: a packet number seen before (duplicate or replay).
+    pub dropped_replayed: u64,
+    /// Dropped: a packet number too old to check.
+    pub dropped_stale: u64,
+    /// Dropped: authentic but inconsistent (bad block number or shard).
+    pub dropped_invalid: u64,
+    /// Dropped: block too far ahead of what is complete (memory bound).
+    pub dropped_window: u64,
+    /// The version of the last datagram refused for its version.
+    pub last_version_seen: Option<u8>,
+}
+
+impl ReceiverStats {
+    /// Every datagram dropped for any reason.
+    pub fn dropped(&self) -> u64 {
+        self.dropped_malformed
+            + self.dropped_version
+            + self.dropped_unknown_connection
+            + self.dropped_unauthentic
+            + self.dropped_replayed
+            + self.dropped_stale
+            + self.dropped_invalid
+            + self.dropped_window
+    }
+}
+
+/// The receiver state machine. See the module documentation.
+#[derive(Debug)]
+pub struct DcspReceiver {
+    conn_id: u64,
+    keys: DirectionKeys,
+    geometry: BlockGeometry,
+    max_assembly_bytes: usize,
+    epoch: Instant,
+
+    replay: ReplayWindow,
+    done: Vec<u64>,
+    cumulative: u32,
+    highest_block: Option<u32>,
+    assemblies: HashMap<u32, BlockAssembly>,
+    assembly_bytes: usize,
+    decoder: ParityDecoder,
+    events: VecDeque<ReceiverEvent>,
+
+    peer: Option<SocketAddr>,
+    largest_pn: Option<(u64, Instant)>,
+    unacked: u32,
+    first_unacked: Option<Instant>,
+    ack_now: bool,
+    last_ack: Option<Instant>,
+    nack_cursor: u32,
+    ack_pn: u64,
+    stats: ReceiverStats,
+}
+
+impl DcspReceiver {
+    pub fn new(cfg: ReceiverConfig, now: Instant) -> Self {
+        let limit = cfg.geometry.block_limit();
+        let mut r = Self {
+            conn_id: cfg.conn_id,
+            keys: cfg.keys,
+            geometry: cfg.geometry,
+            max_assembly_bytes: cfg.max_assembly_bytes,
+            epoch: now,
+            replay: ReplayWindow::new(),
+            done: vec![0; (limit as usize).div_ceil(64)],
+            cumulative: 0,
+            highest_block: None,
+            assemblies: HashMap::new(),
+            assembly_bytes: 0,
+            decoder: ParityDecoder::default(),
+            events: VecDeque::new(),
+            peer: None,
+            largest_pn: None,
+            unacked: 0,
+            first_unacked: None,
+            ack_now: false,
+            last_ack: None,
+            nack_cursor: 0,
+            ack_pn: 0,
+            stats: ReceiverStats::default(),
+        };
+        // Unused block numbers and the blocks of verified chunks count as complete from the start.
+        for b in 0..limit {
+            let skip = match r.geometry.span(b) {
+                None => true,
+                Some(s) => cfg.skip_chunks.contains(&s.chunk),
+            };
+            if skip {
+                r.set_done(b, true);
+            }
+        }
+        r.advance_cumulative();
+        r
+    }
+
+    fn is_done(&self, b: u32) -> bool {
+        self.done
+            .get((b / 64) as usize)
+            .is_some_and(|w| w & (1 << (b % 64)) != 0)
+    }
+
+    fn set_done(&mut self, b: u32, v: bool) {
+        if let Some(w) = self.done.get_mut((b / 64) as usize) {
+            if v {
+                *w |= 1 << (b % 64);
+            } else {
+                *w &= !(1 << (b % 64));
+            }
+        }
+    }
+
+    fn advance_cumulative(&mut self) {
+        let limit = self.geometry.block_limit();
+        while self.cumulative < limit {
+            let word = self.done[(self.cumulative / 64) as usize];
+            if self.cumulative.is_multiple_of(64) && word == u64::MAX {
+                self.cumulative += 64;
+            } else if self.is_done(self.cumulative) {
+                self.cumulative += 1;
+            } else {
+                break;
+            }
+        }
+        self.cumulative = self.cumulative.min(limit);
+    }
+
+    /// Every block of the file is complete (the driver still verifies chunk hashes).
+    pub fn is_complete(&self) -> bool {
+        self.cumulative >= self.geometry.block_limit()
+    }
+
+    /// The chunk failed its hash: forget its blocks so they are asked for and accepted again.
+    pub fn reset_chunk(&mut self, chunk: u32) {
+        for b in self.geometry.blocks_of_chunk(chunk) {
+            self.set_done(b, false);
+            if self.assemblies.remove(&b).is_some() {
+                self.assembly_bytes = self
+                    .assembly_bytes
+                    .saturating_sub(self.geometry.block_bytes() as usize);
+            }
+        }
+        self.cumulative = self
+            .cumulative
+            .min(self.geometry.blocks_of_chunk(chunk).start);
+        self.ack_now = true;
+    }
+
+    /// Where ACKs go now.
+    pub fn peer(&self) -> Option<SocketAddr> {
+        self.peer
+    }
+
+    pub fn stats(&self) -> &ReceiverStats {
+        &self.stats
+    }
+
+    /// The next thing for the driver to do.
+    pub fn poll_event(&mut self) -> Option<ReceiverEvent> {
+        self.events.pop_front()
+    }
+
+    /// Takes one datagram from `from`. Whatever fails a check is dropped and counted, never delivered.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &mut [u8]) {
+        let header = match Header::decode(datagram) {
+            Ok(h) => h,
+            Err(WireError::Version(v)) => {
+                self.stats.dropped_version += 1;
+                self.stats.last_version_seen = Some(v);
+                return;
+            }
+            Err(_) => {
+                self.stats.dropped_malformed += 1;
+                return;
+            }
+        };
+        if header.conn_id != self.conn_id {
+            self.stats.dropped_unknown_connection += 1;
+            return;
+        }
+        if header.packet_type == PacketType::Ack {
+            self.stats.dropped_invalid += 1;
+            return;
+        }
+        let pn = header.packet_number;
+        match self.replay.check(pn) {
+            Ok(()) => {}
+            Err(Replay::Duplicate) => {
+                self.stats.dropped_replayed += 1;
+                return;
+            }
+            Err(Replay::Stale) => {
+                self.stats.dropped_stale += 1;
+                return;
+            }
+        }
+        let Ok(len) = self.keys.open.open(pn, header.len(), datagram) else {
+            self.stats.dropped_unauthentic += 1;
+            return;
+        };
+        // Authentic from here on.
+        if self.replay.insert(pn) {
+            self.largest_pn = Some((pn, now));
+            if self.peer != Some(from) {
+                if self.peer.is_some() {
+                    self.stats.path_changes += 1;
+                }
+                self.events.push_back(ReceiverEvent::PathChanged {
+                    from: self.peer,
+                    to: from,
+                });
+                self.peer = Some(from);
+            }
+        }
+        self.stats.packets_received += 1;
+        self.stats.bytes_received += datagram.len() as u64;
+        self.unacked += 1;
+        self.first_unacked.get_or_insert(now);
+        let Some(shard) = header.shard else {
+            // PING: answer at once.
+            self.ack_now = true;
+            return;
+        };
+        let payload = &datagram[header.len()..header.len() + len];
+        let Some(span) = self.geometry.span(shard.block) else {
+            self.stats.dropped_invalid += 1;
+            return;
+        };
+        if self.is_done(shard.block) {
+            self.stats.duplicate_shards += 1;
+            return;
+        }
+        let block_bytes = self.geometry.block_bytes() as usize;
+        if !self.assemblies.contains_key(&shard.block)
+            && self.assembly_bytes + block_bytes > self.max_assembly_bytes
+        {
+            self.stats.dropped_window += 1;
+            return;
+        }
+        self.highest_block = Some(
+            self.highest_block
+                .map_or(shard.block, |h| h.max(shard.block)),
+        );
+        let shard_size = self.geometry.shard_size() as usize;
+        let assembly = self.assemblies.entry(shard.block).or_insert_with(|| {
+            self.assembly_bytes += block_bytes;
+            BlockAssembly::new(span.data_shards, shard_size)
+        });
+        let added = match header.packet_type {
+            PacketType::Data => assembly.add_data(shard.index, payload),
+            _ => assembly.add_parity(shard.index, shard.parity_count, payload),
+        };
+        match added {
+            Ok(()) => {}
+            Err(ShardReject::Duplicate) => {
+                self.stats.duplicate_shards += 1;
+                return;
+            }
+            Err(ShardReject::Malformed) => {
+                self.stats.dropped_invalid += 1;
+                return;
+            }
+        }
+        if let Some((mut data, recovered)) = assembly.finish(&mut self.decoder) {
+            self.assemblies.remove(&shard.block);
+            self.assembly_bytes = self.assembly_bytes.saturating_sub(block_bytes);
+            data.truncate(span.len as usize);
+            self.set_done(shard.block, true);
+            self.advance_cumulative();
+            self.stats.blocks_completed += 1;
+            if recovered {
+                self.stats.fec_recovered += 1;
+            }
+            self.events.push_back(ReceiverEvent::Block {
+                block: shard.block,
+                chunk: span.chunk,
+                offset: span.offset,
+                data,
+            });
+        } else if assembly.needed() == 0 {
+            // Enough shards but they did not decode (inconsistent parity): start the block over.
+            self.assemblies.remove(&shard.block);
+            self.assembly_bytes = self.assembly_bytes.saturating_sub(block_bytes);
+            self.stats.dropped_invalid += 1;
+        }
+    }
+
+    fn ack_due(&self, now: Instant) -> bool {
+        if self.peer.is_none() || self.largest_pn.is_none() {
+            return false;
+        }
+        if self.ack_now {
+            return true;
+        }
+        if self.unacked == 0 {
+            return false;
+        }
+        let spaced = self
+            .last_ack
+            .is_none_or(|t| now.saturating_duration_since(t) >= MIN_ACK_INTERVAL);
+        spaced
+            && (self.unacked >= ACK_EVERY
+                || self
+                    .first_unacked
+                    .is_some_and(|t| now.saturating_duration_since(t) >= ACK_DELAY))
+    }
+
+    /// When the driver should call `poll_transmit` again for a delayed ACK.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.ack_now && self.peer.is_some() {
+            return self.first_unacked.or(self.last_ack);
+        }
+        let t = self.first_unacked? + ACK_DELAY;
+        Some(match self.last_ack {
+            Some(l) => t.max(l + MIN_ACK_INTERVAL),
+            None => t,
+        })
+    }
+
+    /// Writes an ACK into `out` (cleared first) if one is due; returns where to send it.
+    pub fn poll_transmit(&mut self, now: Instant, out: &mut Vec<u8>) -> Option<Transmit> {
+        out.clear();
+        if !self.ack_due(now) || self.ack_pn > MAX_PACKET_NUMBER {
+            return None;
+        }
+        let destination = self.peer?;
+        let (largest, at) = self.largest_pn?;
+        let ack = Ack {
+            largest_pn: largest,
+            ack_delay_us: now
+                .saturating_duration_since(at)
+                .as_micros()
+                .min(u32::MAX as u128) as u32,
+            receiver_time_us: now.saturating_duration_since(self.epoch).as_micros() as u64,
+            packets_received: self.stats.packets_received,
+            bytes_received: self.stats.bytes_received,
+            fec_recovered: self.stats.fec_recovered.min(u64::from(u32::MAX)) as u32,
+            cumulative_block: self.cumulative,
+            highest_block: self.highest_block,
+            ranges: self.complete_ranges(),
+            nacks: self.nacks(),
+        };
+        let pn = self.ack_pn;
+        self.ack_pn += 1;
+        let header = Header {
+            packet_type: PacketType::Ack,
+            flags: 0,
+            conn_id: self.conn_id,
+            packet_number: pn,
+            shard: None,
+        };
+        header.encode(out);
+        ack.encode(out);
+        self.keys.seal.seal(pn, header.len(), out);
+        self.unacked = 0;
+        self.first_unacked = None;
+        self.ack_now = false;
+        self.last_ack = Some(now);
+        self.stats.acks_sent += 1;
+        Some(Transmit { destination })
+    }
+
+    /// Runs of complete blocks above the cumulative mark, up to the highest block seen.
+    fn complete_ranges(&self) -> Vec<(u32, u32)> {
+        let mut ranges = Vec::new();
+        let Some(high) = self.highest_block else {
+            return ranges;
+        };
+        let mut b = self.cumulative;
+        while b <= high && ranges.len() < MAX_RANGES {
+            if self.is_done(b) {
+                let start = b;
+                while b <= high && self.is_done(b) {
+                    b += 1;
+                }
+                ranges.push((start, b - start));
+            } else {
+                b += 1;
+            }
+        }
+        ranges
+    }
+
+    /// Incomplete blocks up to the highest block seen, oldest first, taking turns when there are more than one
+    /// ACK can carry. (The sender decides which of them are overdue.)
+    fn nacks(&mut self) -> Vec<Nack> {
+        let mut nacks = Vec::new();
+        let Some(high) = self.highest_block else {
+            return nacks;
+        };
+        if high < self.cumulative {
+            return nacks;
+        }
+        let span = high - self.cumulative + 1;
+        let start = if self.nack_cursor > self.cumulative && self.nack_cursor <= high {
+            self.nack_cursor
+        } else {
+            self.cumulative
+        };
+        let mut last = start;
+        for i in 0..span {
+            let b = self.cumulative + (start - self.cumulative + i) % span;
+            if self.is_done(b) {
+                continue;
+            }
+            let Some(s) = self.geometry.span(b) else {
+                continue;
+            };
+            let mut have = Vec::new();
+            let needed = match self.assemblies.get(&b) {
+                Some(a) => {
+                    a.have_bitmap(&mut have);
+                    a.needed()
+                }
+                None => {
+                    have.resize(usize::from(s.data_shards).div_ceil(8), 0);
+                    s.data_shards
+                }
+            };
+            nacks.push(Nack {
+                block: b,
+                needed,
+                have,
+            });
+            last = b;
+            if nacks.len() >= MAX_NACKS {
+                break;
+            }
+        }
+        self.nack_cursor = last + 1;
+        nacks
+    }
+}

@@ -1,0 +1,585 @@
+//! The sending half of a DCSP connection.
+//!
+//! The driver pushes whole blocks of file bytes ([`DcspSender::push_block`], while [`DcspSender::wants_block`]
+//! says there is room), feeds it the receiver's datagrams and asks for datagrams to send. The sender computes
+//! parity, paces datagrams at the controller's rate, keeps every block until the receiver reports it complete,
+//! answers NACKs by re-sending the original shards the receiver lacks, and pings when ACKs stop coming.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use crate::ack::Ack;
+use crate::crypto::{DirectionKeys, ReplayWindow};
+use crate::fec::{encode_parity, ParityEncoder, ParityMode};
+use crate::geometry::{BlockGeometry, BlockSpan};
+use crate::packet::{Header, PacketType, ShardHeader, MAX_PACKET_NUMBER};
+use crate::rate::{RateController, RateSample};
+use crate::DcspError;
+
+/// A NACKed block is re-sent once the receiver has seen a packet sent this long after the block's last shard
+/// (or four RTT deviations, if more): less than that may be reordering, not loss.
+const MIN_REORDER_WINDOW: Duration = Duration::from_millis(3);
+/// A block with no later packet to overtake it (the tail) is re-sent this share of an RTT after its last shard.
+const TAIL_TIME_FACTOR: f64 = 1.25;
+/// The pacer may send this far ahead of schedule after an idle moment (lets drivers batch datagrams).
+const PACING_BURST: Duration = Duration::from_millis(1);
+/// Slack added to the probe timeout for the receiver's ACK delay.
+const PTO_SLACK: Duration = Duration::from_millis(25);
+/// Longest wait between probes while the path is silent.
+const MAX_PTO: Duration = Duration::from_secs(1);
+/// Send-time records kept for RTT samples (a ring indexed by packet number).
+const SENT_RING: usize = 1 << 16;
+/// Smallest amount of block data kept in flight, whatever the rate.
+const MIN_WINDOW: usize = 2 * 1024 * 1024;
+
+/// What the sender needs.
+#[derive(Debug)]
+pub struct SenderConfig {
+    pub conn_id: u64,
+    pub keys: DirectionKeys,
+    pub geometry: BlockGeometry,
+    pub parity: ParityMode,
+    pub controller: Box<dyn RateController>,
+    /// Most block bytes held (sent or queued, not yet acknowledged): the sender's memory bound.
+    pub max_buffered: usize,
+}
+
+/// Counters for the progress display and the summary.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SenderStats {
+    pub packets_sent: u64,
+    pub bytes_sent: u64,
+    pub data_packets: u64,
+    pub parity_packets: u64,
+    /// Original shards sent again after a NACK.
+    pub packets_retransmitted: u64,
+    pub pings: u64,
+    pub acks_received: u64,
+    /// Datagrams from the receiver that failed checks (forged, corrupted, replayed, malformed).
+    pub packets_dropped: u64,
+    pub blocks_acked: u64,
+    /// Blocks the receiver rebuilt from parity (as it last reported).
+    pub fec_recovered: u64,
+    pub srtt: Option<Duration>,
+    pub min_rtt: Option<Duration>,
+    /// Pacing rate, bytes per second.
+    pub rate: u64,
+    /// Recent loss rate seen by the receiver, a fraction.
+    pub loss: f64,
+    /// Recovery shards per block now.
+    pub parity: u8,
+    pub data_shards: u8,
+    pub probe_timeouts: u64,
+    /// The rate controller's phase.
+    pub phase: &'static str,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum ShardRef {
+    Data(u8),
+    Parity(u8),
+}
+
+#[derive(Debug)]
+struct BlockState {
+    span: BlockSpan,
+    /// `data_shards × shard_size` bytes, zero-padded.
+    data: Vec<u8>,
+    parity: Vec<u8>,
+    parity_count: u8,
+    first_pn: Option<u64>,
+    last_pn: Option<u64>,
+    last_sent: Option<Instant>,
+    /// Shards of the first transmission still queued.
+    unsent: u16,
+    repairs_pending: u16,
+}
+
+#[derive(Debug, Default)]
+struct RttEstimator {
+    srtt: Option<Duration>,
+    rttvar: Duration,
+    min: Option<Duration>,
+}
+
+impl RttEstimator {
+    fn sample(&mut self, rtt: Duration) {
+        self.min = Some(self.min.map_or(rtt, |m| m.min(rtt)));
+        match self.srtt {
+            None => {
+                self.srtt = Some(rtt);
+                self.rttvar = rtt / 2;
+            }
+            Some(s) => {
+                let diff = s.abs_diff(rtt);
+                self.rttvar = (self.rttvar * 3 + diff) / 4;
+                self.srtt = Some((s * 7 + rtt) / 8);
+            }
+        }
+    }
+
+    /// Before any sample: a guess on the long side, so the first probe does not fire before a satellite
+    /// link's first ACK can arrive.
+    fn srtt(&self) -> Duration {
+        self.srtt.unwrap_or(Duration::from_millis(300))
+    }
+}
+
+/// The sender state machine. See the module documentation.
+#[derive(Debug)]
+pub struct DcspSender {
+    conn_id: u64,
+    keys: DirectionKeys,
+    geometry: BlockGeometry,
+    parity: ParityMode,
+    controller: Box<dyn RateController>,
+    max_buffered: usize,
+
+    blocks: BTreeMap<u32, BlockState>,
+    queue: VecDeque<(u32, ShardRef)>,
+    repairs: VecDeque<(u32, u8)>,
+    buffered: usize,
+    free: Vec<Vec<u8>>,
+    encoder: ParityEncoder,
+
+    next_pn: u64,
+    sent_at: Vec<(u64, Option<Instant>)>,
+    replay: ReplayWindow,
+    rtt: RttEstimator,
+    largest_acked: Option<u64>,
+    next_send: Instant,
+    last_heard: Instant,
+    last_probe: Option<Instant>,
+    pto_count: u32,
+    ping_pending: bool,
+
+    loss_base: Option<(u64, u64)>,
+    loss: f64,
+    stats: SenderStats,
+}
+
+impl DcspSender {
+    pub fn new(cfg: SenderConfig, now: Instant) -> Self {
+        let data_shards = cfg.geometry.data_shards();
+        Self {
+            conn_id: cfg.conn_id,
+            keys: cfg.keys,
+            geometry: cfg.geometry,
+            parity: cfg.parity,
+            controller: cfg.controller,
+            max_buffered: cfg.max_buffered.max(MIN_WINDOW),
+            blocks: BTreeMap::new(),
+            queue: VecDeque::new(),
+            repairs: VecDeque::new(),
+            buffered: 0,
+            free: Vec::new(),
+            encoder: ParityEncoder::default(),
+            next_pn: 0,
+            sent_at: vec![(u64::MAX, None); SENT_RING],
+            replay: ReplayWindow::new(),
+            rtt: RttEstimator::default(),
+            largest_acked: None,
+            next_send: now,
+            last_heard: now,
+            last_probe: None,
+            pto_count: 0,
+            ping_pending: false,
+            loss_base: None,
+            loss: 0.0,
+            stats: SenderStats {
+                data_shards,
+                ..SenderStats::default()
+            },
+        }
+    }
+
+    pub fn geometry(&self) -> &BlockGeometry {
+        &self.geometry
+    }
+
+    /// How many block bytes the sender holds at most right now: about two round trips at the current rate.
+    fn window(&self) -> usize {
+        let rtt = self.rtt.srtt().as_secs_f64() * 2.0 + 0.1;
+        ((self.controller.rate() as f64 * rtt) as usize).clamp(MIN_WINDOW, self.max_buffered)
+    }
+
+    /// Whether the driver should push another block now.
+    pub fn wants_block(&self) -> bool {
+        self.buffered < self.window()
+    }
+
+    /// Blocks pushed and not yet complete at the receiver.
+    pub fn blocks_in_flight(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// Everything pushed has been acknowledged.
+    pub fn is_idle(&self) -> bool {
+        self.blocks.is_empty()
+    }
+
+    /// Hands the sender one block of file bytes (exactly the block's length, see [`BlockGeometry::span`]).
+    /// Pushing a block again (the receiver found its chunk corrupt) sends it afresh.
+    pub fn push_block(&mut self, block: u32, bytes: &[u8]) -> Result<(), DcspError> {
+        let span = self.geometry.require(block)?;
+        if bytes.len() != span.len as usize {
+            return Err(DcspError::BlockLength {
+                block,
+                expected: span.len as usize,
+                got: bytes.len(),
+            });
+        }
+        if let Some(old) = self.blocks.remove(&block) {
+            self.release(old);
+        }
+        let s = self.geometry.shard_size() as usize;
+        let k = span.data_shards;
+        let mut data = self.free.pop().unwrap_or_default();
+        data.clear();
+        data.extend_from_slice(bytes);
+        data.resize(usize::from(k) * s, 0);
+        let m = self.parity.parity_for(k, self.loss);
+        let mut parity = self.free.pop().unwrap_or_default();
+        encode_parity(&mut self.encoder, &data, k, m, s, &mut parity);
+        let m = (parity.len() / s) as u8;
+        self.stats.parity = m;
+        for i in 0..k {
+            self.queue.push_back((block, ShardRef::Data(i)));
+        }
+        for j in 0..m {
+            self.queue.push_back((block, ShardRef::Parity(j)));
+        }
+        self.buffered += span.len as usize;
+        self.blocks.insert(
+            block,
+            BlockState {
+                span,
+                data,
+                parity,
+                parity_count: m,
+                first_pn: None,
+                last_pn: None,
+                last_sent: None,
+                unsent: u16::from(k) + u16::from(m),
+                repairs_pending: 0,
+            },
+        );
+        Ok(())
+    }
+
+    fn release(&mut self, b: BlockState) {
+        self.buffered -= b.span.len as usize;
+        if self.free.len() < 64 {
+            self.free.push(b.data);
+            self.free.push(b.parity);
+        }
+    }
+
+    fn has_work(&self) -> bool {
+        self.ping_pending || !self.repairs.is_empty() || !self.queue.is_empty()
+    }
+
+    /// Writes the next datagram into `out` (cleared first) if one is due at `now`. Returns whether it did.
+    pub fn poll_transmit(&mut self, now: Instant, out: &mut Vec<u8>) -> bool {
+        out.clear();
+        if self.next_pn > MAX_PACKET_NUMBER {
+            return false;
+        }
+        if self.ping_pending {
+            self.ping_pending = false;
+            let pn = self.take_pn(now);
+            let header = Header {
+                packet_type: PacketType::Ping,
+                flags: 0,
+                conn_id: self.conn_id,
+                packet_number: pn,
+                shard: None,
+            };
+            header.encode(out);
+            self.keys.seal.seal(pn, header.len(), out);
+            self.stats.pings += 1;
+            self.count_sent(out.len());
+            return true;
+        }
+        if now < self.next_send {
+            return false;
+        }
+        let s = self.geometry.shard_size() as usize;
+        loop {
+            let (block, shard, repair) = if let Some((b, i)) = self.repairs.pop_front() {
+                (b, ShardRef::Data(i), true)
+            } else if let Some((b, r)) = self.queue.pop_front() {
+                (b, r, false)
+            } else {
+                return false;
+            };
+            let Some(state) = self.blocks.get(&block) else {
+                continue; // acknowledged meanwhile
+            };
+            let pn = self.next_pn;
+            let (packet_type, index, bytes) = match shard {
+                ShardRef::Data(i) => (
+                    PacketType::Data,
+                    i,
+                    &state.data[usize::from(i) * s..(usize::from(i) + 1) * s],
+                ),
+                ShardRef::Parity(j) => (
+                    PacketType::Parity,
+                    j,
+                    &state.parity[usize::from(j) * s..(usize::from(j) + 1) * s],
+                ),
+            };
+            let header = Header {
+                packet_type,
+                flags: 0,
+                conn_id: self.conn_id,
+                packet_number: pn,
+                shard: Some(ShardHeader {
+                    block,
+                    index,
+                    parity_count: state.parity_count,
+                }),
+            };
+            header.encode(out);
+            out.extend_from_slice(bytes);
+            self.keys.seal.seal(pn, header.len(), out);
+            self.take_pn(now);
+            if let Some(state) = self.blocks.get_mut(&block) {
+                state.first_pn.get_or_insert(pn);
+                state.last_pn = Some(pn);
+                state.last_sent = Some(now);
+                if repair {
+                    state.repairs_pending = state.repairs_pending.saturating_sub(1);
+                } else {
+                    state.unsent = state.unsent.saturating_sub(1);
+                }
+            }
+            match (repair, packet_type) {
+                (true, _) => self.stats.packets_retransmitted += 1,
+                (false, PacketType::Parity) => self.stats.parity_packets += 1,
+                _ => self.stats.data_packets += 1,
+            }
+            self.count_sent(out.len());
+            let rate = self.controller.rate().max(1) as f64;
+            let gap = Duration::from_secs_f64(out.len() as f64 / rate);
+            let earliest = now.checked_sub(PACING_BURST).unwrap_or(now);
+            self.next_send = self.next_send.max(earliest) + gap;
+            return true;
+        }
+    }
+
+    fn take_pn(&mut self, now: Instant) -> u64 {
+        let pn = self.next_pn;
+        self.next_pn += 1;
+        self.sent_at[(pn as usize) % SENT_RING] = (pn, Some(now));
+        pn
+    }
+
+    fn count_sent(&mut self, len: usize) {
+        self.stats.packets_sent += 1;
+        self.stats.bytes_sent += len as u64;
+    }
+
+    fn pto(&self) -> Duration {
+        let base = self.rtt.srtt() + self.rtt.rttvar * 4 + PTO_SLACK;
+        (base * 2u32.saturating_pow(self.pto_count.min(6))).min(MAX_PTO)
+    }
+
+    /// When the driver should call [`DcspSender::handle_timeout`] or [`DcspSender::poll_transmit`] next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let send = self.has_work().then_some(self.next_send);
+        let probe = (!self.blocks.is_empty()).then(|| {
+            self.last_heard
+                .max(self.last_probe.unwrap_or(self.last_heard))
+                + self.pto()
+        });
+        match (send, probe) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Fires the probe timer when ACKs stopped coming while blocks are outstanding.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.blocks.is_empty() {
+            return;
+        }
+        let since = self
+            .last_heard
+            .max(self.last_probe.unwrap_or(self.last_heard));
+        if now >= since + self.pto() {
+            self.ping_pending = true;
+            self.last_probe = Some(now);
+            self.pto_count += 1;
+            self.stats.probe_timeouts += 1;
+            if self.pto_count >= 2 && self.largest_acked.is_some() {
+                // Two probes in a row unanswered: the path is down or badly congested.
+                self.controller.on_timeout(now);
+                self.stats.rate = self.controller.rate();
+            }
+        }
+    }
+
+    /// How long the receiver has been silent.
+    pub fn silence(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.last_heard)
+    }
+
+    /// Whether any ACK has arrived yet (a path that never answers may block UDP).
+    pub fn heard_from_peer(&self) -> bool {
+        self.largest_acked.is_some()
+    }
+
+    /// Takes a datagram from the receiver. Anything that fails a check is dropped and counted.
+    pub fn handle_datagram(&mut self, now: Instant, datagram: &mut [u8]) {
+        match self.open(datagram) {
+            Some(ack) => self.on_ack(now, &ack),
+            None => self.stats.packets_dropped += 1,
+        }
+    }
+
+    fn open(&mut self, datagram: &mut [u8]) -> Option<Ack> {
+        let header = Header::decode(datagram).ok()?;
+        if header.conn_id != self.conn_id || header.packet_type != PacketType::Ack {
+            return None;
+        }
+        let pn = header.packet_number;
+        self.replay.check(pn).ok()?;
+        let len = self.keys.open.open(pn, header.len(), datagram).ok()?;
+        let ack = Ack::decode(&datagram[header.len()..header.len() + len], &self.geometry).ok()?;
+        self.replay.insert(pn);
+        Some(ack)
+    }
+
+    fn on_ack(&mut self, now: Instant, ack: &Ack) {
+        self.stats.acks_received += 1;
+        self.last_heard = now;
+        self.last_probe = None;
+        self.pto_count = 0;
+        if ack.largest_pn >= self.next_pn {
+            return; // acknowledges something never sent: ignore
+        }
+        let mut rtt_sample = None;
+        if self.largest_acked.is_none_or(|l| ack.largest_pn > l) {
+            self.largest_acked = Some(ack.largest_pn);
+            if let (pn, Some(at)) = self.sent_at[(ack.largest_pn as usize) % SENT_RING] {
+                if pn == ack.largest_pn {
+                    let rtt = now
+                        .saturating_duration_since(at)
+                        .saturating_sub(Duration::from_micros(u64::from(ack.ack_delay_us)));
+                    let rtt = rtt.max(Duration::from_micros(1));
+                    self.rtt.sample(rtt);
+                    rtt_sample = Some(rtt);
+                }
+            }
+        }
+        let sent = ack.largest_pn + 1;
+        match self.loss_base {
+            None => self.loss_base = Some((sent, ack.packets_received)),
+            Some((s0, r0)) if sent >= s0 + 256 => {
+                let l = 1.0 - (ack.packets_received.saturating_sub(r0)) as f64 / (sent - s0) as f64;
+                self.loss = 0.75 * self.loss + 0.25 * l.clamp(0.0, 1.0);
+                self.loss_base = Some((sent, ack.packets_received));
+            }
+            Some(_) => {}
+        }
+        self.stats.fec_recovered = u64::from(ack.fec_recovered);
+        self.controller.on_ack(&RateSample {
+            now,
+            rtt: rtt_sample,
+            srtt: self.rtt.srtt(),
+            min_rtt: self.rtt.min.unwrap_or(self.rtt.srtt()),
+            receiver_time: Duration::from_micros(ack.receiver_time_us),
+            bytes_received: ack.bytes_received,
+            packets_received: ack.packets_received,
+            packets_sent: sent,
+        });
+
+        // Complete blocks: below the cumulative mark and in the ranges. A block pushed again after this ACK
+        // was written (its first packet number is above everything the ACK saw) is not complete yet.
+        let done: Vec<u32> = self
+            .blocks
+            .range(..ack.cumulative_block)
+            .map(|(b, _)| *b)
+            .chain(ack.ranges.iter().flat_map(|&(first, count)| {
+                self.blocks
+                    .range(first..first.saturating_add(count))
+                    .map(|(b, _)| *b)
+            }))
+            .collect();
+        for b in done {
+            let fresh = self
+                .blocks
+                .get(&b)
+                .is_some_and(|s| s.first_pn.is_some_and(|f| f <= ack.largest_pn));
+            if fresh {
+                if let Some(state) = self.blocks.remove(&b) {
+                    self.release(state);
+                    self.stats.blocks_acked += 1;
+                }
+            }
+        }
+
+        let srtt = self.rtt.srtt();
+        let reorder_window = (self.rtt.rttvar * 4).max(MIN_REORDER_WINDOW);
+        let largest_sent_at = match self.sent_at[(ack.largest_pn as usize) % SENT_RING] {
+            (pn, at) if pn == ack.largest_pn => at,
+            _ => None,
+        };
+        let overdue = |state: &BlockState| -> bool {
+            match (state.last_pn, state.last_sent) {
+                (Some(last_pn), Some(last_sent)) => {
+                    let overtaken = largest_sent_at
+                        .is_some_and(|t| t.saturating_duration_since(last_sent) >= reorder_window);
+                    let tail = now.saturating_duration_since(last_sent)
+                        >= srtt.mul_f64(TAIL_TIME_FACTOR) + reorder_window;
+                    state.unsent == 0
+                        && state.repairs_pending == 0
+                        && ack.largest_pn >= last_pn
+                        && (overtaken || tail)
+                }
+                _ => false,
+            }
+        };
+        let mut repairs: Vec<(u32, u8, Option<&crate::ack::Nack>)> = Vec::new();
+        for nack in &ack.nacks {
+            if let Some(state) = self.blocks.get(&nack.block) {
+                if nack.needed > 0 && overdue(state) {
+                    repairs.push((nack.block, nack.needed, Some(nack)));
+                }
+            }
+        }
+        // Blocks above the highest one the receiver has seen any shard of were lost whole.
+        let above = ack.highest_block.map_or(0, |h| h.saturating_add(1));
+        for (b, state) in self.blocks.range(above..) {
+            if overdue(state) {
+                repairs.push((*b, state.span.data_shards, None));
+            }
+        }
+        for (block, needed, nack) in repairs {
+            let Some(state) = self.blocks.get_mut(&block) else {
+                continue;
+            };
+            let mut queued = 0u16;
+            for i in (0..state.span.data_shards).filter(|i| !nack.is_some_and(|n| n.has(*i))) {
+                if queued >= u16::from(needed) {
+                    break;
+                }
+                self.repairs.push_back((block, i));
+                queued += 1;
+            }
+            state.repairs_pending = queued;
+        }
+        self.stats.rate = self.controller.rate();
+    }
+
+    pub fn stats(&self) -> SenderStats {
+        let mut s = self.stats.clone();
+        s.srtt = self.rtt.srtt;
+        s.min_rtt = self.rtt.min;
+        s.rate = self.controller.rate();
+        s.phase = self.controller.phase();
+        s.loss = self.loss;
+        s
+    }
+}

@@ -1,0 +1,689 @@
+//! A deterministic network simulator in virtual time: it drives the sans-IO `DcspSender` and `DcspReceiver`
+//! through seeded loss, bursts, delay, jitter, reordering, duplication, corruption, rate limits with queues,
+//! outages, an address change and replays, and checks that exactly the file's bytes arrive.
+//!
+//! Every failure prints its seed; add the seed to `REGRESSIONS` to keep it. `DCSP_SIM_SEEDS=N` runs more.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, RngCore, SeedableRng};
+use trackshift_dcsp::crypto::test_keys;
+use trackshift_dcsp::{
+    BlockGeometry, DcspReceiver, DcspSender, DelayRate, ParityMode, ReceiverConfig, ReceiverEvent,
+    Role, SenderConfig,
+};
+
+/// Seeds that once failed; they run first, always.
+const REGRESSIONS: &[u64] = &[];
+
+#[derive(Debug, Clone, Default)]
+struct LinkCfg {
+    /// Bytes per second; `None` for no limit.
+    rate: Option<f64>,
+    queue_bytes: usize,
+    delay: Duration,
+    jitter: Duration,
+    loss: f64,
+    /// Gilbert-Elliott: P(good→bad), P(bad→good), loss in bad.
+    burst: Option<(f64, f64, f64)>,
+    duplicate: f64,
+    reorder: f64,
+    reorder_delay: Duration,
+    corrupt: f64,
+    /// Replays an old datagram (captured earlier) now and then.
+    replay: f64,
+    /// Down between these offsets from the start.
+    outages: Vec<(Duration, Duration)>,
+}
+
+#[derive(Debug)]
+struct Link {
+    cfg: LinkCfg,
+    rng: StdRng,
+    bad: bool,
+    busy_until: Option<Instant>,
+    last_at: Option<Instant>,
+    seq: u64,
+    queue: BinaryHeap<Reverse<(Instant, u64, usize)>>,
+    slots: Vec<Option<(SocketAddr, SocketAddr, Vec<u8>)>>,
+    captured: Vec<(SocketAddr, SocketAddr, Vec<u8>)>,
+    start: Instant,
+    corrupted: u64,
+}
+
+impl Link {
+    fn new(cfg: LinkCfg, seed: u64, start: Instant) -> Self {
+        Self {
+            cfg,
+            rng: StdRng::seed_from_u64(seed),
+            bad: false,
+            busy_until: None,
+            last_at: None,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            slots: Vec::new(),
+            captured: Vec::new(),
+            start,
+            corrupted: 0,
+        }
+    }
+
+    fn push(&mut self, at: Instant, src: SocketAddr, dst: SocketAddr, bytes: Vec<u8>) {
+        let slot = match self.slots.iter().position(Option::is_none) {
+            Some(i) => {
+                self.slots[i] = Some((src, dst, bytes));
+                i
+            }
+            None => {
+                self.slots.push(Some((src, dst, bytes)));
+                self.slots.len() - 1
+            }
+        };
+        self.seq += 1;
+        self.queue.push(Reverse((at, self.seq, slot)));
+    }
+
+    fn send(&mut self, now: Instant, src: SocketAddr, dst: SocketAddr, bytes: &[u8]) {
+        let t = now.saturating_duration_since(self.start);
+        if self.cfg.outages.iter().any(|(a, b)| t >= *a && t < *b) {
+            return;
+        }
+        if self.rng.gen_bool(self.cfg.loss) {
+            return;
+        }
+        if let Some((p, r, bad_loss)) = self.cfg.burst {
+            self.bad = if self.bad {
+                !self.rng.gen_bool(r)
+            } else {
+                self.rng.gen_bool(p)
+            };
+            if self.bad && self.rng.gen_bool(bad_loss) {
+                return;
+            }
+        }
+        let mut depart = now;
+        if let Some(rate) = self.cfg.rate {
+            let busy = self.busy_until.unwrap_or(now).max(now);
+            let queued = busy.saturating_duration_since(now).as_secs_f64() * rate;
+            if queued > self.cfg.queue_bytes as f64 {
+                return; // drop-tail
+            }
+            depart = busy + Duration::from_secs_f64(bytes.len() as f64 / rate);
+            self.busy_until = Some(depart);
+        }
+        let mut at = depart + self.cfg.delay;
+        if !self.cfg.jitter.is_zero() {
+            let j = self
+                .rng
+                .gen_range(0..=self.cfg.jitter.as_micros() as u64 * 2);
+            at = (at + Duration::from_micros(j))
+                .checked_sub(self.cfg.jitter)
+                .unwrap_or(at)
+                .max(depart);
+        }
+        // Jitter alone never reorders (as in trackshift-netlab); `reorder` does.
+        at = at.max(self.last_at.unwrap_or(at));
+        self.last_at = Some(at);
+        if self.rng.gen_bool(self.cfg.reorder) {
+            at += self.cfg.reorder_delay;
+        }
+        let mut data = bytes.to_vec();
+        if self.rng.gen_bool(self.cfg.corrupt) && !data.is_empty() {
+            let i = self.rng.gen_range(0..data.len());
+            data[i] ^= 1 << self.rng.gen_range(0..8);
+            self.corrupted += 1;
+        }
+        if self.rng.gen_bool(self.cfg.replay) {
+            self.captured.push((src, dst, data.clone()));
+        }
+        if self.rng.gen_bool(self.cfg.duplicate) {
+            self.push(at + Duration::from_micros(1), src, dst, data.clone());
+        }
+        if !self.captured.is_empty() && self.rng.gen_bool(self.cfg.replay) {
+            let i = self.rng.gen_range(0..self.captured.len());
+            let (s, d, old) = self.captured[i].clone();
+            self.push(at, s, d, old);
+        }
+        self.push(at, src, dst, data);
+    }
+
+    fn next_arrival(&self) -> Option<Instant> {
+        self.queue.peek().map(|Reverse((at, _, _))| *at)
+    }
+
+    fn pop_due(&mut self, now: Instant) -> Option<(SocketAddr, SocketAddr, Vec<u8>)> {
+        match self.queue.peek() {
+            Some(Reverse((at, _, _))) if *at <= now => {
+                let Reverse((_, _, slot)) = self.queue.pop()?;
+                self.slots[slot].take()
+            }
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Scenario {
+    seed: u64,
+    file_size: usize,
+    chunk_size: u64,
+    shard_size: u32,
+    parity: ParityMode,
+    fwd: LinkCfg,
+    back: LinkCfg,
+    address_change: Option<Duration>,
+    skip_chunks: Vec<u32>,
+    /// The harness fails this chunk's verification once (as a corrupt disk would), forcing a re-send.
+    fail_chunk_once: Option<u32>,
+    max_rate: Option<u64>,
+}
+
+#[derive(Debug)]
+struct Outcome {
+    virtual_time: Duration,
+    packets: u64,
+    bytes: u64,
+    retransmitted: u64,
+    fec_recovered: u64,
+    dropped: u64,
+    path_changes: u64,
+    corrupted: u64,
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().expect("a socket address")
+}
+
+fn run(s: &Scenario) -> Result<Outcome, String> {
+    let mut rng = StdRng::seed_from_u64(s.seed ^ 0x5eed);
+    let mut file = vec![0u8; s.file_size];
+    rng.fill_bytes(&mut file);
+    let geometry = BlockGeometry::new(
+        s.file_size as u64,
+        s.chunk_size,
+        s.shard_size,
+        s.parity.data_shards(),
+    )
+    .map_err(|e| e.to_string())?;
+    let start = Instant::now();
+    let conn_id = rng.gen();
+    let mut sender = DcspSender::new(
+        SenderConfig {
+            conn_id,
+            keys: test_keys(Role::Sender),
+            geometry,
+            parity: s.parity,
+            controller: Box::new(DelayRate::new(s.max_rate)),
+            max_buffered: 64 << 20,
+        },
+        start,
+    );
+    let mut receiver = DcspReceiver::new(
+        ReceiverConfig {
+            conn_id,
+            keys: test_keys(Role::Receiver),
+            geometry,
+            skip_chunks: s.skip_chunks.clone(),
+            max_assembly_bytes: 96 << 20,
+        },
+        start,
+    );
+    let mut fwd = Link::new(s.fwd.clone(), s.seed.wrapping_mul(3), start);
+    let mut back = Link::new(s.back.clone(), s.seed.wrapping_mul(7), start);
+    let receiver_addr = addr("198.18.1.1:4000");
+    let mut sender_addr = addr("198.18.0.1:5000");
+    let mut moved = false;
+
+    let mut to_push: std::collections::VecDeque<u32> = (0..geometry.chunk_count())
+        .filter(|c| !s.skip_chunks.contains(c))
+        .flat_map(|c| geometry.blocks_of_chunk(c))
+        .collect();
+    let mut received = vec![false; s.file_size];
+    let mut out = vec![0u8; s.file_size];
+    let mut chunk_blocks_done: Vec<u32> = vec![0; geometry.chunk_count() as usize];
+    let mut failed_once = false;
+    let mut buf = Vec::new();
+    let mut now = start;
+    let limit = Duration::from_secs(900);
+    let trace = std::env::var_os("DCSP_SIM_TRACE").is_some();
+    let mut next_trace = start;
+    for _step in 0..20_000_000u64 {
+        if let Some(at) = s.address_change {
+            if !moved && now >= start + at {
+                moved = true;
+                sender_addr = addr("198.18.0.77:5999");
+            }
+        }
+        while sender.wants_block() {
+            let Some(b) = to_push.pop_front() else { break };
+            let span = geometry.span(b).ok_or("no span")?;
+            let range = span.offset as usize..span.offset as usize + span.len as usize;
+            sender
+                .push_block(b, &file[range])
+                .map_err(|e| e.to_string())?;
+        }
+        while sender.poll_transmit(now, &mut buf) {
+            fwd.send(now, sender_addr, receiver_addr, &buf);
+        }
+        while let Some(t) = receiver.poll_transmit(now, &mut buf) {
+            back.send(now, receiver_addr, t.destination, &buf);
+        }
+        while let Some(ev) = receiver.poll_event() {
+            if let ReceiverEvent::Block {
+                chunk,
+                offset,
+                data,
+                block,
+            } = ev
+            {
+                let o = offset as usize;
+                if o + data.len() > file.len() || data[..] != file[o..o + data.len()] {
+                    return Err(format!("block {block} delivered wrong bytes at {offset}"));
+                }
+                out[o..o + data.len()].copy_from_slice(&data);
+                received[o..o + data.len()]
+                    .iter_mut()
+                    .for_each(|r| *r = true);
+                chunk_blocks_done[chunk as usize] += 1;
+                let all = geometry.blocks_of_chunk(chunk).len() as u32;
+                if s.fail_chunk_once == Some(chunk)
+                    && !failed_once
+                    && chunk_blocks_done[chunk as usize] == all
+                {
+                    // The chunk "failed its hash": the receiver forgets it and the sender pushes it again.
+                    failed_once = true;
+                    chunk_blocks_done[chunk as usize] = 0;
+                    receiver.reset_chunk(chunk);
+                    for b in geometry.blocks_of_chunk(chunk) {
+                        to_push.push_front(b);
+                    }
+                }
+            }
+        }
+        if receiver.is_complete() && sender.is_idle() && to_push.is_empty() {
+            for c in 0..geometry.chunk_count() {
+                if s.skip_chunks.contains(&c) {
+                    continue;
+                }
+                for b in geometry.blocks_of_chunk(c) {
+                    let span = geometry.span(b).ok_or("span")?;
+                    let r = span.offset as usize..(span.offset + u64::from(span.len)) as usize;
+                    if out[r.clone()] != file[r.clone()] || !received[r].iter().all(|x| *x) {
+                        return Err(format!("block {b} missing or wrong at the end"));
+                    }
+                }
+            }
+            let st = sender.stats();
+            let rs = receiver.stats();
+            return Ok(Outcome {
+                virtual_time: now - start,
+                packets: st.packets_sent,
+                bytes: st.bytes_sent,
+                retransmitted: st.packets_retransmitted,
+                fec_recovered: rs.fec_recovered,
+                dropped: rs.dropped(),
+                path_changes: rs.path_changes,
+                corrupted: fwd.corrupted,
+            });
+        }
+        if trace && now >= next_trace {
+            next_trace = now + Duration::from_millis(50);
+            let st = sender.stats();
+            eprintln!(
+                "t {:>6.2}s {} rate {:>6.2} MB/s srtt {:?} sent {} rtx {} in flight {} blocks",
+                (now - start).as_secs_f64(),
+                st.phase,
+                st.rate as f64 / 1e6,
+                st.srtt.unwrap_or_default(),
+                st.packets_sent,
+                st.packets_retransmitted,
+                sender.blocks_in_flight()
+            );
+        }
+        let next = [
+            sender.poll_timeout(),
+            receiver.poll_timeout(),
+            fwd.next_arrival(),
+            back.next_arrival(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let Some(next) = next else {
+            return Err(format!(
+                "stuck at {:?}: nothing scheduled (receiver complete {}, sender idle {}, {} blocks to push)",
+                now - start,
+                receiver.is_complete(),
+                sender.is_idle(),
+                to_push.len()
+            ));
+        };
+        now = now.max(next);
+        if now - start > limit {
+            return Err(format!(
+                "not done after {limit:?} of virtual time: sender {:?}, receiver {:?}",
+                sender.stats(),
+                receiver.stats()
+            ));
+        }
+        while let Some((src, _dst, mut d)) = fwd.pop_due(now) {
+            receiver.handle_datagram(now, src, &mut d);
+        }
+        while let Some((_src, dst, mut d)) = back.pop_due(now) {
+            if dst == sender_addr {
+                sender.handle_datagram(now, &mut d);
+            }
+        }
+        sender.handle_timeout(now);
+    }
+    Err("too many steps".into())
+}
+
+fn random_link(rng: &mut StdRng) -> LinkCfg {
+    let mut l = LinkCfg {
+        delay: Duration::from_millis(rng.gen_range(0..=300)),
+        ..LinkCfg::default()
+    };
+    if rng.gen_bool(0.7) {
+        let rate = rng.gen_range(200_000.0..50_000_000.0);
+        l.rate = Some(rate);
+        l.queue_bytes = (rate * rng.gen_range(0.005..0.2)) as usize + 3000;
+    }
+    if rng.gen_bool(0.3) {
+        l.jitter = Duration::from_millis(rng.gen_range(1..=20));
+    }
+    if rng.gen_bool(0.6) {
+        l.loss = rng.gen_range(0.0..0.2);
+    }
+    if rng.gen_bool(0.2) {
+        l.burst = Some((
+            rng.gen_range(0.001..0.02),
+            rng.gen_range(0.1..0.5),
+            rng.gen_range(0.3..1.0),
+        ));
+    }
+    if rng.gen_bool(0.2) {
+        l.duplicate = rng.gen_range(0.0..0.05);
+    }
+    if rng.gen_bool(0.2) {
+        l.reorder = rng.gen_range(0.0..0.1);
+        l.reorder_delay = Duration::from_millis(rng.gen_range(1..=30));
+    }
+    if rng.gen_bool(0.2) {
+        l.corrupt = rng.gen_range(0.0..0.05);
+    }
+    if rng.gen_bool(0.1) {
+        l.replay = rng.gen_range(0.0..0.02);
+    }
+    if rng.gen_bool(0.1) {
+        let at = Duration::from_millis(rng.gen_range(0..2000));
+        l.outages
+            .push((at, at + Duration::from_millis(rng.gen_range(100..4000))));
+    }
+    l
+}
+
+fn random_scenario(seed: u64) -> Scenario {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let shard_size = rng.gen_range(16..=600) * 2;
+    let parity = if rng.gen_bool(0.5) {
+        ParityMode::Auto
+    } else {
+        ParityMode::Fixed {
+            data: rng.gen_range(1..=32),
+            parity: rng.gen_range(0..=8),
+        }
+    };
+    let file_size = match rng.gen_range(0..10) {
+        0 => rng.gen_range(0..3),
+        1..=7 => rng.gen_range(1..200_000),
+        _ => rng.gen_range(200_000..600_000),
+    };
+    let chunk_size = rng.gen_range(8_000..200_000u64);
+    let chunks = (file_size as u64).div_ceil(chunk_size) as u32;
+    let mut fwd = random_link(&mut rng);
+    let mut back = if rng.gen_bool(0.5) {
+        fwd.clone()
+    } else {
+        random_link(&mut rng)
+    };
+    // A link whose outages outlast everything would be a test of patience, not of the protocol.
+    fwd.outages.truncate(1);
+    back.outages.truncate(1);
+    Scenario {
+        seed,
+        file_size,
+        chunk_size,
+        shard_size,
+        parity,
+        fwd,
+        back,
+        address_change: rng
+            .gen_bool(0.15)
+            .then(|| Duration::from_millis(rng.gen_range(0..3000))),
+        skip_chunks: if chunks > 1 && rng.gen_bool(0.2) {
+            (0..chunks).filter(|_| rng.gen_bool(0.4)).collect()
+        } else {
+            Vec::new()
+        },
+        fail_chunk_once: (chunks > 0 && rng.gen_bool(0.1)).then(|| rng.gen_range(0..chunks)),
+        max_rate: rng
+            .gen_bool(0.1)
+            .then(|| rng.gen_range(100_000..20_000_000)),
+    }
+}
+
+fn check(s: &Scenario) {
+    if let Err(e) = run(s) {
+        panic!("seed {} failed: {e}\nscenario: {s:#?}", s.seed);
+    }
+}
+
+#[test]
+fn regressions() {
+    for &seed in REGRESSIONS {
+        check(&random_scenario(seed));
+    }
+}
+
+#[test]
+fn a_thousand_seeded_scenarios() {
+    let n: u64 = std::env::var("DCSP_SIM_SEEDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let mut failures = Vec::new();
+    for seed in 0..n {
+        let s = random_scenario(seed);
+        if let Err(e) = run(&s) {
+            failures.push(format!("seed {seed}: {e}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {n} scenarios failed (add their seeds to REGRESSIONS once fixed):\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+fn base(seed: u64) -> Scenario {
+    Scenario {
+        seed,
+        file_size: 3_000_000,
+        chunk_size: 1 << 20,
+        shard_size: 1200,
+        parity: ParityMode::Auto,
+        fwd: LinkCfg {
+            rate: Some(12_500_000.0),
+            queue_bytes: 1_250_000,
+            delay: Duration::from_millis(50),
+            ..LinkCfg::default()
+        },
+        back: LinkCfg {
+            delay: Duration::from_millis(50),
+            ..LinkCfg::default()
+        },
+        address_change: None,
+        skip_chunks: Vec::new(),
+        fail_chunk_once: None,
+        max_rate: None,
+    }
+}
+
+#[test]
+fn clean_link_sends_no_parity_and_little_else() {
+    let s = base(1);
+    let o = run(&s).unwrap();
+    assert_eq!(o.fec_recovered, 0);
+    let data_packets = 3_000_000u64.div_ceil(1200);
+    assert!(o.packets < data_packets + data_packets / 50, "{o:?}");
+}
+
+#[test]
+fn five_percent_loss_is_repaired_mostly_by_parity() {
+    let mut s = base(2);
+    s.fwd.loss = 0.05;
+    let o = run(&s).unwrap();
+    assert!(o.fec_recovered > 0, "{o:?}");
+}
+
+#[test]
+fn corrupted_and_replayed_packets_are_dropped_and_counted() {
+    let mut s = base(3);
+    s.fwd.corrupt = 0.02;
+    s.fwd.replay = 0.01;
+    let o = run(&s).unwrap();
+    assert!(o.corrupted > 0 && o.dropped >= o.corrupted, "{o:?}");
+}
+
+#[test]
+fn an_outage_pauses_and_the_transfer_goes_on() {
+    let mut s = base(4);
+    s.fwd.outages = vec![(Duration::from_millis(500), Duration::from_millis(3500))];
+    s.back.outages = s.fwd.outages.clone();
+    let o = run(&s).unwrap();
+    assert!(o.virtual_time > Duration::from_secs(3), "{o:?}");
+}
+
+#[test]
+fn the_receiver_follows_an_address_change() {
+    let mut s = base(5);
+    s.address_change = Some(Duration::from_millis(300));
+    let o = run(&s).unwrap();
+    assert_eq!(o.path_changes, 1, "{o:?}");
+}
+
+#[test]
+fn a_chunk_that_fails_its_hash_is_sent_again() {
+    let mut s = base(6);
+    s.fail_chunk_once = Some(1);
+    run(&s).unwrap();
+}
+
+#[test]
+fn fixed_ten_plus_three_survives_burst_loss() {
+    let mut s = base(7);
+    s.parity = ParityMode::Fixed {
+        data: 10,
+        parity: 3,
+    };
+    s.fwd.burst = Some((0.01, 0.2, 1.0));
+    let o = run(&s).unwrap();
+    assert!(o.fec_recovered > 0, "{o:?}");
+}
+
+/// The emulator's profiles, one direction each way, in virtual time: goodput against the payload capacity and
+/// bytes on the wire against the file. Deterministic, so loose floors catch regressions of the controller.
+#[test]
+fn profile_efficiency() {
+    struct P {
+        name: &'static str,
+        rate_mbit: f64,
+        one_way_ms: u64,
+        loss: f64,
+        jitter_ms: u64,
+        burst: Option<(f64, f64, f64)>,
+    }
+    let profiles = [
+        P {
+            name: "wan",
+            rate_mbit: 200.0,
+            one_way_ms: 50,
+            loss: 0.01,
+            jitter_ms: 0,
+            burst: None,
+        },
+        P {
+            name: "lossy",
+            rate_mbit: 100.0,
+            one_way_ms: 100,
+            loss: 0.05,
+            jitter_ms: 10,
+            burst: None,
+        },
+        P {
+            name: "sat",
+            rate_mbit: 50.0,
+            one_way_ms: 300,
+            loss: 0.02,
+            jitter_ms: 0,
+            burst: None,
+        },
+        P {
+            name: "burst",
+            rate_mbit: 100.0,
+            one_way_ms: 40,
+            loss: 0.0,
+            jitter_ms: 0,
+            burst: Some((0.00617, 0.2, 1.0)),
+        },
+    ];
+    let mut report = String::new();
+    for p in profiles {
+        let rate = p.rate_mbit * 1e6 / 8.0;
+        let link = LinkCfg {
+            rate: Some(rate),
+            queue_bytes: (rate * 0.1) as usize,
+            delay: Duration::from_millis(p.one_way_ms),
+            jitter: Duration::from_millis(p.jitter_ms),
+            loss: p.loss,
+            burst: p.burst,
+            ..LinkCfg::default()
+        };
+        let size = 48 << 20;
+        let s = Scenario {
+            seed: 11,
+            file_size: size,
+            chunk_size: 8 << 20,
+            shard_size: 1432,
+            parity: ParityMode::Auto,
+            fwd: link.clone(),
+            back: LinkCfg { rate: None, ..link },
+            address_change: None,
+            skip_chunks: Vec::new(),
+            fail_chunk_once: None,
+            max_rate: None,
+        };
+        let o = run(&s).unwrap();
+        let loss = p.loss + p.burst.map_or(0.0, |(a, b, _)| a / (a + b));
+        let capacity = rate * (1.0 - loss);
+        let goodput = size as f64 / o.virtual_time.as_secs_f64();
+        let wire = o.bytes as f64 / size as f64;
+        report += &format!(
+            "{}: goodput {:.2} MB/s = {:.1}% of capacity; wire {:.3}x (target {:.3}x); {} repairs, {} FEC blocks\n",
+            p.name,
+            goodput / 1e6,
+            100.0 * goodput / capacity,
+            wire,
+            1.0 + loss + 0.05,
+            o.retransmitted,
+            o.fec_recovered
+        );
+    }
+    println!("{report}");
+}
