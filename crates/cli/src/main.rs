@@ -2,6 +2,8 @@
 //! protocol (`trackshift-proto`), the disk (`trackshift-storage`) and the network (`trackshift-transport`).
 //! This is the only crate that uses `anyhow`-style error handling at the edge and prints to the terminal.
 
+mod dcsp_recv;
+mod dcsp_send;
 mod failure;
 mod output;
 mod pool;
@@ -107,9 +109,12 @@ struct TransferArgs {
     /// The shared secret the receiver printed (or was started with)
     #[arg(long, env = "TRACKSHIFT_SECRET", hide_env_values = true)]
     secret: Option<String>,
-    /// Data path: udp (DCSP) or tcp
-    #[arg(long, value_enum, default_value = "tcp")]
-    protocol: Protocol,
+    /// Data path: udp (DCSP) or tcp [default: udp, falling back to tcp if UDP gets no answer]
+    #[arg(long, value_enum)]
+    protocol: Option<Protocol>,
+    /// Forward error correction (UDP): auto (from the measured loss) or K+M data+parity shards, e.g. 10+3
+    #[arg(long, default_value = "auto", value_parser = trackshift_dcsp::ParityMode::parse, value_name = "auto|K+M")]
+    parity: trackshift_dcsp::ParityMode,
     /// Parallel streams (UDP data plane)
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     streams: u16,
@@ -223,15 +228,6 @@ fn setup(common: &Common) -> (Reporter, PathBuf) {
     )
 }
 
-fn check_protocol(t: &TransferArgs) -> Result<(), Failure> {
-    if t.protocol == Protocol::Udp {
-        return Err(Failure::usage(
-            "--protocol udp is not yet available in this build: use --protocol tcp (the default)",
-        ));
-    }
-    Ok(())
-}
-
 fn send_options(
     t: TransferArgs,
     path: PathBuf,
@@ -252,6 +248,12 @@ fn send_options(
         retry_for: t.retry_for,
         connect_timeout: t.connect_timeout,
         resume_id: None,
+        protocol: match t.protocol {
+            Some(Protocol::Tcp) => send::DataPath::Tcp,
+            Some(Protocol::Udp) => send::DataPath::Udp { explicit: true },
+            None => send::DataPath::Udp { explicit: false },
+        },
+        parity: t.parity,
     }
 }
 
@@ -259,7 +261,6 @@ fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Send(a) => {
             let (mut reporter, state_dir) = setup(&a.common);
-            check_protocol(&a.transfer)?;
             let opts = send_options(
                 a.transfer,
                 a.path,
@@ -275,7 +276,6 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Resume(a) => {
             let (mut reporter, state_dir) = setup(&a.common);
-            check_protocol(&a.transfer)?;
             let store = trackshift_storage::SessionStore::open(
                 &trackshift_storage::StateDir::open(&state_dir)?,
             )?;

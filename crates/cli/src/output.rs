@@ -108,6 +108,13 @@ impl Reporter {
         }
     }
 
+    /// Live data-plane figures next to the bar (rate, loss, RTT, parity).
+    pub fn bar_message(&self, m: &str) {
+        if let Some(bar) = &self.bar {
+            bar.set_message(format!("sending · {m}"));
+        }
+    }
+
     pub fn progress_finish(&mut self) {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();

@@ -25,8 +25,8 @@ use trackshift_storage::{
     SessionState, SessionStore, StateDir, StorageError, DIRECT_IO_ALIGN,
 };
 use trackshift_transport::{
-    authenticate_server, exporter_of, server_config, tune_accepted, FrameReader, FrameWriter,
-    Identity, TlsAcceptor, TransportError,
+    authenticate_server, dcsp_secret_of, exporter_of, server_config, tune_accepted, FrameReader,
+    FrameWriter, Identity, TlsAcceptor, TransportError,
 };
 
 use crate::failure::{exit, Failure};
@@ -52,19 +52,21 @@ pub struct ReceiveOptions {
     pub once: bool,
 }
 
-struct Ctx {
-    store: Arc<SessionStore>,
+pub(crate) struct Ctx {
+    pub(crate) store: Arc<SessionStore>,
+    /// DCSP's UDP socket on the listening port (None if it could not be bound).
+    pub(crate) udp: Option<crate::dcsp_recv::UdpPlane>,
     output_dir: PathBuf,
     secret: String,
     acceptor: TlsAcceptor,
-    reporter: Reporter,
+    pub(crate) reporter: Reporter,
     /// Sessions being received, each with a way to ask its connection to step aside.
     busy: Mutex<HashMap<SessionId, Arc<Notify>>>,
 }
 
 /// How one connection ended, for `--once`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ConnOutcome {
+pub(crate) enum ConnOutcome {
     Completed,
     /// A definite failure with this exit code.
     Failed(i32),
@@ -131,6 +133,15 @@ async fn serve(opts: ReceiveOptions, reporter: Reporter) -> Result<(), Failure> 
     let local = listener
         .local_addr()
         .map_err(|e| Failure::failed(e.to_string()))?;
+    let udp = match crate::dcsp_recv::UdpPlane::start(local) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            reporter.info(&format!(
+                "cannot listen on UDP {local} ({e}): only --protocol tcp senders can be served"
+            ));
+            None
+        }
+    };
     let fingerprint = identity.fingerprint();
     reporter.event(json!({
         "event": "listening", "addr": local.to_string(), "fingerprint": fingerprint,
@@ -138,7 +149,8 @@ async fn serve(opts: ReceiveOptions, reporter: Reporter) -> Result<(), Failure> 
         "secret": if generated || opts.secret.is_none() { Some(secret.clone()) } else { None },
     }));
     reporter.info(&format!(
-        "listening on {local} (TCP), certificate {fingerprint}"
+        "listening on {local} ({}), certificate {fingerprint}",
+        if udp.is_some() { "TCP and UDP" } else { "TCP" }
     ));
     if opts.secret.is_none() {
         reporter.info(&format!(
@@ -147,6 +159,7 @@ async fn serve(opts: ReceiveOptions, reporter: Reporter) -> Result<(), Failure> 
     }
     let ctx = Arc::new(Ctx {
         store: Arc::new(store),
+        udp,
         output_dir: opts.output_dir.clone(),
         secret,
         acceptor: TlsAcceptor::from(config),
@@ -247,7 +260,7 @@ async fn claim_session(ctx: &Ctx, id: SessionId) -> Result<BusyGuard<'_>, (Error
     }
 }
 
-fn storage_code(e: &StorageError) -> ErrorCode {
+pub(crate) fn storage_code(e: &StorageError) -> ErrorCode {
     if e.is_no_space() {
         ErrorCode::NoSpace
     } else if e.is_permission() {
@@ -300,10 +313,13 @@ async fn handle_conn(ctx: &Ctx, tcp: TcpStream, peer: SocketAddr) -> ConnOutcome
         }
         Err(_) => return ConnOutcome::Dropped,
     }
+    let Ok(dcsp_secret) = dcsp_secret_of(tls.get_ref().1) else {
+        return ConnOutcome::Dropped;
+    };
     let (rd, wr) = split(tls);
     let reader = FrameReader::new(rd);
     let mut writer = FrameWriter::new(wr);
-    match receive_session(ctx, reader, &mut writer, peer).await {
+    match receive_session(ctx, reader, &mut writer, peer, dcsp_secret).await {
         Ok(outcome) => outcome,
         Err((code, message)) => {
             ctx.reporter
@@ -324,8 +340,8 @@ async fn handle_conn(ctx: &Ctx, tcp: TcpStream, peer: SocketAddr) -> ConnOutcome
     }
 }
 
-type RecvReader = FrameReader<tokio::io::ReadHalf<trackshift_transport::ServerTls>>;
-type RecvWriter = FrameWriter<tokio::io::WriteHalf<trackshift_transport::ServerTls>>;
+pub(crate) type RecvReader = FrameReader<tokio::io::ReadHalf<trackshift_transport::ServerTls>>;
+pub(crate) type RecvWriter = FrameWriter<tokio::io::WriteHalf<trackshift_transport::ServerTls>>;
 
 /// Serves one offer. `Err` carries what to tell the sender.
 async fn receive_session(
@@ -333,6 +349,7 @@ async fn receive_session(
     mut reader: RecvReader,
     writer: &mut RecvWriter,
     peer: SocketAddr,
+    dcsp_secret: [u8; 32],
 ) -> Result<ConnOutcome, (ErrorCode, String)> {
     let proto = |e: TransportError| (ErrorCode::Protocol, e.to_string());
     let offer = tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.next()).await;
@@ -466,9 +483,70 @@ async fn receive_session(
     }));
 
     let started = Instant::now();
+    let frame_pool = BufPool::new(DATA_PIECE + 64);
+    // The first frame says which data path the sender chose: DCSP over UDP, or frames on this connection.
+    let mut first = frame_pool.get();
+    let first_type =
+        match tokio::time::timeout(SENDER_SILENCE, reader.next_into(first.data_mut())).await {
+            Ok(Ok(t)) => t,
+            Ok(Err(TransportError::Closed)) | Err(_) => {
+                return Ok(conclude(
+                    ctx,
+                    &record,
+                    peer,
+                    started,
+                    Ok((ConnOutcome::Dropped, None)),
+                    0,
+                    None,
+                ))
+            }
+            Ok(Err(e)) => return Err(proto(e)),
+        };
+    if first_type == trackshift_proto::frame::ty::UDP_START {
+        let Ok(Frame::UdpStart {
+            conn_id,
+            shard_size,
+            data_shards,
+            dcsp_version,
+        }) = Frame::decode(first_type, &first)
+        else {
+            return Err((ErrorCode::Protocol, "malformed UdpStart".into()));
+        };
+        drop(first);
+        let start = crate::dcsp_recv::UdpStart {
+            conn_id,
+            shard_size,
+            data_shards,
+            dcsp_version,
+            dcsp_secret,
+        };
+        let job = crate::dcsp_recv::UdpWriterJob {
+            id,
+            conn_id,
+            plan,
+            part,
+            map,
+            output_dir: output_dir.clone(),
+            name: name.clone(),
+            plane: match &ctx.udp {
+                Some(p) => p.clone(),
+                None => {
+                    return Err((
+                        ErrorCode::Protocol,
+                        "this receiver has no UDP socket (see its log); use --protocol tcp".into(),
+                    ))
+                }
+            },
+        };
+        let (outcome, bytes_now, stats) =
+            crate::dcsp_recv::serve_session(ctx, job, start, reader, writer, &guard.cancel).await;
+        return Ok(conclude(
+            ctx, &record, peer, started, outcome, bytes_now, stats,
+        ));
+    }
     let (frame_tx, frame_rx) = mpsc::channel::<(u8, PooledBuf)>(WORKER_QUEUE);
     let (event_tx, mut event_rx) = mpsc::unbounded_channel::<WorkerEvent>();
-    let frame_pool = BufPool::new(DATA_PIECE + 64);
+    let _ = frame_tx.try_send((first_type, first));
     let job = WorkerJob {
         id,
         plan,
@@ -565,8 +643,29 @@ async fn receive_session(
         }
     }
     reader_task.abort();
+    Ok(conclude(
+        ctx, &record, peer, started, outcome, bytes_now, None,
+    ))
+}
+
+/// Records how a session ended on this connection and reports it (summary, or an interruption).
+pub(crate) fn conclude(
+    ctx: &Ctx,
+    record: &IncomingSession,
+    peer: SocketAddr,
+    started: Instant,
+    outcome: Result<SessionEnd, ErrorReply>,
+    bytes_now: u64,
+    udp: Option<trackshift_dcsp::ReceiverStats>,
+) -> ConnOutcome {
+    let (id, name, size) = (record.id, record.file_name.clone(), record.size);
     let seconds = started.elapsed().as_secs_f64();
-    let mut record = ctx.store.incoming(&id).ok().flatten().unwrap_or(record);
+    let mut record = ctx
+        .store
+        .incoming(&id)
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| record.clone());
     let (ok, sha_hex, final_path) = match &outcome {
         Ok((ConnOutcome::Completed, Some((path, sha)))) => {
             (true, Some(hex::encode(sha)), Some(path.clone()))
@@ -587,9 +686,15 @@ async fn receive_session(
         ctx.reporter.event(json!({
             "event": "summary", "session_id": id.to_hex(), "file": name, "bytes": size, "seconds": seconds,
             "goodput_mbps": if seconds > 0.0 { bytes_now as f64 * 8.0 / seconds / 1e6 } else { 0.0 },
-            "protocol": "tcp", "sha256": sha_hex, "ok": ok, "final_path": final_path, "peer": peer.to_string(),
-            "bytes_received": bytes_now,
+            "protocol": if udp.is_some() { "udp" } else { "tcp" }, "sha256": sha_hex, "ok": ok,
+            "final_path": final_path, "peer": peer.to_string(), "bytes_received": bytes_now,
             "error": outcome.as_ref().err().map(|(_, m)| m.clone()),
+            "packets_received": udp.as_ref().map(|u| u.packets_received),
+            "fec_recovered": udp.as_ref().map(|u| u.fec_recovered),
+            "packets_dropped": udp.as_ref().map(|u| u.dropped()),
+            "packets_unauthentic": udp.as_ref().map(|u| u.dropped_unauthentic),
+            "packets_replayed": udp.as_ref().map(|u| u.dropped_replayed + u.dropped_stale),
+            "path_changes": udp.as_ref().map(|u| u.path_changes),
         }));
     } else {
         ctx.reporter.event(json!({"event": "interrupted", "session_id": id.to_hex(), "file": name, "peer": peer.to_string()}));
@@ -602,17 +707,17 @@ async fn receive_session(
             .info(&format!("received {name} → {path} in {seconds:.1}s"));
     }
     match outcome {
-        Ok((o, _)) => Ok(o),
+        Ok((o, _)) => o,
         Err((code, message)) => {
             ctx.reporter
                 .info(&format!("transfer from {peer} failed: {message}"));
-            Ok(ConnOutcome::Failed(exit_code_for(code)))
+            ConnOutcome::Failed(exit_code_for(code))
         }
     }
 }
 
 /// How a session ended on this connection, with the final path and SHA-256 when it completed.
-type SessionEnd = (ConnOutcome, Option<(String, [u8; 32])>);
+pub(crate) type SessionEnd = (ConnOutcome, Option<(String, [u8; 32])>);
 
 /// What the worker thread needs for one transfer.
 struct WorkerJob {
@@ -625,7 +730,7 @@ struct WorkerJob {
 }
 
 /// What the worker tells the connection task.
-enum WorkerEvent {
+pub(crate) enum WorkerEvent {
     ChunkDone { index: u32, ok: bool, len: u64 },
     FileDone { sha: [u8; 32], final_path: PathBuf },
     FileMismatch { sha: [u8; 32] },
@@ -649,7 +754,7 @@ fn spawn_worker(
 }
 
 /// Reads `[from, to)` of the partial file into the whole-file hasher.
-fn hash_from_disk(
+pub(crate) fn hash_from_disk(
     part: &PartialFile,
     hasher: &mut OrderedFileHasher,
     to: u64,
@@ -766,34 +871,62 @@ fn worker(
                     ));
                 }
                 committer.finish()?;
-                let mut file_hasher = file_hasher.finish()?;
+                let file_hasher = file_hasher.finish()?;
                 let part = Arc::try_unwrap(part)
                     .map_err(|_| (ErrorCode::Internal, "partial file still shared".to_owned()))?;
-                hash_from_disk(&part, &mut file_hasher, plan.file_size()).map_err(store_err)?;
-                let sha = std::mem::take(&mut file_hasher).finish();
-                if sha != expected {
-                    // Every chunk verified yet the whole does not: the partial data cannot be trusted.
-                    let _ = part.remove();
-                    let _ = store.remove_incoming(&id);
-                    let _ = events.send(WorkerEvent::FileMismatch { sha });
-                    return Ok(());
-                }
-                let final_path = part.finalize(&output_dir, &name).map_err(store_err)?;
-                if let Some(mut rec) = store.incoming(&id).map_err(store_err)? {
-                    rec.state = SessionState::Completed;
-                    rec.final_path = Some(final_path.clone());
-                    rec.sha256_hex = Some(hex::encode(sha));
-                    rec.updated_unix = unix_now();
-                    rec.error = None;
-                    store.put_incoming(&rec).map_err(store_err)?;
-                }
-                let _ = events.send(WorkerEvent::FileDone { sha, final_path });
-                return Ok(());
+                return finish_file(
+                    part,
+                    file_hasher,
+                    plan,
+                    expected,
+                    &store,
+                    id,
+                    &output_dir,
+                    &name,
+                    events,
+                );
             }
             Incoming::Nothing => {}
         }
     }
     committer.finish()
+}
+
+/// Every chunk verified and durable: hashes what the whole-file hash still lacks from disk, compares, and puts
+/// the file in place (or discards the session if the whole does not match).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn finish_file(
+    part: PartialFile,
+    mut file_hasher: OrderedFileHasher,
+    plan: ChunkPlan,
+    expected: [u8; 32],
+    store: &SessionStore,
+    id: SessionId,
+    output_dir: &std::path::Path,
+    name: &str,
+    events: &mpsc::UnboundedSender<WorkerEvent>,
+) -> Result<(), ErrorReply> {
+    let store_err = |e: StorageError| (storage_code(&e), e.to_string());
+    hash_from_disk(&part, &mut file_hasher, plan.file_size()).map_err(store_err)?;
+    let sha = file_hasher.finish();
+    if sha != expected {
+        // Every chunk verified yet the whole does not: the partial data cannot be trusted.
+        let _ = part.remove();
+        let _ = store.remove_incoming(&id);
+        let _ = events.send(WorkerEvent::FileMismatch { sha });
+        return Ok(());
+    }
+    let final_path = part.finalize(output_dir, name).map_err(store_err)?;
+    if let Some(mut rec) = store.incoming(&id).map_err(store_err)? {
+        rec.state = SessionState::Completed;
+        rec.final_path = Some(final_path.clone());
+        rec.sha256_hex = Some(hex::encode(sha));
+        rec.updated_unix = unix_now();
+        rec.error = None;
+        store.put_incoming(&rec).map_err(store_err)?;
+    }
+    let _ = events.send(WorkerEvent::FileDone { sha, final_path });
+    Ok(())
 }
 
 /// What the worker asks of the whole-file hashing thread, in file order.
@@ -851,17 +984,17 @@ impl FileHashWorker {
     }
 }
 
-type ErrorReply = (ErrorCode, String);
+pub(crate) type ErrorReply = (ErrorCode, String);
 
 /// Makes verified chunks durable off the worker's path, so writing and hashing the next chunk overlaps the
 /// previous chunk's fdatasync: data synced first, then the store's mark, then the sender is told.
-struct Committer {
+pub(crate) struct Committer {
     tx: Option<std::sync::mpsc::Sender<(u32, [u8; 32], u64)>>,
     handle: Option<std::thread::JoinHandle<Result<(), ErrorReply>>>,
 }
 
 impl Committer {
-    fn start(
+    pub(crate) fn start(
         part: Arc<PartialFile>,
         store: Arc<SessionStore>,
         id: SessionId,
@@ -903,7 +1036,7 @@ impl Committer {
     }
 
     /// Queues a verified chunk; fails with the commit thread's error if it has stopped.
-    fn commit(&mut self, index: u32, sha: [u8; 32], len: u64) -> Result<(), ErrorReply> {
+    pub(crate) fn commit(&mut self, index: u32, sha: [u8; 32], len: u64) -> Result<(), ErrorReply> {
         match &self.tx {
             Some(tx) if tx.send((index, sha, len)).is_ok() => Ok(()),
             _ => self
@@ -913,7 +1046,7 @@ impl Committer {
     }
 
     /// Waits until every queued chunk is durable and recorded.
-    fn finish(&mut self) -> Result<(), ErrorReply> {
+    pub(crate) fn finish(&mut self) -> Result<(), ErrorReply> {
         self.tx = None;
         match self.handle.take() {
             Some(h) => h

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::json;
 use tokio::io::split;
 use tokio::sync::mpsc;
+use trackshift_dcsp::fec::ParityMode;
 use trackshift_proto::compress::{CompressMode, PieceCompressor};
 use trackshift_proto::frame::{verified_entries, DATA_PIECE};
 use trackshift_proto::hashing::Hasher;
@@ -19,8 +20,8 @@ use trackshift_proto::{
 };
 use trackshift_storage::{KnownReceivers, OutgoingSession, SessionState, SessionStore, StateDir};
 use trackshift_transport::{
-    authenticate_client, connect, exporter_of, normalize_fingerprint, Backoff, FrameReader,
-    FrameWriter, TransportError,
+    authenticate_client, connect, dcsp_secret_of, exporter_of, normalize_fingerprint, Backoff,
+    FrameReader, FrameWriter, TransportError,
 };
 
 use crate::failure::{exit, Failure};
@@ -51,6 +52,27 @@ pub struct SendOptions {
     pub retry_for: Duration,
     pub connect_timeout: Duration,
     pub resume_id: Option<SessionId>,
+    pub protocol: DataPath,
+    pub parity: ParityMode,
+}
+
+/// Which data path carries the file's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataPath {
+    Tcp,
+    /// DCSP over UDP; `explicit` when the user asked for it (no fallback to TCP then).
+    Udp {
+        explicit: bool,
+    },
+}
+
+impl DataPath {
+    fn name(self) -> &'static str {
+        match self {
+            DataPath::Tcp => "tcp",
+            DataPath::Udp { .. } => "udp",
+        }
+    }
 }
 
 /// Counters for the summary.
@@ -66,6 +88,9 @@ struct Stats {
     compressed_chunks: u32,
     connections: u32,
     accepted_once: bool,
+    /// The data plane's counters (DCSP), summed over connections.
+    udp: Option<trackshift_dcsp::SenderStats>,
+    udp_totals: (u64, u64),
 }
 
 /// Why one connection's attempt ended.
@@ -76,6 +101,8 @@ enum AttemptError {
     SourceChanged(u32),
     /// Final.
     Fatal(Failure),
+    /// UDP got no answer (or the receiver cannot do DCSP): try TCP instead, if allowed.
+    NoUdp(String),
 }
 
 impl From<TransportError> for AttemptError {
@@ -155,7 +182,7 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-async fn send(opts: SendOptions, reporter: &mut Reporter) -> Result<(), Failure> {
+async fn send(mut opts: SendOptions, reporter: &mut Reporter) -> Result<(), Failure> {
     let source = open_source(&opts.path)?;
     let plan =
         ChunkPlan::new(source.size, opts.chunk_size).map_err(|e| Failure::usage(e.to_string()))?;
@@ -213,7 +240,7 @@ async fn send(opts: SendOptions, reporter: &mut Reporter) -> Result<(), Failure>
                 mtime_ns: i128::from(source.mtime_ns),
                 chunk_size: opts.chunk_size,
                 chunk_count: plan.chunk_count(),
-                protocol: "tcp".into(),
+                protocol: opts.protocol.name().into(),
                 compress: compress_name.into(),
                 state: SessionState::Active,
                 created_unix: unix_now(),
@@ -230,7 +257,7 @@ async fn send(opts: SendOptions, reporter: &mut Reporter) -> Result<(), Failure>
 
     reporter.event(json!({
         "event": "start", "session_id": record.id.to_hex(), "file": source.name, "bytes": source.size,
-        "to": opts.to, "protocol": "tcp", "chunk_size": opts.chunk_size, "chunks": plan.chunk_count(),
+        "to": opts.to, "protocol": opts.protocol.name(), "chunk_size": opts.chunk_size, "chunks": plan.chunk_count(),
     }));
     let started = Instant::now();
     let mut stats = Stats::default();
@@ -304,6 +331,19 @@ async fn send(opts: SendOptions, reporter: &mut Reporter) -> Result<(), Failure>
         {
             Ok(done) => break Ok(done),
             Err(AttemptError::Fatal(f)) => break Err(f),
+            Err(AttemptError::NoUdp(why)) => match opts.protocol {
+                DataPath::Udp { explicit: false } => {
+                    reporter.info(&format!("{why}; falling back to TCP"));
+                    reporter.event(json!({"event": "fallback", "protocol": "tcp", "reason": why}));
+                    opts.protocol = DataPath::Tcp;
+                    continue;
+                }
+                _ => {
+                    break Err(Failure::failed(format!(
+                        "{why} (--protocol udp was given; use --protocol tcp)"
+                    )))
+                }
+            },
             Err(AttemptError::SourceChanged(index)) => {
                 reporter.info(&format!(
                     "chunk {index} of {} differs from what the receiver verified earlier: starting a fresh session",
@@ -369,9 +409,16 @@ async fn send(opts: SendOptions, reporter: &mut Reporter) -> Result<(), Failure>
         "bytes": source.size,
         "seconds": seconds,
         "goodput_mbps": if seconds > 0.0 { sent_bytes as f64 * 8.0 / seconds / 1e6 } else { 0.0 },
-        "protocol": "tcp",
+        "protocol": opts.protocol.name(),
         "sha256": sha_hex,
         "ok": ok,
+        "packets_sent": stats.udp.as_ref().map(|u| u.packets_sent + stats.udp_totals.0),
+        "packets_retransmitted": stats.udp.as_ref().map(|u| u.packets_retransmitted + stats.udp_totals.1),
+        "fec_recovered": stats.udp.as_ref().map(|u| u.fec_recovered),
+        "loss_pct": stats.udp.as_ref().map(|u| u.loss * 100.0),
+        "rtt_ms": stats.udp.as_ref().map(|u| u.srtt.unwrap_or_default().as_secs_f64() * 1e3),
+        "parity": stats.udp.as_ref().map(|u| format!("{}+{}", u.data_shards, u.parity)),
+        "rate_mbps": stats.udp.as_ref().map(|u| u.rate as f64 * 8.0 / 1e6),
         "chunks_total": plan.chunk_count(),
         "chunks_sent": stats.chunks_sent,
         "chunks_resent": stats.chunks_resent,
@@ -568,6 +615,13 @@ async fn transfer_once(
     progress_started: &mut bool,
 ) -> Result<(String, [u8; 32]), AttemptError> {
     let mut last_saved = Instant::now();
+    let dcsp_secret = dcsp_secret_of(tls.get_ref().1)?;
+    let peer_addr = tls.get_ref().0.peer_addr().map_err(|e| {
+        AttemptError::Transient(TransportError::Io {
+            context: "the receiver's address".into(),
+            source: e,
+        })
+    })?;
     let (rd, wr) = split(tls);
     let mut reader = FrameReader::new(rd);
     let mut writer = FrameWriter::new(wr);
@@ -636,6 +690,17 @@ async fn transfer_once(
         *progress_started = true;
     }
     reporter.event(json!({"event": "accepted", "chunks_verified": transfer.chunks_skipped, "bytes_verified": base}));
+    if let DataPath::Udp { .. } = opts.protocol {
+        let link = UdpLink {
+            peer: peer_addr,
+            dcsp_secret,
+        };
+        return udp_stream(
+            link, reader, writer, transfer, source, plan, record, store, opts, reporter, stats,
+            started, base,
+        )
+        .await;
+    }
 
     let (read_tx, mut read_rx) = mpsc::channel(READ_AHEAD);
     let (resend_tx, resend_rx) = std_mpsc::channel();
@@ -822,4 +887,231 @@ fn peer_error(code: ErrorCode, message: &str) -> AttemptError {
     } else {
         AttemptError::Fatal(e.into())
     }
+}
+
+/// Where DCSP goes and the secret its keys derive from (both from the control connection).
+struct UdpLink {
+    peer: std::net::SocketAddr,
+    dcsp_secret: [u8; 32],
+}
+
+/// Streams the chunks the receiver lacks over DCSP, with chunk hashes and verdicts on the control channel.
+#[allow(clippy::too_many_arguments)]
+async fn udp_stream(
+    link: UdpLink,
+    mut reader: FrameReader<tokio::io::ReadHalf<trackshift_transport::ClientTls>>,
+    mut writer: FrameWriter<tokio::io::WriteHalf<trackshift_transport::ClientTls>>,
+    mut transfer: OutgoingTransfer,
+    source: &Source,
+    plan: ChunkPlan,
+    record: &OutgoingSession,
+    store: &SessionStore,
+    opts: &SendOptions,
+    reporter: &mut Reporter,
+    stats: &mut Stats,
+    started: Instant,
+    base: u64,
+) -> Result<(String, [u8; 32]), AttemptError> {
+    use crate::dcsp_send::{reader_thread, shard_size_for, DataPlane, PlaneFailure, ReadEvent};
+    let fatal = |m: String| AttemptError::Fatal(Failure::failed(m));
+    let conn_id: u64 = rand::random();
+    let shard_size = shard_size_for(link.peer);
+    let data_shards = opts.parity.data_shards();
+    let geometry = trackshift_dcsp::BlockGeometry::new(
+        plan.file_size(),
+        plan.chunk_size(),
+        shard_size,
+        data_shards,
+    )
+    .map_err(|e| fatal(e.to_string()))?;
+    writer
+        .send(&Frame::UdpStart {
+            conn_id,
+            shard_size,
+            data_shards,
+            dcsp_version: trackshift_dcsp::VERSION,
+        })
+        .await?;
+    writer.flush().await?;
+    let port = match tokio::time::timeout(Duration::from_secs(30), reader.next()).await {
+        Ok(Ok(Frame::UdpReady { port })) => port,
+        Ok(Ok(Frame::Error { message, .. })) => {
+            return Err(AttemptError::NoUdp(format!(
+                "the receiver cannot take DCSP: {message}"
+            )))
+        }
+        Ok(Ok(f)) => {
+            return Err(fatal(format!(
+                "receiver sent {} instead of UdpReady",
+                f.name()
+            )))
+        }
+        Ok(Err(e)) => return Err(e.into()),
+        Err(_) => {
+            return Err(AttemptError::Transient(TransportError::Timeout(
+                "waiting for the receiver's UDP port",
+            )))
+        }
+    };
+    let udp_peer = std::net::SocketAddr::new(link.peer.ip(), port);
+    let (block_tx, block_rx) = std_mpsc::sync_channel(16);
+    let (fail_tx, mut fail_rx) = mpsc::unbounded_channel();
+    let mut plane = DataPlane::start(
+        udp_peer,
+        conn_id,
+        &link.dcsp_secret,
+        geometry,
+        opts.parity,
+        opts.max_rate,
+        block_rx,
+        fail_tx,
+    )
+    .map_err(|e| fatal(format!("cannot open a UDP socket: {e}")))?;
+    let (ev_tx, mut ev_rx) = mpsc::channel(64);
+    let (resend_tx, resend_rx) = std_mpsc::channel();
+    let file = source
+        .file
+        .try_clone()
+        .map_err(|e| AttemptError::Fatal(Failure::usage(format!("source file: {e}"))))?;
+    let first_pass = transfer.first_pass();
+    let reader_handle = std::thread::Builder::new()
+        .name("trackshift-read".into())
+        .spawn(move || reader_thread(file, plan, geometry, first_pass, block_tx, ev_tx, resend_rx))
+        .map_err(|e| fatal(format!("cannot start reader thread: {e}")))?;
+    let (peer_tx, mut peer_rx) = mpsc::channel::<Result<(u8, Vec<u8>), TransportError>>(16);
+    let peer_task = tokio::spawn(async move {
+        loop {
+            let mut buf = Vec::new();
+            let r = reader.next_into(&mut buf).await.map(|t| (t, buf));
+            let stop = r.is_err();
+            if peer_tx.send(r).await.is_err() || stop {
+                break;
+            }
+        }
+    });
+    let mut file_hash: Option<[u8; 32]> = None;
+    let mut file_end_sent = false;
+    let mut reader_done = false;
+    let mut last_saved = Instant::now();
+    let mut last_keepalive = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut ticks = 0u64;
+    let outcome = loop {
+        if !file_end_sent && transfer.is_complete() {
+            if let Some(sha) = file_hash {
+                writer.send(&Frame::FileEnd { sha256: sha }).await?;
+                writer.flush().await?;
+                file_end_sent = true;
+            }
+        }
+        tokio::select! {
+            biased;
+            msg = peer_rx.recv() => {
+                let (frame_type, body) = msg.unwrap_or(Err(TransportError::Closed))?;
+                match Frame::decode(frame_type, &body).map_err(TransportError::from)? {
+                    Frame::ChunkDone { index, ok } => {
+                        transfer.on_chunk_done(index, ok).map_err(|e| fatal(format!("receiver: {e}")))?;
+                        if !ok {
+                            reporter.info(&format!("chunk {index} failed verification at the receiver; sending it again"));
+                            let _ = resend_tx.send(index);
+                            stats.chunks_resent += 1;
+                        }
+                        stats.bytes_confirmed = transfer.bytes_verified();
+                        if last_saved.elapsed() >= PROGRESS_SAVE_EVERY {
+                            last_saved = Instant::now();
+                            let mut progress = record.clone();
+                            progress.bytes_confirmed = stats.bytes_confirmed;
+                            progress.updated_unix = unix_now();
+                            let _ = store.put_outgoing(&progress);
+                        }
+                        reporter.progress(stats.bytes_confirmed, source.size, started, base);
+                    }
+                    Frame::FileDone { ok, sha256, final_name } => {
+                        if !ok {
+                            break Err(fatal(format!(
+                                "the receiver's whole-file SHA-256 {} does not match; the session was discarded, re-run to send again",
+                                hex::encode(sha256)
+                            )));
+                        }
+                        match file_hash {
+                            Some(ours) if ours == sha256 => break Ok((final_name.to_owned(), sha256)),
+                            _ => break Err(fatal("receiver confirmed a different SHA-256 than the source's".into())),
+                        }
+                    }
+                    Frame::Error { code, message } => break Err(peer_error(code, message)),
+                    Frame::KeepAlive => {}
+                    f => break Err(fatal(format!("receiver sent an unexpected {} frame", f.name()))),
+                }
+            }
+            ev = ev_rx.recv(), if !reader_done => match ev {
+                Some(ReadEvent::ChunkHash(index, sha256)) => {
+                    writer.send(&Frame::ChunkHash { index, sha256 }).await?;
+                    writer.flush().await?;
+                    transfer.on_sent(index);
+                    stats.chunks_sent += 1;
+                }
+                Some(ReadEvent::Checked(index, sha)) => {
+                    if transfer.check_skipped(index, sha).is_err() {
+                        break Err(AttemptError::SourceChanged(index));
+                    }
+                }
+                Some(ReadEvent::FileHash(sha)) => file_hash = Some(sha),
+                Some(ReadEvent::Failed(e)) => break Err(AttemptError::Fatal(Failure::usage(e))),
+                None => reader_done = true,
+            },
+            failure = fail_rx.recv() => match failure {
+                Some(PlaneFailure::NoAnswer) => break Err(AttemptError::NoUdp(format!(
+                    "no UDP answer from {udp_peer} within {} s (is UDP blocked on the way?)",
+                    crate::dcsp_send::UDP_PROBE.as_secs()
+                ))),
+                Some(PlaneFailure::Silent) => break Err(AttemptError::Transient(TransportError::Timeout("waiting for the receiver's UDP acknowledgements"))),
+                Some(PlaneFailure::Fatal(e)) => break Err(fatal(format!("DCSP: {e}"))),
+                None => {}
+            },
+            _ = tick.tick() => {
+                let u = plane.stats();
+                let acked = (u.blocks_acked * geometry.block_bytes()).min(source.size.saturating_sub(base));
+                reporter.bar_position(base + acked);
+                reporter.bar_message(&format!(
+                    "{:.0} Mbit/s, loss {:.1}%, rtt {:.0} ms, parity {}+{}",
+                    u.rate as f64 * 8.0 / 1e6,
+                    u.loss * 100.0,
+                    u.srtt.unwrap_or_default().as_secs_f64() * 1e3,
+                    u.data_shards,
+                    u.parity
+                ));
+                ticks += 1;
+                if ticks % 4 == 0 {
+                    reporter.event(json!({
+                        "event": "dcsp", "rate_mbps": u.rate as f64 * 8.0 / 1e6, "loss_pct": u.loss * 100.0,
+                        "rtt_ms": u.srtt.unwrap_or_default().as_secs_f64() * 1e3,
+                        "parity": format!("{}+{}", u.data_shards, u.parity), "packets_sent": u.packets_sent,
+                        "packets_retransmitted": u.packets_retransmitted, "fec_recovered": u.fec_recovered,
+                        "phase": u.phase,
+                    }));
+                }
+                if last_keepalive.elapsed() >= Duration::from_secs(5) {
+                    last_keepalive = Instant::now();
+                    writer.send(&Frame::KeepAlive).await?;
+                    writer.flush().await?;
+                }
+            }
+        }
+    };
+    plane.stop();
+    let u = plane.stats();
+    if let Some(prev) = stats.udp.take() {
+        stats.udp_totals.0 += prev.packets_sent;
+        stats.udp_totals.1 += prev.packets_retransmitted;
+    }
+    stats.bytes_on_wire += u.bytes_sent;
+    stats.udp = Some(u);
+    peer_task.abort();
+    drop(ev_rx);
+    drop(resend_tx);
+    let _ = tokio::task::block_in_place(|| reader_handle.join());
+    if outcome.is_ok() {
+        let _ = writer.shutdown().await;
+    }
+    outcome
 }

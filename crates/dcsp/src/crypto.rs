@@ -2,8 +2,8 @@
 //! replay window.
 //!
 //! Keys come from the control channel: both sides export 32 bytes from their TLS 1.3 session (label
-//! `EXPORTER-trackshift-dcsp-v1`, the connection id as context), then HKDF-SHA256 expands them into a key and a
-//! 12-byte IV per direction. The nonce of a packet is the IV XOR its 48-bit packet number, so a key never sees
+//! `EXPORTER-trackshift-dcsp-v1`), then HKDF-SHA256 expands them, with the DCSP connection id in the info,
+//! into a key and a 12-byte IV per direction. The nonce of a packet is the IV XOR its 48-bit packet number, so a key never sees
 //! the same nonce twice as long as packet numbers do not repeat (they never do: a connection that would run
 //! out of them gets new keys through a new control connection).
 
@@ -51,9 +51,10 @@ impl hkdf::KeyType for Len {
 }
 
 impl PacketKey {
-    fn derive(prk: &hkdf::Prk, label: &'static [u8]) -> Self {
-        let info_key = [label, b" key"];
-        let info_iv = [label, b" iv"];
+    fn derive(prk: &hkdf::Prk, label: &'static [u8], conn_id: u64) -> Self {
+        let id = conn_id.to_be_bytes();
+        let info_key = [label, b" key", &id];
+        let info_iv = [label, b" iv", &id];
         // Expanding 32 or 12 bytes from SHA-256 never fails (the limit is 255 * 32 bytes).
         let okm = prk
             .expand(&info_key, &AES_256_GCM)
@@ -113,11 +114,12 @@ pub struct DirectionKeys {
 }
 
 impl DirectionKeys {
-    /// Derives both directions from the TLS exporter value; `role` picks which one this end seals with.
-    pub fn derive(exporter_secret: &[u8], role: Role) -> Self {
+    /// Derives both directions of DCSP connection `conn_id` from the TLS exporter value; `role` picks which
+    /// one this end seals with.
+    pub fn derive(exporter_secret: &[u8], conn_id: u64, role: Role) -> Self {
         let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, HKDF_SALT).extract(exporter_secret);
-        let s2r = PacketKey::derive(&prk, b"sender to receiver");
-        let r2s = PacketKey::derive(&prk, b"receiver to sender");
+        let s2r = PacketKey::derive(&prk, b"sender to receiver", conn_id);
+        let r2s = PacketKey::derive(&prk, b"receiver to sender", conn_id);
         match role {
             Role::Sender => Self {
                 seal: s2r,
@@ -218,7 +220,7 @@ impl ReplayWindow {
 /// Keys from a fixed, public secret: for tests, the simulator and fuzzing only.
 #[doc(hidden)]
 pub fn test_keys(role: Role) -> DirectionKeys {
-    DirectionKeys::derive(&[7u8; EXPORTER_LEN], role)
+    DirectionKeys::derive(&[7u8; EXPORTER_LEN], 0, role)
 }
 
 #[cfg(test)]

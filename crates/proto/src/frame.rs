@@ -138,6 +138,19 @@ pub enum Frame<'a> {
     Error { code: ErrorCode, message: &'a str },
     /// Nothing; keeps an idle connection's NAT bindings and liveness checks fresh.
     KeepAlive,
+    /// Sender → receiver, after the verified list: file bytes will travel over DCSP (UDP) on connection
+    /// `conn_id`, in shards of `shard_size` bytes, `data_shards` original shards per block, speaking DCSP
+    /// wire version `dcsp_version`.
+    UdpStart {
+        conn_id: u64,
+        shard_size: u32,
+        data_shards: u8,
+        dcsp_version: u8,
+    },
+    /// Receiver → sender: DCSP is ready on UDP port `port` of the address the sender connected to.
+    UdpReady { port: u16 },
+    /// Sender → receiver (DCSP only): the SHA-256 of chunk `index`'s original bytes.
+    ChunkHash { index: u32, sha256: [u8; 32] },
 }
 
 /// A frame that could not be decoded.
@@ -157,7 +170,8 @@ pub enum WireError {
     Malformed(&'static str),
 }
 
-mod ty {
+/// Frame type bytes (see PROTOCOL.md).
+pub mod ty {
     pub const HELLO: u8 = 0x01;
     pub const PAKE: u8 = 0x02;
     pub const CONFIRM: u8 = 0x03;
@@ -172,6 +186,9 @@ mod ty {
     pub const FILE_DONE: u8 = 0x31;
     pub const ERROR: u8 = 0x7e;
     pub const KEEPALIVE: u8 = 0x7f;
+    pub const UDP_START: u8 = 0x40;
+    pub const UDP_READY: u8 = 0x41;
+    pub const CHUNK_HASH: u8 = 0x24;
 }
 
 /// Reads the frame header: returns the body length (after the type byte) and the type.
@@ -219,6 +236,9 @@ impl<'a> Frame<'a> {
             Frame::FileDone { .. } => "FileDone",
             Frame::Error { .. } => "Error",
             Frame::KeepAlive => "KeepAlive",
+            Frame::UdpStart { .. } => "UdpStart",
+            Frame::UdpReady { .. } => "UdpReady",
+            Frame::ChunkHash { .. } => "ChunkHash",
         }
     }
 
@@ -305,6 +325,27 @@ impl<'a> Frame<'a> {
                 ty::ERROR
             }
             Frame::KeepAlive => ty::KEEPALIVE,
+            Frame::UdpStart {
+                conn_id,
+                shard_size,
+                data_shards,
+                dcsp_version,
+            } => {
+                out.extend_from_slice(&conn_id.to_be_bytes());
+                out.extend_from_slice(&shard_size.to_be_bytes());
+                out.push(*data_shards);
+                out.push(*dcsp_version);
+                ty::UDP_START
+            }
+            Frame::UdpReady { port } => {
+                out.extend_from_slice(&port.to_be_bytes());
+                ty::UDP_READY
+            }
+            Frame::ChunkHash { index, sha256 } => {
+                out.extend_from_slice(&index.to_be_bytes());
+                out.extend_from_slice(sha256);
+                ty::CHUNK_HASH
+            }
         };
         let len = (out.len() - start - 4) as u32;
         out[start..start + 4].copy_from_slice(&len.to_be_bytes());
@@ -416,6 +457,26 @@ impl<'a> Frame<'a> {
                 }
             }
             ty::KEEPALIVE => Frame::KeepAlive,
+            ty::UDP_START => {
+                r.what = "UdpStart";
+                Frame::UdpStart {
+                    conn_id: r.u64()?,
+                    shard_size: r.u32()?,
+                    data_shards: r.u8()?,
+                    dcsp_version: r.u8()?,
+                }
+            }
+            ty::UDP_READY => {
+                r.what = "UdpReady";
+                Frame::UdpReady { port: r.u16()? }
+            }
+            ty::CHUNK_HASH => {
+                r.what = "ChunkHash";
+                Frame::ChunkHash {
+                    index: r.u32()?,
+                    sha256: r.array()?,
+                }
+            }
             other => return Err(WireError::UnknownType(other)),
         };
         if !r.buf.is_empty() {
@@ -593,6 +654,17 @@ mod tests {
                 message: "disk full",
             },
             Frame::KeepAlive,
+            Frame::UdpStart {
+                conn_id: 77,
+                shard_size: 1432,
+                data_shards: 64,
+                dcsp_version: 1,
+            },
+            Frame::UdpReady { port: 4433 },
+            Frame::ChunkHash {
+                index: 3,
+                sha256: [6; 32],
+            },
         ] {
             round_trip(&f);
         }

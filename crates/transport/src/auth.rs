@@ -179,6 +179,13 @@ pub fn exporter_of<D>(conn: &rustls::ConnectionCommon<D>) -> Result<[u8; 32], Tr
     Ok(conn.export_keying_material([0u8; 32], EXPORTER_LABEL, None)?)
 }
 
+/// The secret this control connection's DCSP keys are derived from (see `trackshift_dcsp::crypto`, which
+/// mixes in the DCSP connection id): both ends export it from the same TLS session, so it never crosses the
+/// network.
+pub fn dcsp_secret_of<D>(conn: &rustls::ConnectionCommon<D>) -> Result<[u8; 32], TransportError> {
+    Ok(conn.export_keying_material([0u8; 32], b"EXPORTER-trackshift-dcsp-v1", None)?)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

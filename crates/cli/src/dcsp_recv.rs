@@ -1,0 +1,587 @@
+//! The receiver's DCSP driver: one UDP socket on the listening port, one thread that feeds every session's
+//! `DcspReceiver` (routing datagrams by connection id) and sends their ACKs, and one writer thread per
+//! session that writes blocks at their offsets, verifies each chunk against the hash the sender sent on the
+//! control channel, and finishes the file exactly as the TCP path does.
+
+use std::collections::HashMap;
+use std::io::ErrorKind;
+use std::net::SocketAddr;
+use std::sync::mpsc::{self as std_mpsc, RecvTimeoutError, TryRecvError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, Notify};
+use trackshift_dcsp::packet::peek_conn_id;
+use trackshift_dcsp::{
+    BlockGeometry, DcspReceiver, DirectionKeys, ReceiverConfig, ReceiverEvent, ReceiverStats, Role,
+};
+use trackshift_proto::frame::DATA_PIECE;
+use trackshift_proto::hashing::{Hasher, OrderedFileHasher};
+use trackshift_proto::{ChunkMap, ChunkPlan, ErrorCode, Frame, SessionId};
+use trackshift_storage::{PartialFile, SessionStore, StorageError};
+use trackshift_transport::{RecvBatch, TransportError, UdpEndpoint};
+
+use crate::receive::{
+    finish_file, hash_from_disk, storage_code, Committer, ConnOutcome, Ctx, ErrorReply, RecvReader,
+    RecvWriter, SessionEnd, WorkerEvent,
+};
+
+/// Longest the plane thread sleeps before looking at its commands again.
+const IDLE_WAIT: Duration = Duration::from_millis(5);
+/// Complete blocks queued between the plane thread and a session's writer (each at most a few hundred KiB).
+const BLOCK_QUEUE: usize = 256;
+/// Most bytes a session may hold in incomplete blocks.
+const MAX_ASSEMBLY_BYTES: usize = 96 * 1024 * 1024;
+
+/// What the control side asks of the plane thread.
+enum PlaneCmd {
+    Register {
+        conn_id: u64,
+        receiver: Box<DcspReceiver>,
+        writer: std_mpsc::SyncSender<WriterMsg>,
+        stats: Arc<Mutex<ReceiverStats>>,
+    },
+    Unregister(u64),
+    ResetChunk(u64, u32),
+}
+
+/// The receiver's UDP socket and its thread. Cloning shares them.
+#[derive(Clone, Debug)]
+pub struct UdpPlane {
+    tx: std_mpsc::Sender<PlaneCmdBox>,
+    port: u16,
+}
+
+/// `PlaneCmd` holds a `DcspReceiver`, which is large; boxing keeps the channel's slots small.
+struct PlaneCmdBox(PlaneCmd);
+
+impl std::fmt::Debug for PlaneCmdBox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PlaneCmd")
+    }
+}
+
+impl UdpPlane {
+    /// Binds UDP on `addr` (the control channel's address and port) and starts the plane thread.
+    pub fn start(addr: SocketAddr) -> std::io::Result<Self> {
+        let endpoint = UdpEndpoint::bind(addr, false)?;
+        let port = endpoint.local_addr()?.port();
+        let (tx, rx) = std_mpsc::channel();
+        std::thread::Builder::new()
+            .name("trackshift-dcsp-recv".into())
+            .spawn(move || plane_thread(endpoint, rx))?;
+        Ok(Self { tx, port })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    fn send(&self, cmd: PlaneCmd) {
+        let _ = self.tx.send(PlaneCmdBox(cmd));
+    }
+
+    pub fn register(
+        &self,
+        conn_id: u64,
+        receiver: DcspReceiver,
+        writer: std_mpsc::SyncSender<WriterMsg>,
+        stats: Arc<Mutex<ReceiverStats>>,
+    ) {
+        self.send(PlaneCmd::Register {
+            conn_id,
+            receiver: Box::new(receiver),
+            writer,
+            stats,
+        });
+    }
+
+    pub fn unregister(&self, conn_id: u64) {
+        self.send(PlaneCmd::Unregister(conn_id));
+    }
+
+    pub fn reset_chunk(&self, conn_id: u64, chunk: u32) {
+        self.send(PlaneCmd::ResetChunk(conn_id, chunk));
+    }
+}
+
+struct Session {
+    receiver: Box<DcspReceiver>,
+    writer: std_mpsc::SyncSender<WriterMsg>,
+    stats: Arc<Mutex<ReceiverStats>>,
+    writer_gone: bool,
+}
+
+fn plane_thread(mut endpoint: UdpEndpoint, cmds: std_mpsc::Receiver<PlaneCmdBox>) {
+    let mut sessions: HashMap<u64, Session> = HashMap::new();
+    let mut batch = RecvBatch::new();
+    let mut scratch = Vec::with_capacity(65536);
+    let mut out = Vec::with_capacity(2048);
+    let mut unknown = 0u64;
+    let mut last_stats = Instant::now();
+    loop {
+        loop {
+            match cmds.try_recv() {
+                Ok(PlaneCmdBox(PlaneCmd::Register {
+                    conn_id,
+                    receiver,
+                    writer,
+                    stats,
+                })) => {
+                    sessions.insert(
+                        conn_id,
+                        Session {
+                            receiver,
+                            writer,
+                            stats,
+                            writer_gone: false,
+                        },
+                    );
+                }
+                Ok(PlaneCmdBox(PlaneCmd::Unregister(id))) => {
+                    if let Some(s) = sessions.remove(&id) {
+                        *lock(&s.stats) = s.receiver.stats().clone();
+                    }
+                }
+                Ok(PlaneCmdBox(PlaneCmd::ResetChunk(id, chunk))) => {
+                    if let Some(s) = sessions.get_mut(&id) {
+                        s.receiver.reset_chunk(chunk);
+                    }
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => return,
+            }
+        }
+        // Everything waiting on the socket.
+        loop {
+            match endpoint.recv_batch(&mut batch) {
+                Ok(_) => {
+                    let now = Instant::now();
+                    for (from, datagram) in batch.iter() {
+                        let Some(s) = peek_conn_id(datagram).and_then(|id| sessions.get_mut(&id))
+                        else {
+                            unknown += 1;
+                            continue;
+                        };
+                        scratch.clear();
+                        scratch.extend_from_slice(datagram);
+                        s.receiver.handle_datagram(now, from, &mut scratch);
+                        drain_events(s);
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    tracing::debug!("UDP receive error: {e}");
+                    break;
+                }
+            }
+        }
+        let now = Instant::now();
+        let mut next: Option<Instant> = None;
+        for s in sessions.values_mut() {
+            while let Some(t) = s.receiver.poll_transmit(now, &mut out) {
+                if let Err(e) = endpoint.send_batch(t.destination, &out, out.len()) {
+                    tracing::debug!("UDP send to {} failed: {e}", t.destination);
+                }
+            }
+            if let Some(t) = s.receiver.poll_timeout() {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+        }
+        if now.duration_since(last_stats) >= Duration::from_millis(200) {
+            last_stats = now;
+            for s in sessions.values() {
+                *lock(&s.stats) = s.receiver.stats().clone();
+            }
+            if unknown > 0 {
+                tracing::debug!("{unknown} datagrams for unknown DCSP connections dropped");
+            }
+        }
+        let wait = next
+            .map(|t| t.saturating_duration_since(Instant::now()))
+            .unwrap_or(IDLE_WAIT)
+            .min(IDLE_WAIT);
+        if !wait.is_zero() {
+            let _ = endpoint.wait_readable(Some(wait));
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn drain_events(s: &mut Session) {
+    while let Some(ev) = s.receiver.poll_event() {
+        match ev {
+            ReceiverEvent::Block {
+                chunk,
+                offset,
+                data,
+                ..
+            } => {
+                if !s.writer_gone
+                    && s.writer
+                        .send(WriterMsg::Block {
+                            chunk,
+                            offset,
+                            data,
+                        })
+                        .is_err()
+                {
+                    s.writer_gone = true;
+                }
+            }
+            ReceiverEvent::PathChanged { from, to } => match from {
+                Some(from) => tracing::info!("DCSP sender moved from {from} to {to}"),
+                None => tracing::debug!("DCSP sender at {to}"),
+            },
+        }
+    }
+}
+
+/// What a session's writer thread is told.
+#[derive(Debug)]
+pub enum WriterMsg {
+    /// A complete block from the plane thread.
+    Block {
+        chunk: u32,
+        offset: u64,
+        data: Vec<u8>,
+    },
+    /// From the control channel: the expected hash of a chunk.
+    ChunkHash(u32, [u8; 32]),
+    /// From the control channel: the sender is done; the whole file's hash.
+    FileEnd([u8; 32]),
+}
+
+/// What the writer thread needs for one UDP transfer.
+pub struct UdpWriterJob {
+    pub id: SessionId,
+    pub conn_id: u64,
+    pub plan: ChunkPlan,
+    pub part: PartialFile,
+    pub map: ChunkMap,
+    pub output_dir: std::path::PathBuf,
+    pub name: String,
+    pub plane: UdpPlane,
+}
+
+/// The writer's queue: the plane thread and the control task both send to it.
+pub fn writer_channel() -> (
+    std_mpsc::SyncSender<WriterMsg>,
+    std_mpsc::Receiver<WriterMsg>,
+) {
+    std_mpsc::sync_channel(BLOCK_QUEUE)
+}
+
+pub fn spawn_writer(
+    job: UdpWriterJob,
+    store: Arc<SessionStore>,
+    msgs: std_mpsc::Receiver<WriterMsg>,
+    events: mpsc::UnboundedSender<WorkerEvent>,
+) -> Result<std::thread::JoinHandle<()>, String> {
+    std::thread::Builder::new()
+        .name("trackshift-dcsp-write".into())
+        .spawn(move || {
+            if let Err((code, message)) = writer(job, store, msgs, &events) {
+                let _ = events.send(WorkerEvent::Fatal { code, message });
+            }
+        })
+        .map_err(|e| format!("cannot start the writer thread: {e}"))
+}
+
+/// Writes blocks, verifies chunks once all their bytes and their hash are in, and finishes the file.
+fn writer(
+    job: UdpWriterJob,
+    store: Arc<SessionStore>,
+    msgs: std_mpsc::Receiver<WriterMsg>,
+    events: &mpsc::UnboundedSender<WorkerEvent>,
+) -> Result<(), ErrorReply> {
+    let UdpWriterJob {
+        id,
+        conn_id,
+        plan,
+        part,
+        mut map,
+        output_dir,
+        name,
+        plane,
+    } = job;
+    let store_err = |e: StorageError| (storage_code(&e), e.to_string());
+    let part = Arc::new(part);
+    let mut committer = Committer::start(part.clone(), store.clone(), id, events.clone())?;
+    let mut file_hasher = OrderedFileHasher::new();
+    catch_up(&part, &mut file_hasher, &plan, &map).map_err(store_err)?;
+    let mut received: HashMap<u32, u64> = HashMap::new();
+    let mut expected: HashMap<u32, [u8; 32]> = HashMap::new();
+    let mut buf = vec![0u8; DATA_PIECE];
+    loop {
+        let msg = match msgs.recv_timeout(Duration::from_secs(1)) {
+            Ok(m) => m,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        let chunk = match msg {
+            WriterMsg::Block {
+                chunk,
+                offset,
+                data,
+            } => {
+                if map.get(chunk) || !plan.contains(chunk) {
+                    continue;
+                }
+                part.write_at(offset, &data).map_err(store_err)?;
+                *received.entry(chunk).or_default() += data.len() as u64;
+                chunk
+            }
+            WriterMsg::ChunkHash(index, sha) => {
+                if !plan.contains(index) {
+                    return Err((
+                        ErrorCode::Protocol,
+                        format!("hash for chunk {index}, which does not exist"),
+                    ));
+                }
+                expected.insert(index, sha);
+                index
+            }
+            WriterMsg::FileEnd(sha) => {
+                if !map.is_complete() {
+                    return Err((
+                        ErrorCode::Protocol,
+                        "sender ended the file with chunks still missing".into(),
+                    ));
+                }
+                committer.finish()?;
+                let part = Arc::try_unwrap(part)
+                    .map_err(|_| (ErrorCode::Internal, "partial file still shared".to_owned()))?;
+                return finish_file(
+                    part,
+                    file_hasher,
+                    plan,
+                    sha,
+                    &store,
+                    id,
+                    &output_dir,
+                    &name,
+                    events,
+                );
+            }
+        };
+        // Verify once every byte and the hash are in.
+        let complete = received.get(&chunk).copied() == Some(plan.len(chunk));
+        let Some(want) = expected.get(&chunk).copied().filter(|_| complete) else {
+            continue;
+        };
+        let (start, len) = (plan.offset(chunk), plan.len(chunk));
+        let mut h = Hasher::new();
+        file_hasher.begin_chunk(start);
+        let mut done = 0u64;
+        while done < len {
+            let n = (len - done).min(DATA_PIECE as u64) as usize;
+            part.read_at(start + done, &mut buf[..n])
+                .map_err(store_err)?;
+            h.update(&buf[..n]);
+            file_hasher.update(start + done, &buf[..n]);
+            done += n as u64;
+        }
+        let got = h.finish();
+        received.remove(&chunk);
+        expected.remove(&chunk);
+        if got == want {
+            file_hasher.chunk_verified();
+            map.insert(chunk);
+            committer.commit(chunk, got, len)?;
+            catch_up(&part, &mut file_hasher, &plan, &map).map_err(store_err)?;
+        } else {
+            file_hasher.chunk_failed();
+            tracing::warn!(
+                "chunk {chunk} of session {id} failed verification; asking for it again"
+            );
+            plane.reset_chunk(conn_id, chunk);
+            let _ = events.send(WorkerEvent::ChunkDone {
+                index: chunk,
+                ok: false,
+                len,
+            });
+        }
+    }
+    committer.finish()
+}
+
+/// Hashes verified chunks that follow the whole-file hash's position from disk (they verified out of order,
+/// or in an earlier run).
+fn catch_up(
+    part: &PartialFile,
+    hasher: &mut OrderedFileHasher,
+    plan: &ChunkPlan,
+    map: &ChunkMap,
+) -> Result<(), StorageError> {
+    loop {
+        let pos = hasher.position();
+        if pos >= plan.file_size() {
+            return Ok(());
+        }
+        let index = (pos / plan.chunk_size()) as u32;
+        if !map.get(index) || plan.offset(index) != pos {
+            return Ok(());
+        }
+        hash_from_disk(part, hasher, pos + plan.len(index))?;
+    }
+}
+
+/// The sender's `UdpStart`, with the secret this control connection's DCSP keys derive from.
+#[derive(Debug)]
+pub struct UdpStart {
+    pub conn_id: u64,
+    pub shard_size: u32,
+    pub data_shards: u8,
+    pub dcsp_version: u8,
+    pub dcsp_secret: [u8; 32],
+}
+
+/// Serves one transfer whose bytes come over DCSP: registers it with the UDP plane, starts its writer, and
+/// relays between the control channel (chunk hashes in, chunk and file verdicts out) and the writer.
+pub async fn serve_session(
+    ctx: &Ctx,
+    job: UdpWriterJob,
+    start: UdpStart,
+    mut reader: RecvReader,
+    writer: &mut RecvWriter,
+    cancel: &Notify,
+) -> (Result<SessionEnd, ErrorReply>, u64, Option<ReceiverStats>) {
+    let stats = Arc::new(Mutex::new(ReceiverStats::default()));
+    let conn_id = start.conn_id;
+    let plane = job.plane.clone();
+    let setup = || -> Result<DcspReceiver, ErrorReply> {
+        if start.dcsp_version != trackshift_dcsp::VERSION {
+            return Err((
+                ErrorCode::Version,
+                format!(
+                    "DCSP version {} is not supported by this receiver (it speaks {}): upgrade one side or use --protocol tcp",
+                    start.dcsp_version,
+                    trackshift_dcsp::VERSION
+                ),
+            ));
+        }
+        let geometry = BlockGeometry::new(
+            job.plan.file_size(),
+            job.plan.chunk_size(),
+            start.shard_size,
+            start.data_shards,
+        )
+        .map_err(|e| (ErrorCode::Protocol, e.to_string()))?;
+        let skip_chunks = (0..job.plan.chunk_count())
+            .filter(|c| job.map.get(*c))
+            .collect();
+        Ok(DcspReceiver::new(
+            ReceiverConfig {
+                conn_id,
+                keys: DirectionKeys::derive(&start.dcsp_secret, conn_id, Role::Receiver),
+                geometry,
+                skip_chunks,
+                max_assembly_bytes: MAX_ASSEMBLY_BYTES,
+            },
+            Instant::now(),
+        ))
+    };
+    let receiver = match setup() {
+        Ok(r) => r,
+        Err(e) => return (Err(e), 0, None),
+    };
+    let (wtx, wrx) = writer_channel();
+    plane.register(conn_id, receiver, wtx.clone(), stats.clone());
+    let (event_tx, mut event_rx) = mpsc::unbounded_channel::<WorkerEvent>();
+    let name = job.name.clone();
+    let handle = match spawn_writer(job, ctx.store.clone(), wrx, event_tx) {
+        Ok(h) => h,
+        Err(e) => {
+            plane.unregister(conn_id);
+            return (Err((ErrorCode::Internal, e)), 0, None);
+        }
+    };
+    let proto = |e: TransportError| (ErrorCode::Protocol, e.to_string());
+    let mut bytes_now = 0u64;
+    let outcome: Result<SessionEnd, ErrorReply> = async {
+        writer
+            .send(&Frame::UdpReady { port: plane.port() })
+            .await
+            .map_err(proto)?;
+        writer.flush().await.map_err(proto)?;
+        // Frames from the sender through a task of their own (reading a frame is not cancel-safe).
+        let (peer_tx, mut peer_rx) = mpsc::channel::<Result<(u8, Vec<u8>), TransportError>>(16);
+        let reader_task = tokio::spawn(async move {
+            loop {
+                let mut buf = Vec::new();
+                let r = reader.next_into(&mut buf).await.map(|t| (t, buf));
+                let stop = r.is_err();
+                if peer_tx.send(r).await.is_err() || stop {
+                    break;
+                }
+            }
+        });
+        let to_writer = |msg: WriterMsg| {
+            // The writer's queue is short; waiting for room here is the back-pressure we want.
+            tokio::task::block_in_place(|| wtx.send(msg))
+                .map_err(|_| (ErrorCode::Internal, "the writer thread stopped".to_owned()))
+        };
+        let result = loop {
+            tokio::select! {
+                biased;
+                ev = event_rx.recv() => match ev {
+                    Some(WorkerEvent::ChunkDone { index, ok, len }) => {
+                        if ok { bytes_now += len; }
+                        writer.send(&Frame::ChunkDone { index, ok }).await.map_err(proto)?;
+                        writer.flush().await.map_err(proto)?;
+                    }
+                    Some(WorkerEvent::FileDone { sha, final_path }) => {
+                        let final_name = final_path.file_name().and_then(|n| n.to_str()).unwrap_or(&name).to_owned();
+                        let _ = writer.send(&Frame::FileDone { ok: true, sha256: sha, final_name: &final_name }).await;
+                        let _ = writer.flush().await;
+                        break Ok((ConnOutcome::Completed, Some((final_path.display().to_string(), sha))));
+                    }
+                    Some(WorkerEvent::FileMismatch { sha }) => {
+                        let _ = writer.send(&Frame::FileDone { ok: false, sha256: sha, final_name: &name }).await;
+                        let _ = writer.flush().await;
+                        break Ok((ConnOutcome::Failed(crate::failure::exit::FAILED), None));
+                    }
+                    Some(WorkerEvent::Fatal { code, message }) => break Err((code, message)),
+                    None => break Ok((ConnOutcome::Dropped, None)),
+                },
+                msg = peer_rx.recv() => {
+                    let (t, body) = match msg {
+                        Some(Ok(m)) => m,
+                        Some(Err(TransportError::Wire(e))) => break Err((ErrorCode::Protocol, e.to_string())),
+                        _ => break Ok((ConnOutcome::Dropped, None)),
+                    };
+                    match Frame::decode(t, &body).map_err(|e| (ErrorCode::Protocol, e.to_string()))? {
+                        Frame::ChunkHash { index, sha256 } => to_writer(WriterMsg::ChunkHash(index, sha256))?,
+                        Frame::FileEnd { sha256 } => to_writer(WriterMsg::FileEnd(sha256))?,
+                        Frame::KeepAlive => {}
+                        Frame::Error { message, .. } => break Err((ErrorCode::Protocol, format!("sender: {message}"))),
+                        f => break Err((ErrorCode::Protocol, format!("unexpected {} frame during a DCSP transfer", f.name()))),
+                    }
+                }
+                _ = cancel.notified() => break Ok((ConnOutcome::Dropped, None)),
+            }
+        };
+        reader_task.abort();
+        result
+    }
+    .await;
+    plane.unregister(conn_id);
+    drop(wtx);
+    let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+    if let Err((code, message)) = &outcome {
+        let _ = writer
+            .send(&Frame::Error {
+                code: *code,
+                message,
+            })
+            .await;
+        let _ = writer.flush().await;
+        let _ = writer.shutdown().await;
+    }
+    let final_stats = lock(&stats).clone();
+    (outcome, bytes_now, Some(final_stats))
+}
