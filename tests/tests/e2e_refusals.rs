@@ -132,13 +132,15 @@ fn bad_input_is_refused_with_exit_2() {
         assert_eq!(out.code, 1, "--chunk-size {good_edge}: {out:#?}");
     }
 
-    let udp = run(
-        "sender",
-        send_command(&src, &to, &ss, Some(SECRET), &["--protocol", "udp"]),
-        SHORT_TIMEOUT,
-    );
-    assert_eq!(udp.code, 2, "{udp:#?}");
-    assert_one_line(&udp, "not yet available");
+    for parity in ["0+3", "10+300", "lots"] {
+        let out = run(
+            "sender",
+            send_command(&src, &to, &ss, Some(SECRET), &["--parity", parity]),
+            SHORT_TIMEOUT,
+        );
+        assert_eq!(out.code, 2, "--parity {parity}: {out:#?}");
+        assert!(out.stderr.contains("--parity"), "{out:#?}");
+    }
 
     let rate = run(
         "sender",

@@ -1081,7 +1081,7 @@ async fn udp_stream(
                     u.parity
                 ));
                 ticks += 1;
-                if ticks % 4 == 0 {
+                if ticks.is_multiple_of(4) {
                     reporter.event(json!({
                         "event": "dcsp", "rate_mbps": u.rate as f64 * 8.0 / 1e6, "loss_pct": u.loss * 100.0,
                         "rtt_ms": u.srtt.unwrap_or_default().as_secs_f64() * 1e3,
