@@ -759,47 +759,12 @@ async fn transfer_once(
             msg = peer_rx.recv() => {
                 last_heard = Instant::now();
                 let (frame_type, body) = msg.unwrap_or(Err(TransportError::Closed))?;
-                match Frame::decode(frame_type, &body).map_err(TransportError::from)? {
-                    Frame::ChunkDone { index, ok } => {
-                        transfer.on_chunk_done(index, ok).map_err(|e| AttemptError::Fatal(Failure::failed(format!("receiver: {e}"))))?;
-                        if !ok {
-                            reporter.info(&format!("chunk {index} failed verification at the receiver; sending it again"));
-                            let _ = resend_tx.send(index);
-                            stats.chunks_resent += 1;
-                        }
-                        stats.bytes_confirmed = transfer.bytes_verified();
-                        if last_saved.elapsed() >= PROGRESS_SAVE_EVERY {
-                            // So `trackshift status` on the sender shows progress; the receiver's record is the
-                            // authoritative one, so a failure here only costs the display.
-                            last_saved = Instant::now();
-                            let mut progress = record.clone();
-                            progress.bytes_confirmed = stats.bytes_confirmed;
-                            progress.updated_unix = unix_now();
-                            let _ = store.put_outgoing(&progress);
-                        }
-                        reporter.progress(stats.bytes_confirmed, source.size, started, base);
-                    }
-                    Frame::FileDone { ok, sha256, final_name } => {
-                        if !ok {
-                            break Err(AttemptError::Fatal(Failure::failed(format!(
-                                "the receiver's whole-file SHA-256 {} does not match; the session was discarded, re-run to send again",
-                                hex::encode(sha256)
-                            ))));
-                        }
-                        match file_hash {
-                            Some(ours) if ours == sha256 => break Ok((final_name.to_owned(), sha256)),
-                            Some(_) => break Err(AttemptError::Fatal(Failure::failed("receiver confirmed a different SHA-256 than the source's"))),
-                            // Receiver had the whole file already (completed earlier): trust only a match.
-                            None => {
-                                let ours = hash_whole_file(&source.file, source.size).map_err(|e| AttemptError::Fatal(Failure::usage(e)))?;
-                                if ours == sha256 { break Ok((final_name.to_owned(), sha256)); }
-                                break Err(AttemptError::SourceChanged(0));
-                            }
-                        }
-                    }
-                    Frame::Error { code, message } => break Err(peer_error(code, message)),
-                    Frame::KeepAlive => {}
-                    f => break Err(AttemptError::Fatal(Failure::failed(format!("receiver sent an unexpected {} frame", f.name())))),
+                let frame = Frame::decode(frame_type, &body).map_err(TransportError::from)?;
+                let progress = Progress { record, store, started, base, last_saved: &mut last_saved };
+                match on_receiver_frame(frame, &mut transfer, &resend_tx, file_hash, source, progress, reporter, stats) {
+                    Ok(PeerSaid::Continue) => {}
+                    Ok(PeerSaid::Done(done)) => break Ok(done),
+                    Err(e) => break Err(e),
                 }
             }
             msg = read_rx.recv(), if !reader_done => {
@@ -1008,39 +973,12 @@ async fn udp_stream(
             biased;
             msg = peer_rx.recv() => {
                 let (frame_type, body) = msg.unwrap_or(Err(TransportError::Closed))?;
-                match Frame::decode(frame_type, &body).map_err(TransportError::from)? {
-                    Frame::ChunkDone { index, ok } => {
-                        transfer.on_chunk_done(index, ok).map_err(|e| fatal(format!("receiver: {e}")))?;
-                        if !ok {
-                            reporter.info(&format!("chunk {index} failed verification at the receiver; sending it again"));
-                            let _ = resend_tx.send(index);
-                            stats.chunks_resent += 1;
-                        }
-                        stats.bytes_confirmed = transfer.bytes_verified();
-                        if last_saved.elapsed() >= PROGRESS_SAVE_EVERY {
-                            last_saved = Instant::now();
-                            let mut progress = record.clone();
-                            progress.bytes_confirmed = stats.bytes_confirmed;
-                            progress.updated_unix = unix_now();
-                            let _ = store.put_outgoing(&progress);
-                        }
-                        reporter.progress(stats.bytes_confirmed, source.size, started, base);
-                    }
-                    Frame::FileDone { ok, sha256, final_name } => {
-                        if !ok {
-                            break Err(fatal(format!(
-                                "the receiver's whole-file SHA-256 {} does not match; the session was discarded, re-run to send again",
-                                hex::encode(sha256)
-                            )));
-                        }
-                        match file_hash {
-                            Some(ours) if ours == sha256 => break Ok((final_name.to_owned(), sha256)),
-                            _ => break Err(fatal("receiver confirmed a different SHA-256 than the source's".into())),
-                        }
-                    }
-                    Frame::Error { code, message } => break Err(peer_error(code, message)),
-                    Frame::KeepAlive => {}
-                    f => break Err(fatal(format!("receiver sent an unexpected {} frame", f.name()))),
+                let frame = Frame::decode(frame_type, &body).map_err(TransportError::from)?;
+                let progress = Progress { record, store, started, base, last_saved: &mut last_saved };
+                match on_receiver_frame(frame, &mut transfer, &resend_tx, file_hash, source, progress, reporter, stats) {
+                    Ok(PeerSaid::Continue) => {}
+                    Ok(PeerSaid::Done(done)) => break Ok(done),
+                    Err(e) => break Err(e),
                 }
             }
             ev = ev_rx.recv(), if !reader_done => match ev {
@@ -1114,4 +1052,96 @@ async fn udp_stream(
         let _ = writer.shutdown().await;
     }
     outcome
+}
+
+/// What the sender needs to record and show progress.
+struct Progress<'a> {
+    record: &'a OutgoingSession,
+    store: &'a SessionStore,
+    started: Instant,
+    base: u64,
+    last_saved: &'a mut Instant,
+}
+
+/// What a frame from the receiver means for the transfer.
+enum PeerSaid {
+    Continue,
+    /// The receiver confirmed the whole file: its final name and SHA-256.
+    Done((String, [u8; 32])),
+}
+
+/// Handles the receiver's verdicts (chunk done or failed, file done), its errors and keep-alives; shared by
+/// the TCP and DCSP paths.
+#[allow(clippy::too_many_arguments)]
+fn on_receiver_frame(
+    frame: Frame<'_>,
+    transfer: &mut OutgoingTransfer,
+    resend_tx: &std_mpsc::Sender<u32>,
+    file_hash: Option<[u8; 32]>,
+    source: &Source,
+    p: Progress<'_>,
+    reporter: &mut Reporter,
+    stats: &mut Stats,
+) -> Result<PeerSaid, AttemptError> {
+    let fatal = |m: String| AttemptError::Fatal(Failure::failed(m));
+    match frame {
+        Frame::ChunkDone { index, ok } => {
+            transfer
+                .on_chunk_done(index, ok)
+                .map_err(|e| fatal(format!("receiver: {e}")))?;
+            if !ok {
+                reporter.info(&format!(
+                    "chunk {index} failed verification at the receiver; sending it again"
+                ));
+                let _ = resend_tx.send(index);
+                stats.chunks_resent += 1;
+            }
+            stats.bytes_confirmed = transfer.bytes_verified();
+            if p.last_saved.elapsed() >= PROGRESS_SAVE_EVERY {
+                // So `trackshift status` on the sender shows progress; the receiver's record is the
+                // authoritative one, so a failure here only costs the display.
+                *p.last_saved = Instant::now();
+                let mut progress = p.record.clone();
+                progress.bytes_confirmed = stats.bytes_confirmed;
+                progress.updated_unix = unix_now();
+                let _ = p.store.put_outgoing(&progress);
+            }
+            reporter.progress(stats.bytes_confirmed, source.size, p.started, p.base);
+            Ok(PeerSaid::Continue)
+        }
+        Frame::FileDone {
+            ok,
+            sha256,
+            final_name,
+        } => {
+            if !ok {
+                return Err(fatal(format!(
+                    "the receiver's whole-file SHA-256 {} does not match; the session was discarded, re-run to send again",
+                    hex::encode(sha256)
+                )));
+            }
+            match file_hash {
+                Some(ours) if ours == sha256 => Ok(PeerSaid::Done((final_name.to_owned(), sha256))),
+                Some(_) => Err(fatal(
+                    "receiver confirmed a different SHA-256 than the source's".into(),
+                )),
+                // Receiver had the whole file already (completed earlier): trust only a match.
+                None => {
+                    let ours = hash_whole_file(&source.file, source.size)
+                        .map_err(|e| AttemptError::Fatal(Failure::usage(e)))?;
+                    if ours == sha256 {
+                        Ok(PeerSaid::Done((final_name.to_owned(), sha256)))
+                    } else {
+                        Err(AttemptError::SourceChanged(0))
+                    }
+                }
+            }
+        }
+        Frame::Error { code, message } => Err(peer_error(code, message)),
+        Frame::KeepAlive => Ok(PeerSaid::Continue),
+        f => Err(fatal(format!(
+            "receiver sent an unexpected {} frame",
+            f.name()
+        ))),
+    }
 }
