@@ -1,4 +1,4 @@
-//! `trackshift-bench local`: `cp` against `trackshift send --protocol tcp` over loopback to a receiver on the
+//! `trackshift-bench local`: `cp` against `trackshift send --protocol tcp|udp` over loopback to a receiver on the
 //! same disk, for one or more file sizes (issue 2, item 11: ≥ 70% of cp, < 150 MiB RSS, flat in size).
 
 use std::fmt::Write as _;
@@ -29,6 +29,8 @@ pub struct LocalConfig {
     pub timeout: Duration,
     pub trackshift: Option<PathBuf>,
     pub out_dir: PathBuf,
+    /// TrackShift's data path: `tcp` or `udp` (DCSP).
+    pub protocol: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -132,7 +134,7 @@ fn one_size(cfg: &LocalConfig, size: u64, idx: usize) -> Result<LocalRow> {
     if cfg.drop_caches {
         drop_caches()?;
     }
-    eprintln!("[local {}] trackshift send --protocol tcp", fmt_size(size));
+    eprintln!("[local {}] trackshift send --protocol {}", fmt_size(size), cfg.protocol);
     let bin = bin.display().to_string();
     let out = work.path().join("received");
     let (state_a, state_b) = (
@@ -180,7 +182,7 @@ fn one_size(cfg: &LocalConfig, size: u64, idx: usize) -> Result<LocalRow> {
                 "--state-dir",
                 &state_a.display().to_string(),
                 "--protocol",
-                "tcp",
+                &cfg.protocol,
                 "--json",
             ],
         ),

@@ -117,6 +117,9 @@ struct LocalArgs {
     /// Drop the page cache before each copy (sync; echo 3 > /proc/sys/vm/drop_caches).
     #[arg(long)]
     drop_caches: bool,
+    /// TrackShift's data path for the comparison: tcp or udp.
+    #[arg(long, default_value = "tcp", value_parser = ["tcp", "udp"])]
+    protocol: String,
     #[command(flatten)]
     common: Common,
 }
@@ -222,6 +225,7 @@ fn local(a: LocalArgs) -> Result<()> {
         timeout: a.common.timeout,
         trackshift,
         out_dir: out_dir.clone(),
+        protocol: a.protocol,
     };
     let md = local::run_local(cfg, machine)?;
     println!("{md}");
