@@ -134,7 +134,11 @@ fn one_size(cfg: &LocalConfig, size: u64, idx: usize) -> Result<LocalRow> {
     if cfg.drop_caches {
         drop_caches()?;
     }
-    eprintln!("[local {}] trackshift send --protocol {}", fmt_size(size), cfg.protocol);
+    eprintln!(
+        "[local {}] trackshift send --protocol {}",
+        fmt_size(size),
+        cfg.protocol
+    );
     let bin = bin.display().to_string();
     let out = work.path().join("received");
     let (state_a, state_b) = (

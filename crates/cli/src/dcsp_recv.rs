@@ -29,7 +29,7 @@ use crate::receive::{
 /// Longest the plane thread sleeps before looking at its commands again.
 const IDLE_WAIT: Duration = Duration::from_millis(5);
 /// Complete blocks queued between the plane thread and a session's writer (each at most a few hundred KiB).
-const BLOCK_QUEUE: usize = 256;
+const BLOCK_QUEUE: usize = 32;
 /// Most bytes a session may hold in incomplete blocks.
 const MAX_ASSEMBLY_BYTES: usize = 96 * 1024 * 1024;
 

@@ -24,7 +24,7 @@ use trackshift_transport::{RecvBatch, UdpEndpoint};
 /// Largest shard: datagrams of up to ~16 KiB where the path allows (loopback), fewer per-packet costs.
 const MAX_SHARD: u32 = 16 * 1024;
 /// Most block bytes the sender holds (sent, not yet acknowledged): its memory bound.
-const MAX_BUFFERED: usize = 96 * 1024 * 1024;
+const MAX_BUFFERED: usize = 64 * 1024 * 1024;
 /// Blocks queued between the reader thread and the data-plane thread.
 const BLOCK_QUEUE: usize = 16;
 /// Datagrams handed to the kernel in one batch.

@@ -269,7 +269,7 @@ impl DcspSender {
 
     fn release(&mut self, b: BlockState) {
         self.buffered -= b.span.len as usize;
-        if self.free.len() < 64 {
+        if self.free.len() < 16 {
             self.free.push(b.data);
             self.free.push(b.parity);
         }
