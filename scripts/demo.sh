@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds TrackShift and moves a generated 256 MiB file over loopback with TLS 1.3, then shows the result.
+# Builds TrackShift and moves a generated 256 MiB file over loopback (DCSP over UDP, keys and control on TLS 1.3),
+# then shows the result.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -p trackshift-cli
@@ -17,7 +18,7 @@ for _ in $(seq 100); do grep -q listening "$work/recv.log" 2>/dev/null && break;
 addr=$(sed -n 's/.*"addr":"\([^"]*\)".*/\1/p' "$work/recv.log" | head -1)
 echo "receiver listening on $addr"
 
-"$bin" send "$work/demo.bin" --to "$addr" --secret "$secret" --state-dir "$work/send-state" --protocol tcp
+"$bin" send "$work/demo.bin" --to "$addr" --secret "$secret" --state-dir "$work/send-state"
 wait $recv_pid
 echo
 echo "source:      $(sha256sum < "$work/demo.bin")"
