@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::net::SocketAddr;
-use std::sync::mpsc::{self as std_mpsc, RecvTimeoutError, TryRecvError};
+use std::sync::mpsc::{self as std_mpsc, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,15 +15,12 @@ use trackshift_dcsp::packet::peek_conn_id;
 use trackshift_dcsp::{
     BlockGeometry, DcspReceiver, DirectionKeys, ReceiverConfig, ReceiverEvent, ReceiverStats, Role,
 };
-use trackshift_proto::frame::DATA_PIECE;
-use trackshift_proto::hashing::{Hasher, OrderedFileHasher};
 use trackshift_proto::{ChunkMap, ChunkPlan, ErrorCode, Frame, SessionId};
-use trackshift_storage::{PartialFile, SessionStore, StorageError};
+use trackshift_storage::{PartialFile, SessionStore};
 use trackshift_transport::{RecvBatch, TransportError, UdpEndpoint};
 
 use crate::receive::{
-    finish_file, hash_from_disk, storage_code, Committer, ConnOutcome, Ctx, ErrorReply, RecvReader,
-    RecvWriter, SessionEnd, WorkerEvent,
+    ConnOutcome, Ctx, ErrorReply, RecvReader, RecvWriter, SessionEnd, WorkerEvent,
 };
 
 /// Longest the plane thread sleeps before looking at its commands again.
@@ -284,150 +281,12 @@ pub fn spawn_writer(
     std::thread::Builder::new()
         .name("trackshift-dcsp-write".into())
         .spawn(move || {
-            if let Err((code, message)) = writer(job, store, msgs, &events) {
+            if let Err((code, message)) = crate::dcsp_writer::run_writer(job, store, msgs, &events)
+            {
                 let _ = events.send(WorkerEvent::Fatal { code, message });
             }
         })
         .map_err(|e| format!("cannot start the writer thread: {e}"))
-}
-
-/// Writes blocks, verifies chunks once all their bytes and their hash are in, and finishes the file.
-fn writer(
-    job: UdpWriterJob,
-    store: Arc<SessionStore>,
-    msgs: std_mpsc::Receiver<WriterMsg>,
-    events: &mpsc::UnboundedSender<WorkerEvent>,
-) -> Result<(), ErrorReply> {
-    let UdpWriterJob {
-        id,
-        conn_id,
-        plan,
-        part,
-        mut map,
-        output_dir,
-        name,
-        plane,
-    } = job;
-    let store_err = |e: StorageError| (storage_code(&e), e.to_string());
-    let part = Arc::new(part);
-    let mut committer = Committer::start(part.clone(), store.clone(), id, events.clone())?;
-    let mut file_hasher = OrderedFileHasher::new();
-    catch_up(&part, &mut file_hasher, &plan, &map).map_err(store_err)?;
-    let mut received: HashMap<u32, u64> = HashMap::new();
-    let mut expected: HashMap<u32, [u8; 32]> = HashMap::new();
-    let mut buf = vec![0u8; DATA_PIECE];
-    loop {
-        let msg = match msgs.recv_timeout(Duration::from_secs(1)) {
-            Ok(m) => m,
-            Err(RecvTimeoutError::Timeout) => continue,
-            Err(RecvTimeoutError::Disconnected) => break,
-        };
-        let chunk = match msg {
-            WriterMsg::Block {
-                chunk,
-                offset,
-                data,
-            } => {
-                if map.get(chunk) || !plan.contains(chunk) {
-                    continue;
-                }
-                part.write_at(offset, &data).map_err(store_err)?;
-                *received.entry(chunk).or_default() += data.len() as u64;
-                chunk
-            }
-            WriterMsg::ChunkHash(index, sha) => {
-                if !plan.contains(index) {
-                    return Err((
-                        ErrorCode::Protocol,
-                        format!("hash for chunk {index}, which does not exist"),
-                    ));
-                }
-                expected.insert(index, sha);
-                index
-            }
-            WriterMsg::FileEnd(sha) => {
-                if !map.is_complete() {
-                    return Err((
-                        ErrorCode::Protocol,
-                        "sender ended the file with chunks still missing".into(),
-                    ));
-                }
-                committer.finish()?;
-                let part = Arc::try_unwrap(part)
-                    .map_err(|_| (ErrorCode::Internal, "partial file still shared".to_owned()))?;
-                return finish_file(
-                    part,
-                    file_hasher,
-                    plan,
-                    sha,
-                    &store,
-                    id,
-                    &output_dir,
-                    &name,
-                    events,
-                );
-            }
-        };
-        // Verify once every byte and the hash are in.
-        let complete = received.get(&chunk).copied() == Some(plan.len(chunk));
-        let Some(want) = expected.get(&chunk).copied().filter(|_| complete) else {
-            continue;
-        };
-        let (start, len) = (plan.offset(chunk), plan.len(chunk));
-        let mut h = Hasher::new();
-        file_hasher.begin_chunk(start);
-        let mut done = 0u64;
-        while done < len {
-            let n = (len - done).min(DATA_PIECE as u64) as usize;
-            part.read_at(start + done, &mut buf[..n])
-                .map_err(store_err)?;
-            h.update(&buf[..n]);
-            file_hasher.update(start + done, &buf[..n]);
-            done += n as u64;
-        }
-        let got = h.finish();
-        received.remove(&chunk);
-        expected.remove(&chunk);
-        if got == want {
-            file_hasher.chunk_verified();
-            map.insert(chunk);
-            committer.commit(chunk, got, len)?;
-            catch_up(&part, &mut file_hasher, &plan, &map).map_err(store_err)?;
-        } else {
-            file_hasher.chunk_failed();
-            tracing::warn!(
-                "chunk {chunk} of session {id} failed verification; asking for it again"
-            );
-            plane.reset_chunk(conn_id, chunk);
-            let _ = events.send(WorkerEvent::ChunkDone {
-                index: chunk,
-                ok: false,
-                len,
-            });
-        }
-    }
-    committer.finish()
-}
-
-/// Hashes verified chunks that follow the whole-file hash's position from disk (they verified out of order,
-/// or in an earlier run).
-fn catch_up(
-    part: &PartialFile,
-    hasher: &mut OrderedFileHasher,
-    plan: &ChunkPlan,
-    map: &ChunkMap,
-) -> Result<(), StorageError> {
-    loop {
-        let pos = hasher.position();
-        if pos >= plan.file_size() {
-            return Ok(());
-        }
-        let index = (pos / plan.chunk_size()) as u32;
-        if !map.get(index) || plan.offset(index) != pos {
-            return Ok(());
-        }
-        hash_from_disk(part, hasher, pos + plan.len(index))?;
-    }
 }
 
 /// The sender's `UdpStart`, with the secret this control connection's DCSP keys derive from.

@@ -21,6 +21,8 @@ use trackshift_proto::hashing::Hasher;
 use trackshift_proto::{ChunkPlan, FirstPass};
 use trackshift_transport::{RecvBatch, UdpEndpoint};
 
+use crate::pool::{BufPool, PooledBuf};
+
 /// Largest shard: datagrams of up to ~16 KiB where the path allows (loopback), fewer per-packet costs.
 const MAX_SHARD: u32 = 16 * 1024;
 /// Most block bytes the sender holds (sent, not yet acknowledged): its memory bound.
@@ -61,7 +63,7 @@ pub fn reader_thread(
     plan: ChunkPlan,
     geometry: BlockGeometry,
     first_pass: Vec<FirstPass>,
-    blocks: std_mpsc::SyncSender<(u32, Vec<u8>)>,
+    blocks: std_mpsc::SyncSender<(u32, Arc<PooledBuf>)>,
     events: mpsc::Sender<ReadEvent>,
     resend: std_mpsc::Receiver<u32>,
 ) {
@@ -83,12 +85,14 @@ fn read_blocks(
     plan: ChunkPlan,
     geometry: BlockGeometry,
     first_pass: &[FirstPass],
-    blocks: &std_mpsc::SyncSender<(u32, Vec<u8>)>,
+    blocks: &std_mpsc::SyncSender<(u32, Arc<PooledBuf>)>,
     events: &mpsc::Sender<ReadEvent>,
     resend: &std_mpsc::Receiver<u32>,
 ) -> Result<(), String> {
     let stopped = || "stopped".to_owned();
-    let (file_tx, file_rx) = std_mpsc::sync_channel::<Arc<Vec<u8>>>(BLOCK_QUEUE);
+    let (file_tx, file_rx) = std_mpsc::sync_channel::<Arc<PooledBuf>>(BLOCK_QUEUE);
+    // Buffers come back to the pool once both the data plane and the file hash are done with them.
+    let pool = BufPool::new(geometry.block_bytes() as usize);
     let file_hash = std::thread::Builder::new()
         .name("trackshift-filehash".into())
         .spawn(move || {
@@ -100,7 +104,7 @@ fn read_blocks(
         })
         .map_err(|e| format!("cannot start the hashing thread: {e}"))?;
     let read_chunk =
-        |index: u32, send: bool, whole: Option<&std_mpsc::SyncSender<Arc<Vec<u8>>>>| {
+        |index: u32, send: bool, whole: Option<&std_mpsc::SyncSender<Arc<PooledBuf>>>| {
             let mut h = Hasher::new();
             let mut done = 0u64;
             let (start, len) = (plan.offset(index), plan.len(index));
@@ -114,8 +118,9 @@ fn read_blocks(
                 } else {
                     (None, (len - done).min(1 << 20) as usize)
                 };
-                let mut buf = vec![0u8; n];
-                file.read_exact_at(&mut buf, start + done)
+                let mut buf = pool.get();
+                buf.data_mut().resize(n, 0);
+                file.read_exact_at(buf.data_mut(), start + done)
                     .map_err(|e| format!("reading the source file: {e}"))?;
                 h.update(&buf);
                 done += n as u64;
@@ -124,8 +129,7 @@ fn read_blocks(
                     w.send(buf.clone()).map_err(|_| stopped())?;
                 }
                 if let Some(b) = block {
-                    let bytes = Arc::try_unwrap(buf).unwrap_or_else(|a| (*a).clone());
-                    blocks.send((b, bytes)).map_err(|_| stopped())?;
+                    blocks.send((b, buf)).map_err(|_| stopped())?;
                 }
             }
             Ok::<_, String>(h.finish())
@@ -181,7 +185,7 @@ impl DataPlane {
         geometry: BlockGeometry,
         parity: ParityMode,
         max_rate: Option<u64>,
-        blocks: std_mpsc::Receiver<(u32, Vec<u8>)>,
+        blocks: std_mpsc::Receiver<(u32, Arc<PooledBuf>)>,
         failed: mpsc::UnboundedSender<PlaneFailure>,
     ) -> std::io::Result<Self> {
         let bind: SocketAddr = if peer.is_ipv4() {
@@ -254,7 +258,7 @@ fn run_plane(
     mut endpoint: UdpEndpoint,
     peer: SocketAddr,
     mut sender: DcspSender,
-    blocks: std_mpsc::Receiver<(u32, Vec<u8>)>,
+    blocks: std_mpsc::Receiver<(u32, Arc<PooledBuf>)>,
     stop: &AtomicBool,
     stats: &Mutex<SenderStats>,
 ) -> Result<(), PlaneFailure> {

@@ -4,6 +4,7 @@
 
 mod dcsp_recv;
 mod dcsp_send;
+mod dcsp_writer;
 mod failure;
 mod output;
 mod pool;

@@ -874,10 +874,11 @@ fn worker(
                 let file_hasher = file_hasher.finish()?;
                 let part = Arc::try_unwrap(part)
                     .map_err(|_| (ErrorCode::Internal, "partial file still shared".to_owned()))?;
+                let mut file_hasher = file_hasher;
+                hash_from_disk(&part, &mut file_hasher, plan.file_size()).map_err(store_err)?;
                 return finish_file(
                     part,
-                    file_hasher,
-                    plan,
+                    file_hasher.finish(),
                     expected,
                     &store,
                     id,
@@ -892,13 +893,12 @@ fn worker(
     committer.finish()
 }
 
-/// Every chunk verified and durable: hashes what the whole-file hash still lacks from disk, compares, and puts
-/// the file in place (or discards the session if the whole does not match).
+/// Every chunk verified and durable, the whole file hashed: compares, and puts the file in place (or discards the
+/// session if the whole does not match).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn finish_file(
     part: PartialFile,
-    mut file_hasher: OrderedFileHasher,
-    plan: ChunkPlan,
+    sha: [u8; 32],
     expected: [u8; 32],
     store: &SessionStore,
     id: SessionId,
@@ -907,8 +907,6 @@ pub(crate) fn finish_file(
     events: &mpsc::UnboundedSender<WorkerEvent>,
 ) -> Result<(), ErrorReply> {
     let store_err = |e: StorageError| (storage_code(&e), e.to_string());
-    hash_from_disk(&part, &mut file_hasher, plan.file_size()).map_err(store_err)?;
-    let sha = file_hasher.finish();
     if sha != expected {
         // Every chunk verified yet the whole does not: the partial data cannot be trusted.
         let _ = part.remove();

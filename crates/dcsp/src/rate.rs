@@ -37,6 +37,11 @@ pub trait RateController: Send + std::fmt::Debug {
     fn on_timeout(&mut self, now: Instant);
     /// Pacing rate in bytes per second (of datagrams).
     fn rate(&self) -> u64;
+    /// Most datagram bytes the sender may have in flight (sent after the newest acknowledged packet), if the
+    /// controller limits it; `None` (the default) for pacing alone.
+    fn window(&self) -> Option<u64> {
+        None
+    }
     fn name(&self) -> &'static str;
     /// The controller's current phase, for traces and `--verbose`.
     fn phase(&self) -> &'static str {
@@ -46,26 +51,37 @@ pub trait RateController: Send + std::fmt::Debug {
 
 /// Lowest rate any controller goes down to (bytes/s): 256 kbit/s.
 pub const MIN_RATE: f64 = 32_000.0;
-/// Starting rate: 16 Mbit/s, grown by [`STARTUP_GROWTH`] every round trip in startup.
+/// Rate of the first round trip, before any RTT is known: 16 Mbit/s.
 pub const INITIAL_RATE: f64 = 2_000_000.0;
-/// Startup's growth per round trip: 1.5 rather than 2, so the round that overshoots the bottleneck fits in
-/// its queue (half a round trip of data) instead of overflowing it.
+/// Startup's window growth per round trip.
 pub const STARTUP_GROWTH: f64 = 1.5;
-/// Startup ends when the receiver gets less than this share of what was sent (the bottleneck is full).
-pub const STARTUP_FULL: f64 = 0.85;
-/// Bytes of this transfer the controller aims to keep queued at the bottleneck.
-pub const QUEUE_TARGET_BYTES: f64 = 256.0 * 1024.0;
-/// Queueing delay that ends startup at the end of a round.
-pub const STARTUP_EXIT_DELAY: Duration = Duration::from_millis(4);
-/// Queueing delay in any single RTT sample that ends startup at once (or a quarter of the minimum RTT, if
-/// more: jitter should not end it).
-pub const STARTUP_QUEUE_LIMIT: Duration = Duration::from_millis(10);
+/// Queueing delay (over the path's minimum RTT) in the lowest of the last few RTT samples that ends startup,
+/// or [`STARTUP_JITTER_FACTOR`] times the measured jitter if more.
+pub const STARTUP_QUEUE_LIMIT: Duration = Duration::from_millis(8);
+/// See [`STARTUP_QUEUE_LIMIT`].
+pub const STARTUP_JITTER_FACTOR: f64 = 2.0;
+/// The fixed part of α, the bytes of this transfer FAST keeps queued at the bottleneck.
+pub const ALPHA_BYTES: f64 = 96.0 * 1024.0;
+/// The part of α that grows with the rate: this much time's worth of data (bytes = rate × this).
+pub const ALPHA_DELAY: Duration = Duration::from_millis(8);
+/// FAST's gain: the window moves this share of the way to its target every round.
+pub const GAMMA: f64 = 0.5;
+/// A round whose lowest RTT is within this of the minimum saw no standing queue.
+pub const QUEUE_EMPTY: Duration = Duration::from_millis(2);
+/// With no standing queue, the window grows by at least this share per round (FAST alone adds only γα).
+pub const EMPTY_GROWTH: f64 = 1.0 / 16.0;
+/// Pacing rate over the window's rate (window / minimum RTT): keeps the pacer from being the limit.
+pub const PACING_GAIN: f64 = 1.25;
 /// A round's loss this far above the usual loss reads as congestion (overflowing queues), not noise.
 pub const LOSS_SPIKE: f64 = 0.10;
+/// Smallest window, bytes: a few datagrams.
+pub const MIN_WINDOW_BYTES: f64 = 16.0 * 1024.0;
 /// How long a minimum RTT stays valid before newer samples replace it (a changed path).
 const MIN_RTT_WINDOW: Duration = Duration::from_secs(10);
 /// Shortest control round.
 const MIN_ROUND: Duration = Duration::from_millis(5);
+/// RTT samples whose minimum is compared with [`STARTUP_QUEUE_LIMIT`].
+const STARTUP_SAMPLES: usize = 4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -85,6 +101,9 @@ struct RoundStart {
 /// The default controller; see the module documentation.
 #[derive(Debug)]
 pub struct DelayRate {
+    /// Congestion window, bytes in flight; `None` until the first RTT sample.
+    window: Option<f64>,
+    /// Pacing rate, bytes/s.
     rate: f64,
     max_rate: Option<f64>,
     phase: Phase,
@@ -96,13 +115,12 @@ pub struct DelayRate {
     min_rtt_since: Option<Instant>,
     usual_loss: f64,
     timeouts: u32,
-    /// The rate during the previous round: what the packets acknowledged in this round were sent at.
-    previous_rate: f64,
     rounds_since_cut: u32,
-    round_rtt_sum: Duration,
-    round_rtt_count: u32,
-    /// Lowest smoothed RTT during startup.
-    startup_srtt: Option<Duration>,
+    /// The last few RTT samples (startup's queue check).
+    recent: [Duration; STARTUP_SAMPLES],
+    recent_len: usize,
+    /// Mean change between consecutive RTT samples (seconds): jitter, for startup's queue check.
+    jitter: f64,
     /// Highest delivery rate measured in a round (bytes/s).
     max_delivered: f64,
 }
@@ -112,6 +130,7 @@ impl DelayRate {
     pub fn new(max_rate: Option<u64>) -> Self {
         let max_rate = max_rate.map(|r| r as f64);
         Self {
+            window: None,
             rate: max_rate.map_or(INITIAL_RATE, |m| m.min(INITIAL_RATE)),
             max_rate,
             phase: Phase::Startup,
@@ -122,12 +141,11 @@ impl DelayRate {
             min_rtt_since: None,
             usual_loss: 0.0,
             timeouts: 0,
-            previous_rate: 0.0,
             rounds_since_cut: u32::MAX,
-            startup_srtt: None,
+            recent: [Duration::ZERO; STARTUP_SAMPLES],
+            recent_len: 0,
+            jitter: 0.0,
             max_delivered: 0.0,
-            round_rtt_sum: Duration::ZERO,
-            round_rtt_count: 0,
         }
     }
 
@@ -149,11 +167,42 @@ impl DelayRate {
         }
         self.min_rtt_now = Some(self.min_rtt_now.map_or(rtt, |m| m.min(rtt)));
         self.round_min_rtt = Some(self.round_min_rtt.map_or(rtt, |m| m.min(rtt)));
-        self.round_rtt_sum += rtt;
-        self.round_rtt_count += 1;
+        if self.recent_len > 0 {
+            // Jitter from the change between consecutive samples: a queue that builds up moves the RTT
+            // smoothly and hardly counts.
+            let previous = self.recent[(self.recent_len - 1) % STARTUP_SAMPLES];
+            let change = rtt.abs_diff(previous).as_secs_f64();
+            self.jitter = 0.95 * self.jitter + 0.05 * change;
+        }
+        self.recent[self.recent_len % STARTUP_SAMPLES] = rtt;
+        self.recent_len += 1;
     }
 
-    fn clamp(&mut self) {
+    /// Ends startup: the window becomes what the path delivers in one minimum RTT.
+    fn leave_startup(&mut self, delivered: f64, base: Duration) {
+        self.phase = Phase::Steady;
+        self.rounds_since_cut = 0;
+        let bdp = delivered / (1.0 - self.usual_loss).max(0.5) * base.as_secs_f64();
+        if let Some(w) = self.window.as_mut() {
+            *w = w.min(bdp);
+        }
+    }
+
+    /// Keeps the window and rate within bounds and derives the pacing rate from the window.
+    fn update_rate(&mut self) {
+        let base = self.min_rtt().unwrap_or(MIN_ROUND).as_secs_f64().max(1e-4);
+        if let Some(w) = self.window.as_mut() {
+            let mut hi = f64::MAX;
+            if let Some(m) = self.max_rate {
+                // Room for twice the capped rate over the base RTT: the cap, not the window, limits.
+                hi = 2.0 * m * base + MIN_WINDOW_BYTES;
+            }
+            *w = w.clamp(
+                (MIN_RATE * base).max(MIN_WINDOW_BYTES),
+                hi.max(MIN_WINDOW_BYTES),
+            );
+            self.rate = PACING_GAIN * *w / base;
+        }
         self.rate = self.rate.max(MIN_RATE);
         if let Some(m) = self.max_rate {
             self.rate = self.rate.min(m);
@@ -166,17 +215,31 @@ impl RateController for DelayRate {
         self.timeouts = 0;
         if let Some(rtt) = s.rtt {
             self.note_rtt(s.now, rtt);
-            // Startup ends as soon as the smoothed RTT shows a queue building up, without waiting for the
-            // round to end: growing for one more round trip could overflow it. (Smoothed, so jitter does not
-            // end it.)
-            if self.phase == Phase::Startup {
-                let base = *self.startup_srtt.get_or_insert(s.srtt);
-                self.startup_srtt = Some(base.min(s.srtt));
-                if s.srtt > base + STARTUP_QUEUE_LIMIT.max(base / 8) {
-                    self.phase = Phase::Steady;
-                    self.rate = (self.rate / STARTUP_GROWTH).min(self.max_delivered.max(MIN_RATE));
-                    self.rounds_since_cut = 0;
-                    self.clamp();
+            if self.window.is_none() {
+                // The first RTT: what has been in flight at the initial rate.
+                self.window = Some(self.rate * rtt.as_secs_f64());
+                self.update_rate();
+            }
+            // Startup ends as soon as a few RTT samples in a row show a queue, without waiting for the round
+            // to end: growing for the rest of the round could overflow it.
+            if self.phase == Phase::Startup && self.recent_len >= STARTUP_SAMPLES {
+                if let Some(base) = self.min_rtt() {
+                    let lowest = self.recent.iter().min().copied().unwrap_or_default();
+                    let limit = STARTUP_QUEUE_LIMIT
+                        .max(Duration::from_secs_f64(STARTUP_JITTER_FACTOR * self.jitter));
+                    if lowest > base + limit {
+                        let delivered = self.round.map_or(0.0, |r| {
+                            let dt = s.receiver_time.saturating_sub(r.receiver_time);
+                            if dt >= MIN_ROUND {
+                                s.bytes_received.saturating_sub(r.bytes_received) as f64
+                                    / dt.as_secs_f64()
+                            } else {
+                                0.0
+                            }
+                        });
+                        self.leave_startup(delivered.max(self.max_delivered), base);
+                        self.update_rate();
+                    }
                 }
             }
         }
@@ -195,11 +258,11 @@ impl RateController for DelayRate {
         if s.now.saturating_duration_since(round.at) < round_len {
             return;
         }
-        let (Some(min_rtt), Some(round_min_rtt)) = (self.min_rtt(), self.round_min_rtt) else {
+        let (Some(base), Some(round_min_rtt), Some(w)) =
+            (self.min_rtt(), self.round_min_rtt, self.window)
+        else {
             return;
         };
-        // FAST uses the round's mean RTT: it reacts to a queue building within the round, and jitter averages out.
-        let round_rtt = self.round_rtt_sum / self.round_rtt_count.max(1);
         let recv_dt = s.receiver_time.saturating_sub(round.receiver_time);
         let sent = s.packets_sent.saturating_sub(round.packets_sent);
         if recv_dt.is_zero() || sent == 0 {
@@ -210,64 +273,70 @@ impl RateController for DelayRate {
         self.max_delivered = self.max_delivered.max(delivered);
         let got = s.packets_received.saturating_sub(round.packets_received);
         let loss = (1.0 - got as f64 / sent as f64).clamp(0.0, 1.0);
-        let queueing = round_min_rtt.saturating_sub(min_rtt);
+        // The queue that stood all round (its lowest RTT, so jitter does not count as queue).
+        let queueing = round_min_rtt.saturating_sub(base);
         let loss_spike = loss > self.usual_loss + LOSS_SPIKE;
-        let min_s = min_rtt.as_secs_f64().max(1e-4);
-        let sent_rate = std::mem::replace(&mut self.previous_rate, self.rate);
         self.rounds_since_cut = self.rounds_since_cut.saturating_add(1);
         match self.phase {
             Phase::Startup => {
-                let full = sent_rate > 0.0
-                    && delivered < STARTUP_FULL * sent_rate * (1.0 - self.usual_loss);
-                if loss_spike || full || queueing > STARTUP_EXIT_DELAY.max(min_rtt / 10) {
-                    self.phase = Phase::Steady;
-                    self.rate = self.rate.min(delivered.max(MIN_RATE));
-                    self.rounds_since_cut = 0;
+                if loss_spike {
+                    self.leave_startup(delivered, base);
                 } else {
-                    self.rate *= STARTUP_GROWTH;
+                    self.window = Some(w * STARTUP_GROWTH);
                 }
             }
             Phase::Steady => {
                 if loss_spike {
-                    // Overflowing queues: back off once, then give the cut a couple of rounds to show.
+                    // Overflowing queues: back off once to what got through, then give the cut a couple of
+                    // rounds to show.
                     if self.rounds_since_cut >= 2 {
-                        self.rate = self.rate.min(delivered) * 0.9;
+                        let bdp = delivered / (1.0 - self.usual_loss).max(0.5) * base.as_secs_f64();
+                        self.window = Some(w.min(bdp) * 0.9);
                         self.rounds_since_cut = 0;
                     }
                 } else {
-                    let target = self.rate * min_s / round_rtt.as_secs_f64().max(min_s)
-                        + QUEUE_TARGET_BYTES / min_s;
-                    self.rate = (0.5 * self.rate + 0.5 * target).min(2.0 * self.rate);
+                    let rtt = (base + queueing).as_secs_f64();
+                    let alpha = ALPHA_BYTES + ALPHA_DELAY.as_secs_f64() * w / rtt;
+                    let target = w * base.as_secs_f64() / rtt + alpha;
+                    let mut next = (1.0 - GAMMA) * w + GAMMA * target;
+                    if queueing < QUEUE_EMPTY {
+                        next = next.max(w * (1.0 + EMPTY_GROWTH));
+                    }
+                    self.window = Some(next.min(2.0 * w));
                 }
             }
         }
         if !loss_spike {
             self.usual_loss = 0.8 * self.usual_loss + 0.2 * loss;
         }
-        self.clamp();
+        self.update_rate();
         self.round = Some(start);
         self.round_min_rtt = None;
-        self.round_rtt_sum = Duration::ZERO;
-        self.round_rtt_count = 0;
     }
 
     fn on_timeout(&mut self, _now: Instant) {
         self.timeouts += 1;
         if self.timeouts <= 2 {
             self.rate *= 0.5;
-            self.clamp();
+            if let Some(w) = self.window.as_mut() {
+                *w *= 0.5;
+            }
+            self.update_rate();
         }
         // The path may come back different: measure it afresh.
         self.phase = Phase::Startup;
-        self.previous_rate = 0.0;
-        self.startup_srtt = None;
         self.max_delivered = 0.0;
+        self.recent_len = 0;
         self.round = None;
         self.round_min_rtt = None;
     }
 
     fn rate(&self) -> u64 {
         self.rate as u64
+    }
+
+    fn window(&self) -> Option<u64> {
+        self.window.map(|w| w as u64)
     }
 
     fn name(&self) -> &'static str {

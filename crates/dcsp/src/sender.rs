@@ -143,7 +143,9 @@ pub struct DcspSender {
     encoder: ParityEncoder,
 
     next_pn: u64,
-    sent_at: Vec<(u64, Option<Instant>)>,
+    /// Per packet number (a ring): the packet number, when it was sent and the bytes sent up to and
+    /// including it.
+    sent_at: Vec<(u64, Option<Instant>, u64)>,
     replay: ReplayWindow,
     rtt: RttEstimator,
     largest_acked: Option<u64>,
@@ -175,7 +177,7 @@ impl DcspSender {
             free: Vec::new(),
             encoder: ParityEncoder::default(),
             next_pn: 0,
-            sent_at: vec![(u64::MAX, None); SENT_RING],
+            sent_at: vec![(u64::MAX, None, 0); SENT_RING],
             replay: ReplayWindow::new(),
             rtt: RttEstimator::default(),
             largest_acked: None,
@@ -279,6 +281,29 @@ impl DcspSender {
         self.ping_pending || !self.repairs.is_empty() || !self.queue.is_empty()
     }
 
+    /// Datagram bytes sent after the newest packet the receiver acknowledged (everything before it arrived
+    /// or was lost).
+    fn bytes_in_flight(&self) -> u64 {
+        let Some(largest) = self.largest_acked else {
+            return self.stats.bytes_sent;
+        };
+        match self.sent_at[(largest as usize) % SENT_RING] {
+            (pn, _, upto) if pn == largest => self.stats.bytes_sent.saturating_sub(upto),
+            // Overwritten in the ring: estimate from the packet count.
+            _ => {
+                let packets = self.next_pn.saturating_sub(largest + 1);
+                packets.saturating_mul(u64::from(self.geometry.shard_size()) + 64)
+            }
+        }
+    }
+
+    /// Whether the controller's window keeps new datagrams (other than pings) back until more are acknowledged.
+    fn window_full(&self) -> bool {
+        self.controller
+            .window()
+            .is_some_and(|w| self.bytes_in_flight() >= w)
+    }
+
     /// Writes the next datagram into `out` (cleared first) if one is due at `now`. Returns whether it did.
     pub fn poll_transmit(&mut self, now: Instant, out: &mut Vec<u8>) -> bool {
         out.clear();
@@ -298,10 +323,10 @@ impl DcspSender {
             header.encode(out);
             self.keys.seal.seal(pn, header.len(), out);
             self.stats.pings += 1;
-            self.count_sent(out.len());
+            self.count_sent(pn, out.len());
             return true;
         }
-        if now < self.next_send {
+        if now < self.next_send || self.window_full() {
             return false;
         }
         let s = self.geometry.shard_size() as usize;
@@ -359,7 +384,7 @@ impl DcspSender {
                 (false, PacketType::Parity) => self.stats.parity_packets += 1,
                 _ => self.stats.data_packets += 1,
             }
-            self.count_sent(out.len());
+            self.count_sent(pn, out.len());
             let rate = self.controller.rate().max(1) as f64;
             let gap = Duration::from_secs_f64(out.len() as f64 / rate);
             let earliest = now.checked_sub(PACING_BURST).unwrap_or(now);
@@ -371,13 +396,18 @@ impl DcspSender {
     fn take_pn(&mut self, now: Instant) -> u64 {
         let pn = self.next_pn;
         self.next_pn += 1;
-        self.sent_at[(pn as usize) % SENT_RING] = (pn, Some(now));
+        self.sent_at[(pn as usize) % SENT_RING] = (pn, Some(now), self.stats.bytes_sent);
         pn
     }
 
-    fn count_sent(&mut self, len: usize) {
+    fn count_sent(&mut self, pn: u64, len: usize) {
         self.stats.packets_sent += 1;
         self.stats.bytes_sent += len as u64;
+        if let Some(entry) = self.sent_at.get_mut((pn as usize) % SENT_RING) {
+            if entry.0 == pn {
+                entry.2 = self.stats.bytes_sent;
+            }
+        }
     }
 
     fn pto(&self) -> Duration {
@@ -387,7 +417,9 @@ impl DcspSender {
 
     /// When the driver should call [`DcspSender::handle_timeout`] or [`DcspSender::poll_transmit`] next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let send = self.has_work().then_some(self.next_send);
+        // Held back by the window, the sender waits for an ACK (or the probe timer), not the pacer.
+        let send = (self.ping_pending || (self.has_work() && !self.window_full()))
+            .then_some(self.next_send);
         let probe = (!self.blocks.is_empty()).then(|| {
             self.last_heard
                 .max(self.last_probe.unwrap_or(self.last_heard))
@@ -462,7 +494,7 @@ impl DcspSender {
         let mut rtt_sample = None;
         if self.largest_acked.is_none_or(|l| ack.largest_pn > l) {
             self.largest_acked = Some(ack.largest_pn);
-            if let (pn, Some(at)) = self.sent_at[(ack.largest_pn as usize) % SENT_RING] {
+            if let (pn, Some(at), _) = self.sent_at[(ack.largest_pn as usize) % SENT_RING] {
                 if pn == ack.largest_pn {
                     let rtt = now
                         .saturating_duration_since(at)
@@ -523,7 +555,7 @@ impl DcspSender {
         let srtt = self.rtt.srtt();
         let reorder_window = (self.rtt.rttvar * 4).max(MIN_REORDER_WINDOW);
         let largest_sent_at = match self.sent_at[(ack.largest_pn as usize) % SENT_RING] {
-            (pn, at) if pn == ack.largest_pn => at,
+            (pn, at, _) if pn == ack.largest_pn => at,
             _ => None,
         };
         let overdue = |state: &BlockState| -> bool {

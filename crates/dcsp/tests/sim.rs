@@ -655,7 +655,7 @@ fn profile_efficiency() {
             burst: p.burst,
             ..LinkCfg::default()
         };
-        let size = 48 << 20;
+        let size = 128 << 20;
         let s = Scenario {
             seed: 11,
             file_size: size,
