@@ -8,6 +8,7 @@ declare -A NEED=(
   [util-linux]=mount     # tmpfs mounts for the disk-full tests
   [procps]=ps
   [time]=/usr/bin/time   # peak RSS in benchmarks
+  [iptables]=iptables    # blocking UDP in a namespace (the TCP fallback test)
 )
 
 missing=()

@@ -143,6 +143,20 @@ fn transfer_through(
     send_args: &[&str],
     during: impl FnOnce(&mut Lab),
 ) -> Transfer {
+    transfer_through_with(tag, cfg, size, send_args, |_| {}, during, true)
+}
+
+/// [`transfer_through`] with a hook run on the lab before anything starts, and the sender's success optional
+/// (when `expect_success` is false, the sender must fail and nothing is compared).
+fn transfer_through_with(
+    tag: &str,
+    cfg: LabConfig,
+    size: usize,
+    send_args: &[&str],
+    setup: impl FnOnce(&Lab),
+    during: impl FnOnce(&mut Lab),
+    expect_success: bool,
+) -> Transfer {
     let deadline = Instant::now() + BUDGET;
     let trackshift = locate_binary("trackshift");
     let cfg = LabConfig {
@@ -150,6 +164,7 @@ fn transfer_through(
         ..cfg
     };
     let mut lab = Lab::start(tag, cfg).unwrap();
+    setup(&lab);
 
     // Kernel TCP under 5% random loss and 200 ms RTT: loss-based CUBIC would crawl (Mathis: ~0.3 Mbit/s);
     // pin BBR (this machine's default) in both namespaces so the TCP test stays well under a minute.
@@ -236,14 +251,22 @@ fn transfer_through(
 
     let st = wait_bounded(&mut sender, deadline);
     eprintln!("send exited {st} after {:.1} s", t0.elapsed().as_secs_f64());
-    assert!(st.success(), "trackshift send failed: {st}");
-    let st = wait_bounded(&mut receiver, deadline);
-    assert!(st.success(), "trackshift receive --once failed: {st}");
+    if expect_success {
+        assert!(st.success(), "trackshift send failed: {st}");
+        let st = wait_bounded(&mut receiver, deadline);
+        assert!(st.success(), "trackshift receive --once failed: {st}");
 
-    let got = std::fs::read(out.path().join("random.bin")).expect("no file in the output dir");
-    let want = std::fs::read(&src).unwrap();
-    assert_eq!(got.len(), want.len(), "size differs");
-    assert!(got == want, "content differs");
+        let got = std::fs::read(out.path().join("random.bin")).expect("no file in the output dir");
+        let want = std::fs::read(&src).unwrap();
+        assert_eq!(got.len(), want.len(), "size differs");
+        assert!(got == want, "content differs");
+    } else {
+        assert_eq!(
+            st.code(),
+            Some(1),
+            "trackshift send should have failed with exit 1: {st}"
+        );
+    }
 
     thread::sleep(Duration::from_millis(200));
     receiver_lines.extend(lines.try_iter());
@@ -331,4 +354,41 @@ fn udp_transfer_survives_an_address_change() {
     // Either the data plane followed the sender (a path change) or the control channel reconnected and the
     // session resumed on a new DCSP connection; both must deliver the same bytes.
     eprintln!("receiver summary: {}", t.receiver_summary);
+}
+
+/// Drops every UDP datagram arriving in side b (the receiver's namespace).
+fn block_udp(lab: &Lab) {
+    let st = lab
+        .command_in_b("iptables")
+        .args(["-A", "INPUT", "-p", "udp", "-j", "DROP"])
+        .status()
+        .expect("iptables is missing: run scripts/deps.sh (apt-get install iptables)");
+    assert!(st.success(), "iptables failed: {st}");
+}
+
+#[test]
+fn blocked_udp_falls_back_to_tcp_unless_udp_was_asked_for() {
+    // Default protocol: DCSP gets no answer, the sender says so in one line and finishes over TCP.
+    let t = transfer_through_with(
+        "ts-fb",
+        LabConfig::profile("clean"),
+        8 << 20,
+        &[],
+        block_udp,
+        |_| {},
+        true,
+    );
+    assert_eq!(t.sender_summary["protocol"], "tcp", "{}", t.sender_summary);
+    // Explicit --protocol udp: exit 1 with a clear error instead.
+    let t = transfer_through_with(
+        "ts-nofb",
+        LabConfig::profile("clean"),
+        8 << 20,
+        &["--protocol", "udp", "--retry-for", "20s"],
+        block_udp,
+        |_| {},
+        false,
+    );
+    let error = t.sender_summary["error"].as_str().unwrap_or_default();
+    assert!(error.contains("no UDP answer"), "{}", t.sender_summary);
 }

@@ -44,6 +44,9 @@ pub fn shard_size_for(peer: SocketAddr) -> u32 {
     (room.min(MAX_SHARD) & !1).max(256)
 }
 
+/// The reader's "error" when whoever it feeds has gone away.
+const STOPPED: &str = "stopped";
+
 /// What the reader thread tells the control loop.
 #[derive(Debug)]
 pub enum ReadEvent {
@@ -67,7 +70,7 @@ pub fn reader_thread(
     events: mpsc::Sender<ReadEvent>,
     resend: std_mpsc::Receiver<u32>,
 ) {
-    if let Err(e) = read_blocks(
+    match read_blocks(
         &file,
         plan,
         geometry,
@@ -76,7 +79,12 @@ pub fn reader_thread(
         &events,
         &resend,
     ) {
-        let _ = events.blocking_send(ReadEvent::Failed(e));
+        // The data plane or the control loop ended first; they report why.
+        Err(e) if e == STOPPED => {}
+        Err(e) => {
+            let _ = events.blocking_send(ReadEvent::Failed(e));
+        }
+        Ok(()) => {}
     }
 }
 
@@ -89,7 +97,7 @@ fn read_blocks(
     events: &mpsc::Sender<ReadEvent>,
     resend: &std_mpsc::Receiver<u32>,
 ) -> Result<(), String> {
-    let stopped = || "stopped".to_owned();
+    let stopped = || STOPPED.to_owned();
     let (file_tx, file_rx) = std_mpsc::sync_channel::<Arc<PooledBuf>>(BLOCK_QUEUE);
     // Buffers come back to the pool once both the data plane and the file hash are done with them.
     let pool = BufPool::new(geometry.block_bytes() as usize);

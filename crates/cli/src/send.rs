@@ -981,6 +981,15 @@ async fn udp_stream(
                     Err(e) => break Err(e),
                 }
             }
+            failure = fail_rx.recv() => match failure {
+                Some(PlaneFailure::NoAnswer) => break Err(AttemptError::NoUdp(format!(
+                    "no UDP answer from {udp_peer} within {} s (is UDP blocked on the way?)",
+                    crate::dcsp_send::UDP_PROBE.as_secs()
+                ))),
+                Some(PlaneFailure::Silent) => break Err(AttemptError::Transient(TransportError::Timeout("waiting for the receiver's UDP acknowledgements"))),
+                Some(PlaneFailure::Fatal(e)) => break Err(fatal(format!("DCSP: {e}"))),
+                None => {}
+            },
             ev = ev_rx.recv(), if !reader_done => match ev {
                 Some(ReadEvent::ChunkHash(index, sha256)) => {
                     writer.send(&Frame::ChunkHash { index, sha256 }).await?;
@@ -996,15 +1005,6 @@ async fn udp_stream(
                 Some(ReadEvent::FileHash(sha)) => file_hash = Some(sha),
                 Some(ReadEvent::Failed(e)) => break Err(AttemptError::Fatal(Failure::usage(e))),
                 None => reader_done = true,
-            },
-            failure = fail_rx.recv() => match failure {
-                Some(PlaneFailure::NoAnswer) => break Err(AttemptError::NoUdp(format!(
-                    "no UDP answer from {udp_peer} within {} s (is UDP blocked on the way?)",
-                    crate::dcsp_send::UDP_PROBE.as_secs()
-                ))),
-                Some(PlaneFailure::Silent) => break Err(AttemptError::Transient(TransportError::Timeout("waiting for the receiver's UDP acknowledgements"))),
-                Some(PlaneFailure::Fatal(e)) => break Err(fatal(format!("DCSP: {e}"))),
-                None => {}
             },
             _ = tick.tick() => {
                 let u = plane.stats();

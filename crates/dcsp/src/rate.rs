@@ -55,11 +55,11 @@ pub const MIN_RATE: f64 = 32_000.0;
 pub const INITIAL_RATE: f64 = 2_000_000.0;
 /// Startup's window growth per round trip.
 pub const STARTUP_GROWTH: f64 = 1.5;
-/// Queueing delay (over the path's minimum RTT) in the lowest of the last few RTT samples that ends startup,
-/// or [`STARTUP_JITTER_FACTOR`] times the measured jitter if more.
+/// Startup ends when the lowest of the last few RTT samples exceeds the lowest mean RTT of a round by this
+/// much, or by [`STARTUP_JITTER_FACTOR`] times the samples' mean deviation if more (so jitter does not end it).
 pub const STARTUP_QUEUE_LIMIT: Duration = Duration::from_millis(8);
 /// See [`STARTUP_QUEUE_LIMIT`].
-pub const STARTUP_JITTER_FACTOR: f64 = 2.0;
+pub const STARTUP_JITTER_FACTOR: f64 = 3.0;
 /// The fixed part of α, the bytes of this transfer FAST keeps queued at the bottleneck.
 pub const ALPHA_BYTES: f64 = 96.0 * 1024.0;
 /// The part of α that grows with the rate: this much time's worth of data (bytes = rate × this).
@@ -68,8 +68,9 @@ pub const ALPHA_DELAY: Duration = Duration::from_millis(8);
 pub const GAMMA: f64 = 0.5;
 /// A round whose lowest RTT is within this of the minimum saw no standing queue.
 pub const QUEUE_EMPTY: Duration = Duration::from_millis(2);
-/// With no standing queue, the window grows by at least this share per round (FAST alone adds only γα).
-pub const EMPTY_GROWTH: f64 = 1.0 / 16.0;
+/// Steady rounds in a row without a standing queue that send the controller back to startup (FAST alone
+/// adds only γα per round).
+pub const EMPTY_ROUNDS: u32 = 2;
 /// Pacing rate over the window's rate (window / minimum RTT): keeps the pacer from being the limit.
 pub const PACING_GAIN: f64 = 1.25;
 /// A round's loss this far above the usual loss reads as congestion (overflowing queues), not noise.
@@ -81,7 +82,7 @@ const MIN_RTT_WINDOW: Duration = Duration::from_secs(10);
 /// Shortest control round.
 const MIN_ROUND: Duration = Duration::from_millis(5);
 /// RTT samples whose minimum is compared with [`STARTUP_QUEUE_LIMIT`].
-const STARTUP_SAMPLES: usize = 4;
+const STARTUP_SAMPLES: usize = 8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -108,7 +109,11 @@ pub struct DelayRate {
     max_rate: Option<f64>,
     phase: Phase,
     round: Option<RoundStart>,
-    round_min_rtt: Option<Duration>,
+    round_rtt_sum: Duration,
+    round_rtt_count: u32,
+    /// Lowest mean RTT of a round: current window's and previous window's (see `min_rtt_now`).
+    base_mean_now: Option<Duration>,
+    base_mean_prev: Option<Duration>,
     /// Minimum RTT: current window's and previous window's, and when the current window started.
     min_rtt_now: Option<Duration>,
     min_rtt_prev: Option<Duration>,
@@ -116,10 +121,13 @@ pub struct DelayRate {
     usual_loss: f64,
     timeouts: u32,
     rounds_since_cut: u32,
+    /// Steady rounds in a row that saw no standing queue.
+    empty_rounds: u32,
     /// The last few RTT samples (startup's queue check).
     recent: [Duration; STARTUP_SAMPLES],
     recent_len: usize,
-    /// Mean change between consecutive RTT samples (seconds): jitter, for startup's queue check.
+    /// Mean RTT lately and the samples' mean deviation from it (seconds): jitter, for startup's queue check.
+    startup_mean: f64,
     jitter: f64,
     /// Highest delivery rate measured in a round (bytes/s).
     max_delivered: f64,
@@ -135,15 +143,20 @@ impl DelayRate {
             max_rate,
             phase: Phase::Startup,
             round: None,
-            round_min_rtt: None,
+            round_rtt_sum: Duration::ZERO,
+            round_rtt_count: 0,
+            base_mean_now: None,
+            base_mean_prev: None,
             min_rtt_now: None,
             min_rtt_prev: None,
             min_rtt_since: None,
             usual_loss: 0.0,
             timeouts: 0,
             rounds_since_cut: u32::MAX,
+            empty_rounds: 0,
             recent: [Duration::ZERO; STARTUP_SAMPLES],
             recent_len: 0,
+            startup_mean: 0.0,
             jitter: 0.0,
             max_delivered: 0.0,
         }
@@ -156,6 +169,14 @@ impl DelayRate {
         }
     }
 
+    /// The lowest mean RTT of a round lately: the path's RTT with its usual jitter but no queue.
+    fn base_mean(&self) -> Option<Duration> {
+        match (self.base_mean_now, self.base_mean_prev) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     fn note_rtt(&mut self, now: Instant, rtt: Duration) {
         if self
             .min_rtt_since
@@ -163,17 +184,17 @@ impl DelayRate {
         {
             self.min_rtt_prev = self.min_rtt_now;
             self.min_rtt_now = None;
+            self.base_mean_prev = self.base_mean_now;
+            self.base_mean_now = None;
             self.min_rtt_since = Some(now);
         }
         self.min_rtt_now = Some(self.min_rtt_now.map_or(rtt, |m| m.min(rtt)));
-        self.round_min_rtt = Some(self.round_min_rtt.map_or(rtt, |m| m.min(rtt)));
-        if self.recent_len > 0 {
-            // Jitter from the change between consecutive samples: a queue that builds up moves the RTT
-            // smoothly and hardly counts.
-            let previous = self.recent[(self.recent_len - 1) % STARTUP_SAMPLES];
-            let change = rtt.abs_diff(previous).as_secs_f64();
-            self.jitter = 0.95 * self.jitter + 0.05 * change;
-        }
+        self.round_rtt_sum += rtt;
+        self.round_rtt_count += 1;
+        let x = rtt.as_secs_f64();
+        let weight = (1.0 / (self.recent_len + 1) as f64).max(1.0 / 64.0);
+        self.startup_mean += weight * (x - self.startup_mean);
+        self.jitter += weight * ((x - self.startup_mean).abs() - self.jitter);
         self.recent[self.recent_len % STARTUP_SAMPLES] = rtt;
         self.recent_len += 1;
     }
@@ -181,6 +202,7 @@ impl DelayRate {
     /// Ends startup: the window becomes what the path delivers in one minimum RTT.
     fn leave_startup(&mut self, delivered: f64, base: Duration) {
         self.phase = Phase::Steady;
+        self.empty_rounds = 0;
         self.rounds_since_cut = 0;
         let bdp = delivered / (1.0 - self.usual_loss).max(0.5) * base.as_secs_f64();
         if let Some(w) = self.window.as_mut() {
@@ -222,12 +244,13 @@ impl RateController for DelayRate {
             }
             // Startup ends as soon as a few RTT samples in a row show a queue, without waiting for the round
             // to end: growing for the rest of the round could overflow it.
-            if self.phase == Phase::Startup && self.recent_len >= STARTUP_SAMPLES {
-                if let Some(base) = self.min_rtt() {
+            if self.phase == Phase::Startup && self.recent_len >= 2 * STARTUP_SAMPLES {
+                if let (Some(base), Some(reference)) = (self.min_rtt(), self.base_mean()) {
                     let lowest = self.recent.iter().min().copied().unwrap_or_default();
                     let limit = STARTUP_QUEUE_LIMIT
-                        .max(Duration::from_secs_f64(STARTUP_JITTER_FACTOR * self.jitter));
-                    if lowest > base + limit {
+                        .as_secs_f64()
+                        .max(STARTUP_JITTER_FACTOR * self.jitter);
+                    if lowest.as_secs_f64() > reference.as_secs_f64() + limit {
                         let delivered = self.round.map_or(0.0, |r| {
                             let dt = s.receiver_time.saturating_sub(r.receiver_time);
                             if dt >= MIN_ROUND {
@@ -258,11 +281,15 @@ impl RateController for DelayRate {
         if s.now.saturating_duration_since(round.at) < round_len {
             return;
         }
-        let (Some(base), Some(round_min_rtt), Some(w)) =
-            (self.min_rtt(), self.round_min_rtt, self.window)
-        else {
+        let (Some(base), Some(w)) = (self.min_rtt(), self.window) else {
             return;
         };
+        if self.round_rtt_count == 0 {
+            return;
+        }
+        let round_rtt = self.round_rtt_sum / self.round_rtt_count;
+        self.base_mean_now = Some(self.base_mean_now.map_or(round_rtt, |m| m.min(round_rtt)));
+        let base_mean = self.base_mean().unwrap_or(round_rtt);
         let recv_dt = s.receiver_time.saturating_sub(round.receiver_time);
         let sent = s.packets_sent.saturating_sub(round.packets_sent);
         if recv_dt.is_zero() || sent == 0 {
@@ -273,8 +300,9 @@ impl RateController for DelayRate {
         self.max_delivered = self.max_delivered.max(delivered);
         let got = s.packets_received.saturating_sub(round.packets_received);
         let loss = (1.0 - got as f64 / sent as f64).clamp(0.0, 1.0);
-        // The queue that stood all round (its lowest RTT, so jitter does not count as queue).
-        let queueing = round_min_rtt.saturating_sub(base);
+        // The round's mean RTT over the lowest round mean lately: jitter adds as much to both, so it does not
+        // count as queue.
+        let queueing = round_rtt.saturating_sub(base_mean);
         let loss_spike = loss > self.usual_loss + LOSS_SPIKE;
         self.rounds_since_cut = self.rounds_since_cut.saturating_add(1);
         match self.phase {
@@ -298,11 +326,17 @@ impl RateController for DelayRate {
                     let rtt = (base + queueing).as_secs_f64();
                     let alpha = ALPHA_BYTES + ALPHA_DELAY.as_secs_f64() * w / rtt;
                     let target = w * base.as_secs_f64() / rtt + alpha;
-                    let mut next = (1.0 - GAMMA) * w + GAMMA * target;
+                    self.window = Some(((1.0 - GAMMA) * w + GAMMA * target).min(2.0 * w));
                     if queueing < QUEUE_EMPTY {
-                        next = next.max(w * (1.0 + EMPTY_GROWTH));
+                        self.empty_rounds += 1;
+                        if self.empty_rounds >= EMPTY_ROUNDS {
+                            // The path has room FAST would take many rounds to fill: probe as in startup.
+                            self.phase = Phase::Startup;
+                            self.recent_len = 0;
+                        }
+                    } else {
+                        self.empty_rounds = 0;
                     }
-                    self.window = Some(next.min(2.0 * w));
                 }
             }
         }
@@ -311,7 +345,8 @@ impl RateController for DelayRate {
         }
         self.update_rate();
         self.round = Some(start);
-        self.round_min_rtt = None;
+        self.round_rtt_sum = Duration::ZERO;
+        self.round_rtt_count = 0;
     }
 
     fn on_timeout(&mut self, _now: Instant) {
@@ -328,7 +363,8 @@ impl RateController for DelayRate {
         self.max_delivered = 0.0;
         self.recent_len = 0;
         self.round = None;
-        self.round_min_rtt = None;
+        self.round_rtt_sum = Duration::ZERO;
+        self.round_rtt_count = 0;
     }
 
     fn rate(&self) -> u64 {
