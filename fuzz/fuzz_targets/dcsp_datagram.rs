@@ -25,6 +25,7 @@ fuzz_target!(|data: &[u8]| {
             geometry,
             skip_chunks: Vec::new(),
             max_assembly_bytes: 1 << 20,
+            stream: Default::default(),
         },
         now,
     );

@@ -11,6 +11,13 @@ use std::time::Duration;
 use trackshift_scenarios::*;
 
 const CHUNK_ARGS: [&str; 4] = ["--chunk-size", "5MiB", "--max-rate", "100Mbit"];
+
+/// [`CHUNK_ARGS`] with a data path.
+fn chunk_args(protocol: &'static str) -> Vec<&'static str> {
+    let mut a = CHUNK_ARGS.to_vec();
+    a.extend(["--protocol", protocol]);
+    a
+}
 /// Chunks that may be on the way (sent but not yet verified) when a side dies: socket buffers plus the
 /// receiver's queue, with 5 MiB chunks at a capped rate.
 const IN_FLIGHT_BOUND: u64 = 3;
@@ -30,13 +37,23 @@ fn wait_verified(id: &str, rs: &std::path::Path, n: u64) -> u64 {
 
 #[test]
 fn sigkill_of_the_sender_then_rerun_resumes_and_skips_verified_chunks() {
-    let t = Scratch::new("kill-sender");
+    kill_sender_then_resume("tcp");
+}
+
+#[test]
+fn udp_sigkill_of_the_sender_then_rerun_resumes_and_skips_verified_chunks() {
+    kill_sender_then_resume("udp");
+}
+
+fn kill_sender_then_resume(protocol: &'static str) {
+    let t = Scratch::new(&format!("kill-sender-{protocol}"));
+    let args = chunk_args(protocol);
     let size = 100 * MIB;
     let src = random_file(&t.file("data.bin"), size, 2);
     let (out, rs, ss) = (t.dir("out"), t.dir("rs"), t.dir("ss"));
     let mut rx = Receiver::start(&out, &rs);
 
-    let mut tx = spawn_send(&src, &rx.addr, &ss, &CHUNK_ARGS);
+    let mut tx = spawn_send(&src, &rx.addr, &ss, &args);
     let id = session_id_of(&mut tx);
     let seen = wait_verified(&id, &rs, 3);
     let killed = tx.kill();
@@ -65,7 +82,7 @@ fn sigkill_of_the_sender_then_rerun_resumes_and_skips_verified_chunks() {
     assert_eq!(part_files(&out).len(), 1, "{:?}", dir_names(&out));
 
     // Same command again: same session, only the missing chunks travel.
-    let res = send(&src, &rx.addr, &ss, &CHUNK_ARGS);
+    let res = send(&src, &rx.addr, &ss, &args);
     assert_eq!(res.code, 0, "resumed send failed: {}", res.stderr);
     let s = res.summary();
     assert_eq!(
@@ -99,6 +116,7 @@ fn sigkill_of_the_sender_then_rerun_resumes_and_skips_verified_chunks() {
     assert_eq!(field(s, "chunks_resent"), 0, "{s}");
     let sha = assert_same_file(&src, &out.join("data.bin"));
     assert_eq!(s["sha256"], sha.as_str());
+    assert_eq!(s["protocol"], protocol, "{s}");
     let r = rx.wait_summary(&id, Duration::from_secs(60));
     assert_eq!(r["ok"], true, "{r}");
     assert!(part_files(&out).is_empty(), "{:?}", dir_names(&out));
@@ -106,7 +124,16 @@ fn sigkill_of_the_sender_then_rerun_resumes_and_skips_verified_chunks() {
 
 #[test]
 fn sigkill_of_the_receiver_then_restart_and_the_sender_reconnects_by_itself() {
-    let t = Scratch::new("kill-receiver");
+    kill_receiver_then_reconnect("tcp");
+}
+
+#[test]
+fn udp_sigkill_of_the_receiver_then_restart_and_the_sender_reconnects_by_itself() {
+    kill_receiver_then_reconnect("udp");
+}
+
+fn kill_receiver_then_reconnect(protocol: &'static str) {
+    let t = Scratch::new(&format!("kill-receiver-{protocol}"));
     let size = 100 * MIB;
     let src = random_file(&t.file("data.bin"), size, 3);
     let (out, rs, ss) = (t.dir("out"), t.dir("rs"), t.dir("ss"));
@@ -115,7 +142,7 @@ fn sigkill_of_the_receiver_then_restart_and_the_sender_reconnects_by_itself() {
     let mut rx = cfg.start();
     let fingerprint = rx.fingerprint.clone();
 
-    let mut args = CHUNK_ARGS.to_vec();
+    let mut args = chunk_args(protocol);
     args.extend(["--retry-for", "2m"]);
     let mut tx = spawn_send(&src, &listen, &ss, &args);
     let id = session_id_of(&mut tx);

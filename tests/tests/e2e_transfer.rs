@@ -52,6 +52,50 @@ fn a_500_mib_random_file_arrives_byte_identical() {
     );
 }
 
+/// DCSP over loopback with three streams (three sockets, three rate controllers): the file arrives
+/// byte-identical and the summary carries the data plane's figures.
+#[test]
+fn a_file_arrives_over_udp_on_three_streams() {
+    let t = Scratch::new("udp-streams");
+    let size = 200 * MIB + 777;
+    let src = random_file(&t.file("s.bin"), size, 5);
+    let out = t.dir("out");
+    let mut rx = Receiver::start(&out, &t.dir("rs"));
+    let res = send(
+        &src,
+        &rx.addr,
+        &t.dir("ss"),
+        &[
+            "--protocol",
+            "udp",
+            "--streams",
+            "3",
+            "--chunk-size",
+            "16MiB",
+        ],
+    );
+    assert_eq!(res.code, 0, "send failed: {}", res.stderr);
+    let s = res.summary();
+    assert_eq!(s["ok"], true, "{s}");
+    assert_eq!(s["protocol"], "udp", "{s}");
+    for f in [
+        "packets_sent",
+        "packets_retransmitted",
+        "fec_recovered",
+        "loss_pct",
+        "rtt_ms",
+    ] {
+        assert!(s[f].is_number(), "summary lacks {f}: {s}");
+    }
+    assert!(field(s, "packets_sent") >= size / 16384, "{s}");
+    let sha = assert_same_file(&src, &out.join("s.bin"));
+    assert_eq!(s["sha256"], sha.as_str());
+    let r = rx.wait_summary(s["session_id"].as_str().unwrap(), Duration::from_secs(60));
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["protocol"], "udp", "{r}");
+    assert!(field(&r, "packets_received") > 0, "{r}");
+}
+
 /// Two senders with different files to one receiver at the same time: both complete and verify.
 #[test]
 fn two_concurrent_senders_both_arrive() {

@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, Notify};
 use trackshift_dcsp::packet::peek_conn_id;
 use trackshift_dcsp::{
     BlockGeometry, DcspReceiver, DirectionKeys, ReceiverConfig, ReceiverEvent, ReceiverStats, Role,
+    StreamShare,
 };
 use trackshift_proto::{ChunkMap, ChunkPlan, ErrorCode, Frame, SessionId};
 use trackshift_storage::{PartialFile, SessionStore};
@@ -38,7 +39,8 @@ enum PlaneCmd {
         writer: std_mpsc::SyncSender<WriterMsg>,
         stats: Arc<Mutex<ReceiverStats>>,
     },
-    Unregister(u64),
+    /// Forget a connection; its final counters are in its stats when `done` hears back.
+    Unregister(u64, std_mpsc::Sender<()>),
     ResetChunk(u64, u32),
 }
 
@@ -93,8 +95,11 @@ impl UdpPlane {
         });
     }
 
+    /// Forgets a connection and waits (briefly) until the plane thread has, so its counters are final.
     pub fn unregister(&self, conn_id: u64) {
-        self.send(PlaneCmd::Unregister(conn_id));
+        let (done, wait) = std_mpsc::channel();
+        self.send(PlaneCmd::Unregister(conn_id, done));
+        let _ = wait.recv_timeout(Duration::from_secs(1));
     }
 
     pub fn reset_chunk(&self, conn_id: u64, chunk: u32) {
@@ -135,10 +140,11 @@ fn plane_thread(mut endpoint: UdpEndpoint, cmds: std_mpsc::Receiver<PlaneCmdBox>
                         },
                     );
                 }
-                Ok(PlaneCmdBox(PlaneCmd::Unregister(id))) => {
+                Ok(PlaneCmdBox(PlaneCmd::Unregister(id, done))) => {
                     if let Some(s) = sessions.remove(&id) {
                         *lock(&s.stats) = s.receiver.stats().clone();
                     }
+                    let _ = done.send(());
                 }
                 Ok(PlaneCmdBox(PlaneCmd::ResetChunk(id, chunk))) => {
                     if let Some(s) = sessions.get_mut(&id) {
@@ -256,6 +262,8 @@ pub enum WriterMsg {
 pub struct UdpWriterJob {
     pub id: SessionId,
     pub conn_id: u64,
+    /// Connections `conn_id .. conn_id + streams` carry this transfer.
+    pub streams: u8,
     pub plan: ChunkPlan,
     pub part: PartialFile,
     pub map: ChunkMap,
@@ -289,6 +297,11 @@ pub fn spawn_writer(
         .map_err(|e| format!("cannot start the writer thread: {e}"))
 }
 
+/// The connection id of stream `s` of a transfer whose first stream is `conn_id`.
+pub fn stream_conn_id(conn_id: u64, s: u8) -> u64 {
+    conn_id.wrapping_add(u64::from(s))
+}
+
 /// The sender's `UdpStart`, with the secret this control connection's DCSP keys derive from.
 #[derive(Debug)]
 pub struct UdpStart {
@@ -296,6 +309,7 @@ pub struct UdpStart {
     pub shard_size: u32,
     pub data_shards: u8,
     pub dcsp_version: u8,
+    pub streams: u8,
     pub dcsp_secret: [u8; 32],
 }
 
@@ -309,10 +323,10 @@ pub async fn serve_session(
     writer: &mut RecvWriter,
     cancel: &Notify,
 ) -> (Result<SessionEnd, ErrorReply>, u64, Option<ReceiverStats>) {
-    let stats = Arc::new(Mutex::new(ReceiverStats::default()));
     let conn_id = start.conn_id;
+    let streams = start.streams.max(1);
     let plane = job.plane.clone();
-    let setup = || -> Result<DcspReceiver, ErrorReply> {
+    let setup = || -> Result<Vec<DcspReceiver>, ErrorReply> {
         if start.dcsp_version != trackshift_dcsp::VERSION {
             return Err((
                 ErrorCode::Version,
@@ -330,32 +344,58 @@ pub async fn serve_session(
             start.data_shards,
         )
         .map_err(|e| (ErrorCode::Protocol, e.to_string()))?;
-        let skip_chunks = (0..job.plan.chunk_count())
+        let skip_chunks: Vec<u32> = (0..job.plan.chunk_count())
             .filter(|c| job.map.get(*c))
             .collect();
-        Ok(DcspReceiver::new(
-            ReceiverConfig {
-                conn_id,
-                keys: DirectionKeys::derive(&start.dcsp_secret, conn_id, Role::Receiver),
-                geometry,
-                skip_chunks,
-                max_assembly_bytes: MAX_ASSEMBLY_BYTES,
-            },
-            Instant::now(),
-        ))
+        Ok((0..streams)
+            .map(|s| {
+                let id = stream_conn_id(conn_id, s);
+                DcspReceiver::new(
+                    ReceiverConfig {
+                        conn_id: id,
+                        keys: DirectionKeys::derive(&start.dcsp_secret, id, Role::Receiver),
+                        geometry,
+                        skip_chunks: skip_chunks.clone(),
+                        max_assembly_bytes: MAX_ASSEMBLY_BYTES / usize::from(streams),
+                        stream: StreamShare {
+                            index: s,
+                            count: streams,
+                        },
+                    },
+                    Instant::now(),
+                )
+            })
+            .collect())
     };
-    let receiver = match setup() {
+    let receivers = match setup() {
         Ok(r) => r,
         Err(e) => return (Err(e), 0, None),
     };
     let (wtx, wrx) = writer_channel();
-    plane.register(conn_id, receiver, wtx.clone(), stats.clone());
+    let mut stats = Vec::new();
+    for (s, receiver) in (0..streams).zip(receivers) {
+        let st = Arc::new(Mutex::new(ReceiverStats::default()));
+        plane.register(
+            stream_conn_id(conn_id, s),
+            receiver,
+            wtx.clone(),
+            st.clone(),
+        );
+        stats.push(st);
+    }
+    let unregister = || {
+        tokio::task::block_in_place(|| {
+            for s in 0..streams {
+                plane.unregister(stream_conn_id(conn_id, s));
+            }
+        })
+    };
     let (event_tx, mut event_rx) = mpsc::unbounded_channel::<WorkerEvent>();
     let name = job.name.clone();
     let handle = match spawn_writer(job, ctx.store.clone(), wrx, event_tx) {
         Ok(h) => h,
         Err(e) => {
-            plane.unregister(conn_id);
+            unregister();
             return (Err((ErrorCode::Internal, e)), 0, None);
         }
     };
@@ -428,7 +468,7 @@ pub async fn serve_session(
         result
     }
     .await;
-    plane.unregister(conn_id);
+    unregister();
     drop(wtx);
     let _ = tokio::task::spawn_blocking(move || handle.join()).await;
     if let Err((code, message)) = &outcome {
@@ -441,6 +481,24 @@ pub async fn serve_session(
         let _ = writer.flush().await;
         let _ = writer.shutdown().await;
     }
-    let final_stats = lock(&stats).clone();
-    (outcome, bytes_now, Some(final_stats))
+    let mut total = ReceiverStats::default();
+    for st in &stats {
+        let s = lock(st).clone();
+        total.packets_received += s.packets_received;
+        total.bytes_received += s.bytes_received;
+        total.blocks_completed += s.blocks_completed;
+        total.fec_recovered += s.fec_recovered;
+        total.duplicate_shards += s.duplicate_shards;
+        total.acks_sent += s.acks_sent;
+        total.path_changes = total.path_changes.max(s.path_changes);
+        total.dropped_malformed += s.dropped_malformed;
+        total.dropped_version += s.dropped_version;
+        total.dropped_unknown_connection += s.dropped_unknown_connection;
+        total.dropped_unauthentic += s.dropped_unauthentic;
+        total.dropped_replayed += s.dropped_replayed;
+        total.dropped_stale += s.dropped_stale;
+        total.dropped_invalid += s.dropped_invalid;
+        total.dropped_window += s.dropped_window;
+    }
+    (outcome, bytes_now, Some(total))
 }

@@ -66,7 +66,7 @@ pub fn reader_thread(
     plan: ChunkPlan,
     geometry: BlockGeometry,
     first_pass: Vec<FirstPass>,
-    blocks: std_mpsc::SyncSender<(u32, Arc<PooledBuf>)>,
+    blocks: Vec<std_mpsc::SyncSender<(u32, Arc<PooledBuf>)>>,
     events: mpsc::Sender<ReadEvent>,
     resend: std_mpsc::Receiver<u32>,
 ) {
@@ -93,7 +93,7 @@ fn read_blocks(
     plan: ChunkPlan,
     geometry: BlockGeometry,
     first_pass: &[FirstPass],
-    blocks: &std_mpsc::SyncSender<(u32, Arc<PooledBuf>)>,
+    blocks: &[std_mpsc::SyncSender<(u32, Arc<PooledBuf>)>],
     events: &mpsc::Sender<ReadEvent>,
     resend: &std_mpsc::Receiver<u32>,
 ) -> Result<(), String> {
@@ -137,7 +137,9 @@ fn read_blocks(
                     w.send(buf.clone()).map_err(|_| stopped())?;
                 }
                 if let Some(b) = block {
-                    blocks.send((b, buf)).map_err(|_| stopped())?;
+                    // Stream `s` of `n` carries the blocks numbered `s` modulo `n`.
+                    let stream = &blocks[b as usize % blocks.len().max(1)];
+                    stream.send((b, buf)).map_err(|_| stopped())?;
                 }
             }
             Ok::<_, String>(h.finish())
@@ -249,6 +251,39 @@ impl DataPlane {
 impl Drop for DataPlane {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// The data planes of all streams of one transfer.
+#[derive(Debug)]
+pub struct Planes(pub Vec<DataPlane>);
+
+impl Planes {
+    /// All streams' counters together (RTT, loss and parity from the first stream).
+    pub fn stats(&self) -> SenderStats {
+        let mut all = self.0.iter().map(DataPlane::stats);
+        let mut t = all.next().unwrap_or_default();
+        for s in all {
+            t.packets_sent += s.packets_sent;
+            t.bytes_sent += s.bytes_sent;
+            t.data_packets += s.data_packets;
+            t.parity_packets += s.parity_packets;
+            t.packets_retransmitted += s.packets_retransmitted;
+            t.pings += s.pings;
+            t.acks_received += s.acks_received;
+            t.packets_dropped += s.packets_dropped;
+            t.blocks_acked += s.blocks_acked;
+            t.fec_recovered += s.fec_recovered;
+            t.rate += s.rate;
+            t.probe_timeouts += s.probe_timeouts;
+        }
+        t
+    }
+
+    pub fn stop(&mut self) {
+        for p in &mut self.0 {
+            p.stop();
+        }
     }
 }
 

@@ -140,6 +140,7 @@ pub(crate) fn run_writer(
     let UdpWriterJob {
         id,
         conn_id,
+        streams,
         plan,
         part,
         mut map,
@@ -289,7 +290,9 @@ pub(crate) fn run_writer(
                     "chunk {c} of session {id} failed verification; asking for it again"
                 );
                 rollback(&mut cur, c, &feed)?;
-                plane.reset_chunk(conn_id, c);
+                for s in 0..streams.max(1) {
+                    plane.reset_chunk(crate::dcsp_recv::stream_conn_id(conn_id, s), c);
+                }
                 let _ = events.send(WorkerEvent::ChunkDone {
                     index: c,
                     ok: false,

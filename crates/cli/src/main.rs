@@ -116,9 +116,9 @@ struct TransferArgs {
     /// Forward error correction (UDP): auto (from the measured loss) or K+M data+parity shards, e.g. 10+3
     #[arg(long, default_value = "auto", value_parser = trackshift_dcsp::ParityMode::parse, value_name = "auto|K+M")]
     parity: trackshift_dcsp::ParityMode,
-    /// Parallel streams (UDP data plane)
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
-    streams: u16,
+    /// Parallel UDP streams, each with its own socket, thread and rate controller [default: half the cores, 1 to 8]
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=64))]
+    streams: Option<u8>,
     /// Cap on the sending rate, e.g. 100Mbit, 1Gbit, 50MB/s
     #[arg(long, value_parser = units::parse_rate, value_name = "RATE")]
     max_rate: Option<u64>,
@@ -255,6 +255,10 @@ fn send_options(
             None => send::DataPath::Udp { explicit: false },
         },
         parity: t.parity,
+        streams: t.streams.unwrap_or_else(|| {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            (cores / 2).clamp(1, 8) as u8
+        }),
     }
 }
 

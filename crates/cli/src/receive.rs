@@ -508,6 +508,7 @@ async fn receive_session(
             shard_size,
             data_shards,
             dcsp_version,
+            streams,
         }) = Frame::decode(first_type, &first)
         else {
             return Err((ErrorCode::Protocol, "malformed UdpStart".into()));
@@ -518,11 +519,13 @@ async fn receive_session(
             shard_size,
             data_shards,
             dcsp_version,
+            streams,
             dcsp_secret,
         };
         let job = crate::dcsp_recv::UdpWriterJob {
             id,
             conn_id,
+            streams,
             plan,
             part,
             map,

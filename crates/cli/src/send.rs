@@ -54,6 +54,8 @@ pub struct SendOptions {
     pub resume_id: Option<SessionId>,
     pub protocol: DataPath,
     pub parity: ParityMode,
+    /// DCSP streams (sockets and threads) to spread the data plane over.
+    pub streams: u8,
 }
 
 /// Which data path carries the file's bytes.
@@ -895,6 +897,7 @@ async fn udp_stream(
             shard_size,
             data_shards,
             dcsp_version: trackshift_dcsp::VERSION,
+            streams: opts.streams,
         })
         .await?;
     writer.flush().await?;
@@ -919,19 +922,29 @@ async fn udp_stream(
         }
     };
     let udp_peer = std::net::SocketAddr::new(link.peer.ip(), port);
-    let (block_tx, block_rx) = std_mpsc::sync_channel(16);
     let (fail_tx, mut fail_rx) = mpsc::unbounded_channel();
-    let mut plane = DataPlane::start(
-        udp_peer,
-        conn_id,
-        &link.dcsp_secret,
-        geometry,
-        opts.parity,
-        opts.max_rate,
-        block_rx,
-        fail_tx,
-    )
-    .map_err(|e| fatal(format!("cannot open a UDP socket: {e}")))?;
+    // One data plane (socket, thread, DcspSender, rate controller) per stream; each paces at most its share of
+    // --max-rate.
+    let mut block_txs = Vec::new();
+    let mut planes = Vec::new();
+    for s in 0..opts.streams.max(1) {
+        let (block_tx, block_rx) = std_mpsc::sync_channel(16);
+        block_txs.push(block_tx);
+        planes.push(
+            DataPlane::start(
+                udp_peer,
+                crate::dcsp_recv::stream_conn_id(conn_id, s),
+                &link.dcsp_secret,
+                geometry,
+                opts.parity,
+                opts.max_rate.map(|r| r / u64::from(opts.streams.max(1))),
+                block_rx,
+                fail_tx.clone(),
+            )
+            .map_err(|e| fatal(format!("cannot open a UDP socket: {e}")))?,
+        );
+    }
+    let mut plane = crate::dcsp_send::Planes(planes);
     let (ev_tx, mut ev_rx) = mpsc::channel(64);
     let (resend_tx, resend_rx) = std_mpsc::channel();
     let file = source
@@ -941,7 +954,11 @@ async fn udp_stream(
     let first_pass = transfer.first_pass();
     let reader_handle = std::thread::Builder::new()
         .name("trackshift-read".into())
-        .spawn(move || reader_thread(file, plan, geometry, first_pass, block_tx, ev_tx, resend_rx))
+        .spawn(move || {
+            reader_thread(
+                file, plan, geometry, first_pass, block_txs, ev_tx, resend_rx,
+            )
+        })
         .map_err(|e| fatal(format!("cannot start reader thread: {e}")))?;
     let (peer_tx, mut peer_rx) = mpsc::channel::<Result<(u8, Vec<u8>), TransportError>>(16);
     let peer_task = tokio::spawn(async move {

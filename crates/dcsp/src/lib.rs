@@ -30,7 +30,9 @@ pub use fec::ParityMode;
 pub use geometry::BlockGeometry;
 pub use packet::{PacketType, WireError, DATA_OVERHEAD, MAGIC, VERSION};
 pub use rate::{DelayRate, RateController, RateSample};
-pub use receiver::{DcspReceiver, ReceiverConfig, ReceiverEvent, ReceiverStats, Transmit};
+pub use receiver::{
+    DcspReceiver, ReceiverConfig, ReceiverEvent, ReceiverStats, StreamShare, Transmit,
+};
 pub use sender::{DcspSender, SenderConfig, SenderStats};
 
 /// A DCSP state machine refused what its driver asked.

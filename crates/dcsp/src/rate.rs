@@ -1,12 +1,42 @@
-//! Rate control: how fast the sender paces datagrams.
+//! Rate control: how fast the sender paces datagrams, and how many it may have in flight.
 //!
 //! Controllers sit behind [`RateController`] so they can be swapped and compared (`--congestion` in the CLI).
-//! The default, [`DelayRate`], is delay-based in the way of FAST TCP (and of FASP): once per round trip it
-//! moves the rate towards `rate × min_rtt / rtt + α / min_rtt`, which holds about `α` bytes of this transfer
-//! in the bottleneck queue. Random loss is not a congestion signal at all (only a sudden rise of the loss rate
-//! well above its usual level is), so 1-5% of random loss costs 1-5% of goodput, not 90% as with TCP. Flows
-//! that share a bottleneck each keep `α` queued and so converge to equal rates. A startup phase doubles the
-//! rate every round trip until queueing delay appears. [`FixedRate`] simply paces at a set rate.
+//! [`FixedRate`] simply paces at a set rate. The default, [`DelayRate`], is FAST TCP's delay-based window
+//! control, paced:
+//!
+//! - **State.** A window `w` (bytes the sender may have in flight: sent after the newest acknowledged
+//!   packet), the minimum RTT `base` and the lowest mean RTT of a round `base_mean` (both over the last
+//!   10-20 s). The sender paces at `1.25 × w / base` ([`PACING_GAIN`]), so the window, clocked by ACKs, is
+//!   the real limit and a queue cannot grow past `w − rate × base`; before the first RTT sample there is no
+//!   window and the pacing rate is [`INITIAL_RATE`] (16 Mbit/s). `--max-rate` caps the pacing rate (and
+//!   the window at twice the capped rate's worth).
+//! - **Rounds.** The controller acts once per smoothed RTT, on what the ACKs of that round showed: the mean
+//!   RTT, the loss (datagrams the receiver got against those sent) and the delivery rate (bytes received
+//!   over the receiver's clock).
+//! - **Startup.** The window starts as what the first RTT held at the initial rate and grows ×1.5 a round
+//!   ([`STARTUP_GROWTH`]: the overshoot of the round that crosses the path's capacity mostly fits in a
+//!   100 ms queue). Startup ends at once when the lowest of the last 8 RTT samples exceeds `base_mean` by
+//!   8 ms or by 3 × the samples' mean deviation if more (jitter does not end it), or at a round's end on a
+//!   loss spike; the window then becomes what the path delivered over one `base`: `delivered / (1 − usual
+//!   loss) × base`, which drains the overshoot.
+//! - **Steady (FAST).** Every round, with `q = round mean RTT − base_mean` (jitter adds to both terms, so it
+//!   does not read as queue) and `rtt = base_mean + q`:
+//!   `w ← min(2w, (1 − γ)·w + γ·(w·base/rtt + α))`, `γ = 0.5` ([`GAMMA`]),
+//!   `α = 192 KiB + 4 ms × w/rtt` ([`ALPHA_BYTES`], [`ALPHA_DELAY`]). At equilibrium each flow keeps
+//!   `rate × q ≈ α` of its own bytes queued, i.e. `rate = 192 KiB / (q − 4 ms)`: all flows through one
+//!   bottleneck see the same `q` and so converge to equal rates, and a single flow holds about
+//!   `4 ms + 192 KiB / capacity` of queue (12 ms at 200 Mbit/s, 36 ms at 50 Mbit/s), well inside a 100 ms
+//!   buffer. The fixed part sets how fast flows converge to fairness; the part that grows with the rate keeps
+//!   the standing queue measurable on fast links.
+//! - **Refill.** FAST adds only `γα` a round when the queue is empty, slow on long fat paths: after
+//!   [`EMPTY_ROUNDS`] (2) rounds in a row with `q` under 2 ms ([`QUEUE_EMPTY`]) the controller goes back to
+//!   startup, which grows the window ×1.5 a round until a queue shows.
+//! - **Loss.** Random loss is not a congestion signal at all, so 1-5% of random loss costs 1-5% of goodput
+//!   (FEC and NACKs repair it), not 90% as with TCP. Only a round whose loss exceeds the usual loss (its
+//!   moving average) by 10 points ([`LOSS_SPIKE`]) reads as overflowing queues: the window becomes 0.9 × what
+//!   the path delivered over one `base`, at most once every two rounds.
+//! - **Timeouts.** Two probe timeouts in a row (no ACK at all) halve the window and rate, at most twice per
+//!   silence, and return to startup, so a path that comes back after an outage is measured afresh.
 
 use std::time::{Duration, Instant};
 
@@ -61,9 +91,9 @@ pub const STARTUP_QUEUE_LIMIT: Duration = Duration::from_millis(8);
 /// See [`STARTUP_QUEUE_LIMIT`].
 pub const STARTUP_JITTER_FACTOR: f64 = 3.0;
 /// The fixed part of α, the bytes of this transfer FAST keeps queued at the bottleneck.
-pub const ALPHA_BYTES: f64 = 96.0 * 1024.0;
+pub const ALPHA_BYTES: f64 = 192.0 * 1024.0;
 /// The part of α that grows with the rate: this much time's worth of data (bytes = rate × this).
-pub const ALPHA_DELAY: Duration = Duration::from_millis(8);
+pub const ALPHA_DELAY: Duration = Duration::from_millis(4);
 /// FAST's gain: the window moves this share of the way to its target every round.
 pub const GAMMA: f64 = 0.5;
 /// A round whose lowest RTT is within this of the minimum saw no standing queue.

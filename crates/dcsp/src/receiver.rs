@@ -32,6 +32,28 @@ pub struct ReceiverConfig {
     pub skip_chunks: Vec<u32>,
     /// Most bytes held in incomplete blocks; shards of blocks beyond it are dropped (and NACKed later).
     pub max_assembly_bytes: usize,
+    /// Which share of the blocks this connection carries (`--streams`).
+    pub stream: StreamShare,
+}
+
+/// With `--streams N`, stream `index` of `count` carries the blocks whose number is `index` modulo `count`;
+/// the others count as complete for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamShare {
+    pub index: u8,
+    pub count: u8,
+}
+
+impl Default for StreamShare {
+    fn default() -> Self {
+        Self { index: 0, count: 1 }
+    }
+}
+
+impl StreamShare {
+    pub fn owns(&self, block: u32) -> bool {
+        self.count <= 1 || block % u32::from(self.count) == u32::from(self.index)
+    }
 }
 
 /// What the receiver asks of its driver.
@@ -108,6 +130,7 @@ pub struct DcspReceiver {
     keys: DirectionKeys,
     geometry: BlockGeometry,
     max_assembly_bytes: usize,
+    stream: StreamShare,
     epoch: Instant,
 
     replay: ReplayWindow,
@@ -138,6 +161,7 @@ impl DcspReceiver {
             keys: cfg.keys,
             geometry: cfg.geometry,
             max_assembly_bytes: cfg.max_assembly_bytes,
+            stream: cfg.stream,
             epoch: now,
             replay: ReplayWindow::new(),
             done: vec![0; (limit as usize).div_ceil(64)],
@@ -157,11 +181,13 @@ impl DcspReceiver {
             ack_pn: 0,
             stats: ReceiverStats::default(),
         };
-        // Unused block numbers and the blocks of verified chunks count as complete from the start.
+        // Unused block numbers, the blocks of verified chunks and other streams' blocks count as complete
+        // from the start.
+        let skip_chunks: std::collections::HashSet<u32> = cfg.skip_chunks.iter().copied().collect();
         for b in 0..limit {
             let skip = match r.geometry.span(b) {
                 None => true,
-                Some(s) => cfg.skip_chunks.contains(&s.chunk),
+                Some(s) => skip_chunks.contains(&s.chunk) || !cfg.stream.owns(b),
             };
             if skip {
                 r.set_done(b, true);
@@ -210,6 +236,9 @@ impl DcspReceiver {
     /// The chunk failed its hash: forget its blocks so they are asked for and accepted again.
     pub fn reset_chunk(&mut self, chunk: u32) {
         for b in self.geometry.blocks_of_chunk(chunk) {
+            if !self.stream.owns(b) {
+                continue;
+            }
             self.set_done(b, false);
             if self.assemblies.remove(&b).is_some() {
                 self.assembly_bytes = self

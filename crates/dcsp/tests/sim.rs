@@ -229,6 +229,7 @@ fn run(s: &Scenario) -> Result<Outcome, String> {
             geometry,
             skip_chunks: s.skip_chunks.clone(),
             max_assembly_bytes: 96 << 20,
+            stream: Default::default(),
         },
         start,
     );
@@ -684,6 +685,241 @@ fn profile_efficiency() {
             o.retransmitted,
             o.fec_recovered
         );
+    }
+    println!("{report}");
+}
+
+/// One flow of [`run_shared`]: when its receiver delivered bytes (time since the start, bytes), and when it
+/// finished.
+type FlowOutcome = (Vec<(Duration, usize)>, Duration);
+
+/// Several transfers, each its own sender and receiver (and connection id), through one shared link each way.
+/// Returns, per flow, the virtual times at which its receiver delivered bytes (time since the start, bytes)
+/// and when it finished.
+fn run_shared(
+    seed: u64,
+    fwd: LinkCfg,
+    back: LinkCfg,
+    flows: &[(Duration, usize)],
+) -> Result<Vec<FlowOutcome>, String> {
+    struct Flow {
+        start_at: Duration,
+        file: Vec<u8>,
+        geometry: BlockGeometry,
+        sender: Option<DcspSender>,
+        receiver: Option<DcspReceiver>,
+        conn_id: u64,
+        to_push: std::collections::VecDeque<u32>,
+        sender_addr: SocketAddr,
+        receiver_addr: SocketAddr,
+        delivered: Vec<(Duration, usize)>,
+        done: Option<Duration>,
+    }
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
+    let start = Instant::now();
+    let mut fs = Vec::new();
+    for (i, &(start_at, size)) in flows.iter().enumerate() {
+        let mut file = vec![0u8; size];
+        rng.fill_bytes(&mut file);
+        let geometry =
+            BlockGeometry::new(size as u64, 8 << 20, 1432, ParityMode::Auto.data_shards())
+                .map_err(|e| e.to_string())?;
+        fs.push(Flow {
+            start_at,
+            file,
+            geometry,
+            sender: None,
+            receiver: None,
+            conn_id: rng.gen(),
+            to_push: (0..geometry.chunk_count())
+                .flat_map(|c| geometry.blocks_of_chunk(c))
+                .collect(),
+            sender_addr: addr(&format!("198.18.0.{}:5000", i + 1)),
+            receiver_addr: addr(&format!("198.18.1.{}:4000", i + 1)),
+            delivered: Vec::new(),
+            done: None,
+        });
+    }
+    let mut fwd = Link::new(fwd, seed.wrapping_mul(3), start);
+    let mut back = Link::new(back, seed.wrapping_mul(7), start);
+    let mut buf = Vec::new();
+    let mut now = start;
+    for _step in 0..50_000_000u64 {
+        for f in fs.iter_mut() {
+            if f.done.is_some() || now < start + f.start_at {
+                continue;
+            }
+            if f.sender.is_none() {
+                f.sender = Some(DcspSender::new(
+                    SenderConfig {
+                        conn_id: f.conn_id,
+                        keys: test_keys(Role::Sender),
+                        geometry: f.geometry,
+                        parity: ParityMode::Auto,
+                        controller: Box::new(DelayRate::new(None)),
+                        max_buffered: 64 << 20,
+                    },
+                    now,
+                ));
+                f.receiver = Some(DcspReceiver::new(
+                    ReceiverConfig {
+                        conn_id: f.conn_id,
+                        keys: test_keys(Role::Receiver),
+                        geometry: f.geometry,
+                        skip_chunks: Vec::new(),
+                        max_assembly_bytes: 96 << 20,
+                        stream: Default::default(),
+                    },
+                    now,
+                ));
+            }
+            let (Some(sender), Some(receiver)) = (f.sender.as_mut(), f.receiver.as_mut()) else {
+                continue;
+            };
+            while sender.wants_block() {
+                let Some(b) = f.to_push.pop_front() else {
+                    break;
+                };
+                let span = f.geometry.span(b).ok_or("no span")?;
+                let range = span.offset as usize..span.offset as usize + span.len as usize;
+                sender
+                    .push_block(b, &f.file[range])
+                    .map_err(|e| e.to_string())?;
+            }
+            while sender.poll_transmit(now, &mut buf) {
+                fwd.send(now, f.sender_addr, f.receiver_addr, &buf);
+            }
+            while let Some(t) = receiver.poll_transmit(now, &mut buf) {
+                back.send(now, f.receiver_addr, t.destination, &buf);
+            }
+            while let Some(ev) = receiver.poll_event() {
+                if let ReceiverEvent::Block { offset, data, .. } = ev {
+                    let o = offset as usize;
+                    if data[..] != f.file[o..o + data.len()] {
+                        return Err(format!("wrong bytes at {offset}"));
+                    }
+                    f.delivered.push((now - start, data.len()));
+                }
+            }
+            if receiver.is_complete() && sender.is_idle() && f.to_push.is_empty() {
+                f.done = Some(now - start);
+            }
+        }
+        if fs.iter().all(|f| f.done.is_some()) {
+            return Ok(fs
+                .into_iter()
+                .map(|f| (f.delivered, f.done.unwrap_or_default()))
+                .collect());
+        }
+        let mut next: Option<Instant> = [fwd.next_arrival(), back.next_arrival()]
+            .into_iter()
+            .flatten()
+            .min();
+        for f in &fs {
+            let t = if f.done.is_some() {
+                None
+            } else if let (Some(s), Some(r)) = (&f.sender, &f.receiver) {
+                [s.poll_timeout(), r.poll_timeout()]
+                    .into_iter()
+                    .flatten()
+                    .min()
+            } else {
+                Some(start + f.start_at)
+            };
+            next = match (next, t) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        let Some(next) = next else {
+            return Err(format!("stuck at {:?}", now - start));
+        };
+        now = now.max(next);
+        if now - start > Duration::from_secs(300) {
+            return Err("not done after 300 s".into());
+        }
+        while let Some((src, dst, mut d)) = fwd.pop_due(now) {
+            if let Some(r) = fs
+                .iter_mut()
+                .find(|f| f.receiver_addr == dst)
+                .and_then(|f| f.receiver.as_mut())
+            {
+                r.handle_datagram(now, src, &mut d);
+            }
+        }
+        while let Some((_src, dst, mut d)) = back.pop_due(now) {
+            if let Some(s) = fs
+                .iter_mut()
+                .find(|f| f.sender_addr == dst)
+                .and_then(|f| f.sender.as_mut())
+            {
+                s.handle_datagram(now, &mut d);
+            }
+        }
+        for f in fs.iter_mut() {
+            if let Some(s) = f.sender.as_mut() {
+                s.handle_timeout(now);
+            }
+        }
+    }
+    Err("too many steps".into())
+}
+
+/// Two transfers share one wan-like bottleneck (25 MB/s, 50 ms each way, 100 ms queue): started together and
+/// one 2 s after the other, each gets a fair share of what the link delivers while both are active.
+#[test]
+fn two_transfers_share_a_bottleneck_fairly() {
+    let rate = 25_000_000.0;
+    let fwd = LinkCfg {
+        rate: Some(rate),
+        queue_bytes: (rate * 0.1) as usize,
+        delay: Duration::from_millis(50),
+        ..LinkCfg::default()
+    };
+    let back = LinkCfg {
+        delay: Duration::from_millis(50),
+        ..LinkCfg::default()
+    };
+    let size = 96 << 20;
+    let mut report = String::new();
+    for (name, second_at) in [
+        ("together", Duration::ZERO),
+        ("2 s later", Duration::from_secs(2)),
+    ] {
+        let out = run_shared(
+            21,
+            fwd.clone(),
+            back.clone(),
+            &[(Duration::ZERO, size), (second_at, size)],
+        )
+        .unwrap();
+        // Both active: from the later start (plus a second to settle in) until the first finishes.
+        let from = second_at + Duration::from_secs(1);
+        let to = out[0].1.min(out[1].1);
+        let bytes: Vec<f64> = out
+            .iter()
+            .map(|(d, _)| {
+                d.iter()
+                    .filter(|(t, _)| *t >= from && *t < to)
+                    .map(|(_, n)| *n as f64)
+                    .sum()
+            })
+            .collect();
+        let total: f64 = bytes.iter().sum();
+        let shares: Vec<f64> = bytes.iter().map(|b| b / total).collect();
+        let secs = (to - from).as_secs_f64();
+        report += &format!(
+            "{name}: shares {:.1}% / {:.1}% over {secs:.1} s, together {:.1}% of the link; done at {:?} and {:?}\n",
+            100.0 * shares[0],
+            100.0 * shares[1],
+            100.0 * total / secs / rate,
+            out[0].1,
+            out[1].1
+        );
+        assert!(secs > 2.0, "{report}");
+        for s in &shares {
+            assert!((0.30..=0.70).contains(s), "{report}");
+        }
     }
     println!("{report}");
 }

@@ -138,14 +138,16 @@ pub enum Frame<'a> {
     Error { code: ErrorCode, message: &'a str },
     /// Nothing; keeps an idle connection's NAT bindings and liveness checks fresh.
     KeepAlive,
-    /// Sender → receiver, after the verified list: file bytes will travel over DCSP (UDP) on connection
-    /// `conn_id`, in shards of `shard_size` bytes, `data_shards` original shards per block, speaking DCSP
-    /// wire version `dcsp_version`.
+    /// Sender → receiver, after the verified list: file bytes will travel over DCSP (UDP) on `streams`
+    /// connections `conn_id`, `conn_id + 1`, … (stream `s` carries the blocks numbered `s` modulo `streams`),
+    /// in shards of `shard_size` bytes, `data_shards` original shards per block, speaking DCSP wire version
+    /// `dcsp_version`.
     UdpStart {
         conn_id: u64,
         shard_size: u32,
         data_shards: u8,
         dcsp_version: u8,
+        streams: u8,
     },
     /// Receiver → sender: DCSP is ready on UDP port `port` of the address the sender connected to.
     UdpReady { port: u16 },
@@ -330,11 +332,13 @@ impl<'a> Frame<'a> {
                 shard_size,
                 data_shards,
                 dcsp_version,
+                streams,
             } => {
                 out.extend_from_slice(&conn_id.to_be_bytes());
                 out.extend_from_slice(&shard_size.to_be_bytes());
                 out.push(*data_shards);
                 out.push(*dcsp_version);
+                out.push(*streams);
                 ty::UDP_START
             }
             Frame::UdpReady { port } => {
@@ -464,6 +468,7 @@ impl<'a> Frame<'a> {
                     shard_size: r.u32()?,
                     data_shards: r.u8()?,
                     dcsp_version: r.u8()?,
+                    streams: r.u8()?,
                 }
             }
             ty::UDP_READY => {
@@ -659,6 +664,7 @@ mod tests {
                 shard_size: 1432,
                 data_shards: 64,
                 dcsp_version: 1,
+                streams: 2,
             },
             Frame::UdpReady { port: 4433 },
             Frame::ChunkHash {
