@@ -164,6 +164,7 @@ pub(crate) fn run_writer(
         expected: HashMap::new(),
     };
     let mut scratch = vec![0u8; DATA_PIECE];
+    let mut file_sha: Option<[u8; 32]> = None;
     skip_verified(&mut cur, &map, &part, &feed, &pool, &mut scratch)?;
     loop {
         let msg = match msgs.recv_timeout(Duration::from_secs(1)) {
@@ -203,32 +204,9 @@ pub(crate) fn run_writer(
                 Some(index)
             }
             WriterMsg::FileEnd(sha) => {
-                if !map.is_complete() {
-                    return Err((
-                        ErrorCode::Protocol,
-                        "sender ended the file with chunks still missing".into(),
-                    ));
-                }
-                committer.finish()?;
-                let (hasher, pos) = feed.finish()?;
-                if pos != plan.file_size() {
-                    return Err((
-                        ErrorCode::Internal,
-                        format!("whole-file hash stopped at {pos} of {}", plan.file_size()),
-                    ));
-                }
-                let part = Arc::try_unwrap(part)
-                    .map_err(|_| (ErrorCode::Internal, "partial file still shared".to_owned()))?;
-                return finish_file(
-                    part,
-                    hasher.finish(),
-                    sha,
-                    &store,
-                    id,
-                    &output_dir,
-                    &name,
-                    events,
-                );
+                // The sender announces the end once every chunk went out; chunks may still be verifying.
+                file_sha = Some(sha);
+                None
             }
         };
         // Hash what is now in order.
@@ -300,8 +278,58 @@ pub(crate) fn run_writer(
                 });
             }
         }
+        if let Some(sha) = file_sha.filter(|_| map.is_complete()) {
+            return finish(
+                committer,
+                feed,
+                part,
+                plan,
+                sha,
+                &store,
+                id,
+                &output_dir,
+                &name,
+                events,
+            );
+        }
     }
     committer.finish()
+}
+
+/// Every chunk verified and the sender's whole-file hash known: check it and put the file in place.
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    mut committer: Committer,
+    feed: FileFeed,
+    part: Arc<PartialFile>,
+    plan: ChunkPlan,
+    sha: [u8; 32],
+    store: &SessionStore,
+    id: trackshift_proto::SessionId,
+    output_dir: &std::path::Path,
+    name: &str,
+    events: &mpsc::UnboundedSender<WorkerEvent>,
+) -> Result<(), ErrorReply> {
+    committer.finish()?;
+    let (hasher, pos) = feed.finish()?;
+    if pos != plan.file_size() {
+        return Err((
+            ErrorCode::Internal,
+            format!("whole-file hash stopped at {pos} of {}", plan.file_size()),
+        ));
+    }
+    let part = Arc::try_unwrap(part)
+        .map_err(|_| (ErrorCode::Internal, "partial file still shared".to_owned()))?;
+    finish_file(
+        part,
+        hasher.finish(),
+        sha,
+        store,
+        id,
+        output_dir,
+        name,
+        events,
+    )
 }
 
 /// Feeds the whole-file hash with chunks verified earlier (an earlier run, or before an earlier chunk failed)

@@ -405,6 +405,9 @@ async fn receive_session(
             };
             writer.send(&frame).await.map_err(proto)?;
             writer.flush().await.map_err(proto)?;
+            // A DCSP sender sent `UdpStart` right behind its offer: read it, so closing does not reset the
+            // connection before the sender has read our answer.
+            let _ = tokio::time::timeout(Duration::from_millis(500), reader.next()).await;
             return Ok(ConnOutcome::Completed);
         }
         Some(rec) => rec,

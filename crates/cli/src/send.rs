@@ -636,6 +636,29 @@ async fn transfer_once(
             mtime_ns: source.mtime_ns,
         }))
         .await?;
+    // With DCSP, `UdpStart` follows the offer at once (it does not depend on the answer): one round trip less
+    // before the first datagram.
+    let udp = match opts.protocol {
+        DataPath::Udp { .. } => {
+            let u = UdpLink {
+                peer: peer_addr,
+                dcsp_secret,
+                conn_id: rand::random(),
+                shard_size: crate::dcsp_send::shard_size_for(peer_addr),
+            };
+            writer
+                .send(&Frame::UdpStart {
+                    conn_id: u.conn_id,
+                    shard_size: u.shard_size,
+                    data_shards: opts.parity.data_shards(),
+                    dcsp_version: trackshift_dcsp::VERSION,
+                    streams: opts.streams,
+                })
+                .await?;
+            Some(u)
+        }
+        DataPath::Tcp => None,
+    };
     writer.flush().await?;
 
     // Accept, then the verified list.
@@ -692,11 +715,7 @@ async fn transfer_once(
         *progress_started = true;
     }
     reporter.event(json!({"event": "accepted", "chunks_verified": transfer.chunks_skipped, "bytes_verified": base}));
-    if let DataPath::Udp { .. } = opts.protocol {
-        let link = UdpLink {
-            peer: peer_addr,
-            dcsp_secret,
-        };
+    if let Some(link) = udp {
         return udp_stream(
             link, reader, writer, transfer, source, plan, record, store, opts, reporter, stats,
             started, base,
@@ -856,10 +875,13 @@ fn peer_error(code: ErrorCode, message: &str) -> AttemptError {
     }
 }
 
-/// Where DCSP goes and the secret its keys derive from (both from the control connection).
+/// Where DCSP goes, the secret its keys derive from (both from the control connection), and what `UdpStart`
+/// announced.
 struct UdpLink {
     peer: std::net::SocketAddr,
     dcsp_secret: [u8; 32],
+    conn_id: u64,
+    shard_size: u32,
 }
 
 /// Streams the chunks the receiver lacks over DCSP, with chunk hashes and verdicts on the control channel.
@@ -879,10 +901,9 @@ async fn udp_stream(
     started: Instant,
     base: u64,
 ) -> Result<(String, [u8; 32]), AttemptError> {
-    use crate::dcsp_send::{reader_thread, shard_size_for, DataPlane, PlaneFailure, ReadEvent};
+    use crate::dcsp_send::{reader_thread, DataPlane, PlaneFailure, ReadEvent};
     let fatal = |m: String| AttemptError::Fatal(Failure::failed(m));
-    let conn_id: u64 = rand::random();
-    let shard_size = shard_size_for(link.peer);
+    let (conn_id, shard_size) = (link.conn_id, link.shard_size);
     let data_shards = opts.parity.data_shards();
     let geometry = trackshift_dcsp::BlockGeometry::new(
         plan.file_size(),
@@ -891,16 +912,6 @@ async fn udp_stream(
         data_shards,
     )
     .map_err(|e| fatal(e.to_string()))?;
-    writer
-        .send(&Frame::UdpStart {
-            conn_id,
-            shard_size,
-            data_shards,
-            dcsp_version: trackshift_dcsp::VERSION,
-            streams: opts.streams,
-        })
-        .await?;
-    writer.flush().await?;
     let port = match tokio::time::timeout(Duration::from_secs(30), reader.next()).await {
         Ok(Ok(Frame::UdpReady { port })) => port,
         Ok(Ok(Frame::Error { message, .. })) => {
@@ -952,6 +963,11 @@ async fn udp_stream(
         .try_clone()
         .map_err(|e| AttemptError::Fatal(Failure::usage(format!("source file: {e}"))))?;
     let first_pass = transfer.first_pass();
+    let to_send = first_pass
+        .iter()
+        .filter(|p| matches!(p, FirstPass::Send))
+        .count();
+    let mut hashes_sent = std::collections::HashSet::new();
     let reader_handle = std::thread::Builder::new()
         .name("trackshift-read".into())
         .spawn(move || {
@@ -979,7 +995,9 @@ async fn udp_stream(
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut ticks = 0u64;
     let outcome = loop {
-        if !file_end_sent && transfer.is_complete() {
+        // The end is announced once every chunk went out (the receiver finishes when they all verified),
+        // which saves a round trip over waiting for the last verdict.
+        if !file_end_sent && (transfer.is_complete() || hashes_sent.len() >= to_send) {
             if let Some(sha) = file_hash {
                 writer.send(&Frame::FileEnd { sha256: sha }).await?;
                 writer.flush().await?;
@@ -1009,6 +1027,7 @@ async fn udp_stream(
             },
             ev = ev_rx.recv(), if !reader_done => match ev {
                 Some(ReadEvent::ChunkHash(index, sha256)) => {
+                    hashes_sent.insert(index);
                     writer.send(&Frame::ChunkHash { index, sha256 }).await?;
                     writer.flush().await?;
                     transfer.on_sent(index);

@@ -62,48 +62,61 @@ fn unexpected(f: &Frame<'_>, wanted: &str) -> TransportError {
     TransportError::Protocol(format!("expected {wanted}, got {}", f.name()))
 }
 
-/// Sender side: Hello, SPAKE2, confirmations. `exporter` is the TLS exporter value for `EXPORTER_LABEL`.
+/// Sender side: Hello, SPAKE2, confirmations, in two flights (see PROTOCOL.md §3): `Hello` + `Pake` out; the
+/// receiver's `Hello` + `Pake` + `Confirm` in; our `Confirm` out, without waiting for anything after it (the
+/// caller's `Offer` follows in the same flight). `exporter` is the TLS exporter value for `EXPORTER_LABEL`.
 pub async fn authenticate_client<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
     exporter: [u8; 32],
     secret: &str,
 ) -> Result<(), TransportError> {
     let mut buf = Vec::new();
-    write_frame(s, &OUR_HELLO).await?;
-    match expect(s, &mut buf).await? {
-        Frame::Hello { .. } => {}
-        f => return Err(unexpected(&f, "Hello")),
-    }
     let (pake, outbound) = Spake2::<Ed25519Group>::start_symmetric(
         &Password::new(secret.as_bytes()),
         &PakeIdentity::new(PAKE_IDENTITY),
     );
+    write_frame(s, &OUR_HELLO).await?;
     write_frame(s, &Frame::Pake { message: &outbound }).await?;
+    match expect(s, &mut buf).await? {
+        Frame::Hello { .. } => {}
+        f => return Err(unexpected(&f, "Hello")),
+    }
     let key = match expect(s, &mut buf).await? {
         Frame::Pake { message } => pake
             .finish(message)
             .map_err(|_| TransportError::PeerNotAuthentic)?,
         f => return Err(unexpected(&f, "Pake")),
     };
+    match expect(s, &mut buf).await? {
+        Frame::Confirm { mac }
+            if constant_time_eq(&mac, &confirmation(&key, b"receiver", &exporter)) => {}
+        Frame::Confirm { .. } => {
+            // Tell the receiver why we hang up, so it can report the refusal.
+            let _ = write_frame(
+                s,
+                &Frame::Error {
+                    code: ErrorCode::Auth,
+                    message: "wrong secret",
+                },
+            )
+            .await;
+            return Err(TransportError::PeerNotAuthentic);
+        }
+        f => return Err(unexpected(&f, "Confirm")),
+    }
     write_frame(
         s,
         &Frame::Confirm {
             mac: confirmation(&key, b"sender", &exporter),
         },
     )
-    .await?;
-    match expect(s, &mut buf).await? {
-        Frame::Confirm { mac }
-            if constant_time_eq(&mac, &confirmation(&key, b"receiver", &exporter)) =>
-        {
-            Ok(())
-        }
-        Frame::Confirm { .. } => Err(TransportError::PeerNotAuthentic),
-        f => Err(unexpected(&f, "Confirm")),
-    }
+    .await
 }
 
-/// Receiver side. On a wrong secret it tells the sender (an `Error` frame with code `Auth`) and fails.
+/// Receiver side: answers the sender's `Hello` + `Pake` with `Hello` + `Pake` + `Confirm` in one flight, then
+/// checks the sender's `Confirm`. On a wrong secret it tells the sender (an `Error` frame with code `Auth`)
+/// and fails. (Confirming first reveals nothing testable offline: SPAKE2 allows one password guess per run,
+/// whichever side confirms first.)
 pub async fn authenticate_server<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
     exporter: [u8; 32],
@@ -137,7 +150,6 @@ pub async fn authenticate_server<S: AsyncRead + AsyncWrite + Unpin>(
         }
         f => return Err(unexpected(&f, "Hello")),
     }
-    write_frame(s, &OUR_HELLO).await?;
     let (pake, outbound) = Spake2::<Ed25519Group>::start_symmetric(
         &Password::new(secret.as_bytes()),
         &PakeIdentity::new(PAKE_IDENTITY),
@@ -148,11 +160,22 @@ pub async fn authenticate_server<S: AsyncRead + AsyncWrite + Unpin>(
             .map_err(|_| TransportError::PeerNotAuthentic)?,
         f => return Err(unexpected(&f, "Pake")),
     };
+    write_frame(s, &OUR_HELLO).await?;
     write_frame(s, &Frame::Pake { message: &outbound }).await?;
-    match expect(s, &mut buf).await? {
-        Frame::Confirm { mac }
-            if constant_time_eq(&mac, &confirmation(&key, b"sender", &exporter)) => {}
-        Frame::Confirm { .. } => {
+    write_frame(
+        s,
+        &Frame::Confirm {
+            mac: confirmation(&key, b"receiver", &exporter),
+        },
+    )
+    .await?;
+    match expect(s, &mut buf).await {
+        Ok(Frame::Confirm { mac })
+            if constant_time_eq(&mac, &confirmation(&key, b"sender", &exporter)) =>
+        {
+            Ok(())
+        }
+        Ok(Frame::Confirm { .. }) => {
             write_frame(
                 s,
                 &Frame::Error {
@@ -161,17 +184,13 @@ pub async fn authenticate_server<S: AsyncRead + AsyncWrite + Unpin>(
                 },
             )
             .await?;
-            return Err(TransportError::PeerNotAuthentic);
+            Err(TransportError::PeerNotAuthentic)
         }
-        f => return Err(unexpected(&f, "Confirm")),
+        // The sender found our confirmation wrong: it has another secret.
+        Err(TransportError::SecretRefused) => Err(TransportError::PeerNotAuthentic),
+        Ok(f) => Err(unexpected(&f, "Confirm")),
+        Err(e) => Err(e),
     }
-    write_frame(
-        s,
-        &Frame::Confirm {
-            mac: confirmation(&key, b"receiver", &exporter),
-        },
-    )
-    .await
 }
 
 /// The TLS exporter value both ends feed into the key confirmation.
@@ -213,7 +232,7 @@ mod tests {
     #[tokio::test]
     async fn wrong_secret_is_refused() {
         let (c, s) = run("wrong", "hunter2", [1; 32]).await;
-        assert!(matches!(c, Err(TransportError::SecretRefused)), "{c:?}");
+        assert!(matches!(c, Err(TransportError::PeerNotAuthentic)), "{c:?}");
         assert!(matches!(s, Err(TransportError::PeerNotAuthentic)));
     }
 

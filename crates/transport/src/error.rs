@@ -30,7 +30,7 @@ pub enum TransportError {
     },
     #[error("authentication refused: the receiver did not accept the secret (check --secret / TRACKSHIFT_SECRET)")]
     SecretRefused,
-    #[error("authentication failed: the peer could not prove it knows the secret (wrong secret or an impostor)")]
+    #[error("authentication failed: the secrets do not match (check --secret / TRACKSHIFT_SECRET), or the peer is an impostor")]
     PeerNotAuthentic,
     #[error("no common protocol version: we speak {ours}, the peer speaks {min}..={max}; upgrade the older side")]
     Version { ours: u16, min: u16, max: u16 },
