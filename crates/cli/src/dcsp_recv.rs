@@ -28,6 +28,9 @@ use crate::receive::{
 const IDLE_WAIT: Duration = Duration::from_millis(5);
 /// Complete blocks queued between the plane thread and a session's writer (each at most a few hundred KiB).
 const BLOCK_QUEUE: usize = 32;
+/// During a DCSP transfer the receiver sends a keep-alive this often on the control connection, so the sender
+/// can tell a dead control connection (its address changed) from a quiet one within seconds.
+pub const CONTROL_KEEPALIVE: Duration = Duration::from_secs(2);
 /// Most bytes a session may hold in incomplete blocks.
 const MAX_ASSEMBLY_BYTES: usize = 96 * 1024 * 1024;
 
@@ -424,6 +427,7 @@ pub async fn serve_session(
             tokio::task::block_in_place(|| wtx.send(msg))
                 .map_err(|_| (ErrorCode::Internal, "the writer thread stopped".to_owned()))
         };
+        let mut keepalive = tokio::time::interval(CONTROL_KEEPALIVE);
         let result = loop {
             tokio::select! {
                 biased;
@@ -462,6 +466,10 @@ pub async fn serve_session(
                     }
                 }
                 _ = cancel.notified() => break Ok((ConnOutcome::Dropped, None)),
+                _ = keepalive.tick() => {
+                    writer.send(&Frame::KeepAlive).await.map_err(proto)?;
+                    writer.flush().await.map_err(proto)?;
+                }
             }
         };
         reader_task.abort();

@@ -35,6 +35,9 @@ const READ_AHEAD: usize = 8;
 const FINAL_WAIT: Duration = Duration::from_secs(3600);
 /// How often the sender records confirmed progress in its own store (for `trackshift status`).
 const PROGRESS_SAVE_EVERY: Duration = Duration::from_secs(2);
+/// With DCSP, how long the control connection may stay silent (the receiver sends a keep-alive every
+/// `dcsp_recv::CONTROL_KEEPALIVE`) before the sender reconnects.
+const CONTROL_SILENCE: Duration = Duration::from_secs(8);
 /// Longest silence from the receiver while chunks are in flight before the connection counts as dead.
 const PEER_SILENCE: Duration = Duration::from_secs(60);
 
@@ -992,6 +995,7 @@ async fn udp_stream(
     let mut reader_done = false;
     let mut last_saved = Instant::now();
     let mut last_keepalive = Instant::now();
+    let mut control_heard = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut ticks = 0u64;
     let outcome = loop {
@@ -1007,6 +1011,7 @@ async fn udp_stream(
         tokio::select! {
             biased;
             msg = peer_rx.recv() => {
+                control_heard = Instant::now();
                 let (frame_type, body) = msg.unwrap_or(Err(TransportError::Closed))?;
                 let frame = Frame::decode(frame_type, &body).map_err(TransportError::from)?;
                 let progress = Progress { record, store, started, base, last_saved: &mut last_saved };
@@ -1068,6 +1073,14 @@ async fn udp_stream(
                     last_keepalive = Instant::now();
                     writer.send(&Frame::KeepAlive).await?;
                     writer.flush().await?;
+                }
+                // The receiver says something at least every CONTROL_KEEPALIVE; a control connection silent much
+                // longer is dead (e.g. our address changed under it): reconnect and resume at once instead of
+                // waiting for TCP to give up.
+                if control_heard.elapsed() >= CONTROL_SILENCE {
+                    break Err(AttemptError::Transient(TransportError::Timeout(
+                        "waiting for the receiver on the control connection",
+                    )));
                 }
             }
         }
