@@ -322,7 +322,7 @@ pub async fn serve_session(
     ctx: &Ctx,
     job: UdpWriterJob,
     start: UdpStart,
-    mut reader: RecvReader,
+    reader: RecvReader,
     writer: &mut RecvWriter,
     cancel: &Notify,
 ) -> (Result<SessionEnd, ErrorReply>, u64, Option<ReceiverStats>) {
@@ -411,17 +411,7 @@ pub async fn serve_session(
             .map_err(proto)?;
         writer.flush().await.map_err(proto)?;
         // Frames from the sender through a task of their own (reading a frame is not cancel-safe).
-        let (peer_tx, mut peer_rx) = mpsc::channel::<Result<(u8, Vec<u8>), TransportError>>(16);
-        let reader_task = tokio::spawn(async move {
-            loop {
-                let mut buf = Vec::new();
-                let r = reader.next_into(&mut buf).await.map(|t| (t, buf));
-                let stop = r.is_err();
-                if peer_tx.send(r).await.is_err() || stop {
-                    break;
-                }
-            }
-        });
+        let (mut peer_rx, reader_task) = reader.pump();
         let to_writer = |msg: WriterMsg| {
             // The writer's queue is short; waiting for room here is the back-pressure we want.
             tokio::task::block_in_place(|| wtx.send(msg))

@@ -743,18 +743,7 @@ async fn transfer_once(
 
     // Frames from the receiver arrive through a task of their own: reading a frame is not cancel-safe, so it
     // must not sit in the `select!` below.
-    let (peer_tx, mut peer_rx) = mpsc::channel::<Result<(u8, Vec<u8>), TransportError>>(16);
-    let peer_task = tokio::spawn(async move {
-        let mut reader = reader;
-        loop {
-            let mut buf = Vec::new();
-            let r = reader.next_into(&mut buf).await.map(|t| (t, buf));
-            let stop = r.is_err();
-            if peer_tx.send(r).await.is_err() || stop {
-                break;
-            }
-        }
-    });
+    let (mut peer_rx, peer_task) = reader.pump();
     let mut file_hash: Option<[u8; 32]> = None;
     let mut wire_progress = 0u64;
     let mut file_end_sent = false;
@@ -979,17 +968,7 @@ async fn udp_stream(
             )
         })
         .map_err(|e| fatal(format!("cannot start reader thread: {e}")))?;
-    let (peer_tx, mut peer_rx) = mpsc::channel::<Result<(u8, Vec<u8>), TransportError>>(16);
-    let peer_task = tokio::spawn(async move {
-        loop {
-            let mut buf = Vec::new();
-            let r = reader.next_into(&mut buf).await.map(|t| (t, buf));
-            let stop = r.is_err();
-            if peer_tx.send(r).await.is_err() || stop {
-                break;
-            }
-        }
-    });
+    let (mut peer_rx, peer_task) = reader.pump();
     let mut file_hash: Option<[u8; 32]> = None;
     let mut file_end_sent = false;
     let mut reader_done = false;

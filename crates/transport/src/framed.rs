@@ -79,6 +79,34 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 }
 
+/// What a frame pump hands over: each frame's type and body, or the error that ended the connection.
+pub type PumpedFrame = Result<(u8, Vec<u8>), TransportError>;
+
+impl<R: AsyncRead + Unpin + Send + 'static> FrameReader<R> {
+    /// Reads frames on a task of its own and hands them over a channel (reading a frame is not cancel-safe,
+    /// so it must not sit in a `select!`). The task ends after the first error, or when the channel's receiver
+    /// is dropped.
+    pub fn pump(
+        mut self,
+    ) -> (
+        tokio::sync::mpsc::Receiver<PumpedFrame>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::channel::<PumpedFrame>(16);
+        let task = tokio::spawn(async move {
+            loop {
+                let mut buf = Vec::new();
+                let r = self.next_into(&mut buf).await.map(|t| (t, buf));
+                let stop = r.is_err();
+                if tx.send(r).await.is_err() || stop {
+                    break;
+                }
+            }
+        });
+        (rx, task)
+    }
+}
+
 /// Writes frames to one direction of a connection.
 #[derive(Debug)]
 pub struct FrameWriter<W: AsyncWrite> {
