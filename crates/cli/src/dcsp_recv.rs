@@ -21,7 +21,7 @@ use trackshift_storage::{PartialFile, SessionStore};
 use trackshift_transport::{RecvBatch, TransportError, UdpEndpoint};
 
 use crate::receive::{
-    ConnOutcome, Ctx, ErrorReply, RecvReader, RecvWriter, SessionEnd, WorkerEvent,
+    relay_verdict, ConnOutcome, Ctx, ErrorReply, RecvReader, RecvWriter, SessionEnd, WorkerEvent,
 };
 
 /// Longest the plane thread sleeps before looking at its commands again.
@@ -422,23 +422,9 @@ pub async fn serve_session(
             tokio::select! {
                 biased;
                 ev = event_rx.recv() => match ev {
-                    Some(WorkerEvent::ChunkDone { index, ok, len }) => {
-                        if ok { bytes_now += len; }
-                        writer.send(&Frame::ChunkDone { index, ok }).await.map_err(proto)?;
-                        writer.flush().await.map_err(proto)?;
-                    }
-                    Some(WorkerEvent::FileDone { sha, final_path }) => {
-                        let final_name = final_path.file_name().and_then(|n| n.to_str()).unwrap_or(&name).to_owned();
-                        let _ = writer.send(&Frame::FileDone { ok: true, sha256: sha, final_name: &final_name }).await;
-                        let _ = writer.flush().await;
-                        break Ok((ConnOutcome::Completed, Some((final_path.display().to_string(), sha))));
-                    }
-                    Some(WorkerEvent::FileMismatch { sha }) => {
-                        let _ = writer.send(&Frame::FileDone { ok: false, sha256: sha, final_name: &name }).await;
-                        let _ = writer.flush().await;
-                        break Ok((ConnOutcome::Failed(crate::failure::exit::FAILED), None));
-                    }
-                    Some(WorkerEvent::Fatal { code, message }) => break Err((code, message)),
+                    Some(ev) => if let Some(end) = relay_verdict(ev, writer, &name, &mut bytes_now).await {
+                        break end;
+                    },
                     None => break Ok((ConnOutcome::Dropped, None)),
                 },
                 msg = peer_rx.recv() => {

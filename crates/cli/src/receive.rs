@@ -594,24 +594,9 @@ async fn receive_session(
         tokio::select! {
             biased;
             ev = event_rx.recv() => match ev {
-                Some(WorkerEvent::ChunkDone { index, ok, len }) => {
-                    if ok { bytes_now += len; }
-                    writer.send(&Frame::ChunkDone { index, ok }).await.map_err(proto)?;
-                    writer.flush().await.map_err(proto)?;
-                }
-                Some(WorkerEvent::FileDone { sha, final_path }) => {
-                    let final_name = final_path.file_name().and_then(|n| n.to_str()).unwrap_or(&name).to_owned();
-                    // The sender may be gone already; the file is in place either way.
-                    let _ = writer.send(&Frame::FileDone { ok: true, sha256: sha, final_name: &final_name }).await;
-                    let _ = writer.flush().await;
-                    break Ok((ConnOutcome::Completed, Some((final_path.display().to_string(), sha))));
-                }
-                Some(WorkerEvent::FileMismatch { sha }) => {
-                    let _ = writer.send(&Frame::FileDone { ok: false, sha256: sha, final_name: &name }).await;
-                    let _ = writer.flush().await;
-                    break Ok((ConnOutcome::Failed(exit::FAILED), None));
-                }
-                Some(WorkerEvent::Fatal { code, message }) => break Err((code, message)),
+                Some(ev) => if let Some(end) = relay_verdict(ev, writer, &name, &mut bytes_now).await {
+                    break end;
+                },
                 // The worker is done: the reader ended and everything queued was processed.
                 None => match reader_result.take() {
                     Some(Err(e @ (TransportError::Wire(_) | TransportError::Protocol(_)))) => break Err(proto(e)),
@@ -719,6 +704,61 @@ pub(crate) fn conclude(
                 .info(&format!("transfer from {peer} failed: {message}"));
             ConnOutcome::Failed(exit_code_for(code))
         }
+    }
+}
+
+/// Tells the sender what the writer decided (a chunk verified or failed, the file in place or discarded);
+/// `Some` when that ends the session. Shared by the TCP and DCSP paths.
+pub(crate) async fn relay_verdict(
+    ev: WorkerEvent,
+    writer: &mut RecvWriter,
+    name: &str,
+    bytes_now: &mut u64,
+) -> Option<Result<SessionEnd, ErrorReply>> {
+    let proto = |e: TransportError| (ErrorCode::Protocol, e.to_string());
+    match ev {
+        WorkerEvent::ChunkDone { index, ok, len } => {
+            if ok {
+                *bytes_now += len;
+            }
+            let sent = async {
+                writer.send(&Frame::ChunkDone { index, ok }).await?;
+                writer.flush().await
+            };
+            sent.await.err().map(|e| Err(proto(e)))
+        }
+        WorkerEvent::FileDone { sha, final_path } => {
+            let final_name = final_path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or(name)
+                .to_owned();
+            // The sender may be gone already; the file is in place either way.
+            let _ = writer
+                .send(&Frame::FileDone {
+                    ok: true,
+                    sha256: sha,
+                    final_name: &final_name,
+                })
+                .await;
+            let _ = writer.flush().await;
+            Some(Ok((
+                ConnOutcome::Completed,
+                Some((final_path.display().to_string(), sha)),
+            )))
+        }
+        WorkerEvent::FileMismatch { sha } => {
+            let _ = writer
+                .send(&Frame::FileDone {
+                    ok: false,
+                    sha256: sha,
+                    final_name: name,
+                })
+                .await;
+            let _ = writer.flush().await;
+            Some(Ok((ConnOutcome::Failed(exit::FAILED), None)))
+        }
+        WorkerEvent::Fatal { code, message } => Some(Err((code, message))),
     }
 }
 
