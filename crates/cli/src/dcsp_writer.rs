@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use trackshift_proto::frame::DATA_PIECE;
 use trackshift_proto::hashing::Hasher;
 use trackshift_proto::{ChunkMap, ChunkPlan, ErrorCode};
-use trackshift_storage::{PartialFile, SessionStore, StorageError, DIRECT_IO_ALIGN};
+use trackshift_storage::{PartialFile, SessionStore, StorageError, WriteStage};
 
 use crate::dcsp_recv::{UdpWriterJob, WriterMsg};
 use crate::pool::{BufPool, SharedBytes};
@@ -152,7 +152,7 @@ pub(crate) fn run_writer(
     let part = Arc::new(part);
     let mut committer = Committer::start(part.clone(), store.clone(), id, events.clone())?;
     let feed = FileFeed::start()?;
-    let pool = BufPool::new(MAX_BLOCK + DIRECT_IO_ALIGN);
+    let pool = BufPool::new(MAX_BLOCK + 1);
     let mut cur = Cursor {
         plan,
         at: 0,
@@ -163,6 +163,7 @@ pub(crate) fn run_writer(
         hashed: HashMap::new(),
         expected: HashMap::new(),
     };
+    let mut stage = WriteStage::new();
     let mut scratch = vec![0u8; DATA_PIECE];
     let mut file_sha: Option<[u8; 32]> = None;
     skip_verified(&mut cur, &map, &part, &feed, &pool, &mut scratch)?;
@@ -181,15 +182,15 @@ pub(crate) fn run_writer(
                 if map.get(chunk) || !plan.contains(chunk) || offset < cur.at {
                     continue;
                 }
-                // One copy into an aligned buffer lets the write go around the page cache (see PartialFile).
-                let bytes = pool.aligned_copy(&data, DIRECT_IO_ALIGN);
-                drop(data);
-                part.write_at(offset, &bytes).map_err(store_err)?;
-                if cur.held_bytes + bytes.len() <= MAX_HELD || offset == cur.at {
-                    cur.held_bytes += bytes.len();
-                    cur.held.insert(offset, bytes);
+                // Blocks wait in memory until the cursor reaches them and are written then, in file order,
+                // through the stage (large aligned writes around the page cache). Beyond MAX_HELD they are
+                // written at once and read back later.
+                if cur.held_bytes + data.len() <= MAX_HELD || offset == cur.at {
+                    cur.held_bytes += data.len();
+                    cur.held.insert(offset, BufPool::adopt(data));
                 } else {
-                    cur.spilled.insert(offset, bytes.len() as u32);
+                    part.write_at(offset, &data).map_err(store_err)?;
+                    cur.spilled.insert(offset, data.len() as u32);
                 }
                 None
             }
@@ -218,8 +219,11 @@ pub(crate) fn run_writer(
             }
             let bytes = if let Some(b) = cur.held.remove(&cur.at) {
                 cur.held_bytes -= b.len();
+                stage.write(&part, cur.at, &b).map_err(store_err)?;
                 b
             } else if let Some(len) = cur.spilled.remove(&cur.at) {
+                // Already on disk.
+                stage.flush(&part).map_err(store_err)?;
                 let len = len as usize;
                 part.read_at(cur.at, &mut scratch[..len.min(DATA_PIECE)])
                     .map_err(store_err)?;
@@ -257,6 +261,8 @@ pub(crate) fn run_writer(
             let (Some(got), Some(want)) = (cur.hashed.get(&c), cur.expected.get(&c)) else {
                 continue;
             };
+            // A verified chunk must be on disk before it is committed; a failed one is read back by rollback.
+            stage.flush(&part).map_err(store_err)?;
             let (got, ok) = (*got, got == want);
             cur.hashed.remove(&c);
             cur.expected.remove(&c);
@@ -279,6 +285,7 @@ pub(crate) fn run_writer(
             }
         }
         if let Some(sha) = file_sha.filter(|_| map.is_complete()) {
+            stage.flush(&part).map_err(store_err)?;
             return finish(
                 committer,
                 feed,
@@ -293,6 +300,7 @@ pub(crate) fn run_writer(
             );
         }
     }
+    stage.flush(&part).map_err(store_err)?;
     committer.finish()
 }
 

@@ -9,7 +9,8 @@ use std::sync::Arc;
 #[derive(Debug)]
 pub struct PooledBuf {
     data: Vec<u8>,
-    home: Sender<Vec<u8>>,
+    /// Where it goes back to; `None` for an adopted buffer, freed when dropped.
+    home: Option<Sender<Vec<u8>>>,
 }
 
 impl PooledBuf {
@@ -28,7 +29,9 @@ impl Deref for PooledBuf {
 
 impl Drop for PooledBuf {
     fn drop(&mut self) {
-        let _ = self.home.send(std::mem::take(&mut self.data));
+        if let Some(home) = &self.home {
+            let _ = home.send(std::mem::take(&mut self.data));
+        }
     }
 }
 
@@ -57,12 +60,17 @@ impl BufPool {
         data.reserve(self.capacity);
         PooledBuf {
             data,
-            home: self.home.clone(),
+            home: Some(self.home.clone()),
         }
     }
 }
 
 impl BufPool {
+    /// Shares `data` without copying; it is freed (not pooled) when the last share drops.
+    pub fn adopt(data: Vec<u8>) -> SharedBytes {
+        SharedBytes::new(Arc::new(PooledBuf { data, home: None }), 0)
+    }
+
     /// A copy of `data` whose first byte sits at an address that is a multiple of `align` (a power of two), as
     /// direct I/O wants. The pool's capacity must be at least `data.len() + align`.
     pub fn aligned_copy(&self, data: &[u8], align: usize) -> SharedBytes {

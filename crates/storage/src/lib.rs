@@ -23,6 +23,7 @@ mod error;
 mod known;
 mod names;
 mod partial;
+mod stage;
 mod store;
 
 pub use trackshift_proto::SessionId;
@@ -32,6 +33,7 @@ pub use error::StorageError;
 pub use known::KnownReceivers;
 pub use names::{validate_file_name, MAX_NAME_BYTES, RESERVED_PREFIX};
 pub use partial::{PartialFile, DIRECT_IO_ALIGN};
+pub use stage::{WriteStage, STAGE_BYTES};
 pub use store::{
     id_hex, IncomingSession, OutgoingSession, SessionRecord, SessionState, SessionStore,
 };
