@@ -90,7 +90,7 @@ impl WriteStage {
             return Ok(());
         }
         let mut start = self.from;
-        if start % a != 0 {
+        if !start.is_multiple_of(a) {
             // The head up to the first page boundary: through the page cache.
             let head_end = start - start % a + a;
             part.write_at(
