@@ -420,10 +420,10 @@ async fn send(mut opts: SendOptions, reporter: &mut Reporter) -> Result<(), Fail
         "packets_sent": stats.udp.as_ref().map(|u| u.packets_sent + stats.udp_totals.0),
         "packets_retransmitted": stats.udp.as_ref().map(|u| u.packets_retransmitted + stats.udp_totals.1),
         "fec_recovered": stats.udp.as_ref().map(|u| u.fec_recovered),
-        "loss_pct": stats.udp.as_ref().map(|u| u.loss * 100.0),
-        "rtt_ms": stats.udp.as_ref().map(|u| u.srtt.unwrap_or_default().as_secs_f64() * 1e3),
+        "loss_pct": stats.udp.as_ref().map(|u| rounded(u.loss * 100.0, 3)),
+        "rtt_ms": stats.udp.as_ref().map(|u| rounded(u.srtt.unwrap_or_default().as_secs_f64() * 1e3, 3)),
         "parity": stats.udp.as_ref().map(|u| format!("{}+{}", u.data_shards, u.parity)),
-        "rate_mbps": stats.udp.as_ref().map(|u| u.rate as f64 * 8.0 / 1e6),
+        "rate_mbps": stats.udp.as_ref().map(|u| rounded(u.rate as f64 * 8.0 / 1e6, 3)),
         "chunks_total": plan.chunk_count(),
         "chunks_sent": stats.chunks_sent,
         "chunks_resent": stats.chunks_resent,
@@ -1041,8 +1041,9 @@ async fn udp_stream(
                 ticks += 1;
                 if ticks.is_multiple_of(4) {
                     reporter.event(json!({
-                        "event": "dcsp", "rate_mbps": u.rate as f64 * 8.0 / 1e6, "loss_pct": u.loss * 100.0,
-                        "rtt_ms": u.srtt.unwrap_or_default().as_secs_f64() * 1e3,
+                        "event": "dcsp", "rate_mbps": rounded(u.rate as f64 * 8.0 / 1e6, 3),
+                        "loss_pct": rounded(u.loss * 100.0, 3),
+                        "rtt_ms": rounded(u.srtt.unwrap_or_default().as_secs_f64() * 1e3, 3),
                         "parity": format!("{}+{}", u.data_shards, u.parity), "packets_sent": u.packets_sent,
                         "packets_retransmitted": u.packets_retransmitted, "fec_recovered": u.fec_recovered,
                         "phase": u.phase,
@@ -1172,4 +1173,10 @@ fn on_receiver_frame(
             f.name()
         ))),
     }
+}
+
+/// `x` rounded to `places` decimals, for JSON figures people read (no `1.4e-62` loss).
+fn rounded(x: f64, places: i32) -> f64 {
+    let f = 10f64.powi(places);
+    (x * f).round() / f
 }

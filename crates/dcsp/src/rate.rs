@@ -15,8 +15,9 @@
 //!   over the receiver's clock).
 //! - **Startup.** The window starts as what the first RTT held at the initial rate and grows ×1.5 a round
 //!   ([`STARTUP_GROWTH`]: the overshoot of the round that crosses the path's capacity mostly fits in a
-//!   100 ms queue). Startup ends at once when the lowest of the last 8 RTT samples exceeds `base_mean` by
-//!   8 ms or by 3 × the samples' mean deviation if more (jitter does not end it), or at a round's end on a
+//!   100 ms queue), a startup round lasting at least 20 ms. Startup ends at once when the lowest of the last
+//!   8 RTT samples exceeds `base_mean` by 8 ms (by `base_mean`, at least 1 ms, on shorter paths, whose
+//!   buffers may hold less) or by 3 × the samples' mean deviation if more (jitter does not end it), or at a round's end on a
 //!   loss spike; the window then becomes what the path delivered over one `base`: `delivered / (1 − usual
 //!   loss) × base`, which drains the overshoot.
 //! - **Steady (FAST).** Every round, with `q = round mean RTT − base_mean` (jitter adds to both terms, so it
@@ -111,6 +112,11 @@ pub const MIN_WINDOW_BYTES: f64 = 16.0 * 1024.0;
 const MIN_RTT_WINDOW: Duration = Duration::from_secs(10);
 /// Shortest control round.
 const MIN_ROUND: Duration = Duration::from_millis(5);
+/// Shortest startup round: on paths of a few milliseconds or less, ×1.5 a round trip would outrun every
+/// signal (and a short queue overflows before a standing delay shows), so startup grows at most ×1.5 per this.
+const STARTUP_MIN_ROUND: Duration = Duration::from_millis(20);
+/// Lowest queueing delay that ends startup (on short paths the limit is the path's own RTT, down to this).
+const STARTUP_QUEUE_FLOOR: Duration = Duration::from_millis(1);
 /// RTT samples whose minimum is compared with [`STARTUP_QUEUE_LIMIT`].
 const STARTUP_SAMPLES: usize = 8;
 
@@ -277,7 +283,9 @@ impl RateController for DelayRate {
             if self.phase == Phase::Startup && self.recent_len >= 2 * STARTUP_SAMPLES {
                 if let (Some(base), Some(reference)) = (self.min_rtt(), self.base_mean()) {
                     let lowest = self.recent.iter().min().copied().unwrap_or_default();
+                    // A queue of 8 ms, or of one RTT on shorter paths (whose short buffers may hold less).
                     let limit = STARTUP_QUEUE_LIMIT
+                        .min(reference.max(STARTUP_QUEUE_FLOOR))
                         .as_secs_f64()
                         .max(STARTUP_JITTER_FACTOR * self.jitter);
                     if lowest.as_secs_f64() > reference.as_secs_f64() + limit {
@@ -307,7 +315,10 @@ impl RateController for DelayRate {
             self.round = Some(start);
             return;
         };
-        let round_len = s.srtt.max(MIN_ROUND);
+        let round_len = s.srtt.max(match self.phase {
+            Phase::Startup => STARTUP_MIN_ROUND,
+            Phase::Steady => MIN_ROUND,
+        });
         if s.now.saturating_duration_since(round.at) < round_len {
             return;
         }
