@@ -70,6 +70,8 @@ pub struct SenderStats {
     pub parity: u8,
     pub data_shards: u8,
     pub probe_timeouts: u64,
+    /// Pings sent after the last queued shard to learn the tail's losses early.
+    pub tail_probes: u64,
     /// The rate controller's phase.
     pub phase: &'static str,
 }
@@ -154,6 +156,9 @@ pub struct DcspSender {
     last_probe: Option<Instant>,
     pto_count: u32,
     ping_pending: bool,
+    /// When the last shard (data, parity or repair) went out, and whether a tail probe followed it.
+    last_shard_sent: Option<Instant>,
+    tail_probed: bool,
 
     loss_base: Option<(u64, u64)>,
     loss: f64,
@@ -186,6 +191,8 @@ impl DcspSender {
             last_probe: None,
             pto_count: 0,
             ping_pending: false,
+            last_shard_sent: None,
+            tail_probed: false,
             loss_base: None,
             loss: 0.0,
             stats: SenderStats {
@@ -369,6 +376,8 @@ impl DcspSender {
             out.extend_from_slice(bytes);
             self.keys.seal.seal(pn, header.len(), out);
             self.take_pn(now);
+            self.last_shard_sent = Some(now);
+            self.tail_probed = false;
             if let Some(state) = self.blocks.get_mut(&block) {
                 state.first_pn.get_or_insert(pn);
                 state.last_pn = Some(pn);
@@ -410,6 +419,22 @@ impl DcspSender {
         }
     }
 
+    /// Shorter gaps between a shard and a later packet's arrival may be reordering, not loss.
+    fn reorder_window(&self) -> Duration {
+        (self.rtt.rttvar * 4).max(MIN_REORDER_WINDOW)
+    }
+
+    /// When to send a tail probe: a ping one reorder window after the last shard, once nothing else is queued
+    /// and blocks are outstanding. Its ACK shows the receiver's state of every block sent before it, so the
+    /// tail's losses are repaired one round trip after the last shard instead of after a probe timeout (no
+    /// later data packets come to reveal them).
+    fn tail_probe_at(&self) -> Option<Instant> {
+        if self.tail_probed || self.blocks.is_empty() || self.has_work() {
+            return None;
+        }
+        self.last_shard_sent.map(|t| t + self.reorder_window())
+    }
+
     fn pto(&self) -> Duration {
         let base = self.rtt.srtt() + self.rtt.rttvar * 4 + PTO_SLACK;
         (base * 2u32.saturating_pow(self.pto_count.min(6))).min(MAX_PTO)
@@ -425,16 +450,21 @@ impl DcspSender {
                 .max(self.last_probe.unwrap_or(self.last_heard))
                 + self.pto()
         });
-        match (send, probe) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [send, probe, self.tail_probe_at()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Fires the probe timer when ACKs stopped coming while blocks are outstanding.
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.blocks.is_empty() {
             return;
+        }
+        if self.tail_probe_at().is_some_and(|t| now >= t) {
+            self.ping_pending = true;
+            self.tail_probed = true;
+            self.stats.tail_probes += 1;
         }
         let since = self
             .last_heard
@@ -553,7 +583,7 @@ impl DcspSender {
         }
 
         let srtt = self.rtt.srtt();
-        let reorder_window = (self.rtt.rttvar * 4).max(MIN_REORDER_WINDOW);
+        let reorder_window = self.reorder_window();
         let largest_sent_at = match self.sent_at[(ack.largest_pn as usize) % SENT_RING] {
             (pn, at, _) if pn == ack.largest_pn => at,
             _ => None,

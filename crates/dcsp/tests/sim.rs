@@ -192,6 +192,7 @@ struct Outcome {
     dropped: u64,
     path_changes: u64,
     corrupted: u64,
+    tail_probes: u64,
 }
 
 fn addr(s: &str) -> SocketAddr {
@@ -329,6 +330,7 @@ fn run(s: &Scenario) -> Result<Outcome, String> {
                 dropped: rs.dropped(),
                 path_changes: rs.path_changes,
                 corrupted: fwd.corrupted,
+                tail_probes: st.tail_probes,
             });
         }
         if trace && now >= next_trace {
@@ -577,6 +579,16 @@ fn the_receiver_follows_an_address_change() {
     s.address_change = Some(Duration::from_millis(300));
     let o = run(&s).unwrap();
     assert_eq!(o.path_changes, 1, "{o:?}");
+}
+
+#[test]
+fn the_tail_is_probed_one_reorder_window_after_the_last_shard() {
+    let mut s = base(8);
+    s.fwd.loss = 0.03;
+    s.fwd.delay = Duration::from_millis(100);
+    s.back.delay = Duration::from_millis(100);
+    let o = run(&s).unwrap();
+    assert!(o.tail_probes >= 1, "{o:?}");
 }
 
 #[test]
