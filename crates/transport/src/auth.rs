@@ -4,7 +4,7 @@
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use spake2::{Ed25519Group, Identity as PakeIdentity, Password, Spake2};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use trackshift_proto::frame::PROTOCOL_VERSION;
 use trackshift_proto::{ErrorCode, Frame};
 
@@ -58,6 +58,23 @@ async fn expect<'b, S: AsyncRead + Unpin>(
     Ok(f)
 }
 
+/// Writes a flight of frames with one write (one TLS record, usually one TCP segment: fewer packets to lose).
+async fn write_frames<S: AsyncWrite + Unpin>(
+    s: &mut S,
+    frames: &[Frame<'_>],
+) -> Result<(), TransportError> {
+    let mut buf = Vec::with_capacity(256);
+    for f in frames {
+        f.encode(&mut buf);
+    }
+    s.write_all(&buf)
+        .await
+        .map_err(|e| TransportError::io("writing to peer", e))?;
+    s.flush()
+        .await
+        .map_err(|e| TransportError::io("writing to peer", e))
+}
+
 fn unexpected(f: &Frame<'_>, wanted: &str) -> TransportError {
     TransportError::Protocol(format!("expected {wanted}, got {}", f.name()))
 }
@@ -75,8 +92,7 @@ pub async fn authenticate_client<S: AsyncRead + AsyncWrite + Unpin>(
         &Password::new(secret.as_bytes()),
         &PakeIdentity::new(PAKE_IDENTITY),
     );
-    write_frame(s, &OUR_HELLO).await?;
-    write_frame(s, &Frame::Pake { message: &outbound }).await?;
+    write_frames(s, &[OUR_HELLO, Frame::Pake { message: &outbound }]).await?;
     match expect(s, &mut buf).await? {
         Frame::Hello { .. } => {}
         f => return Err(unexpected(&f, "Hello")),
@@ -160,13 +176,15 @@ pub async fn authenticate_server<S: AsyncRead + AsyncWrite + Unpin>(
             .map_err(|_| TransportError::PeerNotAuthentic)?,
         f => return Err(unexpected(&f, "Pake")),
     };
-    write_frame(s, &OUR_HELLO).await?;
-    write_frame(s, &Frame::Pake { message: &outbound }).await?;
-    write_frame(
+    write_frames(
         s,
-        &Frame::Confirm {
-            mac: confirmation(&key, b"receiver", &exporter),
-        },
+        &[
+            OUR_HELLO,
+            Frame::Pake { message: &outbound },
+            Frame::Confirm {
+                mac: confirmation(&key, b"receiver", &exporter),
+            },
+        ],
     )
     .await?;
     match expect(s, &mut buf).await {
