@@ -141,7 +141,11 @@ pub struct DcspSender {
     queue: VecDeque<(u32, ShardRef)>,
     repairs: VecDeque<(u32, u8)>,
     buffered: usize,
-    free: Vec<Vec<u8>>,
+    /// Buffers of released blocks, reused for new ones (data and parity apart, as their sizes differ). They
+    /// only ever come from released blocks, so with the blocks in flight they never exceed the most blocks
+    /// ever in flight (bounded by `max_buffered`): allocating afresh per block costs page faults and zeroing.
+    free_data: Vec<Vec<u8>>,
+    free_parity: Vec<Vec<u8>>,
     encoder: ParityEncoder,
 
     next_pn: u64,
@@ -179,7 +183,8 @@ impl DcspSender {
             queue: VecDeque::new(),
             repairs: VecDeque::new(),
             buffered: 0,
-            free: Vec::new(),
+            free_data: Vec::new(),
+            free_parity: Vec::new(),
             encoder: ParityEncoder::default(),
             next_pn: 0,
             sent_at: vec![(u64::MAX, None, 0); SENT_RING],
@@ -243,12 +248,12 @@ impl DcspSender {
         }
         let s = self.geometry.shard_size() as usize;
         let k = span.data_shards;
-        let mut data = self.free.pop().unwrap_or_default();
+        let mut data = self.free_data.pop().unwrap_or_default();
         data.clear();
         data.extend_from_slice(bytes);
         data.resize(usize::from(k) * s, 0);
         let m = self.parity.parity_for(k, self.loss);
-        let mut parity = self.free.pop().unwrap_or_default();
+        let mut parity = self.free_parity.pop().unwrap_or_default();
         encode_parity(&mut self.encoder, &data, k, m, s, &mut parity);
         let m = (parity.len() / s) as u8;
         self.stats.parity = m;
@@ -278,10 +283,8 @@ impl DcspSender {
 
     fn release(&mut self, b: BlockState) {
         self.buffered -= b.span.len as usize;
-        if self.free.len() < 16 {
-            self.free.push(b.data);
-            self.free.push(b.parity);
-        }
+        self.free_data.push(b.data);
+        self.free_parity.push(b.parity);
     }
 
     fn has_work(&self) -> bool {
