@@ -20,6 +20,7 @@ use trackshift_proto::{ChunkMap, ChunkPlan, ErrorCode, Frame, SessionId};
 use trackshift_storage::{PartialFile, SessionStore};
 use trackshift_transport::{RecvBatch, TransportError, UdpEndpoint};
 
+use crate::pool::SpareBufs;
 use crate::receive::{
     relay_verdict, ConnOutcome, Ctx, ErrorReply, RecvReader, RecvWriter, SessionEnd, WorkerEvent,
 };
@@ -41,6 +42,7 @@ enum PlaneCmd {
         receiver: Box<DcspReceiver>,
         writer: std_mpsc::SyncSender<WriterMsg>,
         stats: Arc<Mutex<ReceiverStats>>,
+        spare: SpareBufs,
     },
     /// Forget a connection; its final counters are in its stats when `done` hears back.
     Unregister(u64, std_mpsc::Sender<()>),
@@ -89,12 +91,14 @@ impl UdpPlane {
         receiver: DcspReceiver,
         writer: std_mpsc::SyncSender<WriterMsg>,
         stats: Arc<Mutex<ReceiverStats>>,
+        spare: SpareBufs,
     ) {
         self.send(PlaneCmd::Register {
             conn_id,
             receiver: Box::new(receiver),
             writer,
             stats,
+            spare,
         });
     }
 
@@ -112,6 +116,7 @@ impl UdpPlane {
 
 struct Session {
     receiver: Box<DcspReceiver>,
+    spare: SpareBufs,
     writer: std_mpsc::SyncSender<WriterMsg>,
     stats: Arc<Mutex<ReceiverStats>>,
     writer_gone: bool,
@@ -120,7 +125,6 @@ struct Session {
 fn plane_thread(mut endpoint: UdpEndpoint, cmds: std_mpsc::Receiver<PlaneCmdBox>) {
     let mut sessions: HashMap<u64, Session> = HashMap::new();
     let mut batch = RecvBatch::new();
-    let mut scratch = Vec::with_capacity(65536);
     let mut out = Vec::with_capacity(2048);
     let mut unknown = 0u64;
     let mut last_stats = Instant::now();
@@ -132,11 +136,13 @@ fn plane_thread(mut endpoint: UdpEndpoint, cmds: std_mpsc::Receiver<PlaneCmdBox>
                     receiver,
                     writer,
                     stats,
+                    spare,
                 })) => {
                     sessions.insert(
                         conn_id,
                         Session {
                             receiver,
+                            spare,
                             writer,
                             stats,
                             writer_gone: false,
@@ -163,15 +169,14 @@ fn plane_thread(mut endpoint: UdpEndpoint, cmds: std_mpsc::Receiver<PlaneCmdBox>
             match endpoint.recv_batch(&mut batch) {
                 Ok(_) => {
                     let now = Instant::now();
-                    for (from, datagram) in batch.iter() {
+                    for (from, datagram) in batch.iter_mut() {
                         let Some(s) = peek_conn_id(datagram).and_then(|id| sessions.get_mut(&id))
                         else {
                             unknown += 1;
                             continue;
                         };
-                        scratch.clear();
-                        scratch.extend_from_slice(datagram);
-                        s.receiver.handle_datagram(now, from, &mut scratch);
+                        // Opened in place, in the receive buffer.
+                        s.receiver.handle_datagram(now, from, datagram);
                         drain_events(s);
                     }
                 }
@@ -237,6 +242,12 @@ fn drain_events(s: &mut Session) {
                 {
                     s.writer_gone = true;
                 }
+                while s.receiver.wants_spare() {
+                    match s.spare.take() {
+                        Some(buf) => s.receiver.recycle(buf),
+                        None => break,
+                    }
+                }
             }
             ReceiverEvent::PathChanged { from, to } => match from {
                 Some(from) => tracing::info!("DCSP sender moved from {from} to {to}"),
@@ -273,6 +284,8 @@ pub struct UdpWriterJob {
     pub output_dir: std::path::PathBuf,
     pub name: String,
     pub plane: UdpPlane,
+    /// Where the writer hands block buffers back to the plane thread, for reuse.
+    pub spare: SpareBufs,
 }
 
 /// The writer's queue: the plane thread and the control task both send to it.
@@ -383,6 +396,7 @@ pub async fn serve_session(
             receiver,
             wtx.clone(),
             st.clone(),
+            job.spare.clone(),
         );
         stats.push(st);
     }

@@ -307,7 +307,6 @@ fn run_plane(
 ) -> Result<(), PlaneFailure> {
     let started = Instant::now();
     let mut batch = RecvBatch::new();
-    let mut scratch = Vec::with_capacity(65536);
     let mut packet = Vec::with_capacity(65536);
     let mut out: Vec<u8> = Vec::with_capacity(SEND_BATCH * 1500);
     let mut last_stats = started;
@@ -318,10 +317,8 @@ fn run_plane(
             match endpoint.recv_batch(&mut batch) {
                 Ok(_) => {
                     let now = Instant::now();
-                    for (_, d) in batch.iter() {
-                        scratch.clear();
-                        scratch.extend_from_slice(d);
-                        sender.handle_datagram(now, &mut scratch);
+                    for (_, d) in batch.iter_mut() {
+                        sender.handle_datagram(now, d);
                     }
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,

@@ -147,6 +147,7 @@ pub(crate) fn run_writer(
         output_dir,
         name,
         plane,
+        spare,
     } = job;
     let store_err = |e: StorageError| (storage_code(&e), e.to_string());
     let part = Arc::new(part);
@@ -187,7 +188,7 @@ pub(crate) fn run_writer(
                 // written at once and read back later.
                 if cur.held_bytes + data.len() <= MAX_HELD || offset == cur.at {
                     cur.held_bytes += data.len();
-                    cur.held.insert(offset, BufPool::adopt(data));
+                    cur.held.insert(offset, BufPool::adopt(data, &spare));
                 } else {
                     part.write_at(offset, &data).map_err(store_err)?;
                     cur.spilled.insert(offset, data.len() as u32);

@@ -3,14 +3,41 @@
 
 use std::ops::Deref;
 use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// A buffer that returns to its pool when dropped.
 #[derive(Debug)]
 pub struct PooledBuf {
     data: Vec<u8>,
-    /// Where it goes back to; `None` for an adopted buffer, freed when dropped.
-    home: Option<Sender<Vec<u8>>>,
+    home: Home,
+}
+
+/// Where a buffer goes when its last share drops.
+#[derive(Debug)]
+enum Home {
+    Pool(Sender<Vec<u8>>),
+    Spare(SpareBufs),
+}
+
+/// Buffers handed back to the thread that made them (bounded at [`SpareBufs::MAX`]; more are freed).
+#[derive(Debug, Clone, Default)]
+pub struct SpareBufs(Arc<Mutex<Vec<Vec<u8>>>>);
+
+impl SpareBufs {
+    const MAX: usize = 64;
+
+    fn put(&self, buf: Vec<u8>) {
+        if let Ok(mut spare) = self.0.lock() {
+            if spare.len() < Self::MAX {
+                spare.push(buf);
+            }
+        }
+    }
+
+    /// A spare buffer, if one is there and nobody holds the lock right now.
+    pub fn take(&self) -> Option<Vec<u8>> {
+        self.0.try_lock().ok()?.pop()
+    }
 }
 
 impl PooledBuf {
@@ -29,8 +56,12 @@ impl Deref for PooledBuf {
 
 impl Drop for PooledBuf {
     fn drop(&mut self) {
-        if let Some(home) = &self.home {
-            let _ = home.send(std::mem::take(&mut self.data));
+        let buf = std::mem::take(&mut self.data);
+        match &self.home {
+            Home::Pool(pool) => {
+                let _ = pool.send(buf);
+            }
+            Home::Spare(spare) => spare.put(buf),
         }
     }
 }
@@ -60,15 +91,16 @@ impl BufPool {
         data.reserve(self.capacity);
         PooledBuf {
             data,
-            home: Some(self.home.clone()),
+            home: Home::Pool(self.home.clone()),
         }
     }
 }
 
 impl BufPool {
-    /// Shares `data` without copying; it is freed (not pooled) when the last share drops.
-    pub fn adopt(data: Vec<u8>) -> SharedBytes {
-        SharedBytes::new(Arc::new(PooledBuf { data, home: None }), 0)
+    /// Shares `data` without copying; it goes to `spare` when the last share drops.
+    pub fn adopt(data: Vec<u8>, spare: &SpareBufs) -> SharedBytes {
+        let home = Home::Spare(spare.clone());
+        SharedBytes::new(Arc::new(PooledBuf { data, home }), 0)
     }
 
     /// A copy of `data` whose first byte sits at an address that is a multiple of `align` (a power of two), as

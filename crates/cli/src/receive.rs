@@ -534,6 +534,7 @@ async fn receive_session(
             map,
             output_dir: output_dir.clone(),
             name: name.clone(),
+            spare: Default::default(),
             plane: match &ctx.udp {
                 Some(p) => p.clone(),
                 None => {

@@ -191,10 +191,21 @@ pub enum ShardReject {
 
 impl BlockAssembly {
     pub fn new(k: u8, shard_size: usize) -> Self {
+        Self::with_buffer(k, shard_size, Vec::new())
+    }
+
+    /// Like [`Self::new`], in a recycled buffer. Its old bytes need no clearing: every one is overwritten by a
+    /// shard or by decoding before [`Self::finish`] returns the block.
+    pub fn with_buffer(k: u8, shard_size: usize, mut data: Vec<u8>) -> Self {
+        let len = usize::from(k) * shard_size;
+        if data.len() != len {
+            data.clear();
+            data.resize(len, 0);
+        }
         Self {
             k,
             shard_size,
-            data: vec![0; usize::from(k) * shard_size],
+            data,
             have: vec![false; usize::from(k)],
             have_count: 0,
             parity: Vec::new(),
@@ -333,7 +344,8 @@ mod tests {
         assert_eq!(parity.len(), usize::from(m) * s);
         let mut dec = ParityDecoder::default();
         // Lose original shards 1, 4, 9; rebuild from the rest plus all parity.
-        let mut a = BlockAssembly::new(k, s);
+        // In a recycled buffer full of stale bytes: all of them must be overwritten.
+        let mut a = BlockAssembly::with_buffer(k, s, vec![0xEE; usize::from(k) * s]);
         for i in (0..k).filter(|i| ![1, 4, 9].contains(i)) {
             a.add_data(i, &data[usize::from(i) * s..][..s]).unwrap();
         }

@@ -17,6 +17,8 @@ use crate::packet::{Header, PacketType, WireError, MAX_PACKET_NUMBER};
 
 /// Acknowledge after this many datagrams...
 const ACK_EVERY: u32 = 32;
+/// Most recycled block buffers kept.
+const MAX_SPARE: usize = 32;
 /// ...or this long after the first unacknowledged one.
 const ACK_DELAY: Duration = Duration::from_millis(2);
 /// Never more often than this (except to answer a PING).
@@ -132,6 +134,8 @@ pub struct DcspReceiver {
     max_assembly_bytes: usize,
     stream: StreamShare,
     epoch: Instant,
+    /// Block buffers handed back by the driver ([`DcspReceiver::recycle`]) for new assemblies.
+    spare: Vec<Vec<u8>>,
 
     replay: ReplayWindow,
     done: Vec<u64>,
@@ -163,6 +167,7 @@ impl DcspReceiver {
             max_assembly_bytes: cfg.max_assembly_bytes,
             stream: cfg.stream,
             epoch: now,
+            spare: Vec::new(),
             replay: ReplayWindow::new(),
             done: vec![0; (limit as usize).div_ceil(64)],
             cumulative: 0,
@@ -195,6 +200,19 @@ impl DcspReceiver {
         }
         r.advance_cumulative();
         r
+    }
+
+    /// Gives back the buffer of a block the driver is done with, to assemble a later block in (saves
+    /// allocating and zeroing one per block). Keeps at most [`MAX_SPARE`].
+    pub fn recycle(&mut self, buf: Vec<u8>) {
+        if self.spare.len() < MAX_SPARE {
+            self.spare.push(buf);
+        }
+    }
+
+    /// Whether [`DcspReceiver::recycle`] would keep another buffer.
+    pub fn wants_spare(&self) -> bool {
+        self.spare.len() < MAX_SPARE
     }
 
     fn is_done(&self, b: u32) -> bool {
@@ -350,7 +368,11 @@ impl DcspReceiver {
         let shard_size = self.geometry.shard_size() as usize;
         let assembly = self.assemblies.entry(shard.block).or_insert_with(|| {
             self.assembly_bytes += block_bytes;
-            BlockAssembly::new(span.data_shards, shard_size)
+            BlockAssembly::with_buffer(
+                span.data_shards,
+                shard_size,
+                self.spare.pop().unwrap_or_default(),
+            )
         });
         let added = match header.packet_type {
             PacketType::Data => assembly.add_data(shard.index, payload),

@@ -272,6 +272,26 @@ impl RecvBatch {
             })
     }
 
+    /// Like [`Self::iter`], but the bytes are mutable: callers that decrypt in place need no copy.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (SocketAddr, &mut [u8])> {
+        let filled = self.filled;
+        self.meta[..filled]
+            .iter()
+            .zip(self.buf.chunks_exact_mut(RECV_SLOT_LEN))
+            .flat_map(|(meta, slot)| {
+                let mut rest = &mut slot[..meta.len.min(RECV_SLOT_LEN)];
+                let stride = stride_of(meta);
+                let addr = meta.addr;
+                (0..datagrams_in(meta)).map(move |_| {
+                    let r = std::mem::take(&mut rest);
+                    let cut = stride.min(r.len());
+                    let (datagram, tail) = r.split_at_mut(cut);
+                    rest = tail;
+                    (addr, datagram)
+                })
+            })
+    }
+
     /// Datagrams held after the last `recv_batch` (GRO trains counted by their segments).
     pub fn len(&self) -> usize {
         self.meta[..self.filled].iter().map(datagrams_in).sum()
@@ -525,7 +545,11 @@ mod tests {
                 match rx.recv_batch(&mut batch) {
                     Ok(n) => {
                         assert_eq!(n, batch.iter().count());
-                        got.extend(batch.iter().map(|(a, d)| (a, d.to_vec())));
+                        let shared: Vec<_> = batch.iter().map(|(a, d)| (a, d.to_vec())).collect();
+                        let mutable: Vec<_> =
+                            batch.iter_mut().map(|(a, d)| (a, d.to_vec())).collect();
+                        assert_eq!(shared, mutable, "iter and iter_mut disagree");
+                        got.extend(shared);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) => panic!("recv_batch: {e}"),
