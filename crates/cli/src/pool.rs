@@ -24,7 +24,7 @@ enum Home {
 pub struct SpareBufs(Arc<Mutex<Vec<Vec<u8>>>>);
 
 impl SpareBufs {
-    const MAX: usize = 64;
+    const MAX: usize = 16;
 
     fn put(&self, buf: Vec<u8>) {
         if let Ok(mut spare) = self.0.lock() {
