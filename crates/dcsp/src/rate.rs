@@ -35,7 +35,7 @@
 //! - **Loss.** Random loss is not a congestion signal at all, so 1-5% of random loss costs 1-5% of goodput
 //!   (FEC and NACKs repair it), not 90% as with TCP. Only a round whose loss exceeds the usual loss (its
 //!   moving average) by 10 points ([`LOSS_SPIKE`]) reads as overflowing queues: the window becomes 0.9 × what
-//!   the path delivered over one `base`, at most once every two rounds.
+//!   the path delivered over one `base`, at most once every three rounds (counting from startup's end).
 //! - **Timeouts.** Two probe timeouts in a row (no ACK at all) halve the window and rate, at most twice per
 //!   silence, and return to startup, so a path that comes back after an outage is measured afresh.
 
@@ -117,6 +117,10 @@ const MIN_ROUND: Duration = Duration::from_millis(5);
 const STARTUP_MIN_ROUND: Duration = Duration::from_millis(20);
 /// Lowest queueing delay that ends startup (on short paths the limit is the path's own RTT, down to this).
 const STARTUP_QUEUE_FLOOR: Duration = Duration::from_millis(1);
+/// Rounds after a cut (or the end of startup) before a loss spike may cut again.
+const CUT_ROUNDS: u32 = 3;
+/// ACKs over which startup's exit measures the delivery rate.
+const RECENT_ACKS: usize = 16;
 /// RTT samples whose minimum is compared with [`STARTUP_QUEUE_LIMIT`].
 const STARTUP_SAMPLES: usize = 8;
 
@@ -167,6 +171,9 @@ pub struct DelayRate {
     jitter: f64,
     /// Highest delivery rate measured in a round (bytes/s).
     max_delivered: f64,
+    /// The receiver's clock and byte count of the last few ACKs: the delivery rate right now.
+    recent_acks: [(Duration, u64); RECENT_ACKS],
+    recent_acks_len: usize,
 }
 
 impl DelayRate {
@@ -195,6 +202,8 @@ impl DelayRate {
             startup_mean: 0.0,
             jitter: 0.0,
             max_delivered: 0.0,
+            recent_acks: [(Duration::ZERO, 0); RECENT_ACKS],
+            recent_acks_len: 0,
         }
     }
 
@@ -235,6 +244,20 @@ impl DelayRate {
         self.recent_len += 1;
     }
 
+    /// Delivery rate over the last [`RECENT_ACKS`] ACKs (bytes/s of the receiver's clock), 0 if too few.
+    fn recent_delivery_rate(&self) -> f64 {
+        if self.recent_acks_len < RECENT_ACKS {
+            return 0.0;
+        }
+        let newest = self.recent_acks[(self.recent_acks_len - 1) % RECENT_ACKS];
+        let oldest = self.recent_acks[self.recent_acks_len % RECENT_ACKS];
+        let dt = newest.0.saturating_sub(oldest.0);
+        if dt < Duration::from_millis(2) {
+            return 0.0;
+        }
+        newest.1.saturating_sub(oldest.1) as f64 / dt.as_secs_f64()
+    }
+
     /// Ends startup: the window becomes what the path delivers in one minimum RTT.
     fn leave_startup(&mut self, delivered: f64, base: Duration) {
         self.phase = Phase::Steady;
@@ -271,6 +294,8 @@ impl DelayRate {
 impl RateController for DelayRate {
     fn on_ack(&mut self, s: &RateSample) {
         self.timeouts = 0;
+        self.recent_acks[self.recent_acks_len % RECENT_ACKS] = (s.receiver_time, s.bytes_received);
+        self.recent_acks_len += 1;
         if let Some(rtt) = s.rtt {
             self.note_rtt(s.now, rtt);
             if self.window.is_none() {
@@ -298,6 +323,9 @@ impl RateController for DelayRate {
                                 0.0
                             }
                         });
+                        // A queue is building, so the latest ACKs show the bottleneck's own rate; the round's
+                        // rate may still reflect the previous, slower round's packets.
+                        let delivered = delivered.max(self.recent_delivery_rate());
                         self.leave_startup(delivered.max(self.max_delivered), base);
                         self.update_rate();
                     }
@@ -356,9 +384,11 @@ impl RateController for DelayRate {
             }
             Phase::Steady => {
                 if loss_spike {
-                    // Overflowing queues: back off once to what got through, then give the cut a couple of
-                    // rounds to show.
-                    if self.rounds_since_cut >= 2 {
+                    // Overflowing queues: back off once to what got through (the bottleneck's rate, as the
+                    // latest ACKs show it), then give the cut a few rounds to show. Losses of the round that
+                    // ended startup arrive a round or two later and were already answered by its exit.
+                    if self.rounds_since_cut >= CUT_ROUNDS {
+                        let delivered = delivered.max(self.recent_delivery_rate());
                         let bdp = delivered / (1.0 - self.usual_loss).max(0.5) * base.as_secs_f64();
                         self.window = Some(w.min(bdp) * 0.9);
                         self.rounds_since_cut = 0;

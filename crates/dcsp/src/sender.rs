@@ -621,13 +621,21 @@ impl DcspSender {
                 repairs.push((*b, state.span.data_shards, None));
             }
         }
+        // In the tail (no first transmissions left to send) a lost repair costs a whole round trip with the
+        // link idle, so repairs there carry spares: one more shard than needed, and more on lossier paths.
+        let spare = if self.queue.is_empty() {
+            1 + (2.0 * self.loss * 64.0).ceil().min(8.0) as u16
+        } else {
+            0
+        };
         for (block, needed, nack) in repairs {
             let Some(state) = self.blocks.get_mut(&block) else {
                 continue;
             };
             let mut queued = 0u16;
+            let wanted = u16::from(needed) + if needed > 0 { spare } else { 0 };
             for i in (0..state.span.data_shards).filter(|i| !nack.is_some_and(|n| n.has(*i))) {
-                if queued >= u16::from(needed) {
+                if queued >= wanted {
                     break;
                 }
                 self.repairs.push_back((block, i));
