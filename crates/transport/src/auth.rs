@@ -4,11 +4,11 @@
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use spake2::{Ed25519Group, Identity as PakeIdentity, Password, Spake2};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use trackshift_proto::frame::PROTOCOL_VERSION;
 use trackshift_proto::{ErrorCode, Frame};
 
-use crate::framed::{read_raw, write_frame};
+use crate::framed::{read_raw, write_frame, write_frames};
 use crate::TransportError;
 
 /// Our software name and version, sent in `Hello`.
@@ -56,23 +56,6 @@ async fn expect<'b, S: AsyncRead + Unpin>(
         });
     }
     Ok(f)
-}
-
-/// Writes a flight of frames with one write (one TLS record, usually one TCP segment: fewer packets to lose).
-async fn write_frames<S: AsyncWrite + Unpin>(
-    s: &mut S,
-    frames: &[Frame<'_>],
-) -> Result<(), TransportError> {
-    let mut buf = Vec::with_capacity(256);
-    for f in frames {
-        f.encode(&mut buf);
-    }
-    s.write_all(&buf)
-        .await
-        .map_err(|e| TransportError::io("writing to peer", e))?;
-    s.flush()
-        .await
-        .map_err(|e| TransportError::io("writing to peer", e))
 }
 
 fn unexpected(f: &Frame<'_>, wanted: &str) -> TransportError {

@@ -41,8 +41,19 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
     w: &mut W,
     f: &Frame<'_>,
 ) -> Result<(), TransportError> {
-    let mut buf = Vec::with_capacity(64);
-    f.encode(&mut buf);
+    write_frames(w, std::slice::from_ref(f)).await
+}
+
+/// Writes a flight of frames with one write (one TLS record, usually one TCP segment: fewer packets to lose)
+/// and flushes it.
+pub async fn write_frames<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    frames: &[Frame<'_>],
+) -> Result<(), TransportError> {
+    let mut buf = Vec::with_capacity(64 * frames.len());
+    for f in frames {
+        f.encode(&mut buf);
+    }
     w.write_all(&buf)
         .await
         .map_err(|e| TransportError::io("writing to peer", e))?;
