@@ -17,8 +17,8 @@
 //!   ([`STARTUP_GROWTH`]: the overshoot of the round that crosses the path's capacity mostly fits in a
 //!   100 ms queue), a startup round lasting at least 20 ms. Startup ends at once when the lowest of the last
 //!   8 RTT samples exceeds `base_mean` by 8 ms (by `base_mean`, at least 1 ms, on shorter paths, whose
-//!   buffers may hold less) or by 3 × the samples' mean deviation if more (jitter does not end it), or at a round's end on a
-//!   loss spike; the window then becomes what the path delivered over one `base`: `delivered / (1 − usual
+//!   buffers may hold less) or by 3 × the samples' mean deviation if more (jitter does not end it), or at a
+//!   round's end on a loss spike; the window then becomes what the path delivered over one `base`: `delivered / (1 − usual
 //!   loss) × base`, which drains the overshoot.
 //! - **Steady (FAST).** Every round, with `q = round mean RTT − base_mean` (jitter adds to both terms, so it
 //!   does not read as queue) and `rtt = base_mean + q`:
@@ -244,6 +244,13 @@ impl DelayRate {
         self.recent_len += 1;
     }
 
+    /// The bottleneck's rate now: `round_rate` (a round's delivery rate) or, if higher, the rate over the last
+    /// ACKs. When a queue is building the latest ACKs show the bottleneck's own rate, while the round's may
+    /// still reflect slower packets of the round before.
+    fn bottleneck_rate(&self, round_rate: f64) -> f64 {
+        round_rate.max(self.recent_delivery_rate())
+    }
+
     /// Delivery rate over the last [`RECENT_ACKS`] ACKs (bytes/s of the receiver's clock), 0 if too few.
     fn recent_delivery_rate(&self) -> f64 {
         if self.recent_acks_len < RECENT_ACKS {
@@ -323,9 +330,7 @@ impl RateController for DelayRate {
                                 0.0
                             }
                         });
-                        // A queue is building, so the latest ACKs show the bottleneck's own rate; the round's
-                        // rate may still reflect the previous, slower round's packets.
-                        let delivered = delivered.max(self.recent_delivery_rate());
+                        let delivered = self.bottleneck_rate(delivered);
                         self.leave_startup(delivered.max(self.max_delivered), base);
                         self.update_rate();
                     }
@@ -388,7 +393,7 @@ impl RateController for DelayRate {
                     // latest ACKs show it), then give the cut a few rounds to show. Losses of the round that
                     // ended startup arrive a round or two later and were already answered by its exit.
                     if self.rounds_since_cut >= CUT_ROUNDS {
-                        let delivered = delivered.max(self.recent_delivery_rate());
+                        let delivered = self.bottleneck_rate(delivered);
                         let bdp = delivered / (1.0 - self.usual_loss).max(0.5) * base.as_secs_f64();
                         self.window = Some(w.min(bdp) * 0.9);
                         self.rounds_since_cut = 0;

@@ -17,10 +17,10 @@ use crate::packet::{Header, PacketType, WireError, MAX_PACKET_NUMBER};
 
 /// Acknowledge after this many datagrams...
 const ACK_EVERY: u32 = 32;
-/// Most recycled block buffers kept.
-const MAX_SPARE: usize = 8;
 /// ...or this long after the first unacknowledged one.
 const ACK_DELAY: Duration = Duration::from_millis(2);
+/// Most recycled block buffers kept.
+const MAX_SPARE: usize = 8;
 /// Never more often than this (except to answer a PING).
 const MIN_ACK_INTERVAL: Duration = Duration::from_micros(250);
 

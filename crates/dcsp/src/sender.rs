@@ -624,7 +624,9 @@ impl DcspSender {
         // In the tail (no first transmissions left to send) a lost repair costs a whole round trip with the
         // link idle, so repairs there carry spares: one more shard than needed, and more on lossier paths.
         let spare = if self.queue.is_empty() {
-            1 + (2.0 * self.loss * 64.0).ceil().min(8.0) as u16
+            1 + (2.0 * self.loss * f64::from(crate::fec::AUTO_DATA_SHARDS))
+                .ceil()
+                .min(8.0) as u16
         } else {
             0
         };
