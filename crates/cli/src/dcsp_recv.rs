@@ -34,6 +34,11 @@ const BLOCK_QUEUE: usize = 32;
 pub const CONTROL_KEEPALIVE: Duration = Duration::from_secs(2);
 /// Most bytes a session may hold in incomplete blocks.
 const MAX_ASSEMBLY_BYTES: usize = 96 * 1024 * 1024;
+/// A new session's sender starts its datagrams right behind `UdpStart` (PROTOCOL.md §6.1), so the first ones can
+/// arrive before the control task has registered the connection: the plane keeps datagrams for unknown
+/// connections this long and up to this many bytes, and hands them over when the connection registers.
+const EARLY_HOLD: Duration = Duration::from_secs(2);
+const EARLY_BYTES: usize = 16 * 1024 * 1024;
 
 /// What the control side asks of the plane thread.
 enum PlaneCmd {
@@ -114,6 +119,60 @@ impl UdpPlane {
     }
 }
 
+/// Datagrams for connections not registered yet (see `EARLY_HOLD`), oldest first. Nothing in them is trusted:
+/// they are opened (authenticated) only when their connection registers, like any other datagram.
+#[derive(Default)]
+struct EarlyDatagrams {
+    held: std::collections::VecDeque<(Instant, u64, SocketAddr, Vec<u8>)>,
+    bytes: usize,
+    /// Datagrams dropped because no connection claimed them in time (or the hold was full).
+    unclaimed: u64,
+}
+
+impl EarlyDatagrams {
+    fn hold(&mut self, now: Instant, conn_id: u64, from: SocketAddr, datagram: &[u8]) {
+        self.expire(now);
+        while self.bytes + datagram.len() > EARLY_BYTES {
+            let Some((_, _, _, d)) = self.held.pop_front() else {
+                self.unclaimed += 1;
+                return;
+            };
+            self.bytes -= d.len();
+            self.unclaimed += 1;
+        }
+        self.bytes += datagram.len();
+        self.held.push_back((now, conn_id, from, datagram.to_vec()));
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while let Some((t, _, _, d)) = self.held.front() {
+            if now.duration_since(*t) < EARLY_HOLD {
+                break;
+            }
+            self.bytes -= d.len();
+            self.held.pop_front();
+            self.unclaimed += 1;
+        }
+    }
+
+    /// Takes out, in arrival order, the datagrams held for `conn_id`.
+    fn claim(&mut self, conn_id: u64) -> Vec<(SocketAddr, Vec<u8>)> {
+        if self.held.is_empty() {
+            return Vec::new();
+        }
+        let mut claimed = Vec::new();
+        self.held.retain_mut(|(_, id, from, d)| {
+            if *id != conn_id {
+                return true;
+            }
+            claimed.push((*from, std::mem::take(d)));
+            false
+        });
+        self.bytes -= claimed.iter().map(|(_, d)| d.len()).sum::<usize>();
+        claimed
+    }
+}
+
 struct Session {
     receiver: Box<DcspReceiver>,
     spare: SpareBufs,
@@ -126,7 +185,7 @@ fn plane_thread(mut endpoint: UdpEndpoint, cmds: std_mpsc::Receiver<PlaneCmdBox>
     let mut sessions: HashMap<u64, Session> = HashMap::new();
     let mut batch = RecvBatch::new();
     let mut out = Vec::with_capacity(2048);
-    let mut unknown = 0u64;
+    let mut early = EarlyDatagrams::default();
     let mut last_stats = Instant::now();
     loop {
         loop {
@@ -138,16 +197,19 @@ fn plane_thread(mut endpoint: UdpEndpoint, cmds: std_mpsc::Receiver<PlaneCmdBox>
                     stats,
                     spare,
                 })) => {
-                    sessions.insert(
-                        conn_id,
-                        Session {
-                            receiver,
-                            spare,
-                            writer,
-                            stats,
-                            writer_gone: false,
-                        },
-                    );
+                    let mut s = Session {
+                        receiver,
+                        spare,
+                        writer,
+                        stats,
+                        writer_gone: false,
+                    };
+                    let now = Instant::now();
+                    for (from, mut datagram) in early.claim(conn_id) {
+                        s.receiver.handle_datagram(now, from, &mut datagram);
+                        drain_events(&mut s);
+                    }
+                    sessions.insert(conn_id, s);
                 }
                 Ok(PlaneCmdBox(PlaneCmd::Unregister(id, done))) => {
                     if let Some(s) = sessions.remove(&id) {
@@ -170,9 +232,12 @@ fn plane_thread(mut endpoint: UdpEndpoint, cmds: std_mpsc::Receiver<PlaneCmdBox>
                 Ok(_) => {
                     let now = Instant::now();
                     for (from, datagram) in batch.iter_mut() {
-                        let Some(s) = peek_conn_id(datagram).and_then(|id| sessions.get_mut(&id))
-                        else {
-                            unknown += 1;
+                        let Some(id) = peek_conn_id(datagram) else {
+                            early.unclaimed += 1;
+                            continue;
+                        };
+                        let Some(s) = sessions.get_mut(&id) else {
+                            early.hold(now, id, from, datagram);
                             continue;
                         };
                         // Opened in place, in the receive buffer.
@@ -204,8 +269,12 @@ fn plane_thread(mut endpoint: UdpEndpoint, cmds: std_mpsc::Receiver<PlaneCmdBox>
             for s in sessions.values() {
                 *lock(&s.stats) = s.receiver.stats().clone();
             }
-            if unknown > 0 {
-                tracing::debug!("{unknown} datagrams for unknown DCSP connections dropped");
+            early.expire(now);
+            if early.unclaimed > 0 {
+                tracing::debug!(
+                    "{} datagrams for unknown DCSP connections dropped",
+                    early.unclaimed
+                );
             }
         }
         let wait = next
@@ -499,4 +568,48 @@ pub async fn serve_session(
         total.dropped_window += s.dropped_window;
     }
     (outcome, bytes_now, Some(total))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn addr() -> SocketAddr {
+        "198.18.0.1:4000".parse().unwrap()
+    }
+
+    #[test]
+    fn early_datagrams_go_to_their_connection_in_arrival_order() {
+        let mut early = EarlyDatagrams::default();
+        let t = Instant::now();
+        early.hold(t, 7, addr(), &[1]);
+        early.hold(t, 8, addr(), &[2]);
+        early.hold(t, 7, addr(), &[3]);
+        let got: Vec<Vec<u8>> = early.claim(7).into_iter().map(|(_, d)| d).collect();
+        assert_eq!(got, vec![vec![1], vec![3]]);
+        assert_eq!(early.bytes, 1);
+        assert!(early.claim(7).is_empty());
+        assert_eq!(early.unclaimed, 0);
+    }
+
+    #[test]
+    fn early_datagrams_expire_and_stay_within_their_byte_bound() {
+        let mut early = EarlyDatagrams::default();
+        let t = Instant::now();
+        early.hold(t, 1, addr(), &[0; 10]);
+        early.hold(t + EARLY_HOLD, 2, addr(), &[0; 10]);
+        assert_eq!(early.unclaimed, 1, "the first one expired");
+        assert!(early.claim(1).is_empty());
+        let big = vec![0u8; EARLY_BYTES / 2];
+        for _ in 0..5 {
+            early.hold(t + EARLY_HOLD, 3, addr(), &big);
+        }
+        assert!(early.bytes <= EARLY_BYTES);
+        assert_eq!(early.claim(3).len(), 2, "the oldest made room for the newest");
+        assert_eq!(early.unclaimed, 1 + 1 + 3);
+        // A datagram larger than the whole hold is not kept.
+        early.hold(t + EARLY_HOLD, 4, addr(), &vec![0u8; EARLY_BYTES + 1]);
+        assert!(early.claim(4).is_empty());
+    }
 }

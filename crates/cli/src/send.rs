@@ -223,9 +223,12 @@ async fn send(mut opts: SendOptions, reporter: &mut Reporter) -> Result<(), Fail
         Some(id) => store.outgoing(&id)?,
         None => store.find_outgoing(&source.path, &opts.to)?,
     };
+    // A session no receiver has heard of yet (see `transfer_once`'s early start).
+    let mut fresh = true;
     let mut record = match previous {
         Some(p) if p.state != SessionState::Completed && same_source(&p) => {
             reporter.info(&format!("resuming session {}", p.id));
+            fresh = false;
             p
         }
         p => {
@@ -320,7 +323,7 @@ async fn send(mut opts: SendOptions, reporter: &mut Reporter) -> Result<(), Fail
         }
         ever_connected = true;
         stats.connections += 1;
-        match transfer_once(
+        let outcome = transfer_once(
             tls,
             &source,
             plan,
@@ -331,9 +334,11 @@ async fn send(mut opts: SendOptions, reporter: &mut Reporter) -> Result<(), Fail
             &mut stats,
             started,
             &mut progress_started,
+            fresh,
         )
-        .await
-        {
+        .await;
+        fresh = false;
+        match outcome {
             Ok(done) => break Ok(done),
             Err(AttemptError::Fatal(f)) => break Err(f),
             Err(AttemptError::NoUdp(why)) => match opts.protocol {
@@ -357,6 +362,7 @@ async fn send(mut opts: SendOptions, reporter: &mut Reporter) -> Result<(), Fail
                 record.state = SessionState::Abandoned;
                 store.put_outgoing(&record)?;
                 record.id = SessionId::random();
+                fresh = true;
                 record.state = SessionState::Active;
                 record.created_unix = unix_now();
                 record.bytes_confirmed = 0;
@@ -618,6 +624,7 @@ async fn transfer_once(
     stats: &mut Stats,
     started: Instant,
     progress_started: &mut bool,
+    fresh: bool,
 ) -> Result<(String, [u8; 32]), AttemptError> {
     let mut last_saved = Instant::now();
     let dcsp_secret = dcsp_secret_of(tls.get_ref().1)?;
@@ -663,6 +670,26 @@ async fn transfer_once(
         DataPath::Tcp => None,
     };
     writer.flush().await?;
+    // A new session has nothing at the receiver yet, so its datagrams need not wait for the answer: they leave
+    // now, to the control port's number (where the receiver's plane listens, PROTOCOL.md §6.1), and the receiver
+    // holds those that arrive before it has registered the connection. One round trip less before the first
+    // datagram arrives.
+    let early = match &udp {
+        Some(link) if fresh => {
+            let all = OutgoingTransfer::new(plan, &[])
+                .map_err(|e| AttemptError::Fatal(Failure::failed(e.to_string())))?
+                .first_pass();
+            Some(UdpRun::start(
+                link,
+                peer_addr.port(),
+                all,
+                source,
+                plan,
+                opts,
+            )?)
+        }
+        _ => None,
+    };
 
     // Accept, then the verified list.
     let count = match reader.next().await? {
@@ -707,6 +734,9 @@ async fn transfer_once(
         )))
     })?;
     let base = transfer.bytes_verified();
+    // Not new after all: the blocks already under way include chunks the receiver has; start over after
+    // `UdpReady` with only the missing ones.
+    let early = early.filter(|_| transfer.chunks_skipped == 0);
     if !stats.accepted_once {
         // What the receiver had when this run started (later connections also count this run's chunks).
         stats.accepted_once = true;
@@ -720,8 +750,8 @@ async fn transfer_once(
     reporter.event(json!({"event": "accepted", "chunks_verified": transfer.chunks_skipped, "bytes_verified": base}));
     if let Some(link) = udp {
         return udp_stream(
-            link, reader, writer, transfer, source, plan, record, store, opts, reporter, stats,
-            started, base,
+            link, early, reader, writer, transfer, source, plan, record, store, opts, reporter,
+            stats, started, base,
         )
         .await;
     }
@@ -876,10 +906,119 @@ struct UdpLink {
     shard_size: u32,
 }
 
+/// A running DCSP data path: one plane (socket, thread, `DcspSender`) per stream, and the thread that reads
+/// the file into them.
+struct UdpRun {
+    plane: crate::dcsp_send::Planes,
+    udp_peer: std::net::SocketAddr,
+    geometry: trackshift_dcsp::BlockGeometry,
+    fail_rx: mpsc::UnboundedReceiver<crate::dcsp_send::PlaneFailure>,
+    ev_rx: mpsc::Receiver<crate::dcsp_send::ReadEvent>,
+    resend_tx: std_mpsc::Sender<u32>,
+    reader_handle: std::thread::JoinHandle<()>,
+    /// Chunks the first pass sends.
+    to_send: usize,
+}
+
+impl UdpRun {
+    /// Starts sending the chunks `first_pass` names to `port` on the receiver's address.
+    fn start(
+        link: &UdpLink,
+        port: u16,
+        first_pass: Vec<FirstPass>,
+        source: &Source,
+        plan: ChunkPlan,
+        opts: &SendOptions,
+    ) -> Result<Self, AttemptError> {
+        use crate::dcsp_send::{reader_thread, DataPlane};
+        let fatal = |m: String| AttemptError::Fatal(Failure::failed(m));
+        let geometry = trackshift_dcsp::BlockGeometry::new(
+            plan.file_size(),
+            plan.chunk_size(),
+            link.shard_size,
+            opts.parity.data_shards(),
+        )
+        .map_err(|e| fatal(e.to_string()))?;
+        let udp_peer = std::net::SocketAddr::new(link.peer.ip(), port);
+        let (fail_tx, fail_rx) = mpsc::unbounded_channel();
+        // One data plane (socket, thread, DcspSender, rate controller) per stream; each paces at most its share
+        // of --max-rate.
+        let mut block_txs = Vec::new();
+        let mut planes = Vec::new();
+        for s in 0..opts.streams.max(1) {
+            let (block_tx, block_rx) = std_mpsc::sync_channel(16);
+            block_txs.push(block_tx);
+            planes.push(
+                DataPlane::start(
+                    udp_peer,
+                    crate::dcsp_recv::stream_conn_id(link.conn_id, s),
+                    &link.dcsp_secret,
+                    geometry,
+                    opts.parity,
+                    opts.max_rate.map(|r| r / u64::from(opts.streams.max(1))),
+                    block_rx,
+                    fail_tx.clone(),
+                )
+                .map_err(|e| fatal(format!("cannot open a UDP socket: {e}")))?,
+            );
+        }
+        let (ev_tx, ev_rx) = mpsc::channel(64);
+        let (resend_tx, resend_rx) = std_mpsc::channel();
+        let file = source
+            .file
+            .try_clone()
+            .map_err(|e| AttemptError::Fatal(Failure::usage(format!("source file: {e}"))))?;
+        let to_send = first_pass
+            .iter()
+            .filter(|p| matches!(p, FirstPass::Send))
+            .count();
+        let reader_handle = std::thread::Builder::new()
+            .name("trackshift-read".into())
+            .spawn(move || {
+                reader_thread(
+                    file, plan, geometry, first_pass, block_txs, ev_tx, resend_rx,
+                )
+            })
+            .map_err(|e| fatal(format!("cannot start reader thread: {e}")))?;
+        Ok(Self {
+            plane: crate::dcsp_send::Planes(planes),
+            udp_peer,
+            geometry,
+            fail_rx,
+            ev_rx,
+            resend_tx,
+            reader_handle,
+            to_send,
+        })
+    }
+}
+
+/// Reads the receiver's `UdpReady`: the UDP port its DCSP plane listens on.
+async fn udp_ready(
+    reader: &mut FrameReader<tokio::io::ReadHalf<trackshift_transport::ClientTls>>,
+) -> Result<u16, AttemptError> {
+    match tokio::time::timeout(Duration::from_secs(30), reader.next()).await {
+        Ok(Ok(Frame::UdpReady { port })) => Ok(port),
+        Ok(Ok(Frame::Error { message, .. })) => Err(AttemptError::NoUdp(format!(
+            "the receiver cannot take DCSP: {message}"
+        ))),
+        Ok(Ok(f)) => Err(AttemptError::Fatal(Failure::failed(format!(
+            "receiver sent {} instead of UdpReady",
+            f.name()
+        )))),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => Err(AttemptError::Transient(TransportError::Timeout(
+            "waiting for the receiver's UDP port",
+        ))),
+    }
+}
+
 /// Streams the chunks the receiver lacks over DCSP, with chunk hashes and verdicts on the control channel.
+/// `early` is the data path a new session started before the receiver's answer (see `transfer_once`).
 #[allow(clippy::too_many_arguments)]
 async fn udp_stream(
     link: UdpLink,
+    early: Option<UdpRun>,
     mut reader: FrameReader<tokio::io::ReadHalf<trackshift_transport::ClientTls>>,
     mut writer: FrameWriter<tokio::io::WriteHalf<trackshift_transport::ClientTls>>,
     mut transfer: OutgoingTransfer,
@@ -893,81 +1032,25 @@ async fn udp_stream(
     started: Instant,
     base: u64,
 ) -> Result<(String, [u8; 32]), AttemptError> {
-    use crate::dcsp_send::{reader_thread, DataPlane, PlaneFailure, ReadEvent};
+    use crate::dcsp_send::{PlaneFailure, ReadEvent};
     let fatal = |m: String| AttemptError::Fatal(Failure::failed(m));
-    let (conn_id, shard_size) = (link.conn_id, link.shard_size);
-    let data_shards = opts.parity.data_shards();
-    let geometry = trackshift_dcsp::BlockGeometry::new(
-        plan.file_size(),
-        plan.chunk_size(),
-        shard_size,
-        data_shards,
-    )
-    .map_err(|e| fatal(e.to_string()))?;
-    let port = match tokio::time::timeout(Duration::from_secs(30), reader.next()).await {
-        Ok(Ok(Frame::UdpReady { port })) => port,
-        Ok(Ok(Frame::Error { message, .. })) => {
-            return Err(AttemptError::NoUdp(format!(
-                "the receiver cannot take DCSP: {message}"
-            )))
-        }
-        Ok(Ok(f)) => {
-            return Err(fatal(format!(
-                "receiver sent {} instead of UdpReady",
-                f.name()
-            )))
-        }
-        Ok(Err(e)) => return Err(e.into()),
-        Err(_) => {
-            return Err(AttemptError::Transient(TransportError::Timeout(
-                "waiting for the receiver's UDP port",
-            )))
-        }
+    let port = udp_ready(&mut reader).await?;
+    let run = match early {
+        Some(run) if run.udp_peer.port() == port => run,
+        // The receiver's plane is not on the control port (PROTOCOL.md says it is): start over at its port.
+        _ => UdpRun::start(&link, port, transfer.first_pass(), source, plan, opts)?,
     };
-    let udp_peer = std::net::SocketAddr::new(link.peer.ip(), port);
-    let (fail_tx, mut fail_rx) = mpsc::unbounded_channel();
-    // One data plane (socket, thread, DcspSender, rate controller) per stream; each paces at most its share of
-    // --max-rate.
-    let mut block_txs = Vec::new();
-    let mut planes = Vec::new();
-    for s in 0..opts.streams.max(1) {
-        let (block_tx, block_rx) = std_mpsc::sync_channel(16);
-        block_txs.push(block_tx);
-        planes.push(
-            DataPlane::start(
-                udp_peer,
-                crate::dcsp_recv::stream_conn_id(conn_id, s),
-                &link.dcsp_secret,
-                geometry,
-                opts.parity,
-                opts.max_rate.map(|r| r / u64::from(opts.streams.max(1))),
-                block_rx,
-                fail_tx.clone(),
-            )
-            .map_err(|e| fatal(format!("cannot open a UDP socket: {e}")))?,
-        );
-    }
-    let mut plane = crate::dcsp_send::Planes(planes);
-    let (ev_tx, mut ev_rx) = mpsc::channel(64);
-    let (resend_tx, resend_rx) = std_mpsc::channel();
-    let file = source
-        .file
-        .try_clone()
-        .map_err(|e| AttemptError::Fatal(Failure::usage(format!("source file: {e}"))))?;
-    let first_pass = transfer.first_pass();
-    let to_send = first_pass
-        .iter()
-        .filter(|p| matches!(p, FirstPass::Send))
-        .count();
+    let UdpRun {
+        mut plane,
+        udp_peer,
+        geometry,
+        mut fail_rx,
+        mut ev_rx,
+        resend_tx,
+        reader_handle,
+        to_send,
+    } = run;
     let mut hashes_sent = std::collections::HashSet::new();
-    let reader_handle = std::thread::Builder::new()
-        .name("trackshift-read".into())
-        .spawn(move || {
-            reader_thread(
-                file, plan, geometry, first_pass, block_txs, ev_tx, resend_rx,
-            )
-        })
-        .map_err(|e| fatal(format!("cannot start reader thread: {e}")))?;
     let (mut peer_rx, peer_task) = reader.pump();
     let mut file_hash: Option<[u8; 32]> = None;
     let mut file_end_sent = false;
