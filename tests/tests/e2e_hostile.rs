@@ -25,7 +25,9 @@ fn block_on<T>(rt: &tokio::runtime::Runtime, what: &str, f: impl Future<Output =
 
 /// TLS (trusting the receiver's certificate on first use) and the secret handshake, as `trackshift send` does.
 async fn authed(addr: &str) -> ClientTls {
-    let (mut tls, _fp) = connect(addr, None, "known").await.expect("TLS connect");
+    let (mut tls, _fp) = connect(addr, None, "known", &[])
+        .await
+        .expect("TLS connect");
     let ekm = exporter_of(tls.get_ref().1).expect("TLS exporter");
     authenticate_client(&mut tls, ekm, SECRET)
         .await
@@ -193,7 +195,7 @@ fn garbage_truncated_and_oversized_frames_drop_the_peer_and_the_receiver_keeps_s
 
     // 2. TLS, then garbage instead of the handshake's Hello.
     block_on(&rt, "garbage instead of Hello", async {
-        let (mut tls, _) = connect(&addr, None, "known").await.unwrap();
+        let (mut tls, _) = connect(&addr, None, "known", &[]).await.unwrap();
         tls.write_all(&[0u8, 0, 0, 9, 0x55, 1, 2, 3, 4, 5, 6, 7, 8])
             .await
             .unwrap();

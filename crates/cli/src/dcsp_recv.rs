@@ -37,7 +37,7 @@ const MAX_ASSEMBLY_BYTES: usize = 96 * 1024 * 1024;
 /// A new session's sender starts its datagrams right behind `UdpStart` (PROTOCOL.md §6.1), so the first ones can
 /// arrive before the control task has registered the connection: the plane keeps datagrams for unknown
 /// connections this long and up to this many bytes, and hands them over when the connection registers.
-const EARLY_HOLD: Duration = Duration::from_secs(2);
+const EARLY_HOLD: Duration = Duration::from_secs(5);
 const EARLY_BYTES: usize = 16 * 1024 * 1024;
 
 /// What the control side asks of the plane thread.
@@ -606,7 +606,11 @@ mod tests {
             early.hold(t + EARLY_HOLD, 3, addr(), &big);
         }
         assert!(early.bytes <= EARLY_BYTES);
-        assert_eq!(early.claim(3).len(), 2, "the oldest made room for the newest");
+        assert_eq!(
+            early.claim(3).len(),
+            2,
+            "the oldest made room for the newest"
+        );
         assert_eq!(early.unclaimed, 1 + 1 + 3);
         // A datagram larger than the whole hold is not kept.
         early.hold(t + EARLY_HOLD, 4, addr(), &vec![0u8; EARLY_BYTES + 1]);

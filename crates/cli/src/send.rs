@@ -20,8 +20,8 @@ use trackshift_proto::{
 };
 use trackshift_storage::{KnownReceivers, OutgoingSession, SessionState, SessionStore, StateDir};
 use trackshift_transport::{
-    authenticate_client, connect, dcsp_secret_of, exporter_of, normalize_fingerprint, Backoff,
-    FrameReader, FrameWriter, TransportError,
+    connect, dcsp_secret_of, exporter_of, normalize_fingerprint, Backoff, ClientAuth, FrameReader,
+    FrameWriter, TransportError,
 };
 
 use crate::failure::{exit, Failure};
@@ -280,17 +280,16 @@ async fn send(mut opts: SendOptions, reporter: &mut Reporter) -> Result<(), Fail
     let result: Result<(String, [u8; 32]), Failure> = loop {
         let expected = expected_fp.clone().or_else(|| known.get(&opts.to));
         let attempt = async {
-            let (mut tls, fp) = connect(&opts.to, expected.clone(), &known_path).await?;
+            // Our first authentication flight rides with TLS's Finished, our `Confirm` with the offer.
+            let (auth, flight) = ClientAuth::start(&secret);
+            let (mut tls, fp) = connect(&opts.to, expected.clone(), &known_path, &flight).await?;
             let ekm = exporter_of(tls.get_ref().1)?;
-            tokio::time::timeout(
-                Duration::from_secs(30),
-                authenticate_client(&mut tls, ekm, &secret),
-            )
-            .await
-            .map_err(|_| TransportError::Timeout("authenticating"))??;
-            Ok::<_, TransportError>((tls, fp))
+            let confirm = tokio::time::timeout(Duration::from_secs(30), auth.finish(&mut tls, ekm))
+                .await
+                .map_err(|_| TransportError::Timeout("authenticating"))??;
+            Ok::<_, TransportError>((tls, fp, confirm))
         };
-        let (tls, fp) = match attempt.await {
+        let (tls, fp, confirm) = match attempt.await {
             Ok(ok) => ok,
             Err(e) if e.is_transient() => {
                 let limit = if ever_connected {
@@ -325,6 +324,7 @@ async fn send(mut opts: SendOptions, reporter: &mut Reporter) -> Result<(), Fail
         stats.connections += 1;
         let outcome = transfer_once(
             tls,
+            confirm,
             &source,
             plan,
             &record,
@@ -615,6 +615,7 @@ fn read_file(
 #[allow(clippy::too_many_arguments)]
 async fn transfer_once(
     tls: trackshift_transport::ClientTls,
+    confirm: Frame<'static>,
     source: &Source,
     plan: ChunkPlan,
     record: &OutgoingSession,
@@ -637,6 +638,8 @@ async fn transfer_once(
     let (rd, wr) = split(tls);
     let mut reader = FrameReader::new(rd);
     let mut writer = FrameWriter::new(wr);
+    // The authentication's last frame, then the offer: one flight.
+    writer.send(&confirm).await?;
     writer
         .send(&Frame::Offer(Offer {
             session_id: record.id,

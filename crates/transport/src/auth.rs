@@ -4,7 +4,7 @@
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use spake2::{Ed25519Group, Identity as PakeIdentity, Password, Spake2};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use trackshift_proto::frame::PROTOCOL_VERSION;
 use trackshift_proto::{ErrorCode, Frame};
 
@@ -62,54 +62,94 @@ fn unexpected(f: &Frame<'_>, wanted: &str) -> TransportError {
     TransportError::Protocol(format!("expected {wanted}, got {}", f.name()))
 }
 
-/// Sender side: Hello, SPAKE2, confirmations, in two flights (see PROTOCOL.md §3): `Hello` + `Pake` out; the
-/// receiver's `Hello` + `Pake` + `Confirm` in; our `Confirm` out, without waiting for anything after it (the
-/// caller's `Offer` follows in the same flight). `exporter` is the TLS exporter value for `EXPORTER_LABEL`.
+/// The sender's side of the authentication (see PROTOCOL.md §3), in two steps so that both of its flights
+/// travel with other bytes: [`ClientAuth::start`] gives the first flight (`Hello` + `Pake`), which
+/// [`crate::connect`] hands to TLS to send right behind its Finished (one TCP segment instead of two);
+/// [`ClientAuth::finish`] reads the receiver's `Hello` + `Pake` + `Confirm` and returns our `Confirm`, which the
+/// caller sends in front of its `Offer`, without waiting for anything after it.
+pub struct ClientAuth {
+    pake: Spake2<Ed25519Group>,
+}
+
+impl std::fmt::Debug for ClientAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientAuth")
+    }
+}
+
+impl ClientAuth {
+    /// Starts SPAKE2 with `secret`; returns the first flight's bytes (frames `Hello` and `Pake`).
+    pub fn start(secret: &str) -> (Self, Vec<u8>) {
+        let (pake, outbound) = Spake2::<Ed25519Group>::start_symmetric(
+            &Password::new(secret.as_bytes()),
+            &PakeIdentity::new(PAKE_IDENTITY),
+        );
+        let mut flight = Vec::with_capacity(128);
+        OUR_HELLO.encode(&mut flight);
+        Frame::Pake { message: &outbound }.encode(&mut flight);
+        (Self { pake }, flight)
+    }
+
+    /// Reads the receiver's flight and checks its confirmation; returns the `Confirm` frame to send next.
+    /// `exporter` is the TLS exporter value for `EXPORTER_LABEL`.
+    pub async fn finish<S: AsyncRead + AsyncWrite + Unpin>(
+        self,
+        s: &mut S,
+        exporter: [u8; 32],
+    ) -> Result<Frame<'static>, TransportError> {
+        let mut buf = Vec::new();
+        match expect(s, &mut buf).await? {
+            Frame::Hello { .. } => {}
+            f => return Err(unexpected(&f, "Hello")),
+        }
+        let key = match expect(s, &mut buf).await? {
+            Frame::Pake { message } => self
+                .pake
+                .finish(message)
+                .map_err(|_| TransportError::PeerNotAuthentic)?,
+            f => return Err(unexpected(&f, "Pake")),
+        };
+        match expect(s, &mut buf).await? {
+            Frame::Confirm { mac }
+                if constant_time_eq(&mac, &confirmation(&key, b"receiver", &exporter)) =>
+            {
+                Ok(Frame::Confirm {
+                    mac: confirmation(&key, b"sender", &exporter),
+                })
+            }
+            Frame::Confirm { .. } => {
+                // Tell the receiver why we hang up, so it can report the refusal.
+                let _ = write_frame(
+                    s,
+                    &Frame::Error {
+                        code: ErrorCode::Auth,
+                        message: "wrong secret",
+                    },
+                )
+                .await;
+                Err(TransportError::PeerNotAuthentic)
+            }
+            f => Err(unexpected(&f, "Confirm")),
+        }
+    }
+}
+
+/// Sender side in one go, on a connection whose TLS did not carry the first flight: writes it, checks the
+/// receiver's flight, and writes and flushes our `Confirm`.
 pub async fn authenticate_client<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
     exporter: [u8; 32],
     secret: &str,
 ) -> Result<(), TransportError> {
-    let mut buf = Vec::new();
-    let (pake, outbound) = Spake2::<Ed25519Group>::start_symmetric(
-        &Password::new(secret.as_bytes()),
-        &PakeIdentity::new(PAKE_IDENTITY),
-    );
-    write_frames(s, &[OUR_HELLO, Frame::Pake { message: &outbound }]).await?;
-    match expect(s, &mut buf).await? {
-        Frame::Hello { .. } => {}
-        f => return Err(unexpected(&f, "Hello")),
-    }
-    let key = match expect(s, &mut buf).await? {
-        Frame::Pake { message } => pake
-            .finish(message)
-            .map_err(|_| TransportError::PeerNotAuthentic)?,
-        f => return Err(unexpected(&f, "Pake")),
-    };
-    match expect(s, &mut buf).await? {
-        Frame::Confirm { mac }
-            if constant_time_eq(&mac, &confirmation(&key, b"receiver", &exporter)) => {}
-        Frame::Confirm { .. } => {
-            // Tell the receiver why we hang up, so it can report the refusal.
-            let _ = write_frame(
-                s,
-                &Frame::Error {
-                    code: ErrorCode::Auth,
-                    message: "wrong secret",
-                },
-            )
-            .await;
-            return Err(TransportError::PeerNotAuthentic);
-        }
-        f => return Err(unexpected(&f, "Confirm")),
-    }
-    write_frame(
-        s,
-        &Frame::Confirm {
-            mac: confirmation(&key, b"sender", &exporter),
-        },
-    )
-    .await
+    let (auth, flight) = ClientAuth::start(secret);
+    s.write_all(&flight)
+        .await
+        .map_err(|e| TransportError::io("writing to peer", e))?;
+    s.flush()
+        .await
+        .map_err(|e| TransportError::io("writing to peer", e))?;
+    let confirm = auth.finish(s, exporter).await?;
+    write_frame(s, &confirm).await
 }
 
 /// Receiver side: answers the sender's `Hello` + `Pake` with `Hello` + `Pake` + `Confirm` in one flight, then

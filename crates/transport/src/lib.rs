@@ -21,7 +21,9 @@ mod identity;
 mod tls;
 pub mod udp;
 
-pub use auth::{authenticate_client, authenticate_server, dcsp_secret_of, exporter_of, SOFTWARE};
+pub use auth::{
+    authenticate_client, authenticate_server, dcsp_secret_of, exporter_of, ClientAuth, SOFTWARE,
+};
 pub use backoff::Backoff;
 pub use error::TransportError;
 pub use framed::{FrameReader, FrameWriter};

@@ -34,10 +34,13 @@ fn provider() -> Arc<CryptoProvider> {
 /// The receiver's TLS configuration: TLS 1.3 only, its own identity, no client certificates (the shared secret
 /// authenticates the sender).
 pub fn server_config(identity: &Identity) -> Result<Arc<rustls::ServerConfig>, TransportError> {
-    let config = rustls::ServerConfig::builder_with_provider(provider())
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
         .with_single_cert(vec![identity.cert.clone()], identity.key.clone_key())?;
+    // Senders never resume TLS sessions (each connection runs the secret's proof afresh), so no tickets: they
+    // would be one more segment to lose in front of the receiver's authentication flight.
+    config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
 }
 
@@ -145,10 +148,13 @@ pub fn tune_accepted(stream: &TcpStream) {
 }
 
 /// Connects to `addr` and runs the TLS handshake. On a pinning failure the error names both fingerprints.
+/// `first_flight` (may be empty) is application data TLS sends right behind its Finished, in the same TCP
+/// segment, once the handshake has verified the receiver (never as 0-RTT data).
 pub async fn connect(
     addr: &str,
     expected: Option<String>,
     known_file: &str,
+    first_flight: &[u8],
 ) -> Result<(ClientTls, String), TransportError> {
     let seen = Arc::new(Mutex::new(None));
     let config = client_config(expected.clone(), seen.clone())?;
@@ -163,7 +169,13 @@ pub async fn connect(
         let name = ServerName::try_from("trackshift")
             .map_err(|e| TransportError::Protocol(e.to_string()))?;
         tokio_rustls::TlsConnector::from(config)
-            .connect(name, tcp)
+            .connect_with(name, tcp, |conn| {
+                // rustls holds plaintext written before the handshake completes (64 KiB at most; the
+                // flight is ~100 bytes) and sends it right behind the client's Finished.
+                if !first_flight.is_empty() {
+                    let _ = std::io::Write::write_all(&mut conn.writer(), first_flight);
+                }
+            })
             .await
             .map_err(|e| {
                 let seen = seen.lock().ok().and_then(|s| s.clone());
