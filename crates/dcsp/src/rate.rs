@@ -29,6 +29,10 @@
 //!   `4 ms + 192 KiB / capacity` of queue (12 ms at 200 Mbit/s, 36 ms at 50 Mbit/s), well inside a 100 ms
 //!   buffer. The fixed part sets how fast flows converge to fairness; the part that grows with the rate keeps
 //!   the standing queue measurable on fast links.
+//! - **Drain.** When the minimum-RTT window rolls over (every 10 s), the next steady round sets
+//!   `w ← w·base/rtt`, the window that keeps none of this flow's queue, so the new window's samples see the
+//!   path's real RTT (otherwise the minimum creeps up by α every window, FAST's base-RTT drift, until the
+//!   buffer overflows); the three rounds after a drain do not count as queue-less for the refill below.
 //! - **Refill.** FAST adds only `γα` a round when the queue is empty, slow on long fat paths: after
 //!   [`EMPTY_ROUNDS`] (2) rounds in a row with `q` under 2 ms ([`QUEUE_EMPTY`]) the controller goes back to
 //!   startup, which grows the window ×1.5 a round until a queue shows.
@@ -119,6 +123,9 @@ const STARTUP_MIN_ROUND: Duration = Duration::from_millis(20);
 const STARTUP_QUEUE_FLOOR: Duration = Duration::from_millis(1);
 /// Rounds after a cut (or the end of startup) before a loss spike may cut again.
 const CUT_ROUNDS: u32 = 3;
+/// Rounds after a drain (see `DelayRate::drain_due`) in which an empty queue is what the drain made, not room
+/// to probe for.
+const DRAIN_ROUNDS: u32 = 3;
 /// ACKs over which startup's exit measures the delivery rate.
 const RECENT_ACKS: usize = 16;
 /// RTT samples whose minimum is compared with [`STARTUP_QUEUE_LIMIT`].
@@ -163,6 +170,13 @@ pub struct DelayRate {
     rounds_since_cut: u32,
     /// Steady rounds in a row that saw no standing queue.
     empty_rounds: u32,
+    /// A new minimum-RTT window began: the next steady round drains the queue this flow keeps (FAST's α), so
+    /// the window's samples include the path's real RTT. Without it the minimum would be re-learned over a
+    /// standing queue every window and creep up by α each time (FAST's known base-RTT drift) until the
+    /// bottleneck's buffer overflows.
+    drain_due: bool,
+    /// Rounds left after a drain in which an empty queue does not send the controller back to startup.
+    drain_rounds: u32,
     /// The last few RTT samples (startup's queue check).
     recent: [Duration; STARTUP_SAMPLES],
     recent_len: usize,
@@ -197,6 +211,8 @@ impl DelayRate {
             timeouts: 0,
             rounds_since_cut: u32::MAX,
             empty_rounds: 0,
+            drain_due: false,
+            drain_rounds: 0,
             recent: [Duration::ZERO; STARTUP_SAMPLES],
             recent_len: 0,
             startup_mean: 0.0,
@@ -231,6 +247,7 @@ impl DelayRate {
             self.min_rtt_now = None;
             self.base_mean_prev = self.base_mean_now;
             self.base_mean_now = None;
+            self.drain_due = self.min_rtt_since.is_some();
             self.min_rtt_since = Some(now);
         }
         self.min_rtt_now = Some(self.min_rtt_now.map_or(rtt, |m| m.min(rtt)));
@@ -398,12 +415,21 @@ impl RateController for DelayRate {
                         self.window = Some(w.min(bdp) * 0.9);
                         self.rounds_since_cut = 0;
                     }
+                } else if self.drain_due {
+                    // The window that keeps no queue of ours: the link stays busy while the queue drains.
+                    let rtt = (base + queueing).as_secs_f64();
+                    self.window = Some(w * base.as_secs_f64() / rtt);
+                    self.drain_due = false;
+                    self.drain_rounds = DRAIN_ROUNDS;
+                    self.empty_rounds = 0;
                 } else {
                     let rtt = (base + queueing).as_secs_f64();
                     let alpha = ALPHA_BYTES + ALPHA_DELAY.as_secs_f64() * w / rtt;
                     let target = w * base.as_secs_f64() / rtt + alpha;
                     self.window = Some(((1.0 - GAMMA) * w + GAMMA * target).min(2.0 * w));
-                    if queueing < QUEUE_EMPTY {
+                    if self.drain_rounds > 0 {
+                        self.drain_rounds -= 1;
+                    } else if queueing < QUEUE_EMPTY {
                         self.empty_rounds += 1;
                         if self.empty_rounds >= EMPTY_ROUNDS {
                             // The path has room FAST would take many rounds to fill: probe as in startup.
