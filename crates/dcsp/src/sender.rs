@@ -31,6 +31,8 @@ const MAX_PTO: Duration = Duration::from_secs(1);
 const SENT_RING: usize = 1 << 16;
 /// Smallest amount of block data kept in flight, whatever the rate.
 const MIN_WINDOW: usize = 2 * 1024 * 1024;
+/// First transmissions take turns among this many queued blocks, one shard each (see [`ShardQueue`]).
+pub const INTERLEAVE_BLOCKS: usize = 16;
 
 /// What the sender needs.
 #[derive(Debug)]
@@ -76,10 +78,89 @@ pub struct SenderStats {
     pub phase: &'static str,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ShardRef {
     Data(u8),
     Parity(u8),
+}
+
+/// A block whose first transmission is queued: shards `next..data + parity` are still to go. Its parity count
+/// is decided when its first shard is about to go (see [`ShardQueue::unstarted`]).
+#[derive(Debug, Clone, Copy)]
+struct QueuedBlock {
+    block: u32,
+    next: u16,
+    data: u8,
+    parity: Option<u8>,
+}
+
+/// First transmissions, interleaved: the shards of the first [`INTERLEAVE_BLOCKS`] queued blocks take turns
+/// (block a shard 0, block b shard 0, ..., block a shard 1, ...), and a finished block's place goes to the
+/// next one queued. A burst of lost datagrams then takes one shard from each of several blocks, which their
+/// parity repairs, instead of more shards from one block than its parity can (which costs a NACK round trip
+/// and a re-send). Only the order changes: each block still goes whole, data shards before parity.
+#[derive(Debug, Default)]
+struct ShardQueue {
+    blocks: VecDeque<QueuedBlock>,
+    /// Position (within the first `INTERLEAVE_BLOCKS`) of the block whose turn is next.
+    turn: usize,
+}
+
+impl ShardQueue {
+    fn push(&mut self, block: u32, data: u8) {
+        // A block pushed again (its chunk failed verification) goes afresh: forget what was left of it.
+        self.blocks.retain(|b| b.block != block);
+        self.blocks.push_back(QueuedBlock {
+            block,
+            next: 0,
+            data,
+            parity: None,
+        });
+    }
+
+    /// Moves the turn into the interleaved blocks; the block whose turn it is.
+    fn current(&mut self) -> Option<&mut QueuedBlock> {
+        let depth = self.blocks.len().min(INTERLEAVE_BLOCKS);
+        if self.turn >= depth {
+            self.turn = 0;
+        }
+        self.blocks.get_mut(self.turn)
+    }
+
+    /// The block whose turn it is, with its data shard count, if its parity count is still open: the caller
+    /// decides it with [`ShardQueue::set_parity`] before [`ShardQueue::pop`].
+    fn unstarted(&mut self) -> Option<(u32, u8)> {
+        self.current()
+            .filter(|q| q.parity.is_none())
+            .map(|q| (q.block, q.data))
+    }
+
+    fn set_parity(&mut self, parity: u8) {
+        if let Some(q) = self.current() {
+            q.parity = Some(parity);
+        }
+    }
+
+    fn pop(&mut self) -> Option<(u32, ShardRef)> {
+        let q = self.current()?;
+        let shard = match u8::try_from(q.next) {
+            Ok(i) if i < q.data => ShardRef::Data(i),
+            _ => ShardRef::Parity((q.next - u16::from(q.data)) as u8),
+        };
+        let block = q.block;
+        q.next += 1;
+        if q.next >= u16::from(q.data) + u16::from(q.parity.unwrap_or(0)) {
+            // The next queued block moves into this place; the turn passes to the one after it.
+            self.blocks.remove(self.turn);
+        } else {
+            self.turn += 1;
+        }
+        Some((block, shard))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.blocks.is_empty()
+    }
 }
 
 #[derive(Debug)]
@@ -138,7 +219,7 @@ pub struct DcspSender {
     max_buffered: usize,
 
     blocks: BTreeMap<u32, BlockState>,
-    queue: VecDeque<(u32, ShardRef)>,
+    queue: ShardQueue,
     repairs: VecDeque<(u32, u8)>,
     buffered: usize,
     /// Buffers of released blocks, reused for new ones (data and parity apart, as their sizes differ). They
@@ -180,7 +261,7 @@ impl DcspSender {
             controller: cfg.controller,
             max_buffered: cfg.max_buffered.max(MIN_WINDOW),
             blocks: BTreeMap::new(),
-            queue: VecDeque::new(),
+            queue: ShardQueue::default(),
             repairs: VecDeque::new(),
             buffered: 0,
             free_data: Vec::new(),
@@ -211,10 +292,13 @@ impl DcspSender {
         &self.geometry
     }
 
-    /// How many block bytes the sender holds at most right now: about two round trips at the current rate.
+    /// How many block bytes the sender holds at most right now: about two round trips at the current rate,
+    /// plus the blocks being interleaved (a block is complete only when its last shard arrives).
     fn window(&self) -> usize {
         let rtt = self.rtt.srtt().as_secs_f64() * 2.0 + 0.1;
-        ((self.controller.rate() as f64 * rtt) as usize).clamp(MIN_WINDOW, self.max_buffered)
+        let interleaved = INTERLEAVE_BLOCKS * self.geometry.block_bytes() as usize;
+        ((self.controller.rate() as f64 * rtt) as usize + interleaved)
+            .clamp(MIN_WINDOW, self.max_buffered)
     }
 
     /// Whether the driver should push another block now.
@@ -252,17 +336,9 @@ impl DcspSender {
         data.clear();
         data.extend_from_slice(bytes);
         data.resize(usize::from(k) * s, 0);
-        let m = self.parity.parity_for(k, self.loss);
         let mut parity = self.free_parity.pop().unwrap_or_default();
-        encode_parity(&mut self.encoder, &data, k, m, s, &mut parity);
-        let m = (parity.len() / s) as u8;
-        self.stats.parity = m;
-        for i in 0..k {
-            self.queue.push_back((block, ShardRef::Data(i)));
-        }
-        for j in 0..m {
-            self.queue.push_back((block, ShardRef::Parity(j)));
-        }
+        parity.clear();
+        self.queue.push(block, k);
         self.buffered += span.len as usize;
         self.blocks.insert(
             block,
@@ -270,15 +346,31 @@ impl DcspSender {
                 span,
                 data,
                 parity,
-                parity_count: m,
+                parity_count: 0,
                 first_pn: None,
                 last_pn: None,
                 last_sent: None,
-                unsent: u16::from(k) + u16::from(m),
+                unsent: u16::from(k),
                 repairs_pending: 0,
             },
         );
         Ok(())
+    }
+
+    /// Decides the parity of a block about to send its first shard, from the loss seen until now, and
+    /// computes it. Returns the number of parity shards.
+    fn start_block(&mut self, block: u32, k: u8) -> u8 {
+        let Some(state) = self.blocks.get_mut(&block) else {
+            return 0; // acknowledged meanwhile: its entry is skipped
+        };
+        let s = self.geometry.shard_size() as usize;
+        let m = self.parity.parity_for(k, self.loss);
+        encode_parity(&mut self.encoder, &state.data, k, m, s, &mut state.parity);
+        let m = (state.parity.len() / s) as u8;
+        state.parity_count = m;
+        state.unsent += u16::from(m);
+        self.stats.parity = m;
+        m
     }
 
     fn release(&mut self, b: BlockState) {
@@ -343,7 +435,13 @@ impl DcspSender {
         loop {
             let (block, shard, repair) = if let Some((b, i)) = self.repairs.pop_front() {
                 (b, ShardRef::Data(i), true)
-            } else if let Some((b, r)) = self.queue.pop_front() {
+            } else if let Some((b, r)) = {
+                if let Some((block, k)) = self.queue.unstarted() {
+                    let m = self.start_block(block, k);
+                    self.queue.set_parity(m);
+                }
+                self.queue.pop()
+            } {
                 (b, r, false)
             } else {
                 return false;
@@ -656,5 +754,76 @@ impl DcspSender {
         s.phase = self.controller.phase();
         s.loss = self.loss;
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pops everything, giving block `b` `b % 3` parity shards.
+    fn drain(q: &mut ShardQueue) -> Vec<(u32, ShardRef)> {
+        std::iter::from_fn(|| {
+            if let Some((b, _)) = q.unstarted() {
+                q.set_parity((b % 3) as u8);
+            }
+            q.pop()
+        })
+        .collect()
+    }
+
+    #[test]
+    fn shards_of_queued_blocks_take_turns_and_each_block_goes_whole_in_order() {
+        let mut q = ShardQueue::default();
+        q.push(7, 2);
+        q.push(8, 3);
+        use ShardRef::{Data, Parity};
+        assert_eq!(
+            drain(&mut q),
+            [
+                (7, Data(0)),
+                (8, Data(0)),
+                (7, Data(1)),
+                (8, Data(1)),
+                (7, Parity(0)),
+                (8, Data(2)),
+                (8, Parity(0)),
+                (8, Parity(1)),
+            ]
+        );
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_burst_of_lost_datagrams_takes_at_most_one_shard_from_each_block() {
+        let mut q = ShardQueue::default();
+        for b in 0..40 {
+            q.push(b, 64);
+        }
+        let order = drain(&mut q);
+        assert_eq!(
+            order.len(),
+            40 * 64 + (0..40).map(|b| b % 3).sum::<u32>() as usize
+        );
+        // While at least INTERLEAVE_BLOCKS blocks are queued.
+        for burst in order[..(40 - INTERLEAVE_BLOCKS) * 64].windows(INTERLEAVE_BLOCKS) {
+            let mut blocks: Vec<u32> = burst.iter().map(|(b, _)| *b).collect();
+            blocks.sort_unstable();
+            blocks.dedup();
+            assert_eq!(blocks.len(), INTERLEAVE_BLOCKS, "{burst:?}");
+        }
+    }
+
+    #[test]
+    fn a_block_pushed_again_is_queued_afresh_once() {
+        let mut q = ShardQueue::default();
+        q.push(3, 2);
+        q.set_parity(0);
+        assert_eq!(q.pop(), Some((3, ShardRef::Data(0))));
+        q.push(3, 2);
+        assert_eq!(
+            drain(&mut q),
+            [(3, ShardRef::Data(0)), (3, ShardRef::Data(1))]
+        );
     }
 }

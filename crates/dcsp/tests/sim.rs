@@ -735,8 +735,13 @@ fn profile_efficiency() {
             .and_then(|v| v.parse::<usize>().ok())
             .unwrap_or(128)
             << 20;
+        // SIM_SEED picks another seed (default 11).
+        let seed = std::env::var("SIM_SEED")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(11);
         let s = Scenario {
-            seed: 11,
+            seed,
             file_size: size,
             chunk_size: 8 << 20,
             shard_size: 1432,
