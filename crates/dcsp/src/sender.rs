@@ -31,8 +31,12 @@ const MAX_PTO: Duration = Duration::from_secs(1);
 const SENT_RING: usize = 1 << 16;
 /// Smallest amount of block data kept in flight, whatever the rate.
 const MIN_WINDOW: usize = 2 * 1024 * 1024;
-/// First transmissions take turns among this many queued blocks, one shard each (see [`ShardQueue`]).
+/// First transmissions take turns among this many queued blocks, one shard each (see [`ShardQueue`])...
 pub const INTERLEAVE_BLOCKS: usize = 16;
+/// ...or fewer, so that the blocks taking turns hold at most this many bytes: a block is complete only when
+/// its last shard arrives, and large blocks (16 KiB datagrams on loopback) need no spreading to survive a
+/// burst of a few datagrams.
+pub const INTERLEAVE_BYTES: u64 = 1536 * 1024;
 
 /// What the sender needs.
 #[derive(Debug)]
@@ -99,14 +103,26 @@ struct QueuedBlock {
 /// next one queued. A burst of lost datagrams then takes one shard from each of several blocks, which their
 /// parity repairs, instead of more shards from one block than its parity can (which costs a NACK round trip
 /// and a re-send). Only the order changes: each block still goes whole, data shards before parity.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct ShardQueue {
     blocks: VecDeque<QueuedBlock>,
-    /// Position (within the first `INTERLEAVE_BLOCKS`) of the block whose turn is next.
+    /// How many blocks take turns.
+    depth: usize,
+    /// Position (within the first `depth`) of the block whose turn is next.
     turn: usize,
 }
 
 impl ShardQueue {
+    /// A queue for blocks of `block_bytes` (see [`INTERLEAVE_BYTES`]).
+    fn new(block_bytes: u64) -> Self {
+        let depth = (INTERLEAVE_BYTES / block_bytes.max(1)).clamp(1, INTERLEAVE_BLOCKS as u64);
+        Self {
+            blocks: VecDeque::new(),
+            depth: depth as usize,
+            turn: 0,
+        }
+    }
+
     fn push(&mut self, block: u32, data: u8) {
         // A block pushed again (its chunk failed verification) goes afresh: forget what was left of it.
         self.blocks.retain(|b| b.block != block);
@@ -120,7 +136,7 @@ impl ShardQueue {
 
     /// Moves the turn into the interleaved blocks; the block whose turn it is.
     fn current(&mut self) -> Option<&mut QueuedBlock> {
-        let depth = self.blocks.len().min(INTERLEAVE_BLOCKS);
+        let depth = self.blocks.len().min(self.depth);
         if self.turn >= depth {
             self.turn = 0;
         }
@@ -261,7 +277,7 @@ impl DcspSender {
             controller: cfg.controller,
             max_buffered: cfg.max_buffered.max(MIN_WINDOW),
             blocks: BTreeMap::new(),
-            queue: ShardQueue::default(),
+            queue: ShardQueue::new(cfg.geometry.block_bytes()),
             repairs: VecDeque::new(),
             buffered: 0,
             free_data: Vec::new(),
@@ -296,7 +312,7 @@ impl DcspSender {
     /// plus the blocks being interleaved (a block is complete only when its last shard arrives).
     fn window(&self) -> usize {
         let rtt = self.rtt.srtt().as_secs_f64() * 2.0 + 0.1;
-        let interleaved = INTERLEAVE_BLOCKS * self.geometry.block_bytes() as usize;
+        let interleaved = self.queue.depth * self.geometry.block_bytes() as usize;
         ((self.controller.rate() as f64 * rtt) as usize + interleaved)
             .clamp(MIN_WINDOW, self.max_buffered)
     }
@@ -774,7 +790,7 @@ mod tests {
 
     #[test]
     fn shards_of_queued_blocks_take_turns_and_each_block_goes_whole_in_order() {
-        let mut q = ShardQueue::default();
+        let mut q = ShardQueue::new(64 * 1432);
         q.push(7, 2);
         q.push(8, 3);
         use ShardRef::{Data, Parity};
@@ -796,7 +812,7 @@ mod tests {
 
     #[test]
     fn a_burst_of_lost_datagrams_takes_at_most_one_shard_from_each_block() {
-        let mut q = ShardQueue::default();
+        let mut q = ShardQueue::new(64 * 1432);
         for b in 0..40 {
             q.push(b, 64);
         }
@@ -815,8 +831,20 @@ mod tests {
     }
 
     #[test]
+    fn large_blocks_take_turns_among_fewer() {
+        assert_eq!(ShardQueue::new(64 * 1432).depth, INTERLEAVE_BLOCKS);
+        assert_eq!(ShardQueue::new(64 * 16 * 1024).depth, 1);
+        let mut q = ShardQueue::new(INTERLEAVE_BYTES / 2);
+        q.push(1, 2);
+        q.push(2, 2);
+        q.push(3, 2);
+        let blocks: Vec<u32> = drain(&mut q).iter().map(|(b, _)| *b).collect();
+        assert_eq!(blocks, [1, 2, 1, 2, 1, 2, 3, 2, 3]);
+    }
+
+    #[test]
     fn a_block_pushed_again_is_queued_afresh_once() {
-        let mut q = ShardQueue::default();
+        let mut q = ShardQueue::new(64 * 1432);
         q.push(3, 2);
         q.set_parity(0);
         assert_eq!(q.pop(), Some((3, ShardRef::Data(0))));
