@@ -389,6 +389,16 @@ impl DcspSender {
         m
     }
 
+    /// The next shard of a first transmission, in [`ShardQueue`]'s order; a block about to send its first
+    /// shard gets its parity now.
+    fn next_first_transmission(&mut self) -> Option<(u32, ShardRef)> {
+        if let Some((block, k)) = self.queue.unstarted() {
+            let m = self.start_block(block, k);
+            self.queue.set_parity(m);
+        }
+        self.queue.pop()
+    }
+
     fn release(&mut self, b: BlockState) {
         self.buffered -= b.span.len as usize;
         self.free_data.push(b.data);
@@ -451,13 +461,7 @@ impl DcspSender {
         loop {
             let (block, shard, repair) = if let Some((b, i)) = self.repairs.pop_front() {
                 (b, ShardRef::Data(i), true)
-            } else if let Some((b, r)) = {
-                if let Some((block, k)) = self.queue.unstarted() {
-                    let m = self.start_block(block, k);
-                    self.queue.set_parity(m);
-                }
-                self.queue.pop()
-            } {
+            } else if let Some((b, r)) = self.next_first_transmission() {
                 (b, r, false)
             } else {
                 return false;
