@@ -405,6 +405,9 @@ impl RateController for DelayRate {
                 }
             }
             Phase::Steady => {
+                let rtt = (base + queueing).as_secs_f64();
+                // The window that keeps none of this flow's bytes queued.
+                let queue_free = w * base.as_secs_f64() / rtt;
                 if loss_spike {
                     // Overflowing queues: back off once to what got through (the bottleneck's rate, as the
                     // latest ACKs show it), then give the cut a few rounds to show. Losses of the round that
@@ -416,16 +419,14 @@ impl RateController for DelayRate {
                         self.rounds_since_cut = 0;
                     }
                 } else if self.drain_due {
-                    // The window that keeps no queue of ours: the link stays busy while the queue drains.
-                    let rtt = (base + queueing).as_secs_f64();
-                    self.window = Some(w * base.as_secs_f64() / rtt);
+                    // Keep no queue of ours: the link stays busy while the queue drains.
+                    self.window = Some(queue_free);
                     self.drain_due = false;
                     self.drain_rounds = DRAIN_ROUNDS;
                     self.empty_rounds = 0;
                 } else {
-                    let rtt = (base + queueing).as_secs_f64();
                     let alpha = ALPHA_BYTES + ALPHA_DELAY.as_secs_f64() * w / rtt;
-                    let target = w * base.as_secs_f64() / rtt + alpha;
+                    let target = queue_free + alpha;
                     self.window = Some(((1.0 - GAMMA) * w + GAMMA * target).min(2.0 * w));
                     if self.drain_rounds > 0 {
                         self.drain_rounds -= 1;
