@@ -1,4 +1,4 @@
-//! The few syscalls the emulator needs (TUN, poll, signals, setns). This is the only module with
+//! The few syscalls the emulator needs (TUN, poll, signals, setns, getrusage). This is the only module with
 //! `unsafe`: each block is one libc call on a buffer or fd we own.
 #![allow(unsafe_code)] // reason: TUN ioctls, ppoll, sigaction and setns have no safe std equivalent
 
@@ -171,4 +171,16 @@ pub fn enter_netns(name: &str) -> io::Result<()> {
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
+}
+
+/// User + system CPU seconds this process has used so far.
+pub fn process_cpu_seconds() -> f64 {
+    // SAFETY: rusage is plain integers, for which all zeroes is a valid value.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage only writes into the struct it is given, which outlives the call.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return 0.0;
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
 }
