@@ -31,11 +31,15 @@ pub struct LocalConfig {
     pub out_dir: PathBuf,
     /// TrackShift's data path: `tcp` or `udp` (DCSP).
     pub protocol: String,
+    /// cp/TrackShift pairs per size; the verdict is on the median ratio.
+    pub repeat: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct LocalRow {
     pub size: u64,
+    /// 1-based run number within the size (several with `--repeat`).
+    pub run: usize,
     pub cp_seconds: f64,
     pub sync_seconds: f64,
     pub cp_mbs: f64,
@@ -64,25 +68,58 @@ fn free_port() -> Result<u16> {
         .port())
 }
 
-fn one_size(cfg: &LocalConfig, size: u64, idx: usize) -> Result<LocalRow> {
+/// One file size: the random file is made once, then `cfg.repeat` cp/TrackShift pairs run on it.
+fn one_size(cfg: &LocalConfig, size: u64, idx: usize) -> Result<Vec<LocalRow>> {
     let work = tempfile::Builder::new()
         .prefix("trackshift-bench-local-")
         .tempdir_in(&cfg.dir)
         .with_context(|| format!("creating a work dir in {}", cfg.dir.display()))?;
-    let logs = cfg
-        .out_dir
-        .join("logs")
-        .join(format!("{idx:02}-{}", fmt_size(size)));
-    std::fs::create_dir_all(&logs)?;
     let src = work.path().join("payload.bin");
     eprintln!("[local {}] creating the random file", fmt_size(size));
     let src_sha = crate::util::make_random_file(&src, size, 0x10ca1 + idx as u64)?;
+    let mut rows = Vec::new();
+    for run in 1..=cfg.repeat.max(1) {
+        let name = if cfg.repeat > 1 {
+            format!("{idx:02}-{}-run{run}", fmt_size(size))
+        } else {
+            format!("{idx:02}-{}", fmt_size(size))
+        };
+        let logs = cfg.out_dir.join("logs").join(name);
+        std::fs::create_dir_all(&logs)?;
+        let run_dir = work.path().join(format!("run{run}"));
+        std::fs::create_dir_all(&run_dir)?;
+        let row = one_run(cfg, size, run, &src, &src_sha, &run_dir, &logs)?;
+        // The received copy and the state dirs go before the next run: same free space, same disk.
+        std::fs::remove_dir_all(&run_dir)?;
+        eprintln!(
+            "[local {} run {run}] cp {:.1} MB/s, trackshift {}",
+            fmt_size(size),
+            row.cp_mbs,
+            row.trackshift_mbs
+                .map_or(row.trackshift_status.as_str().to_string(), |m| format!(
+                    "{m:.1} MB/s"
+                ))
+        );
+        rows.push(row);
+    }
+    Ok(rows)
+}
 
+/// One cp (+ sync) of `src`, then one TrackShift transfer of it, both into `run_dir`.
+fn one_run(
+    cfg: &LocalConfig,
+    size: u64,
+    run: usize,
+    src: &Path,
+    src_sha: &str,
+    run_dir: &Path,
+    logs: &Path,
+) -> Result<LocalRow> {
     // cp, then sync of the copy: the receiver fsyncs before its rename, so cp+sync is the like-for-like figure.
     if cfg.drop_caches {
         drop_caches()?;
     }
-    let cp_dst = work.path().join("copy.bin");
+    let cp_dst = run_dir.join("copy.bin");
     eprintln!("[local {}] cp", fmt_size(size));
     let mut cp = Proc::spawn(
         &Spec::new(
@@ -93,7 +130,7 @@ fn one_size(cfg: &LocalConfig, size: u64, idx: usize) -> Result<LocalRow> {
                 &cp_dst.display().to_string(),
             ],
         ),
-        &logs,
+        logs,
     )?;
     let st = cp.wait_timeout(cfg.timeout)?;
     anyhow::ensure!(
@@ -104,7 +141,7 @@ fn one_size(cfg: &LocalConfig, size: u64, idx: usize) -> Result<LocalRow> {
     let cp_seconds = cp.elapsed();
     let mut sync = Proc::spawn(
         &Spec::new("sync", &["sync", &cp_dst.display().to_string()]).untimed(),
-        &logs,
+        logs,
     )?;
     sync.wait_timeout(cfg.timeout)?;
     let sync_seconds = sync.elapsed();
@@ -113,6 +150,7 @@ fn one_size(cfg: &LocalConfig, size: u64, idx: usize) -> Result<LocalRow> {
 
     let mut row = LocalRow {
         size,
+        run,
         cp_seconds,
         sync_seconds,
         cp_mbs: size as f64 / cp_seconds / MB,
@@ -140,11 +178,8 @@ fn one_size(cfg: &LocalConfig, size: u64, idx: usize) -> Result<LocalRow> {
         cfg.protocol
     );
     let bin = bin.display().to_string();
-    let out = work.path().join("received");
-    let (state_a, state_b) = (
-        work.path().join("state-send"),
-        work.path().join("state-recv"),
-    );
+    let out = run_dir.join("received");
+    let (state_a, state_b) = (run_dir.join("state-send"), run_dir.join("state-recv"));
     for d in [&out, &state_a, &state_b] {
         std::fs::create_dir_all(d)?;
     }
@@ -169,7 +204,7 @@ fn one_size(cfg: &LocalConfig, size: u64, idx: usize) -> Result<LocalRow> {
             ],
         )
         .stdout_lines(),
-        &logs,
+        logs,
     )?;
     recv.wait_line(RECEIVER_READY, |l| l.contains("\"listening\""))?;
     let mut send = Proc::spawn(
@@ -190,7 +225,7 @@ fn one_size(cfg: &LocalConfig, size: u64, idx: usize) -> Result<LocalRow> {
                 "--json",
             ],
         ),
-        &logs,
+        logs,
     )?;
     let st = send.wait_timeout(cfg.timeout)?;
     let seconds = send.elapsed();
@@ -228,7 +263,98 @@ fn one_size(cfg: &LocalConfig, size: u64, idx: usize) -> Result<LocalRow> {
     Ok(row)
 }
 
-fn markdown(rows: &[LocalRow], cfg: &LocalConfig) -> String {
+/// SHA-256 throughput of one core on this machine, and what it allows a transfer between two processes here.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct HashCeiling {
+    /// MB/s of one core hashing a warm in-memory buffer (sha2, the crate TrackShift uses).
+    pub sha256_mbs: f64,
+    pub cores: usize,
+    /// SHA-256 passes over the file a transfer needs: chunk and whole-file hash on each side (issue 2, item 3).
+    pub passes: usize,
+    /// `cores × sha256_mbs / passes`: no same-machine transfer can go faster, whatever else it costs.
+    pub ceiling_mbs: f64,
+}
+
+fn hash_ceiling(cores: usize) -> HashCeiling {
+    let sha256_mbs = crate::util::sha256_core_mbs();
+    let passes = crate::util::TRANSFER_SHA256_PASSES;
+    HashCeiling {
+        sha256_mbs,
+        cores,
+        passes,
+        ceiling_mbs: cores as f64 * sha256_mbs / passes as f64,
+    }
+}
+
+/// The runs of one size, summarised by medians (the paired ratio of each run, then its median).
+#[derive(Debug, Clone, Serialize)]
+pub struct SizeSummary {
+    pub size: u64,
+    pub runs: usize,
+    pub ok_runs: usize,
+    pub median_cp_mbs: f64,
+    pub median_cp_sync_mbs: f64,
+    pub median_trackshift_mbs: Option<f64>,
+    pub median_ratio_cp: Option<f64>,
+    pub median_ratio_cp_sync: Option<f64>,
+    /// Runs whose own ratio met the target.
+    pub runs_meeting_ratio: usize,
+    pub max_sender_rss_mib: Option<f64>,
+    pub max_receiver_rss_mib: Option<f64>,
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
+fn summarise(rows: &[LocalRow]) -> Vec<SizeSummary> {
+    let mut sizes: Vec<u64> = rows.iter().map(|r| r.size).collect();
+    sizes.dedup();
+    sizes
+        .into_iter()
+        .map(|size| {
+            let runs: Vec<&LocalRow> = rows.iter().filter(|r| r.size == size).collect();
+            let ok: Vec<&LocalRow> = runs
+                .iter()
+                .copied()
+                .filter(|r| r.trackshift_mbs.is_some())
+                .collect();
+            let max_rss = |f: fn(&LocalRow) -> Option<Usage>| {
+                runs.iter()
+                    .filter_map(|r| f(r).map(|u| u.rss_mib()))
+                    .reduce(f64::max)
+            };
+            SizeSummary {
+                size,
+                runs: runs.len(),
+                ok_runs: ok.len(),
+                median_cp_mbs: median(runs.iter().map(|r| r.cp_mbs).collect()).unwrap_or(0.0),
+                median_cp_sync_mbs: median(runs.iter().map(|r| r.cp_sync_mbs).collect())
+                    .unwrap_or(0.0),
+                median_trackshift_mbs: median(ok.iter().filter_map(|r| r.trackshift_mbs).collect()),
+                median_ratio_cp: median(ok.iter().filter_map(|r| r.ratio_cp).collect()),
+                median_ratio_cp_sync: median(ok.iter().filter_map(|r| r.ratio_cp_sync).collect()),
+                runs_meeting_ratio: ok
+                    .iter()
+                    .filter(|r| r.ratio_cp.is_some_and(|x| x >= TARGET_RATIO))
+                    .count(),
+                max_sender_rss_mib: max_rss(|r| r.sender),
+                max_receiver_rss_mib: max_rss(|r| r.receiver),
+            }
+        })
+        .collect()
+}
+
+fn markdown(rows: &[LocalRow], cfg: &LocalConfig, ceiling: &HashCeiling) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -241,17 +367,19 @@ fn markdown(rows: &[LocalRow], cfg: &LocalConfig) -> String {
         }
     );
     s.push_str(
-        "| size | cp MB/s | cp+sync MB/s | trackshift MB/s | ts/cp | ts/(cp+sync) | cp RSS MiB | sender RSS MiB \
+        "| size | run | cp MB/s | cp+sync MB/s | trackshift MB/s | ts/cp | ts/(cp+sync) | cp RSS MiB | sender RSS MiB \
          | receiver RSS MiB | sender CPU s | receiver CPU s | status | note |\n",
     );
-    s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|\n");
+    s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|\n");
     let f2 = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.2}"));
     let f1 = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.1}"));
-    for r in rows {
+    let summaries = summarise(rows);
+    for (i, r) in rows.iter().enumerate() {
         let _ = writeln!(
             s,
-            "| {} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             fmt_size(r.size),
+            r.run,
             r.cp_mbs,
             r.cp_sync_mbs,
             f1(r.trackshift_mbs),
@@ -265,51 +393,93 @@ fn markdown(rows: &[LocalRow], cfg: &LocalConfig) -> String {
             r.trackshift_status.as_str(),
             r.note.replace('|', "/"),
         );
+        let last_of_size = rows.get(i + 1).is_none_or(|next| next.size != r.size);
+        if cfg.repeat > 1 && last_of_size {
+            if let Some(m) = summaries.iter().find(|m| m.size == r.size) {
+                let _ = writeln!(
+                    s,
+                    "| **{}** | **median** | **{:.1}** | **{:.1}** | **{}** | **{}** | **{}** | | {} | {} | | | {}/{} ok | max RSS |",
+                    fmt_size(m.size),
+                    m.median_cp_mbs,
+                    m.median_cp_sync_mbs,
+                    f1(m.median_trackshift_mbs),
+                    f2(m.median_ratio_cp),
+                    f2(m.median_ratio_cp_sync),
+                    f1(m.max_sender_rss_mib),
+                    f1(m.max_receiver_rss_mib),
+                    m.ok_runs,
+                    m.runs,
+                );
+            }
+        }
     }
     s.push('\n');
-    for line in verdicts(rows) {
+    let median_cp = median(rows.iter().map(|r| r.cp_mbs).collect()).unwrap_or(0.0);
+    let _ = writeln!(
+        s,
+        "Hashing ceiling: SHA-256 runs at {:.0} MB/s on one core here. A transfer hashes the file {} times \
+         (chunk and whole-file hash, on each side), so on {} cores shared by sender and receiver no transfer can \
+         exceed {} × {:.0} / {} = **{:.0} MB/s**, {:.2} × the median cp rate of this run ({:.0} MB/s).\n",
+        ceiling.sha256_mbs,
+        ceiling.passes,
+        ceiling.cores,
+        ceiling.cores,
+        ceiling.sha256_mbs,
+        ceiling.passes,
+        ceiling.ceiling_mbs,
+        if median_cp > 0.0 {
+            ceiling.ceiling_mbs / median_cp
+        } else {
+            0.0
+        },
+        median_cp,
+    );
+    for line in verdicts(&summaries, cfg.repeat) {
         let _ = writeln!(s, "- {line}");
     }
     s
 }
 
-/// The issue's three targets, each as a PASS/FAIL line.
-fn verdicts(rows: &[LocalRow]) -> Vec<String> {
+/// The issue's three targets, each as a PASS/FAIL line (on the medians when runs were repeated).
+fn verdicts(summaries: &[SizeSummary], repeat: usize) -> Vec<String> {
     let mut v = Vec::new();
     let pf = |ok: bool| if ok { "PASS" } else { "FAIL" };
-    for r in rows {
-        if let Some(ratio) = r.ratio_cp {
+    for m in summaries {
+        if let Some(ratio) = m.median_ratio_cp {
+            let how = if repeat > 1 {
+                format!(
+                    "median of {} runs; {} of {} met it on their own; ",
+                    m.ok_runs, m.runs_meeting_ratio, m.ok_runs
+                )
+            } else {
+                String::new()
+            };
             v.push(format!(
-                "{}: {} goodput {:.0}% of cp (target ≥ {:.0}%; {:.0}% of cp+sync)",
+                "{}: {} goodput {:.0}% of cp (target ≥ {:.0}%; {how}{:.0}% of cp+sync)",
                 pf(ratio >= TARGET_RATIO),
-                fmt_size(r.size),
+                fmt_size(m.size),
                 ratio * 100.0,
                 TARGET_RATIO * 100.0,
-                r.ratio_cp_sync.unwrap_or(0.0) * 100.0
+                m.median_ratio_cp_sync.unwrap_or(0.0) * 100.0
             ));
         }
-        if let (Some(s), Some(rc)) = (r.sender, r.receiver) {
-            let worst = s.rss_mib().max(rc.rss_mib());
+        if let (Some(snd), Some(rcv)) = (m.max_sender_rss_mib, m.max_receiver_rss_mib) {
             v.push(format!(
-                "{}: {} peak RSS sender {:.1} MiB, receiver {:.1} MiB (target < {TARGET_RSS_MIB:.0} MiB)",
-                pf(worst < TARGET_RSS_MIB),
-                fmt_size(r.size),
-                s.rss_mib(),
-                rc.rss_mib()
+                "{}: {} peak RSS sender {snd:.1} MiB, receiver {rcv:.1} MiB (target < {TARGET_RSS_MIB:.0} MiB)",
+                pf(snd.max(rcv) < TARGET_RSS_MIB),
+                fmt_size(m.size),
             ));
         }
     }
-    let measured: Vec<&LocalRow> = rows
+    let measured: Vec<&SizeSummary> = summaries
         .iter()
-        .filter(|r| r.sender.is_some() && r.receiver.is_some())
+        .filter(|m| m.max_sender_rss_mib.is_some() && m.max_receiver_rss_mib.is_some())
         .collect();
     if let (Some(first), Some(last)) = (measured.first(), measured.last()) {
         if measured.len() > 1 {
-            let grow = |a: Option<Usage>, b: Option<Usage>| {
-                b.map_or(0.0, |u| u.rss_mib()) - a.map_or(0.0, |u| u.rss_mib())
-            };
-            let gs = grow(first.sender, last.sender);
-            let gr = grow(first.receiver, last.receiver);
+            let grow = |a: Option<f64>, b: Option<f64>| b.unwrap_or(0.0) - a.unwrap_or(0.0);
+            let gs = grow(first.max_sender_rss_mib, last.max_sender_rss_mib);
+            let gr = grow(first.max_receiver_rss_mib, last.max_receiver_rss_mib);
             v.push(format!(
                 "{}: RSS from {} to {}: sender {gs:+.1} MiB, receiver {gr:+.1} MiB (target: flat, within {RSS_FLAT_TOLERANCE_MIB:.0} MiB)",
                 pf(gs.abs() <= RSS_FLAT_TOLERANCE_MIB && gr.abs() <= RSS_FLAT_TOLERANCE_MIB),
@@ -328,21 +498,16 @@ pub fn run_local(cfg: LocalConfig, machine: Value) -> Result<String> {
         cfg.out_dir.join("machine.json"),
         serde_json::to_string_pretty(&machine)?,
     )?;
+    let cores = machine["cores"].as_u64().map_or_else(
+        || std::thread::available_parallelism().map_or(1, |n| n.get()),
+        |c| c as usize,
+    );
+    let ceiling = hash_ceiling(cores);
     let mut rows = Vec::new();
     for (i, size) in cfg.sizes.iter().enumerate() {
-        let row = one_size(&cfg, *size, i + 1)?;
-        eprintln!(
-            "[local {}] cp {:.1} MB/s, trackshift {}",
-            fmt_size(*size),
-            row.cp_mbs,
-            row.trackshift_mbs
-                .map_or(row.trackshift_status.as_str().to_string(), |m| format!(
-                    "{m:.1} MB/s"
-                ))
-        );
-        rows.push(row);
+        rows.extend(one_size(&cfg, *size, i + 1)?);
     }
-    let md = markdown(&rows, &cfg);
+    let md = markdown(&rows, &cfg, &ceiling);
     let header = format!(
         "# TrackShift local benchmark\n\nMachine: {} ({} cores, {} GiB, kernel {}).\n\n",
         machine["cpu_model"].as_str().unwrap_or("?"),
@@ -351,14 +516,18 @@ pub fn run_local(cfg: LocalConfig, machine: Value) -> Result<String> {
         machine["kernel"].as_str().unwrap_or("?"),
     );
     std::fs::write(cfg.out_dir.join("local.md"), format!("{header}{md}"))?;
+    let summaries = summarise(&rows);
     std::fs::write(
         cfg.out_dir.join("local.json"),
         serde_json::to_string_pretty(&json!({
             "machine": machine,
             "dir": cfg.dir,
             "drop_caches": cfg.drop_caches,
+            "repeat": cfg.repeat,
+            "hash_ceiling": ceiling,
             "rows": rows,
-            "verdicts": verdicts(&rows),
+            "summaries": summaries,
+            "verdicts": verdicts(&summaries, cfg.repeat),
         }))?,
     )?;
     Ok(md)
@@ -367,4 +536,55 @@ pub fn run_local(cfg: LocalConfig, machine: Value) -> Result<String> {
 /// Default work dir: `/var/tmp` is disk-backed on Debian (unlike a tmpfs `/tmp`), so cp measures the disk.
 pub fn default_dir() -> PathBuf {
     Path::new("/var/tmp").to_path_buf()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
+mod tests {
+    use super::*;
+
+    fn row(size: u64, run: usize, cp: f64, ts: f64) -> LocalRow {
+        LocalRow {
+            size,
+            run,
+            cp_seconds: 1.0,
+            sync_seconds: 0.0,
+            cp_mbs: cp,
+            cp_sync_mbs: cp,
+            cp: None,
+            trackshift_status: Status::Ok,
+            trackshift_seconds: Some(1.0),
+            trackshift_mbs: Some(ts),
+            ratio_cp: Some(ts / cp),
+            ratio_cp_sync: Some(ts / cp),
+            sender: None,
+            receiver: None,
+            note: String::new(),
+        }
+    }
+
+    #[test]
+    fn medians_are_of_each_runs_own_ratio() {
+        let rows = vec![
+            row(1, 1, 400.0, 440.0),
+            row(1, 2, 2000.0, 400.0),
+            row(1, 3, 800.0, 420.0),
+            row(2, 1, 500.0, 450.0),
+        ];
+        let m = summarise(&rows);
+        assert_eq!(m.len(), 2);
+        assert_eq!(
+            (m[0].runs, m[0].ok_runs, m[0].runs_meeting_ratio),
+            (3, 3, 1)
+        );
+        assert_eq!(m[0].median_cp_mbs, 800.0);
+        assert_eq!(m[0].median_trackshift_mbs, Some(420.0));
+        assert_eq!(m[0].median_ratio_cp, Some(420.0 / 800.0));
+        assert_eq!(m[1].median_ratio_cp, Some(0.9));
+        let v = verdicts(&m, 3);
+        assert!(v[0].starts_with("FAIL: 1B goodput 52% of cp"), "{v:?}");
+        assert!(v[0].contains("1 of 3 met it on their own"), "{v:?}");
+        assert_eq!(median(vec![3.0, 1.0, 2.0, 10.0]), Some(2.5));
+        assert_eq!(median(vec![]), None);
+    }
 }

@@ -120,6 +120,9 @@ struct LocalArgs {
     /// TrackShift's data path for the comparison: tcp or udp.
     #[arg(long, default_value = "tcp", value_parser = ["tcp", "udp"])]
     protocol: String,
+    /// cp/TrackShift pairs per size (cp's rate here swings 3x between runs); verdicts use the median ratio.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=20))]
+    repeat: u16,
     #[command(flatten)]
     common: Common,
 }
@@ -226,6 +229,7 @@ fn local(a: LocalArgs) -> Result<()> {
         trackshift,
         out_dir: out_dir.clone(),
         protocol: a.protocol,
+        repeat: usize::from(a.repeat),
     };
     let md = local::run_local(cfg, machine)?;
     println!("{md}");

@@ -108,6 +108,8 @@ pub struct NetBench {
     ssh: Option<SshFiles>,
     link_name: String,
     run_no: usize,
+    cores: usize,
+    sha256_mbs: f64,
 }
 
 impl NetBench {
@@ -132,6 +134,8 @@ impl NetBench {
             src_sha,
             ssh,
             run_no: 0,
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            sha256_mbs: crate::util::sha256_core_mbs(),
         })
     }
 
@@ -275,6 +279,8 @@ impl NetBench {
             file_size: self.cfg.size,
             timeout_s: self.cfg.timeout.as_secs_f64(),
             rows,
+            cores: self.cores,
+            sha256_mbs: self.sha256_mbs,
         };
         result.compute_ratios();
         Ok(result)

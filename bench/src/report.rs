@@ -70,6 +70,15 @@ pub struct Row {
 }
 
 impl Row {
+    /// CPU seconds the link emulator used during this row's run (its `counters` event).
+    pub fn link_cpu_seconds(&self) -> Option<f64> {
+        self.link_counters
+            .as_ref()?
+            .get("cpu_seconds")?
+            .as_f64()
+            .filter(|s| *s > 0.0)
+    }
+
     pub fn new(label: &str, tool: &str, family: Family, cc: Option<&str>) -> Row {
         Row {
             label: label.to_string(),
@@ -107,6 +116,10 @@ pub struct ProfileResult {
     pub file_size: u64,
     pub timeout_s: f64,
     pub rows: Vec<Row>,
+    /// Cores the emulator, sender and receiver share, and one core's SHA-256 rate: with the emulator's own
+    /// CPU time per row they bound what a verified transfer can reach on this machine.
+    pub cores: usize,
+    pub sha256_mbs: f64,
 }
 
 impl ProfileResult {
@@ -145,10 +158,10 @@ impl ProfileResult {
             self.timeout_s
         );
         s.push_str(
-            "| tool | status | goodput MB/s | × capacity | × best peer | time s | sender CPU s | sender peak RSS MiB \
-             | receiver CPU s | receiver peak RSS MiB | note |\n",
+            "| tool | status | goodput MB/s | × capacity | × best peer | time s | link CPU s | sender CPU s \
+             | sender peak RSS MiB | receiver CPU s | receiver peak RSS MiB | note |\n",
         );
-        s.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
+        s.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
         for r in &self.rows {
             let f2 = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.2}"));
             let f1 = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.1}"));
@@ -163,13 +176,14 @@ impl ProfileResult {
             };
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 r.label,
                 r.status.as_str(),
                 goodput,
                 f2(r.ratio_capacity),
                 f2(r.ratio_best_peer),
                 secs,
+                f2(r.link_cpu_seconds()),
                 f2(r.sender.map(|u| u.cpu_s)),
                 f1(r.sender.map(|u| u.rss_mib())),
                 f2(r.receiver.map(|u| u.cpu_s)),
@@ -177,7 +191,47 @@ impl ProfileResult {
                 r.note.replace('|', "/"),
             );
         }
+        if let Some(line) = self.cpu_ceiling() {
+            let _ = writeln!(s, "\n{line}");
+        }
         s
+    }
+
+    /// When the link has no rate limit (`clean`), the programs and the emulator share the machine's cores and
+    /// CPU decides the rate: the emulator's CPU per file MB (measured on TrackShift's own run) plus the SHA-256
+    /// passes bound TrackShift's goodput before any of its other work is counted.
+    fn cpu_ceiling(&self) -> Option<String> {
+        if self.rate_mbit.is_some() || self.sha256_mbs <= 0.0 {
+            return None;
+        }
+        let ts = self.rows.iter().find(|r| {
+            r.family == Family::Trackshift
+                && r.status == Status::Ok
+                && r.link_cpu_seconds().is_some()
+        })?;
+        let file_mb = self.file_size as f64 / MB;
+        let link_per_mb = ts.link_cpu_seconds()? / file_mb;
+        let passes = crate::util::TRANSFER_SHA256_PASSES as f64;
+        let hash_per_mb = passes / self.sha256_mbs;
+        let ceiling = self.cores as f64 / (link_per_mb + hash_per_mb);
+        let reference = self
+            .capacity_mbs
+            .map(|c| format!(", {:.2} × the payload capacity ({c:.1} MB/s)", ceiling / c))
+            .unwrap_or_default();
+        Some(format!(
+            "CPU ceiling: the emulator spent {:.2} CPU ms per file MB forwarding {}'s datagrams, and the \
+             {passes:.0} SHA-256 passes a transfer makes cost {:.2} CPU ms per MB at {:.0} MB/s per core. On {} \
+             shared cores these two alone bound its goodput at {} / ({:.2} + {:.2} ms) = **{ceiling:.1} MB/s**\
+             {reference}; the programs' own other work (AEAD, socket calls, writes) comes on top.",
+            link_per_mb * 1e3,
+            ts.label,
+            hash_per_mb * 1e3,
+            self.sha256_mbs,
+            self.cores,
+            self.cores,
+            link_per_mb * 1e3,
+            hash_per_mb * 1e3,
+        ))
     }
 
     /// Horizontal bars of goodput per row, with the payload capacity as a dashed reference line.
@@ -337,6 +391,8 @@ mod tests {
                 row("rsync", Family::Peer, Status::Ok, 10.0),
                 row("scp", Family::Peer, Status::TimedOut, 15.0),
             ],
+            cores: 2,
+            sha256_mbs: 1000.0,
         };
         p.compute_ratios();
         assert_eq!(p.best_peer_mbs, Some(10.0));
@@ -344,5 +400,40 @@ mod tests {
         assert_eq!(p.rows[1].ratio_best_peer, None);
         assert!(p.markdown().contains("| ts | ok | 20.00 |"));
         assert!(p.svg().starts_with("<svg"));
+        assert!(
+            !p.markdown().contains("CPU ceiling"),
+            "only for a link without a rate"
+        );
+    }
+
+    #[test]
+    fn cpu_ceiling_adds_link_and_hash_cost_per_mb() {
+        let mut ts = row("ts", Family::Trackshift, Status::Ok, 50.0);
+        ts.link_counters = Some(serde_json::json!({"event": "counters", "cpu_seconds": 1.0}));
+        let mut p = ProfileResult {
+            profile: "clean".into(),
+            link: "netlab".into(),
+            rate_mbit: None,
+            loss: None,
+            capacity_mbs: Some(100.0),
+            capacity_source: "iperf3".into(),
+            best_peer_mbs: None,
+            file_size: 100_000_000,
+            timeout_s: 1.0,
+            rows: vec![ts],
+            cores: 2,
+            sha256_mbs: 1000.0,
+        };
+        p.compute_ratios();
+        // Link 1 s / 100 MB = 10 ms/MB; 4 passes at 1000 MB/s = 4 ms/MB; 2 cores / 14 ms per MB.
+        let md = p.markdown();
+        assert!(
+            md.contains("**142.9 MB/s**, 1.43 × the payload capacity"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| ts | ok | 50.00 | 0.50 | – | – | 1.00 |"),
+            "{md}"
+        );
     }
 }

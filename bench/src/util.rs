@@ -112,6 +112,22 @@ pub fn make_random_file(path: &Path, size: u64, seed: u64) -> Result<String> {
     Ok(hex::encode(hasher.finalize()))
 }
 
+/// MB/s of one core hashing a warm in-memory buffer with SHA-256 (sha2, the crate TrackShift hashes with):
+/// on a machine where the programs under test share few cores, this bounds what a verified transfer can do.
+pub fn sha256_core_mbs() -> f64 {
+    let buf = vec![0x5a_u8; 64 << 20];
+    let _ = Sha256::digest(&buf); // warm: pages faulted in, clocks up
+    let rounds = 4;
+    let t = std::time::Instant::now();
+    for _ in 0..rounds {
+        std::hint::black_box(Sha256::digest(std::hint::black_box(&buf)));
+    }
+    (rounds * buf.len()) as f64 / t.elapsed().as_secs_f64() / crate::report::MB
+}
+
+/// SHA-256 passes over the file that a TrackShift transfer makes: chunk and whole-file hash, on each side.
+pub const TRANSFER_SHA256_PASSES: usize = 4;
+
 pub fn sha256_file(path: &Path) -> Result<String> {
     let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut buf = vec![0u8; IO_BLOCK];
