@@ -1,5 +1,6 @@
 //! `trackshift-bench local`: `cp` against `trackshift send --protocol tcp|udp` over loopback to a receiver on the
-//! same disk, for one or more file sizes (issue 2, item 11: ≥ 70% of cp, < 150 MiB RSS, flat in size).
+//! same disk, for one or more file sizes (issue 2, item 11: ≥ 70% of cp, < 150 MiB RSS, flat in size; issue 4
+//! for DCSP: ≥ 1 GB/s or ≥ 80% of cp, ≤ 256 MiB RSS).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -13,10 +14,47 @@ use crate::procs::{Proc, Spec, Usage};
 use crate::report::{Status, MB};
 use crate::util::{fmt_size, sha256_file, tail};
 
-/// Target from issue 2: TrackShift's goodput at least this fraction of cp's.
-const TARGET_RATIO: f64 = 0.70;
-/// Target from issue 2: peak RSS of each side below this.
-const TARGET_RSS_MIB: f64 = 150.0;
+/// The targets a run is judged against: issue 2's for the TCP data path, issue 4's for DCSP.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Targets {
+    pub issue: u32,
+    /// TrackShift's goodput at least this fraction of cp's ...
+    pub ratio: f64,
+    /// ... or at least this many MB/s, when set.
+    pub or_mbs: Option<f64>,
+    /// Peak RSS of each side at most this.
+    pub rss_mib: f64,
+}
+
+impl Targets {
+    pub fn for_protocol(protocol: &str) -> Targets {
+        match protocol {
+            "udp" => Targets {
+                issue: 4,
+                ratio: 0.80,
+                or_mbs: Some(1000.0),
+                rss_mib: 256.0,
+            },
+            _ => Targets {
+                issue: 2,
+                ratio: 0.70,
+                or_mbs: None,
+                rss_mib: 150.0,
+            },
+        }
+    }
+
+    fn goodput_met(&self, mbs: f64, ratio: f64) -> bool {
+        ratio >= self.ratio || self.or_mbs.is_some_and(|m| mbs >= m)
+    }
+
+    fn describe(&self) -> String {
+        match self.or_mbs {
+            Some(m) => format!("≥ {m:.0} MB/s or ≥ {:.0}% of cp", self.ratio * 100.0),
+            None => format!("≥ {:.0}%", self.ratio * 100.0),
+        }
+    }
+}
 /// "The same RSS" across sizes: within this many MiB (allocator noise, page tables).
 const RSS_FLAT_TOLERANCE_MIB: f64 = 8.0;
 const RECEIVER_READY: Duration = Duration::from_secs(20);
@@ -316,7 +354,7 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
     })
 }
 
-fn summarise(rows: &[LocalRow]) -> Vec<SizeSummary> {
+fn summarise(rows: &[LocalRow], targets: &Targets) -> Vec<SizeSummary> {
     let mut sizes: Vec<u64> = rows.iter().map(|r| r.size).collect();
     sizes.dedup();
     sizes
@@ -345,7 +383,10 @@ fn summarise(rows: &[LocalRow]) -> Vec<SizeSummary> {
                 median_ratio_cp_sync: median(ok.iter().filter_map(|r| r.ratio_cp_sync).collect()),
                 runs_meeting_ratio: ok
                     .iter()
-                    .filter(|r| r.ratio_cp.is_some_and(|x| x >= TARGET_RATIO))
+                    .filter(|r| match (r.trackshift_mbs, r.ratio_cp) {
+                        (Some(mbs), Some(ratio)) => targets.goodput_met(mbs, ratio),
+                        _ => false,
+                    })
                     .count(),
                 max_sender_rss_mib: max_rss(|r| r.sender),
                 max_receiver_rss_mib: max_rss(|r| r.receiver),
@@ -373,7 +414,8 @@ fn markdown(rows: &[LocalRow], cfg: &LocalConfig, ceiling: &HashCeiling) -> Stri
     s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|\n");
     let f2 = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.2}"));
     let f1 = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.1}"));
-    let summaries = summarise(rows);
+    let targets = Targets::for_protocol(&cfg.protocol);
+    let summaries = summarise(rows, &targets);
     for (i, r) in rows.iter().enumerate() {
         let _ = writeln!(
             s,
@@ -414,12 +456,24 @@ fn markdown(rows: &[LocalRow], cfg: &LocalConfig, ceiling: &HashCeiling) -> Stri
         }
     }
     s.push('\n');
-    let median_cp = median(rows.iter().map(|r| r.cp_mbs).collect()).unwrap_or(0.0);
+    let versus_cp = summaries
+        .iter()
+        .filter(|m| m.median_cp_mbs > 0.0)
+        .map(|m| {
+            format!(
+                "{:.2} × cp's median at {} ({:.0} MB/s)",
+                ceiling.ceiling_mbs / m.median_cp_mbs,
+                fmt_size(m.size),
+                m.median_cp_mbs
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
     let _ = writeln!(
         s,
         "Hashing ceiling: SHA-256 runs at {:.0} MB/s on one core here. A transfer hashes the file {} times \
          (chunk and whole-file hash, on each side), so on {} cores shared by sender and receiver no transfer can \
-         exceed {} × {:.0} / {} = **{:.0} MB/s**, {:.2} × the median cp rate of this run ({:.0} MB/s).\n",
+         exceed {} × {:.0} / {} = **{:.0} MB/s**: {versus_cp}.\n",
         ceiling.sha256_mbs,
         ceiling.passes,
         ceiling.cores,
@@ -427,21 +481,15 @@ fn markdown(rows: &[LocalRow], cfg: &LocalConfig, ceiling: &HashCeiling) -> Stri
         ceiling.sha256_mbs,
         ceiling.passes,
         ceiling.ceiling_mbs,
-        if median_cp > 0.0 {
-            ceiling.ceiling_mbs / median_cp
-        } else {
-            0.0
-        },
-        median_cp,
     );
-    for line in verdicts(&summaries, cfg.repeat) {
+    for line in verdicts(&summaries, cfg.repeat, &targets) {
         let _ = writeln!(s, "- {line}");
     }
     s
 }
 
 /// The issue's three targets, each as a PASS/FAIL line (on the medians when runs were repeated).
-fn verdicts(summaries: &[SizeSummary], repeat: usize) -> Vec<String> {
+fn verdicts(summaries: &[SizeSummary], repeat: usize, targets: &Targets) -> Vec<String> {
     let mut v = Vec::new();
     let pf = |ok: bool| if ok { "PASS" } else { "FAIL" };
     for m in summaries {
@@ -454,20 +502,23 @@ fn verdicts(summaries: &[SizeSummary], repeat: usize) -> Vec<String> {
             } else {
                 String::new()
             };
+            let mbs = m.median_trackshift_mbs.unwrap_or(0.0);
             v.push(format!(
-                "{}: {} goodput {:.0}% of cp (target ≥ {:.0}%; {how}{:.0}% of cp+sync)",
-                pf(ratio >= TARGET_RATIO),
+                "{}: {} goodput {mbs:.0} MB/s, {:.0}% of cp (issue {} target {}; {how}{:.0}% of cp+sync)",
+                pf(targets.goodput_met(mbs, ratio)),
                 fmt_size(m.size),
                 ratio * 100.0,
-                TARGET_RATIO * 100.0,
+                targets.issue,
+                targets.describe(),
                 m.median_ratio_cp_sync.unwrap_or(0.0) * 100.0
             ));
         }
         if let (Some(snd), Some(rcv)) = (m.max_sender_rss_mib, m.max_receiver_rss_mib) {
             v.push(format!(
-                "{}: {} peak RSS sender {snd:.1} MiB, receiver {rcv:.1} MiB (target < {TARGET_RSS_MIB:.0} MiB)",
-                pf(snd.max(rcv) < TARGET_RSS_MIB),
+                "{}: {} peak RSS sender {snd:.1} MiB, receiver {rcv:.1} MiB (target ≤ {:.0} MiB)",
+                pf(snd.max(rcv) <= targets.rss_mib),
                 fmt_size(m.size),
+                targets.rss_mib,
             ));
         }
     }
@@ -516,7 +567,8 @@ pub fn run_local(cfg: LocalConfig, machine: Value) -> Result<String> {
         machine["kernel"].as_str().unwrap_or("?"),
     );
     std::fs::write(cfg.out_dir.join("local.md"), format!("{header}{md}"))?;
-    let summaries = summarise(&rows);
+    let targets = Targets::for_protocol(&cfg.protocol);
+    let summaries = summarise(&rows, &targets);
     std::fs::write(
         cfg.out_dir.join("local.json"),
         serde_json::to_string_pretty(&json!({
@@ -527,7 +579,8 @@ pub fn run_local(cfg: LocalConfig, machine: Value) -> Result<String> {
             "hash_ceiling": ceiling,
             "rows": rows,
             "summaries": summaries,
-            "verdicts": verdicts(&summaries, cfg.repeat),
+            "targets": targets,
+            "verdicts": verdicts(&summaries, cfg.repeat, &targets),
         }))?,
     )?;
     Ok(md)
@@ -571,7 +624,8 @@ mod tests {
             row(1, 3, 800.0, 420.0),
             row(2, 1, 500.0, 450.0),
         ];
-        let m = summarise(&rows);
+        let tcp = Targets::for_protocol("tcp");
+        let m = summarise(&rows, &tcp);
         assert_eq!(m.len(), 2);
         assert_eq!(
             (m[0].runs, m[0].ok_runs, m[0].runs_meeting_ratio),
@@ -581,9 +635,17 @@ mod tests {
         assert_eq!(m[0].median_trackshift_mbs, Some(420.0));
         assert_eq!(m[0].median_ratio_cp, Some(420.0 / 800.0));
         assert_eq!(m[1].median_ratio_cp, Some(0.9));
-        let v = verdicts(&m, 3);
-        assert!(v[0].starts_with("FAIL: 1B goodput 52% of cp"), "{v:?}");
+        let v = verdicts(&m, 3, &tcp);
+        assert!(
+            v[0].starts_with("FAIL: 1B goodput 420 MB/s, 52% of cp"),
+            "{v:?}"
+        );
         assert!(v[0].contains("1 of 3 met it on their own"), "{v:?}");
+        // DCSP's target also passes at 1 GB/s whatever cp does.
+        let udp = Targets::for_protocol("udp");
+        let fast = summarise(&[row(1, 1, 4000.0, 1100.0)], &udp);
+        assert!(verdicts(&fast, 1, &udp)[0].starts_with("PASS"));
+        assert!(verdicts(&fast, 1, &tcp)[0].starts_with("FAIL"));
         assert_eq!(median(vec![3.0, 1.0, 2.0, 10.0]), Some(2.5));
         assert_eq!(median(vec![]), None);
     }
