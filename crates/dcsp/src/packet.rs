@@ -163,6 +163,16 @@ impl Header {
     }
 }
 
+/// Byte offset of the low 32 bits of `conn_id` (big-endian) in every datagram. A receiver with several sockets
+/// on one port has the kernel steer datagrams by this word, so one thread sees all of a connection's datagrams
+/// whatever address they come from (PROTOCOL.md §6.3).
+pub const CONN_ID_STEERING_OFFSET: u32 = 8;
+
+/// The steering word of a connection: what the kernel reads at [`CONN_ID_STEERING_OFFSET`].
+pub fn steering_key(conn_id: u64) -> u32 {
+    (conn_id & 0xffff_ffff) as u32
+}
+
 /// The connection id of a datagram, read without parsing anything else (what a relay routes on).
 pub fn peek_conn_id(datagram: &[u8]) -> Option<u64> {
     (datagram.len() >= HEADER_LEN && datagram[0] == MAGIC)
@@ -246,6 +256,12 @@ mod tests {
         assert_eq!(out.len(), h.len());
         assert_eq!(Header::decode(&out), Ok(h));
         assert_eq!(peek_conn_id(&out), Some(0x0102_0304_0506_0708));
+        let at = CONN_ID_STEERING_OFFSET as usize;
+        assert_eq!(
+            u32::from_be_bytes(arr(&out[at..at + 4])),
+            steering_key(0x0102_0304_0506_0708)
+        );
+        assert_eq!(steering_key(0x0102_0304_0506_0708), 0x0506_0708);
     }
 
     #[test]

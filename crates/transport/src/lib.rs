@@ -31,4 +31,4 @@ pub use identity::{fingerprint_of, normalize_fingerprint, Identity};
 pub use tls::{
     client_config, connect, server_config, tune_accepted, ClientTls, ServerTls, TlsAcceptor,
 };
-pub use udp::{RecvBatch, UdpEndpoint};
+pub use udp::{steered_index, RecvBatch, UdpEndpoint};

@@ -62,6 +62,28 @@ impl UdpEndpoint {
         Ok(Self { socket, state })
     }
 
+    /// Binds `n` sockets on one address (SO_REUSEPORT) and has the kernel steer each datagram to the socket
+    /// numbered `key % n`, where `key` is the 32-bit big-endian word at byte `key_offset` of the UDP payload
+    /// (a classic BPF program, SO_ATTACH_REUSEPORT_CBPF). A datagram too short to hold the word goes to socket
+    /// 0. The same key always reaches the same socket, whatever address it comes from, so one thread can own
+    /// everything keyed by it. [`steered_index`] tells which socket a key reaches. With `n == 1`, or where the
+    /// kernel has no such option, this is one plain socket.
+    pub fn bind_steered(addr: SocketAddr, n: usize, key_offset: u32) -> io::Result<Vec<Self>> {
+        if n <= 1 || !cfg!(any(target_os = "linux", target_os = "android")) {
+            return Ok(vec![Self::bind(addr, false)?]);
+        }
+        let n_u32 = u32::try_from(n).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let first = Self::bind(addr, true)?;
+        // Port 0 picks a free port for the first socket; the others join it there.
+        let addr = first.local_addr()?;
+        sys::attach_reuseport_steering(first.socket.as_fd(), key_offset, n_u32)?;
+        let mut group = vec![first];
+        for _ in 1..n {
+            group.push(Self::bind(addr, true)?);
+        }
+        Ok(group)
+    }
+
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.socket.local_addr()
     }
@@ -337,6 +359,15 @@ fn datagrams_in(meta: &RecvMeta) -> usize {
     }
 }
 
+/// Which socket of a [`UdpEndpoint::bind_steered`] group of `n` receives datagrams whose steering word is
+/// `key`.
+pub fn steered_index(key: u32, n: usize) -> usize {
+    match u32::try_from(n) {
+        Ok(n) if n > 1 => (key % n) as usize,
+        _ => 0,
+    }
+}
+
 /// The few socket calls neither std nor socket2 wrap. Each unsafe block is one libc call on a borrowed,
 /// open descriptor with pointers to live stack values.
 mod sys {
@@ -363,6 +394,77 @@ mod sys {
 
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
     pub(super) fn set_recv_buffer_force(_fd: BorrowedFd<'_>, _bytes: usize) -> io::Result<()> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+
+    /// Attaches to a SO_REUSEPORT group (through one of its sockets) the classic BPF program
+    /// `A = payload[offset..offset + 4] (big-endian); A = A % n; return A`. For UDP the kernel runs it with the
+    /// packet's data starting at the UDP payload; a load past the end makes it return 0.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[allow(
+        unsafe_code,
+        reason = "setsockopt(2) with SO_ATTACH_REUSEPORT_CBPF, which socket2 does not wrap"
+    )]
+    pub(super) fn attach_reuseport_steering(
+        fd: BorrowedFd<'_>,
+        offset: u32,
+        n: u32,
+    ) -> io::Result<()> {
+        // Opcodes from linux/filter.h and linux/bpf_common.h.
+        const BPF_LD_W_ABS: u16 = 0x20; // BPF_LD (0x00) | BPF_W (0x00) | BPF_ABS (0x20)
+        const BPF_ALU_MOD_K: u16 = 0x94; // BPF_ALU (0x04) | BPF_MOD (0x90) | BPF_K (0x00)
+        const BPF_RET_A: u16 = 0x16; // BPF_RET (0x06) | BPF_A (0x10)
+        if n == 0 {
+            return Err(io::ErrorKind::InvalidInput.into());
+        }
+        let mut program = [
+            libc::sock_filter {
+                code: BPF_LD_W_ABS,
+                jt: 0,
+                jf: 0,
+                k: offset,
+            },
+            libc::sock_filter {
+                code: BPF_ALU_MOD_K,
+                jt: 0,
+                jf: 0,
+                k: n,
+            },
+            libc::sock_filter {
+                code: BPF_RET_A,
+                jt: 0,
+                jf: 0,
+                k: 0,
+            },
+        ];
+        let fprog = libc::sock_fprog {
+            len: program.len() as libc::c_ushort,
+            filter: program.as_mut_ptr(),
+        };
+        // SAFETY: `fd` is an open socket; `fprog` and the program it points to are live for the call, which
+        // copies the program into the kernel; we pass the exact size of `fprog`.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_ATTACH_REUSEPORT_CBPF,
+                std::ptr::from_ref(&fprog).cast(),
+                socklen_of::<libc::sock_fprog>(),
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    pub(super) fn attach_reuseport_steering(
+        _fd: BorrowedFd<'_>,
+        _offset: u32,
+        _n: u32,
+    ) -> io::Result<()> {
         Err(io::ErrorKind::Unsupported.into())
     }
 
@@ -661,6 +763,64 @@ mod tests {
         let port = a.local_addr().unwrap().port();
         let b = UdpEndpoint::bind(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port), true).unwrap();
         assert_eq!(b.local_addr().unwrap().port(), port);
+    }
+
+    /// Every key reaches the socket `steered_index` names, from whichever source address it comes.
+    #[test]
+    fn udp_steered_group_routes_by_key() {
+        const N: usize = 3;
+        const OFFSET: u32 = 8;
+        let mut group = UdpEndpoint::bind_steered(LOCALHOST, N, OFFSET).unwrap();
+        assert_eq!(group.len(), N);
+        let port = group[0].local_addr().unwrap().port();
+        assert!(group.iter().all(|e| e.local_addr().unwrap().port() == port));
+        let to = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port);
+        let mut expected = vec![Vec::new(); N];
+        for key in 0u32..24 {
+            // A fresh source socket (port) for each datagram: steering must not depend on the source.
+            let mut tx = UdpEndpoint::bind(LOCALHOST, false).unwrap();
+            let mut datagram = vec![0xee; 16];
+            datagram[8..12].copy_from_slice(&key.wrapping_mul(0x9e37_79b9).to_be_bytes());
+            tx.send_batch(to, &datagram, datagram.len()).unwrap();
+            expected[steered_index(key.wrapping_mul(0x9e37_79b9), N)].push(datagram);
+        }
+        // Too short to hold the word: socket 0.
+        let mut tx = UdpEndpoint::bind(LOCALHOST, false).unwrap();
+        tx.send_batch(to, b"tiny", 4).unwrap();
+        expected[0].push(b"tiny".to_vec());
+        for (i, socket) in group.iter_mut().enumerate() {
+            let mut got = Vec::new();
+            let mut batch = RecvBatch::new();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while got.len() < expected[i].len() && Instant::now() < deadline {
+                if socket
+                    .wait_readable(Some(Duration::from_millis(50)))
+                    .unwrap()
+                {
+                    while let Ok(n) = socket.recv_batch(&mut batch) {
+                        if n == 0 {
+                            break;
+                        }
+                        got.extend(batch.iter().map(|(_, d)| d.to_vec()));
+                    }
+                }
+            }
+            got.sort();
+            expected[i].sort();
+            assert_eq!(got, expected[i], "socket {i}");
+        }
+        assert!(
+            expected.iter().all(|e| !e.is_empty()),
+            "24 keys over 3 sockets"
+        );
+    }
+
+    #[test]
+    fn udp_steered_group_of_one_is_a_plain_socket() {
+        let group = UdpEndpoint::bind_steered(LOCALHOST, 1, 8).unwrap();
+        assert_eq!(group.len(), 1);
+        assert_eq!(steered_index(7, 1), 0);
+        assert_eq!(steered_index(7, 3), 1);
     }
 
     #[test]
