@@ -492,6 +492,8 @@ pub struct Receiver {
     pub fingerprint: String,
     pub output_dir: PathBuf,
     pub state_dir: PathBuf,
+    /// The whole `listening` event.
+    pub listening: Value,
 }
 
 /// How to start a receiver.
@@ -558,6 +560,7 @@ impl ReceiverConfig {
             fingerprint,
             output_dir: self.output_dir.clone(),
             state_dir: self.state_dir.clone(),
+            listening,
         }
     }
 }

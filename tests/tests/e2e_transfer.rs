@@ -52,15 +52,19 @@ fn a_500_mib_random_file_arrives_byte_identical() {
     );
 }
 
-/// DCSP over loopback with three streams (three sockets, three rate controllers): the file arrives
-/// byte-identical and the summary carries the data plane's figures.
+/// DCSP over loopback with three streams (three sockets, three rate controllers) into a receiver with two
+/// sockets on its port (the kernel steering each connection to one of them): the file arrives byte-identical
+/// and the summary carries the data plane's figures.
 #[test]
 fn a_file_arrives_over_udp_on_three_streams() {
     let t = Scratch::new("udp-streams");
     let size = 200 * MIB + 777;
     let src = random_file(&t.file("s.bin"), size, 5);
     let out = t.dir("out");
-    let mut rx = Receiver::start(&out, &t.dir("rs"));
+    let mut rcfg = ReceiverConfig::new(&out, &t.dir("rs"));
+    rcfg.extra = vec!["--streams".into(), "2".into()];
+    let mut rx = rcfg.start();
+    assert_eq!(rx.listening["udp_sockets"], 2, "{}", rx.listening);
     let res = send(
         &src,
         &rx.addr,

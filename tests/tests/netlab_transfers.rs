@@ -194,6 +194,9 @@ fn transfer_through_with(
     .args(["--secret", SECRET, "--state-dir"])
     .arg(state_b.path())
     .args(["--once", "--json", "--quiet"])
+    // Two UDP sockets on the port, as a multi-core receiver runs by default: every transfer here also goes
+    // through the kernel's steering by connection id (the address-change test from a new source address).
+    .args(["--streams", "2"])
     .stdin(Stdio::null())
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
@@ -343,7 +346,14 @@ fn udp_transfer_survives_an_address_change() {
         "ts-audp",
         LabConfig::profile("wan"),
         64 << 20,
-        &["--protocol", "udp", "--max-rate", "80Mbit"],
+        &[
+            "--protocol",
+            "udp",
+            "--max-rate",
+            "80Mbit",
+            "--streams",
+            "2",
+        ],
         |lab| {
             thread::sleep(Duration::from_secs(2));
             let new = lab.addr_change().unwrap();

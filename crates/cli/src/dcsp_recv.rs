@@ -1,7 +1,8 @@
-//! The receiver's DCSP driver: one UDP socket on the listening port, one thread that feeds every session's
-//! `DcspReceiver` (routing datagrams by connection id) and sends their ACKs, and one writer thread per
-//! session that writes blocks at their offsets, verifies each chunk against the hash the sender sent on the
-//! control channel, and finishes the file exactly as the TCP path does.
+//! The receiver's DCSP driver: one or more UDP sockets on the listening port (`receive --streams N`), each with
+//! a plane thread that feeds the `DcspReceiver`s of the connections steered to it (the kernel picks the socket
+//! from the connection id, so a connection always meets the same thread) and sends their ACKs; and one writer
+//! thread per session that writes blocks at their offsets, verifies each chunk against the hash the sender
+//! sent on the control channel, and finishes the file exactly as the TCP path does.
 
 use std::collections::HashMap;
 use std::io::ErrorKind;
@@ -11,14 +12,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, Notify};
-use trackshift_dcsp::packet::peek_conn_id;
+use trackshift_dcsp::packet::{peek_conn_id, steering_key, CONN_ID_STEERING_OFFSET};
 use trackshift_dcsp::{
     BlockGeometry, DcspReceiver, DirectionKeys, ReceiverConfig, ReceiverEvent, ReceiverStats, Role,
     StreamShare,
 };
 use trackshift_proto::{ChunkMap, ChunkPlan, ErrorCode, Frame, SessionId};
 use trackshift_storage::{PartialFile, SessionStore};
-use trackshift_transport::{RecvBatch, TransportError, UdpEndpoint};
+use trackshift_transport::{steered_index, RecvBatch, TransportError, UdpEndpoint};
 
 use crate::pool::SpareBufs;
 use crate::receive::{
@@ -54,10 +55,11 @@ enum PlaneCmd {
     ResetChunk(u64, u32),
 }
 
-/// The receiver's UDP socket and its thread. Cloning shares them.
+/// The receiver's UDP sockets and their threads. Cloning shares them.
 #[derive(Clone, Debug)]
 pub struct UdpPlane {
-    tx: std_mpsc::Sender<PlaneCmdBox>,
+    /// One command channel per plane thread, in the order of the steering group's sockets.
+    txs: Vec<std_mpsc::Sender<PlaneCmdBox>>,
     port: u16,
 }
 
@@ -71,23 +73,35 @@ impl std::fmt::Debug for PlaneCmdBox {
 }
 
 impl UdpPlane {
-    /// Binds UDP on `addr` (the control channel's address and port) and starts the plane thread.
-    pub fn start(addr: SocketAddr) -> std::io::Result<Self> {
-        let endpoint = UdpEndpoint::bind(addr, false)?;
-        let port = endpoint.local_addr()?.port();
-        let (tx, rx) = std_mpsc::channel();
-        std::thread::Builder::new()
-            .name("trackshift-dcsp-recv".into())
-            .spawn(move || plane_thread(endpoint, rx))?;
-        Ok(Self { tx, port })
+    /// Binds UDP on `addr` (the control channel's address and port) with `planes` sockets, the kernel steering
+    /// each datagram by its connection id, and starts a plane thread per socket.
+    pub fn start(addr: SocketAddr, planes: usize) -> std::io::Result<Self> {
+        let endpoints = UdpEndpoint::bind_steered(addr, planes.max(1), CONN_ID_STEERING_OFFSET)?;
+        let port = endpoints[0].local_addr()?.port();
+        let mut txs = Vec::with_capacity(endpoints.len());
+        for (i, endpoint) in endpoints.into_iter().enumerate() {
+            let (tx, rx) = std_mpsc::channel();
+            std::thread::Builder::new()
+                .name(format!("trackshift-dcsp-recv-{i}"))
+                .spawn(move || plane_thread(endpoint, rx))?;
+            txs.push(tx);
+        }
+        Ok(Self { txs, port })
     }
 
     pub fn port(&self) -> u16 {
         self.port
     }
 
-    fn send(&self, cmd: PlaneCmd) {
-        let _ = self.tx.send(PlaneCmdBox(cmd));
+    /// How many sockets (and plane threads) serve the port.
+    pub fn planes(&self) -> usize {
+        self.txs.len()
+    }
+
+    /// Sends a command to the plane thread whose socket the kernel steers `conn_id`'s datagrams to.
+    fn send(&self, conn_id: u64, cmd: PlaneCmd) {
+        let i = steered_index(steering_key(conn_id), self.txs.len());
+        let _ = self.txs[i].send(PlaneCmdBox(cmd));
     }
 
     pub fn register(
@@ -98,24 +112,27 @@ impl UdpPlane {
         stats: Arc<Mutex<ReceiverStats>>,
         spare: SpareBufs,
     ) {
-        self.send(PlaneCmd::Register {
+        self.send(
             conn_id,
-            receiver: Box::new(receiver),
-            writer,
-            stats,
-            spare,
-        });
+            PlaneCmd::Register {
+                conn_id,
+                receiver: Box::new(receiver),
+                writer,
+                stats,
+                spare,
+            },
+        );
     }
 
     /// Forgets a connection and waits (briefly) until the plane thread has, so its counters are final.
     pub fn unregister(&self, conn_id: u64) {
         let (done, wait) = std_mpsc::channel();
-        self.send(PlaneCmd::Unregister(conn_id, done));
+        self.send(conn_id, PlaneCmd::Unregister(conn_id, done));
         let _ = wait.recv_timeout(Duration::from_secs(1));
     }
 
     pub fn reset_chunk(&self, conn_id: u64, chunk: u32) {
-        self.send(PlaneCmd::ResetChunk(conn_id, chunk));
+        self.send(conn_id, PlaneCmd::ResetChunk(conn_id, chunk));
     }
 }
 

@@ -166,6 +166,10 @@ struct ReceiveArgs {
     /// Exit after the first transfer ends: 0 if it verified, non-zero if it failed
     #[arg(long)]
     once: bool,
+    /// UDP sockets and threads on the port, DCSP connections spread over them by connection id
+    /// (SO_REUSEPORT) [default: half the cores, 1 to 8]
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=64))]
+    streams: Option<u8>,
     #[command(flatten)]
     common: Common,
 }
@@ -255,11 +259,14 @@ fn send_options(
             None => send::DataPath::Udp { explicit: false },
         },
         parity: t.parity,
-        streams: t.streams.unwrap_or_else(|| {
-            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            (cores / 2).clamp(1, 8) as u8
-        }),
+        streams: t.streams.unwrap_or_else(default_streams),
     }
+}
+
+/// `--streams` when not given, on either side: half the cores, 1 to 8.
+fn default_streams() -> u8 {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores / 2).clamp(1, 8) as u8
 }
 
 fn run(cli: Cli) -> Result<(), Failure> {
@@ -323,6 +330,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 secret: a.secret,
                 state_dir,
                 once: a.once,
+                planes: usize::from(a.streams.unwrap_or_else(default_streams)),
             };
             receive::run(opts, reporter)
         }

@@ -50,6 +50,8 @@ pub struct ReceiveOptions {
     pub secret: Option<String>,
     pub state_dir: PathBuf,
     pub once: bool,
+    /// UDP sockets (and plane threads) on the listening port.
+    pub planes: usize,
 }
 
 pub(crate) struct Ctx {
@@ -133,7 +135,7 @@ async fn serve(opts: ReceiveOptions, reporter: Reporter) -> Result<(), Failure> 
     let local = listener
         .local_addr()
         .map_err(|e| Failure::failed(e.to_string()))?;
-    let udp = match crate::dcsp_recv::UdpPlane::start(local) {
+    let udp = match crate::dcsp_recv::UdpPlane::start(local, opts.planes) {
         Ok(p) => Some(p),
         Err(e) => {
             reporter.info(&format!(
@@ -147,10 +149,15 @@ async fn serve(opts: ReceiveOptions, reporter: Reporter) -> Result<(), Failure> 
         "event": "listening", "addr": local.to_string(), "fingerprint": fingerprint,
         "output_dir": opts.output_dir.display().to_string(),
         "secret": if generated || opts.secret.is_none() { Some(secret.clone()) } else { None },
+        "udp_sockets": udp.as_ref().map(|u| u.planes()),
     }));
     reporter.info(&format!(
         "listening on {local} ({}), certificate {fingerprint}",
-        if udp.is_some() { "TCP and UDP" } else { "TCP" }
+        match &udp {
+            Some(u) if u.planes() > 1 => format!("TCP and UDP, {} UDP sockets", u.planes()),
+            Some(_) => "TCP and UDP".to_string(),
+            None => "TCP".to_string(),
+        }
     ));
     if opts.secret.is_none() {
         reporter.info(&format!(
