@@ -415,6 +415,19 @@ pub struct UdpStart {
     pub dcsp_secret: [u8; 32],
 }
 
+/// Sends the sender an `Error` frame saying why its session ends here, then closes the control channel (best
+/// effort: the connection may already be gone).
+async fn tell_sender(writer: &mut RecvWriter, (code, message): &ErrorReply) {
+    let _ = writer
+        .send(&Frame::Error {
+            code: *code,
+            message,
+        })
+        .await;
+    let _ = writer.flush().await;
+    let _ = writer.shutdown().await;
+}
+
 /// Serves one transfer whose bytes come over DCSP: registers it with the UDP plane, starts its writer, and
 /// relays between the control channel (chunk hashes in, chunk and file verdicts out) and the writer.
 pub async fn serve_session(
@@ -471,7 +484,10 @@ pub async fn serve_session(
     };
     let receivers = match setup() {
         Ok(r) => r,
-        Err(e) => return (Err(e), 0, None),
+        Err(e) => {
+            tell_sender(writer, &e).await;
+            return (Err(e), 0, None);
+        }
     };
     let (wtx, wrx) = writer_channel();
     let mut stats = Vec::new();
@@ -499,7 +515,9 @@ pub async fn serve_session(
         Ok(h) => h,
         Err(e) => {
             unregister();
-            return (Err((ErrorCode::Internal, e)), 0, None);
+            let e = (ErrorCode::Internal, e);
+            tell_sender(writer, &e).await;
+            return (Err(e), 0, None);
         }
     };
     let proto = |e: TransportError| (ErrorCode::Protocol, e.to_string());
@@ -555,15 +573,8 @@ pub async fn serve_session(
     unregister();
     drop(wtx);
     let _ = tokio::task::spawn_blocking(move || handle.join()).await;
-    if let Err((code, message)) = &outcome {
-        let _ = writer
-            .send(&Frame::Error {
-                code: *code,
-                message,
-            })
-            .await;
-        let _ = writer.flush().await;
-        let _ = writer.shutdown().await;
+    if let Err(e) = &outcome {
+        tell_sender(writer, e).await;
     }
     let mut total = ReceiverStats::default();
     for st in &stats {
