@@ -401,10 +401,6 @@ mod sys {
     /// `A = payload[offset..offset + 4] (big-endian); A = A % n; return A`. For UDP the kernel runs it with the
     /// packet's data starting at the UDP payload; a load past the end makes it return 0.
     #[cfg(any(target_os = "linux", target_os = "android"))]
-    #[allow(
-        unsafe_code,
-        reason = "setsockopt(2) with SO_ATTACH_REUSEPORT_CBPF, which socket2 does not wrap"
-    )]
     pub(super) fn attach_reuseport_steering(
         fd: BorrowedFd<'_>,
         offset: u32,
@@ -441,22 +437,8 @@ mod sys {
             len: program.len() as libc::c_ushort,
             filter: program.as_mut_ptr(),
         };
-        // SAFETY: `fd` is an open socket; `fprog` and the program it points to are live for the call, which
-        // copies the program into the kernel; we pass the exact size of `fprog`.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_ATTACH_REUSEPORT_CBPF,
-                std::ptr::from_ref(&fprog).cast(),
-                socklen_of::<libc::sock_fprog>(),
-            )
-        };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
+        // The kernel copies the program (through `fprog`'s pointer) during the call.
+        set_option(fd, libc::SOL_SOCKET, libc::SO_ATTACH_REUSEPORT_CBPF, &fprog)
     }
 
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
@@ -472,25 +454,28 @@ mod sys {
         libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX)
     }
 
+    /// setsockopt(2) with `value` as the option's bytes, for options socket2 does not wrap. `T` must be the
+    /// plain C type the option expects (`c_int`, `sock_fprog`).
     #[cfg(any(target_os = "linux", target_os = "android"))]
     #[allow(
         unsafe_code,
         reason = "setsockopt(2) for options socket2 does not wrap"
     )]
-    fn set_int_option(
+    fn set_option<T>(
         fd: BorrowedFd<'_>,
         level: libc::c_int,
         name: libc::c_int,
-        value: libc::c_int,
+        value: &T,
     ) -> io::Result<()> {
-        // SAFETY: `fd` is an open socket for the call; `value` is a live c_int and we pass its exact size.
+        // SAFETY: `fd` is an open socket for the call; `value` is a live `T` and we pass its exact size. The
+        // kernel copies what it reads before returning.
         let rc = unsafe {
             libc::setsockopt(
                 fd.as_raw_fd(),
                 level,
                 name,
-                std::ptr::from_ref(&value).cast(),
-                socklen_of::<libc::c_int>(),
+                std::ptr::from_ref(value).cast(),
+                socklen_of::<T>(),
             )
         };
         if rc == 0 {
@@ -498,6 +483,16 @@ mod sys {
         } else {
             Err(io::Error::last_os_error())
         }
+    }
+
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn set_int_option(
+        fd: BorrowedFd<'_>,
+        level: libc::c_int,
+        name: libc::c_int,
+        value: libc::c_int,
+    ) -> io::Result<()> {
+        set_option(fd, level, name, &value)
     }
 
     /// IP_MTU / IPV6_MTU of a connected socket: the MTU of its route.
