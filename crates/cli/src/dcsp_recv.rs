@@ -23,7 +23,8 @@ use trackshift_transport::{steered_index, RecvBatch, TransportError, UdpEndpoint
 
 use crate::pool::SpareBufs;
 use crate::receive::{
-    relay_verdict, ConnOutcome, Ctx, ErrorReply, RecvReader, RecvWriter, SessionEnd, WorkerEvent,
+    relay_verdict, tell_sender, ConnOutcome, Ctx, ErrorReply, RecvReader, RecvWriter, SessionEnd,
+    WorkerEvent,
 };
 
 /// Longest the plane thread sleeps before looking at its commands again.
@@ -75,8 +76,16 @@ impl std::fmt::Debug for PlaneCmdBox {
 impl UdpPlane {
     /// Binds UDP on `addr` (the control channel's address and port) with `planes` sockets, the kernel steering
     /// each datagram by its connection id, and starts a plane thread per socket.
+    /// A kernel that refuses the steering program gets one socket and a log line, not a receiver without UDP.
     pub fn start(addr: SocketAddr, planes: usize) -> std::io::Result<Self> {
-        let endpoints = UdpEndpoint::bind_steered(addr, planes.max(1), CONN_ID_STEERING_OFFSET)?;
+        let endpoints =
+            match UdpEndpoint::bind_steered(addr, planes.max(1), CONN_ID_STEERING_OFFSET) {
+                Err(e) if planes > 1 => {
+                    tracing::warn!("cannot spread UDP over {planes} sockets ({e}); using one");
+                    UdpEndpoint::bind_steered(addr, 1, CONN_ID_STEERING_OFFSET)?
+                }
+                r => r?,
+            };
         let port = endpoints[0].local_addr()?.port();
         let mut txs = Vec::with_capacity(endpoints.len());
         for (i, endpoint) in endpoints.into_iter().enumerate() {
@@ -413,19 +422,6 @@ pub struct UdpStart {
     pub dcsp_version: u8,
     pub streams: u8,
     pub dcsp_secret: [u8; 32],
-}
-
-/// Sends the sender an `Error` frame saying why its session ends here, then closes the control channel (best
-/// effort: the connection may already be gone).
-async fn tell_sender(writer: &mut RecvWriter, (code, message): &ErrorReply) {
-    let _ = writer
-        .send(&Frame::Error {
-            code: *code,
-            message,
-        })
-        .await;
-    let _ = writer.flush().await;
-    let _ = writer.shutdown().await;
 }
 
 /// Serves one transfer whose bytes come over DCSP: registers it with the UDP plane, starts its writer, and

@@ -627,16 +627,9 @@ async fn receive_session(
         reader_task.abort();
     }
     let _ = tokio::task::spawn_blocking(move || handle.join()).await;
-    if let Err((code, message)) = &outcome {
+    if let Err(e) = &outcome {
         // Tell the sender why, close our side cleanly, and let the reader drain until the sender hangs up.
-        let _ = writer
-            .send(&Frame::Error {
-                code: *code,
-                message,
-            })
-            .await;
-        let _ = writer.flush().await;
-        let _ = writer.shutdown().await;
+        tell_sender(writer, e).await;
         if !reader_joined {
             let _ = tokio::time::timeout(ERROR_DRAIN, &mut reader_task).await;
         }
@@ -645,6 +638,19 @@ async fn receive_session(
     Ok(conclude(
         ctx, &record, peer, started, outcome, bytes_now, None,
     ))
+}
+
+/// Sends the sender an `Error` frame saying why its session ends here, then closes the control channel (best
+/// effort: the connection may already be gone).
+pub(crate) async fn tell_sender(writer: &mut RecvWriter, (code, message): &ErrorReply) {
+    let _ = writer
+        .send(&Frame::Error {
+            code: *code,
+            message,
+        })
+        .await;
+    let _ = writer.flush().await;
+    let _ = writer.shutdown().await;
 }
 
 /// Records how a session ended on this connection and reports it (summary, or an interruption).
