@@ -27,8 +27,17 @@ use crate::pool::{BufPool, PooledBuf};
 const MAX_SHARD: u32 = 16 * 1024;
 /// Most block bytes the sender holds (sent, not yet acknowledged): its memory bound.
 const MAX_BUFFERED: usize = 64 * 1024 * 1024;
-/// Blocks queued between the reader thread and the data-plane thread.
+/// Blocks queued between the reader thread and the file-hash thread.
 const BLOCK_QUEUE: usize = 16;
+/// Bytes of blocks read ahead for a data plane. Every chunk read counts as sent (its hash leaves at once), so
+/// this is also what a crash makes the sender send again: bounded in bytes, not blocks, since a block is ~90 KiB
+/// on a 1500-byte path but 1 MiB on loopback.
+const PLANE_QUEUE_BYTES: u64 = 8 * 1024 * 1024;
+
+/// How many blocks of `block_bytes` to queue ahead of a data plane: [`PLANE_QUEUE_BYTES`], 2 to 16 blocks.
+pub fn plane_queue_len(block_bytes: u64) -> usize {
+    (PLANE_QUEUE_BYTES / block_bytes.max(1)).clamp(2, 16) as usize
+}
 /// Datagrams handed to the kernel in one batch.
 const SEND_BATCH: usize = 64;
 /// With no ACK at all this long after starting, UDP is taken to be blocked.

@@ -949,7 +949,8 @@ impl UdpRun {
         let mut block_txs = Vec::new();
         let mut planes = Vec::new();
         for s in 0..opts.streams.max(1) {
-            let (block_tx, block_rx) = std_mpsc::sync_channel(16);
+            let (block_tx, block_rx) =
+                std_mpsc::sync_channel(crate::dcsp_send::plane_queue_len(geometry.block_bytes()));
             block_txs.push(block_tx);
             planes.push(
                 DataPlane::start(
