@@ -134,6 +134,14 @@ fn deliver(
     }
 }
 
+/// `ChunkHash` frames in one flight, as the sender announces them.
+async fn send_chunk_hashes(w: &mut Writer, hashes: &[(u32, [u8; 32])]) {
+    for &(index, sha256) in hashes {
+        w.send(&Frame::ChunkHash { index, sha256 }).await.unwrap();
+    }
+    w.flush().await.unwrap();
+}
+
 fn sha(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
@@ -215,19 +223,7 @@ fn a_dcsp_chunk_whose_hash_does_not_match_is_asked_again_and_never_finalised() {
     let mut lie = sha(chunk_bytes(0));
     lie[0] ^= 1;
     let verdict = block_on(&rt, "the verdict on the lie", async {
-        w.send(&Frame::ChunkHash {
-            index: 0,
-            sha256: lie,
-        })
-        .await
-        .unwrap();
-        w.send(&Frame::ChunkHash {
-            index: 1,
-            sha256: sha(chunk_bytes(1)),
-        })
-        .await
-        .unwrap();
-        w.flush().await.unwrap();
+        send_chunk_hashes(&mut w, &[(0, lie), (1, sha(chunk_bytes(1)))]).await;
         next_said(&mut r).await
     });
     // (Chunk 1's verdict waits: the receiver hashes the file in order, and its cursor went back to chunk 0.)
@@ -245,13 +241,7 @@ fn a_dcsp_chunk_whose_hash_does_not_match_is_asked_again_and_never_finalised() {
     // The same chunk again, with its true hash: both chunks verify, and the file completes.
     deliver(&mut sender, &socket, to, &file, geometry.blocks_of_chunk(0));
     let (verdicts, file_done) = block_on(&rt, "the file", async {
-        w.send(&Frame::ChunkHash {
-            index: 0,
-            sha256: sha(chunk_bytes(0)),
-        })
-        .await
-        .unwrap();
-        w.flush().await.unwrap();
+        send_chunk_hashes(&mut w, &[(0, sha(chunk_bytes(0)))]).await;
         let mut verdicts = vec![next_said(&mut r).await, next_said(&mut r).await];
         verdicts.sort_by_key(|s| format!("{s:?}"));
         w.send(&Frame::FileEnd { sha256: sha(&file) })
