@@ -15,12 +15,13 @@ use trackshift_dcsp::fec::ParityMode;
 use trackshift_proto::compress::{CompressMode, PieceCompressor};
 use trackshift_proto::frame::{verified_entries, DATA_PIECE};
 use trackshift_proto::hashing::Hasher;
+use trackshift_proto::session::Backoff;
 use trackshift_proto::{
     ChunkPlan, ErrorCode, FirstPass, Frame, Offer, OutgoingTransfer, SessionId,
 };
 use trackshift_storage::{KnownReceivers, OutgoingSession, SessionState, SessionStore, StateDir};
 use trackshift_transport::{
-    connect, dcsp_secret_of, exporter_of, normalize_fingerprint, Backoff, ClientAuth, FrameReader,
+    connect, dcsp_secret_of, exporter_of, normalize_fingerprint, ClientAuth, FrameReader,
     FrameWriter, TransportError,
 };
 

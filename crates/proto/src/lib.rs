@@ -16,6 +16,7 @@ pub mod compress;
 pub mod frame;
 pub mod hashing;
 pub mod plan;
+pub mod session;
 pub mod session_id;
 pub mod transfer;
 

@@ -1,7 +1,7 @@
 //! The sender's and the receiver's bookkeeping for one file: which chunks go, which are in flight, which are
 //! verified, and which frames are legal when. Drivers move the bytes; these types decide.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::frame::Frame;
 use crate::plan::{ChunkMap, ChunkPlan};
@@ -46,14 +46,10 @@ pub struct OutgoingTransfer {
     verified: ChunkMap,
     /// Hashes the receiver reported for chunks verified before this run.
     earlier: Vec<Option<[u8; 32]>>,
+    /// Chunks put on the wire whose verdict has not come yet.
     in_flight: BTreeSet<u32>,
-    to_resend: VecDeque<u32>,
     verified_bytes: u64,
-    /// Chunks put on the wire in this run, re-sends included.
-    pub chunks_sent: u32,
-    /// Chunks re-sent after failing verification.
-    pub chunks_resent: u32,
-    /// Chunks the receiver already had when this run started.
+    /// Chunks the receiver already had when this connection started.
     pub chunks_skipped: u32,
 }
 
@@ -84,9 +80,6 @@ impl OutgoingTransfer {
             verified,
             earlier,
             in_flight: BTreeSet::new(),
-            to_resend: VecDeque::new(),
-            chunks_sent: 0,
-            chunks_resent: 0,
             chunks_skipped,
         })
     }
@@ -119,28 +112,17 @@ impl OutgoingTransfer {
     /// Chunk `index` was put on the wire completely.
     pub fn on_sent(&mut self, index: u32) {
         self.in_flight.insert(index);
-        self.chunks_sent += 1;
     }
 
-    /// The receiver's verdict on chunk `index`.
+    /// The receiver's verdict on chunk `index`; a failed chunk is the driver's to send again.
     pub fn on_chunk_done(&mut self, index: u32, ok: bool) -> Result<(), ProtocolViolation> {
         if !self.in_flight.remove(&index) {
             return Err(ProtocolViolation::NotInFlight(index));
         }
-        if ok {
-            if self.verified.insert(index) {
-                self.verified_bytes += self.plan.len(index);
-            }
-        } else {
-            self.to_resend.push_back(index);
-            self.chunks_resent += 1;
+        if ok && self.verified.insert(index) {
+            self.verified_bytes += self.plan.len(index);
         }
         Ok(())
-    }
-
-    /// The next chunk to send again after it failed verification.
-    pub fn next_resend(&mut self) -> Option<u32> {
-        self.to_resend.pop_front()
     }
 
     pub fn in_flight(&self) -> usize {
@@ -183,16 +165,15 @@ struct Current {
     received: u64,
 }
 
-/// Receiver-side state of one transfer.
+/// Receiver-side state of one transfer, whichever data path carries it: the TCP path's chunk framing
+/// (`ChunkBegin`, `Data`, `ChunkEnd`), the hashes DCSP announces (`ChunkHash`), and the verdicts.
 #[derive(Debug)]
 pub struct IncomingTransfer {
     plan: ChunkPlan,
     verified: ChunkMap,
     current: Option<Current>,
-    /// Chunks that failed verification in this run.
-    pub chunks_failed: u32,
-    /// Chunks verified in this run.
-    pub chunks_verified_now: u32,
+    /// Chunks whose expected hash arrived and whose verdict has not been given yet.
+    awaiting: BTreeMap<u32, [u8; 32]>,
 }
 
 impl IncomingTransfer {
@@ -201,8 +182,7 @@ impl IncomingTransfer {
             plan,
             verified,
             current: None,
-            chunks_failed: 0,
-            chunks_verified_now: 0,
+            awaiting: BTreeMap::new(),
         }
     }
 
@@ -250,6 +230,7 @@ impl IncomingTransfer {
                     });
                 }
                 self.current = None;
+                self.awaiting.insert(cur.index, sha256);
                 Ok(Incoming::ChunkEnd {
                     index: cur.index,
                     expected: sha256,
@@ -261,15 +242,33 @@ impl IncomingTransfer {
         }
     }
 
-    /// The driver's verdict on a chunk after hashing (and, when ok, making it durable).
-    pub fn chunk_result(&mut self, index: u32, ok: bool) {
-        if ok {
-            if self.verified.insert(index) {
-                self.chunks_verified_now += 1;
-            }
-        } else {
-            self.chunks_failed += 1;
+    /// DCSP: the sender's hash of chunk `index`, whose bytes come as datagrams; the writer verifies the chunk
+    /// against it once they all arrived.
+    pub fn on_chunk_hash(
+        &mut self,
+        index: u32,
+        sha256: [u8; 32],
+    ) -> Result<Incoming, ProtocolViolation> {
+        if !self.plan.contains(index) {
+            return Err(ProtocolViolation::NoSuchChunk(index));
         }
+        self.awaiting.insert(index, sha256);
+        Ok(Incoming::ChunkEnd {
+            index,
+            expected: sha256,
+        })
+    }
+
+    /// The driver's verdict on a chunk after hashing (and, when ok, making it durable). False when no hash was
+    /// announced for it, so there was nothing to verify against.
+    pub fn chunk_result(&mut self, index: u32, ok: bool) -> bool {
+        if self.awaiting.remove(&index).is_none() {
+            return false;
+        }
+        if ok {
+            self.verified.insert(index);
+        }
+        true
     }
 
     pub fn is_complete(&self) -> bool {
@@ -306,15 +305,16 @@ mod tests {
         );
         t.on_chunk_done(0, true).unwrap();
         t.on_chunk_done(2, false).unwrap();
-        assert_eq!(t.next_resend(), Some(2));
         assert!(!t.is_complete());
+        assert_eq!(
+            t.on_chunk_done(2, true),
+            Err(ProtocolViolation::NotInFlight(2)),
+            "a failed chunk is no longer in flight until it is sent again"
+        );
         t.on_sent(2);
         t.on_chunk_done(2, true).unwrap();
         assert!(t.is_complete());
-        assert_eq!(
-            (t.chunks_sent, t.chunks_resent, t.chunks_skipped),
-            (3, 1, 1)
-        );
+        assert_eq!(t.chunks_skipped, 1);
         assert_eq!(t.bytes_verified(), 12 * MIB);
     }
 
@@ -365,7 +365,8 @@ mod tests {
                 expected: [1; 32]
             }
         );
-        r.chunk_result(1, true);
+        assert!(r.chunk_result(1, true));
+        assert!(!r.chunk_result(1, true), "one verdict per announced hash");
         assert!(matches!(
             r.on_frame(&Frame::ChunkBegin { index: 2 }),
             Err(ProtocolViolation::NoSuchChunk(2))

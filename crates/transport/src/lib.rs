@@ -14,7 +14,6 @@
 //! For the DCSP data plane it also owns the UDP sockets ([`udp`]): setup and batched (GSO/GRO) I/O only.
 
 mod auth;
-mod backoff;
 mod error;
 mod framed;
 mod identity;
@@ -24,7 +23,7 @@ pub mod udp;
 pub use auth::{
     authenticate_client, authenticate_server, dcsp_secret_of, exporter_of, ClientAuth, SOFTWARE,
 };
-pub use backoff::Backoff;
+
 pub use error::TransportError;
 pub use framed::{FrameReader, FrameWriter};
 pub use identity::{fingerprint_of, normalize_fingerprint, Identity};
