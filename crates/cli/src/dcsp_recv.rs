@@ -19,7 +19,8 @@ use trackshift_dcsp::{
 };
 use trackshift_proto::{ChunkMap, ChunkPlan, ErrorCode, Frame, SessionId};
 use trackshift_storage::{PartialFile, SessionStore};
-use trackshift_transport::{steered_index, RecvBatch, TransportError, UdpEndpoint};
+use trackshift_transport::TransportError;
+use trackshift_udp::{steered_index, RecvBatch, UdpEndpoint};
 
 use crate::pool::SpareBufs;
 use crate::receive::{

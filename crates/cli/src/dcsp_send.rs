@@ -19,7 +19,7 @@ use trackshift_dcsp::{
 };
 use trackshift_proto::hashing::Hasher;
 use trackshift_proto::{ChunkPlan, FirstPass};
-use trackshift_transport::{RecvBatch, UdpEndpoint};
+use trackshift_udp::{RecvBatch, UdpEndpoint};
 
 use crate::pool::{BufPool, PooledBuf};
 
