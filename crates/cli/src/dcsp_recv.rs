@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Notify};
 use trackshift_dcsp::packet::{peek_conn_id, steering_key, CONN_ID_STEERING_OFFSET};
 use trackshift_dcsp::{
-    BlockGeometry, DcspReceiver, DirectionKeys, ReceiverConfig, ReceiverEvent, ReceiverStats, Role,
-    StreamShare,
+    stream_conn_id, BlockGeometry, DcspReceiver, DirectionKeys, ReceiverConfig, ReceiverEvent,
+    ReceiverStats, Role, StreamShare,
 };
 use trackshift_proto::{ChunkMap, ChunkPlan, ErrorCode, Frame, SessionId};
 use trackshift_storage::{PartialFile, SessionStore};
@@ -407,11 +407,6 @@ pub fn spawn_writer(
             }
         })
         .map_err(|e| format!("cannot start the writer thread: {e}"))
-}
-
-/// The connection id of stream `s` of a transfer whose first stream is `conn_id`.
-pub fn stream_conn_id(conn_id: u64, s: u8) -> u64 {
-    conn_id.wrapping_add(u64::from(s))
 }
 
 /// The sender's `UdpStart`, with the secret this control connection's DCSP keys derive from.

@@ -955,7 +955,7 @@ impl UdpRun {
             planes.push(
                 DataPlane::start(
                     udp_peer,
-                    crate::dcsp_recv::stream_conn_id(link.conn_id, s),
+                    trackshift_dcsp::stream_conn_id(link.conn_id, s),
                     &link.dcsp_secret,
                     geometry,
                     opts.parity,

@@ -31,7 +31,8 @@ pub use geometry::BlockGeometry;
 pub use packet::{PacketType, WireError, DATA_OVERHEAD, MAGIC, VERSION};
 pub use rate::{DelayRate, RateController, RateSample};
 pub use receiver::{
-    DcspReceiver, ReceiverConfig, ReceiverEvent, ReceiverStats, StreamShare, Transmit,
+    stream_conn_id, DcspReceiver, ReceiverConfig, ReceiverEvent, ReceiverStats, StreamShare,
+    Transmit,
 };
 pub use sender::{DcspSender, SenderConfig, SenderStats};
 

@@ -58,6 +58,13 @@ impl StreamShare {
     }
 }
 
+/// The connection id of stream `s` of a transfer whose first stream is `conn_id`: with `--streams N` the streams
+/// are the connections `conn_id`, `conn_id + 1`, …, `conn_id + N − 1` (wrapping), each with its own keys
+/// (PROTOCOL.md §6.1).
+pub fn stream_conn_id(conn_id: u64, s: u8) -> u64 {
+    conn_id.wrapping_add(u64::from(s))
+}
+
 /// What the receiver asks of its driver.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ReceiverEvent {
@@ -557,5 +564,17 @@ impl DcspReceiver {
         }
         self.nack_cursor = last + 1;
         nacks
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_conn_ids_are_consecutive_and_wrap() {
+        assert_eq!(stream_conn_id(7, 0), 7);
+        assert_eq!(stream_conn_id(7, 3), 10);
+        assert_eq!(stream_conn_id(u64::MAX, 1), 0);
     }
 }
