@@ -570,22 +570,7 @@ pub async fn serve_session(
     }
     let mut total = ReceiverStats::default();
     for st in &stats {
-        let s = lock(st).clone();
-        total.packets_received += s.packets_received;
-        total.bytes_received += s.bytes_received;
-        total.blocks_completed += s.blocks_completed;
-        total.fec_recovered += s.fec_recovered;
-        total.duplicate_shards += s.duplicate_shards;
-        total.acks_sent += s.acks_sent;
-        total.path_changes = total.path_changes.max(s.path_changes);
-        total.dropped_malformed += s.dropped_malformed;
-        total.dropped_version += s.dropped_version;
-        total.dropped_unknown_connection += s.dropped_unknown_connection;
-        total.dropped_unauthentic += s.dropped_unauthentic;
-        total.dropped_replayed += s.dropped_replayed;
-        total.dropped_stale += s.dropped_stale;
-        total.dropped_invalid += s.dropped_invalid;
-        total.dropped_window += s.dropped_window;
+        total += lock(st).clone();
     }
     (outcome, bytes_now, Some(total))
 }

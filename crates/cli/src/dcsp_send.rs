@@ -273,18 +273,7 @@ impl Planes {
         let mut all = self.0.iter().map(DataPlane::stats);
         let mut t = all.next().unwrap_or_default();
         for s in all {
-            t.packets_sent += s.packets_sent;
-            t.bytes_sent += s.bytes_sent;
-            t.data_packets += s.data_packets;
-            t.parity_packets += s.parity_packets;
-            t.packets_retransmitted += s.packets_retransmitted;
-            t.pings += s.pings;
-            t.acks_received += s.acks_received;
-            t.packets_dropped += s.packets_dropped;
-            t.blocks_acked += s.blocks_acked;
-            t.fec_recovered += s.fec_recovered;
-            t.rate += s.rate;
-            t.probe_timeouts += s.probe_timeouts;
+            t += s;
         }
         t
     }
