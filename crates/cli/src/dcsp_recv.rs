@@ -444,13 +444,8 @@ pub async fn serve_session(
                 ),
             ));
         }
-        let geometry = BlockGeometry::new(
-            job.plan.file_size(),
-            job.plan.chunk_size(),
-            start.shard_size,
-            start.data_shards,
-        )
-        .map_err(|e| (ErrorCode::Protocol, e.to_string()))?;
+        let geometry = BlockGeometry::for_plan(&job.plan, start.shard_size, start.data_shards)
+            .map_err(|e| (ErrorCode::Protocol, e.to_string()))?;
         let skip_chunks: Vec<u32> = (0..job.plan.chunk_count())
             .filter(|c| job.map.get(*c))
             .collect();

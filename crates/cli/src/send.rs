@@ -935,9 +935,8 @@ impl UdpRun {
     ) -> Result<Self, AttemptError> {
         use crate::dcsp_send::{reader_thread, DataPlane};
         let fatal = |m: String| AttemptError::Fatal(Failure::failed(m));
-        let geometry = trackshift_dcsp::BlockGeometry::new(
-            plan.file_size(),
-            plan.chunk_size(),
+        let geometry = trackshift_dcsp::BlockGeometry::for_plan(
+            &plan,
             link.shard_size,
             opts.parity.data_shards(),
         )
