@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use trackshift_dcsp::fec::ParityMode;
-use trackshift_dcsp::rate::DelayRate;
 use trackshift_dcsp::{
-    BlockGeometry, DcspSender, DirectionKeys, Role, SenderConfig, SenderStats, DATA_OVERHEAD,
+    BlockGeometry, DcspSender, DirectionKeys, RateController, Role, SenderConfig, SenderStats,
+    DATA_OVERHEAD,
 };
 use trackshift_proto::hashing::Hasher;
 use trackshift_proto::{ChunkPlan, FirstPass};
@@ -195,7 +195,8 @@ pub struct DataPlane {
 }
 
 impl DataPlane {
-    /// Binds a UDP socket and starts sending to `peer`; `failed` hears why the plane gave up, if it does.
+    /// Binds a UDP socket and starts sending to `peer`, paced by `controller`; `failed` hears why the plane gave
+    /// up, if it does.
     #[allow(clippy::too_many_arguments)]
     pub fn start(
         peer: SocketAddr,
@@ -203,7 +204,7 @@ impl DataPlane {
         dcsp_secret: &[u8; 32],
         geometry: BlockGeometry,
         parity: ParityMode,
-        max_rate: Option<u64>,
+        controller: Box<dyn RateController>,
         blocks: std_mpsc::Receiver<(u32, Arc<PooledBuf>)>,
         failed: mpsc::UnboundedSender<PlaneFailure>,
     ) -> std::io::Result<Self> {
@@ -219,8 +220,7 @@ impl DataPlane {
                 keys: DirectionKeys::derive(dcsp_secret, conn_id, Role::Sender),
                 geometry,
                 parity,
-                // Bytes on the wire include DCSP's headers; `--max-rate` caps those.
-                controller: Box::new(DelayRate::new(max_rate)),
+                controller,
                 max_buffered: MAX_BUFFERED,
             },
             Instant::now(),

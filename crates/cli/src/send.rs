@@ -12,6 +12,7 @@ use serde_json::json;
 use tokio::io::split;
 use tokio::sync::mpsc;
 use trackshift_dcsp::fec::ParityMode;
+use trackshift_dcsp::{DelayRateFactory, RateControllerFactory};
 use trackshift_proto::compress::{CompressMode, PieceCompressor};
 use trackshift_proto::frame::{verified_entries, DATA_PIECE};
 use trackshift_proto::hashing::Hasher;
@@ -944,7 +945,8 @@ impl UdpRun {
         let udp_peer = std::net::SocketAddr::new(link.peer.ip(), port);
         let (fail_tx, fail_rx) = mpsc::unbounded_channel();
         // One data plane (socket, thread, DcspSender, rate controller) per stream; each paces at most its share
-        // of --max-rate.
+        // of --max-rate (bytes on the wire, DCSP's headers included).
+        let rates = DelayRateFactory::new(opts.max_rate);
         let mut block_txs = Vec::new();
         let mut planes = Vec::new();
         for s in 0..opts.streams.max(1) {
@@ -958,7 +960,7 @@ impl UdpRun {
                     &link.dcsp_secret,
                     geometry,
                     opts.parity,
-                    opts.max_rate.map(|r| r / u64::from(opts.streams.max(1))),
+                    rates.build(s, opts.streams.max(1)),
                     block_rx,
                     fail_tx.clone(),
                 )
