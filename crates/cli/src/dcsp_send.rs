@@ -2,10 +2,8 @@
 //! file on the way), a data-plane thread that runs `DcspSender` on a UDP socket (pacing, batched sends,
 //! ACKs), and the control-channel loop that sends chunk hashes and receives the receiver's verdicts.
 
-use std::fs::File;
 use std::io::ErrorKind;
 use std::net::SocketAddr;
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self as std_mpsc, TryRecvError};
 use std::sync::{Arc, Mutex};
@@ -19,6 +17,7 @@ use trackshift_dcsp::{
 };
 use trackshift_proto::hashing::Hasher;
 use trackshift_proto::{ChunkPlan, FirstPass};
+use trackshift_storage::{ChunkSource, FileSource};
 use trackshift_udp::{RecvBatch, UdpEndpoint};
 
 use crate::pool::{BufPool, PooledBuf};
@@ -71,7 +70,7 @@ pub enum ReadEvent {
 /// Reads the file once in order (hashing it whole), sending the blocks of chunks the receiver lacks, then
 /// re-reads chunks on request.
 pub fn reader_thread(
-    file: File,
+    file: FileSource,
     plan: ChunkPlan,
     geometry: BlockGeometry,
     first_pass: Vec<FirstPass>,
@@ -98,7 +97,7 @@ pub fn reader_thread(
 }
 
 fn read_blocks(
-    file: &File,
+    file: &dyn ChunkSource,
     plan: ChunkPlan,
     geometry: BlockGeometry,
     first_pass: &[FirstPass],
@@ -137,8 +136,8 @@ fn read_blocks(
                 };
                 let mut buf = pool.get();
                 buf.data_mut().resize(n, 0);
-                file.read_exact_at(buf.data_mut(), start + done)
-                    .map_err(|e| format!("reading the source file: {e}"))?;
+                file.read_exact_at(start + done, buf.data_mut())
+                    .map_err(|e| e.to_string())?;
                 h.update(&buf);
                 done += n as u64;
                 let buf = Arc::new(buf);
