@@ -1,8 +1,9 @@
 //! `trackshift-storage`: everything TrackShift keeps on disk, except the TLS identity files.
 //!
 //! This crate owns:
-//! - the seam between a transfer and the bytes it sends: [`ChunkSource`] (what a sender reads chunks from; the
-//!   local [`FileSource`] today, a folder or an S3 object later);
+//! - the seams between a transfer and its bytes: [`ChunkSource`] (what a sender reads chunks from; the local
+//!   [`FileSource`] today, a folder or an S3 object later) and [`ChunkSink`] (what a receiver writes them into;
+//!   [`PartialFile`] today);
 //! - the receiver's partial files (`<output_dir>/.trackshift-<session>.part`, opened with `O_NOFOLLOW`) and the
 //!   final, never-overwriting move of a verified file into place ([`PartialFile`]);
 //! - validation of file names that come from the network ([`validate_file_name`]);
@@ -32,7 +33,7 @@ mod store;
 
 pub use trackshift_proto::SessionId;
 
-pub use chunks::ChunkSource;
+pub use chunks::{ChunkSink, ChunkSource};
 pub use dirs::{available_space, check_output_dir, ensure_space, unix_now, StateDir};
 pub use error::StorageError;
 pub use known::KnownReceivers;

@@ -10,7 +10,7 @@ use trackshift_proto::SessionId;
 use crate::dirs::sync_dir;
 use crate::error::io_error;
 use crate::names::{candidate_name, validate_file_name, RESERVED_PREFIX};
-use crate::StorageError;
+use crate::{ChunkSink, StorageError};
 
 /// Mode of a finished file: what most umasks give a new file.
 const FINISHED_MODE: u32 = 0o644;
@@ -205,6 +205,21 @@ impl PartialFile {
     }
 }
 
+/// The partial file is where a receiver's chunks go; the inherent methods of the same names are these.
+impl ChunkSink for PartialFile {
+    fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), StorageError> {
+        PartialFile::write_at(self, offset, data)
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), StorageError> {
+        PartialFile::read_at(self, offset, buf)
+    }
+
+    fn sync_data(&self) -> Result<(), StorageError> {
+        PartialFile::sync_data(self)
+    }
+}
+
 /// `link(2)` errors that mean "this filesystem has no hard links" (vfat, some FUSE mounts).
 fn link_unsupported(e: &io::Error) -> bool {
     matches!(
@@ -255,6 +270,19 @@ mod tests {
         p.read_at(0, &mut back).unwrap();
         assert_eq!(&back[..2 * 4096], &aligned[..]);
         assert!(back[2 * 4096..].iter().all(|&b| b == 7));
+    }
+
+    #[test]
+    fn the_partial_file_is_a_chunk_sink() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = PartialFile::open(tmp.path(), &id(8), 8).unwrap();
+        let sink: &dyn ChunkSink = &p;
+        sink.write_at(2, b"abcd").unwrap();
+        sink.sync_data().unwrap();
+        let mut back = [0u8; 6];
+        sink.read_at(1, &mut back).unwrap();
+        assert_eq!(&back, b"\0abcd\0");
+        assert!(sink.read_at(6, &mut back).is_err());
     }
 
     #[test]
