@@ -112,11 +112,6 @@ impl PartialFile {
         Ok(Self { file, direct, path })
     }
 
-    /// Where the partial file is.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Writes all of `data` at `offset`; around the page cache when `offset`, the length and the buffer are all
     /// aligned to [`DIRECT_IO_ALIGN`] and the filesystem supports it.
     pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), StorageError> {
@@ -289,12 +284,12 @@ mod tests {
     fn open_creates_sparse_private_file_and_keeps_data() {
         let tmp = tempfile::tempdir().unwrap();
         let p = PartialFile::open(tmp.path(), &id(1), 1 << 20).unwrap();
-        assert_eq!(p.path(), PartialFile::path_for(tmp.path(), &id(1)));
+        assert_eq!(p.path, PartialFile::path_for(tmp.path(), &id(1)));
         assert_eq!(
-            p.path().file_name().unwrap().to_str().unwrap(),
+            p.path.file_name().unwrap().to_str().unwrap(),
             format!(".trackshift-{}.part", id(1).to_hex())
         );
-        let meta = fs::metadata(p.path()).unwrap();
+        let meta = fs::metadata(&p.path).unwrap();
         assert_eq!(meta.len(), 1 << 20);
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
         p.write_at(1000, b"hello").unwrap();
@@ -433,7 +428,7 @@ mod tests {
     fn finalize_rejects_unsafe_names() {
         let tmp = tempfile::tempdir().unwrap();
         let p = finished(tmp.path(), 30, b"x");
-        let part = p.path().to_path_buf();
+        let part = p.path.clone();
         let err = p.finalize(tmp.path(), "../escape").unwrap_err();
         assert!(matches!(err, StorageError::UnsafeName { .. }), "{err}");
         assert!(part.exists(), "the partial file is kept for a retry");
