@@ -2,8 +2,8 @@
 //!
 //! Controllers sit behind [`RateController`] so they can be swapped and compared, and the sender's driver gets
 //! one per stream from a [`RateControllerFactory`] ([`DelayRateFactory`] today), where another controller or an
-//! optimizer plugs in. [`FixedRate`] simply paces at a set rate. The default, [`DelayRate`], is FAST TCP's
-//! delay-based window control, paced:
+//! optimizer plugs in. The one controller today, [`DelayRate`], is FAST TCP's delay-based window control,
+//! paced:
 //!
 //! - **State.** A window `w` (bytes the sender may have in flight: sent after the newest acknowledged
 //!   packet), the minimum RTT `base` and the lowest mean RTT of a round `base_mean` (both over the last
@@ -517,32 +517,6 @@ impl RateController for DelayRate {
             Phase::Startup => "startup",
             Phase::Steady => "steady",
         }
-    }
-}
-
-/// Paces at one fixed rate whatever happens (like uftp with a hand-set rate); for comparisons and links
-/// whose rate is known and dedicated.
-#[derive(Debug)]
-pub struct FixedRate {
-    rate: u64,
-}
-
-impl FixedRate {
-    pub fn new(rate: u64) -> Self {
-        Self {
-            rate: rate.max(MIN_RATE as u64),
-        }
-    }
-}
-
-impl RateController for FixedRate {
-    fn on_ack(&mut self, _: &RateSample) {}
-    fn on_timeout(&mut self, _: Instant) {}
-    fn rate(&self) -> u64 {
-        self.rate
-    }
-    fn name(&self) -> &'static str {
-        "fixed"
     }
 }
 

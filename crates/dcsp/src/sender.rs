@@ -365,12 +365,14 @@ impl DcspSender {
         self.buffered < self.window()
     }
 
-    /// Blocks pushed and not yet complete at the receiver.
+    /// Blocks pushed and not yet complete at the receiver. No driver reads it; `tests/sim.rs` (a test crate of
+    /// its own) prints it in its traces.
     pub fn blocks_in_flight(&self) -> usize {
         self.blocks.len()
     }
 
-    /// Everything pushed has been acknowledged.
+    /// Everything pushed has been acknowledged. No driver needs it (theirs end on the receiver's verdicts);
+    /// `tests/sim.rs` and the scenarios' `e2e_dcsp_peer`, which drive a `DcspSender` by hand, wait for it.
     pub fn is_idle(&self) -> bool {
         self.blocks.is_empty()
     }
