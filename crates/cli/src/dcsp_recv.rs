@@ -14,12 +14,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Notify};
 use trackshift_dcsp::packet::{peek_conn_id, steering_key, CONN_ID_STEERING_OFFSET};
 use trackshift_dcsp::{
-    BlockGeometry, DcspReceiver, DirectionKeys, ReceiverConfig, ReceiverEvent, ReceiverStats, Role,
-    StreamShare,
+    stream_conn_id, BlockGeometry, DcspReceiver, DirectionKeys, ReceiverConfig, ReceiverEvent,
+    ReceiverStats, Role, StreamShare,
 };
 use trackshift_proto::{ChunkMap, ChunkPlan, ErrorCode, Frame, SessionId};
 use trackshift_storage::{PartialFile, SessionStore};
-use trackshift_transport::{steered_index, RecvBatch, TransportError, UdpEndpoint};
+use trackshift_transport::TransportError;
+use trackshift_udp::{steered_index, RecvBatch, UdpEndpoint};
 
 use crate::pool::SpareBufs;
 use crate::receive::{
@@ -408,11 +409,6 @@ pub fn spawn_writer(
         .map_err(|e| format!("cannot start the writer thread: {e}"))
 }
 
-/// The connection id of stream `s` of a transfer whose first stream is `conn_id`.
-pub fn stream_conn_id(conn_id: u64, s: u8) -> u64 {
-    conn_id.wrapping_add(u64::from(s))
-}
-
 /// The sender's `UdpStart`, with the secret this control connection's DCSP keys derive from.
 #[derive(Debug)]
 pub struct UdpStart {
@@ -448,13 +444,8 @@ pub async fn serve_session(
                 ),
             ));
         }
-        let geometry = BlockGeometry::new(
-            job.plan.file_size(),
-            job.plan.chunk_size(),
-            start.shard_size,
-            start.data_shards,
-        )
-        .map_err(|e| (ErrorCode::Protocol, e.to_string()))?;
+        let geometry = BlockGeometry::for_plan(&job.plan, start.shard_size, start.data_shards)
+            .map_err(|e| (ErrorCode::Protocol, e.to_string()))?;
         let skip_chunks: Vec<u32> = (0..job.plan.chunk_count())
             .filter(|c| job.map.get(*c))
             .collect();
@@ -574,22 +565,7 @@ pub async fn serve_session(
     }
     let mut total = ReceiverStats::default();
     for st in &stats {
-        let s = lock(st).clone();
-        total.packets_received += s.packets_received;
-        total.bytes_received += s.bytes_received;
-        total.blocks_completed += s.blocks_completed;
-        total.fec_recovered += s.fec_recovered;
-        total.duplicate_shards += s.duplicate_shards;
-        total.acks_sent += s.acks_sent;
-        total.path_changes = total.path_changes.max(s.path_changes);
-        total.dropped_malformed += s.dropped_malformed;
-        total.dropped_version += s.dropped_version;
-        total.dropped_unknown_connection += s.dropped_unknown_connection;
-        total.dropped_unauthentic += s.dropped_unauthentic;
-        total.dropped_replayed += s.dropped_replayed;
-        total.dropped_stale += s.dropped_stale;
-        total.dropped_invalid += s.dropped_invalid;
-        total.dropped_window += s.dropped_window;
+        total += lock(st).clone();
     }
     (outcome, bytes_now, Some(total))
 }

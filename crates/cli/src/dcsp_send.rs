@@ -2,10 +2,8 @@
 //! file on the way), a data-plane thread that runs `DcspSender` on a UDP socket (pacing, batched sends,
 //! ACKs), and the control-channel loop that sends chunk hashes and receives the receiver's verdicts.
 
-use std::fs::File;
 use std::io::ErrorKind;
 use std::net::SocketAddr;
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self as std_mpsc, TryRecvError};
 use std::sync::{Arc, Mutex};
@@ -13,13 +11,14 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use trackshift_dcsp::fec::ParityMode;
-use trackshift_dcsp::rate::DelayRate;
 use trackshift_dcsp::{
-    BlockGeometry, DcspSender, DirectionKeys, Role, SenderConfig, SenderStats, DATA_OVERHEAD,
+    BlockGeometry, DcspSender, DirectionKeys, RateController, Role, SenderConfig, SenderStats,
+    DATA_OVERHEAD,
 };
 use trackshift_proto::hashing::Hasher;
 use trackshift_proto::{ChunkPlan, FirstPass};
-use trackshift_transport::{RecvBatch, UdpEndpoint};
+use trackshift_storage::{ChunkSource, FileSource};
+use trackshift_udp::{RecvBatch, UdpEndpoint};
 
 use crate::pool::{BufPool, PooledBuf};
 
@@ -71,7 +70,7 @@ pub enum ReadEvent {
 /// Reads the file once in order (hashing it whole), sending the blocks of chunks the receiver lacks, then
 /// re-reads chunks on request.
 pub fn reader_thread(
-    file: File,
+    file: FileSource,
     plan: ChunkPlan,
     geometry: BlockGeometry,
     first_pass: Vec<FirstPass>,
@@ -98,7 +97,7 @@ pub fn reader_thread(
 }
 
 fn read_blocks(
-    file: &File,
+    file: &dyn ChunkSource,
     plan: ChunkPlan,
     geometry: BlockGeometry,
     first_pass: &[FirstPass],
@@ -137,8 +136,8 @@ fn read_blocks(
                 };
                 let mut buf = pool.get();
                 buf.data_mut().resize(n, 0);
-                file.read_exact_at(buf.data_mut(), start + done)
-                    .map_err(|e| format!("reading the source file: {e}"))?;
+                file.read_exact_at(start + done, buf.data_mut())
+                    .map_err(|e| e.to_string())?;
                 h.update(&buf);
                 done += n as u64;
                 let buf = Arc::new(buf);
@@ -195,7 +194,8 @@ pub struct DataPlane {
 }
 
 impl DataPlane {
-    /// Binds a UDP socket and starts sending to `peer`; `failed` hears why the plane gave up, if it does.
+    /// Binds a UDP socket and starts sending to `peer`, paced by `controller`; `failed` hears why the plane gave
+    /// up, if it does.
     #[allow(clippy::too_many_arguments)]
     pub fn start(
         peer: SocketAddr,
@@ -203,7 +203,7 @@ impl DataPlane {
         dcsp_secret: &[u8; 32],
         geometry: BlockGeometry,
         parity: ParityMode,
-        max_rate: Option<u64>,
+        controller: Box<dyn RateController>,
         blocks: std_mpsc::Receiver<(u32, Arc<PooledBuf>)>,
         failed: mpsc::UnboundedSender<PlaneFailure>,
     ) -> std::io::Result<Self> {
@@ -219,8 +219,7 @@ impl DataPlane {
                 keys: DirectionKeys::derive(dcsp_secret, conn_id, Role::Sender),
                 geometry,
                 parity,
-                // Bytes on the wire include DCSP's headers; `--max-rate` caps those.
-                controller: Box::new(DelayRate::new(max_rate)),
+                controller,
                 max_buffered: MAX_BUFFERED,
             },
             Instant::now(),
@@ -273,18 +272,7 @@ impl Planes {
         let mut all = self.0.iter().map(DataPlane::stats);
         let mut t = all.next().unwrap_or_default();
         for s in all {
-            t.packets_sent += s.packets_sent;
-            t.bytes_sent += s.bytes_sent;
-            t.data_packets += s.data_packets;
-            t.parity_packets += s.parity_packets;
-            t.packets_retransmitted += s.packets_retransmitted;
-            t.pings += s.pings;
-            t.acks_received += s.acks_received;
-            t.packets_dropped += s.packets_dropped;
-            t.blocks_acked += s.blocks_acked;
-            t.fec_recovered += s.fec_recovered;
-            t.rate += s.rate;
-            t.probe_timeouts += s.probe_timeouts;
+            t += s;
         }
         t
     }

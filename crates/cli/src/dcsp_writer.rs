@@ -276,7 +276,7 @@ pub(crate) fn run_writer(
                 );
                 rollback(&mut cur, c, &feed)?;
                 for s in 0..streams.max(1) {
-                    plane.reset_chunk(crate::dcsp_recv::stream_conn_id(conn_id, s), c);
+                    plane.reset_chunk(trackshift_dcsp::stream_conn_id(conn_id, s), c);
                 }
                 let _ = events.send(WorkerEvent::ChunkDone {
                     index: c,

@@ -53,7 +53,9 @@ impl std::error::Error for Failure {}
 
 impl From<StorageError> for Failure {
     fn from(e: StorageError) -> Self {
-        let code = if e.is_no_space() || e.is_permission() {
+        let code = if e.is_bad_input() {
+            exit::USAGE
+        } else if e.is_no_space() || e.is_permission() {
             exit::STORAGE
         } else {
             exit::FAILED

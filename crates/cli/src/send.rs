@@ -1,9 +1,7 @@
 //! `trackshift send`: the sender's driver. It owns the file reader thread, the connection and the retries;
 //! `trackshift_proto::OutgoingTransfer` decides what goes.
 
-use std::fs::File;
-use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -12,6 +10,7 @@ use serde_json::json;
 use tokio::io::split;
 use tokio::sync::mpsc;
 use trackshift_dcsp::fec::ParityMode;
+use trackshift_dcsp::{DelayRateFactory, RateControllerFactory};
 use trackshift_proto::compress::{CompressMode, PieceCompressor};
 use trackshift_proto::frame::{verified_entries, DATA_PIECE};
 use trackshift_proto::hashing::Hasher;
@@ -19,7 +18,9 @@ use trackshift_proto::session::Backoff;
 use trackshift_proto::{
     ChunkPlan, ErrorCode, FirstPass, Frame, Offer, OutgoingTransfer, SessionId,
 };
-use trackshift_storage::{KnownReceivers, OutgoingSession, SessionState, SessionStore, StateDir};
+use trackshift_storage::{
+    ChunkSource, FileSource, KnownReceivers, OutgoingSession, SessionState, SessionStore, StateDir,
+};
 use trackshift_transport::{
     connect, dcsp_secret_of, exporter_of, normalize_fingerprint, ClientAuth, FrameReader,
     FrameWriter, TransportError,
@@ -131,56 +132,6 @@ pub fn run(opts: SendOptions, reporter: &mut Reporter) -> Result<(), Failure> {
     rt.block_on(send(opts, reporter))
 }
 
-struct Source {
-    file: File,
-    path: PathBuf,
-    name: String,
-    size: u64,
-    mtime_ns: i64,
-}
-
-fn open_source(path: &Path) -> Result<Source, Failure> {
-    let meta = std::fs::metadata(path)
-        .map_err(|e| Failure::usage(format!("cannot read {}: {e}", path.display())))?;
-    if meta.is_dir() {
-        return Err(Failure::usage(format!(
-            "{} is a directory: trackshift sends one file at a time",
-            path.display()
-        )));
-    }
-    if !meta.is_file() {
-        return Err(Failure::usage(format!(
-            "{} is not a regular file",
-            path.display()
-        )));
-    }
-    let file = File::open(path)
-        .map_err(|e| Failure::usage(format!("cannot read {}: {e}", path.display())))?;
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| {
-            Failure::usage(format!(
-                "{}: the file name must be valid UTF-8",
-                path.display()
-            ))
-        })?
-        .to_owned();
-    let canonical = std::fs::canonicalize(path)
-        .map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?;
-    let mtime_ns = meta
-        .mtime()
-        .saturating_mul(1_000_000_000)
-        .saturating_add(meta.mtime_nsec());
-    Ok(Source {
-        file,
-        path: canonical,
-        name,
-        size: meta.len(),
-        mtime_ns,
-    })
-}
-
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -189,9 +140,9 @@ fn unix_now() -> u64 {
 }
 
 async fn send(mut opts: SendOptions, reporter: &mut Reporter) -> Result<(), Failure> {
-    let source = open_source(&opts.path)?;
-    let plan =
-        ChunkPlan::new(source.size, opts.chunk_size).map_err(|e| Failure::usage(e.to_string()))?;
+    let source = FileSource::open(&opts.path)?;
+    let plan = ChunkPlan::new(source.size(), opts.chunk_size)
+        .map_err(|e| Failure::usage(e.to_string()))?;
     let Some(secret) = opts.secret.clone().filter(|s| !s.is_empty()) else {
         return Err(Failure::new(
             exit::AUTH,
@@ -216,13 +167,13 @@ async fn send(mut opts: SendOptions, reporter: &mut Reporter) -> Result<(), Fail
         CompressMode::None => "none",
     };
     let same_source = |s: &OutgoingSession| {
-        s.size == source.size
-            && s.mtime_ns == i128::from(source.mtime_ns)
+        s.size == source.size()
+            && s.mtime_ns == i128::from(source.mtime_ns())
             && s.chunk_size == opts.chunk_size
     };
     let previous = match opts.resume_id {
         Some(id) => store.outgoing(&id)?,
-        None => store.find_outgoing(&source.path, &opts.to)?,
+        None => store.find_outgoing(source.path(), &opts.to)?,
     };
     // A session no receiver has heard of yet (see `transfer_once`'s early start).
     let mut fresh = true;
@@ -236,17 +187,17 @@ async fn send(mut opts: SendOptions, reporter: &mut Reporter) -> Result<(), Fail
             if let Some(p) = p.filter(|p| p.state != SessionState::Completed) {
                 reporter.info(&format!(
                     "{} changed since session {}: starting a fresh session",
-                    source.path.display(),
+                    source.path().display(),
                     p.id
                 ));
             }
             OutgoingSession {
                 id: SessionId::random(),
-                source: source.path.clone(),
+                source: source.path().to_path_buf(),
                 to: opts.to.clone(),
                 receiver_fingerprint: None,
-                size: source.size,
-                mtime_ns: i128::from(source.mtime_ns),
+                size: source.size(),
+                mtime_ns: i128::from(source.mtime_ns()),
                 chunk_size: opts.chunk_size,
                 chunk_count: plan.chunk_count(),
                 protocol: opts.protocol.name().into(),
@@ -265,7 +216,7 @@ async fn send(mut opts: SendOptions, reporter: &mut Reporter) -> Result<(), Fail
     store.put_outgoing(&record)?;
 
     reporter.event(json!({
-        "event": "start", "session_id": record.id.to_hex(), "file": source.name, "bytes": source.size,
+        "event": "start", "session_id": record.id.to_hex(), "file": source.name(), "bytes": source.size(),
         "to": opts.to, "protocol": opts.protocol.name(), "chunk_size": opts.chunk_size, "chunks": plan.chunk_count(),
     }));
     let started = Instant::now();
@@ -358,7 +309,7 @@ async fn send(mut opts: SendOptions, reporter: &mut Reporter) -> Result<(), Fail
             Err(AttemptError::SourceChanged(index)) => {
                 reporter.info(&format!(
                     "chunk {index} of {} differs from what the receiver verified earlier: starting a fresh session",
-                    source.path.display()
+                    source.path().display()
                 ));
                 record.state = SessionState::Abandoned;
                 store.put_outgoing(&record)?;
@@ -402,23 +353,23 @@ async fn send(mut opts: SendOptions, reporter: &mut Reporter) -> Result<(), Fail
     record.sha256_hex = sha_hex.clone();
     record.error = result.as_ref().err().map(|f| f.message.clone());
     record.bytes_confirmed = if ok {
-        source.size
+        source.size()
     } else {
         stats.bytes_confirmed.max(record.bytes_confirmed)
     };
     let _ = store.put_outgoing(&record);
     // File bytes this run delivered (chunks verified in an earlier run do not count).
     let sent_bytes = if ok {
-        source.size.saturating_sub(stats.bytes_skipped)
+        source.size().saturating_sub(stats.bytes_skipped)
     } else {
         0
     };
     reporter.event(json!({
         "event": "summary",
         "session_id": record.id.to_hex(),
-        "file": source.name,
+        "file": source.name(),
         "final_name": final_name,
-        "bytes": source.size,
+        "bytes": source.size(),
         "seconds": seconds,
         "goodput_mbps": if seconds > 0.0 { sent_bytes as f64 * 8.0 / seconds / 1e6 } else { 0.0 },
         "protocol": opts.protocol.name(),
@@ -444,8 +395,8 @@ async fn send(mut opts: SendOptions, reporter: &mut Reporter) -> Result<(), Fail
         Ok((name, sha)) => {
             reporter.info(&format!(
                 "sent {} ({} bytes) as {name} in {seconds:.1}s, sha256 {}",
-                source.name,
-                source.size,
+                source.name(),
+                source.size(),
                 hex::encode(sha)
             ));
             Ok(())
@@ -513,7 +464,7 @@ impl FileHashThread {
 /// request. Runs on its own thread (with the whole-file hash on another) so hashing and compression stay off
 /// the network task.
 fn reader_thread(
-    file: File,
+    file: FileSource,
     plan: ChunkPlan,
     first_pass: Vec<FirstPass>,
     mode: CompressMode,
@@ -526,7 +477,7 @@ fn reader_thread(
 }
 
 fn read_file(
-    file: &File,
+    file: &dyn ChunkSource,
     plan: ChunkPlan,
     first_pass: &[FirstPass],
     mode: CompressMode,
@@ -552,8 +503,8 @@ fn read_file(
                 let n = (len - done).min(DATA_PIECE as u64) as usize;
                 let mut buf = pool.get();
                 buf.data_mut().resize(n, 0);
-                file.read_exact_at(buf.data_mut(), start + done)
-                    .map_err(|e| format!("reading the source file: {e}"))?;
+                file.read_exact_at(start + done, buf.data_mut())
+                    .map_err(|e| e.to_string())?;
                 chunk_hasher.update(&buf);
                 let shared = Arc::new(buf);
                 if let Some(fh) = file_hash {
@@ -617,7 +568,7 @@ fn read_file(
 async fn transfer_once(
     tls: trackshift_transport::ClientTls,
     confirm: Frame<'static>,
-    source: &Source,
+    source: &FileSource,
     plan: ChunkPlan,
     record: &OutgoingSession,
     store: &SessionStore,
@@ -644,10 +595,10 @@ async fn transfer_once(
     writer
         .send(&Frame::Offer(Offer {
             session_id: record.id,
-            file_name: &source.name,
-            file_size: source.size,
+            file_name: source.name(),
+            file_size: source.size(),
             chunk_size: plan.chunk_size(),
-            mtime_ns: source.mtime_ns,
+            mtime_ns: source.mtime_ns(),
         }))
         .await?;
     // With DCSP, `UdpStart` follows the offer at once (it does not depend on the answer): one round trip less
@@ -705,8 +656,8 @@ async fn transfer_once(
             final_name,
         } => {
             // The receiver completed this session before we heard so (we were interrupted at the very end).
-            let ours = hash_whole_file(&source.file, source.size)
-                .map_err(|e| AttemptError::Fatal(Failure::usage(e)))?;
+            let ours =
+                hash_whole_file(source).map_err(|e| AttemptError::Fatal(Failure::usage(e)))?;
             if ours == sha256 {
                 return Ok((final_name.to_owned(), sha256));
             }
@@ -748,7 +699,7 @@ async fn transfer_once(
         stats.bytes_skipped = base;
     }
     if !*progress_started {
-        reporter.progress_start("sending", source.size, base);
+        reporter.progress_start("sending", source.size(), base);
         *progress_started = true;
     }
     reporter.event(json!({"event": "accepted", "chunks_verified": transfer.chunks_skipped, "bytes_verified": base}));
@@ -763,9 +714,8 @@ async fn transfer_once(
     let (read_tx, mut read_rx) = mpsc::channel(READ_AHEAD);
     let (resend_tx, resend_rx) = std_mpsc::channel();
     let file = source
-        .file
         .try_clone()
-        .map_err(|e| AttemptError::Fatal(Failure::usage(format!("source file: {e}"))))?;
+        .map_err(|e| AttemptError::Fatal(e.into()))?;
     let first_pass = transfer.first_pass();
     let mode = opts.compress;
     let reader_handle = std::thread::Builder::new()
@@ -875,14 +825,16 @@ fn drop_resend(_tx: &std_mpsc::Sender<u32>) {
     // The sender half is dropped with the loop; nothing to do until then.
 }
 
-fn hash_whole_file(file: &File, size: u64) -> Result<[u8; 32], String> {
+fn hash_whole_file(source: &dyn ChunkSource) -> Result<[u8; 32], String> {
+    let size = source.size();
     let mut h = Hasher::new();
     let mut buf = vec![0u8; DATA_PIECE];
     let mut off = 0;
     while off < size {
         let n = (size - off).min(DATA_PIECE as u64) as usize;
-        file.read_exact_at(&mut buf[..n], off)
-            .map_err(|e| format!("reading the source file: {e}"))?;
+        source
+            .read_exact_at(off, &mut buf[..n])
+            .map_err(|e| e.to_string())?;
         h.update(&buf[..n]);
         off += n as u64;
     }
@@ -930,15 +882,14 @@ impl UdpRun {
         link: &UdpLink,
         port: u16,
         first_pass: Vec<FirstPass>,
-        source: &Source,
+        source: &FileSource,
         plan: ChunkPlan,
         opts: &SendOptions,
     ) -> Result<Self, AttemptError> {
         use crate::dcsp_send::{reader_thread, DataPlane};
         let fatal = |m: String| AttemptError::Fatal(Failure::failed(m));
-        let geometry = trackshift_dcsp::BlockGeometry::new(
-            plan.file_size(),
-            plan.chunk_size(),
+        let geometry = trackshift_dcsp::BlockGeometry::for_plan(
+            &plan,
             link.shard_size,
             opts.parity.data_shards(),
         )
@@ -946,7 +897,8 @@ impl UdpRun {
         let udp_peer = std::net::SocketAddr::new(link.peer.ip(), port);
         let (fail_tx, fail_rx) = mpsc::unbounded_channel();
         // One data plane (socket, thread, DcspSender, rate controller) per stream; each paces at most its share
-        // of --max-rate.
+        // of --max-rate (bytes on the wire, DCSP's headers included).
+        let rates = DelayRateFactory::new(opts.max_rate);
         let mut block_txs = Vec::new();
         let mut planes = Vec::new();
         for s in 0..opts.streams.max(1) {
@@ -956,11 +908,11 @@ impl UdpRun {
             planes.push(
                 DataPlane::start(
                     udp_peer,
-                    crate::dcsp_recv::stream_conn_id(link.conn_id, s),
+                    trackshift_dcsp::stream_conn_id(link.conn_id, s),
                     &link.dcsp_secret,
                     geometry,
                     opts.parity,
-                    opts.max_rate.map(|r| r / u64::from(opts.streams.max(1))),
+                    rates.build(s, opts.streams.max(1)),
                     block_rx,
                     fail_tx.clone(),
                 )
@@ -970,9 +922,8 @@ impl UdpRun {
         let (ev_tx, ev_rx) = mpsc::channel(64);
         let (resend_tx, resend_rx) = std_mpsc::channel();
         let file = source
-            .file
             .try_clone()
-            .map_err(|e| AttemptError::Fatal(Failure::usage(format!("source file: {e}"))))?;
+            .map_err(|e| AttemptError::Fatal(e.into()))?;
         let to_send = first_pass
             .iter()
             .filter(|p| matches!(p, FirstPass::Send))
@@ -1027,7 +978,7 @@ async fn udp_stream(
     mut reader: FrameReader<tokio::io::ReadHalf<trackshift_transport::ClientTls>>,
     mut writer: FrameWriter<tokio::io::WriteHalf<trackshift_transport::ClientTls>>,
     mut transfer: OutgoingTransfer,
-    source: &Source,
+    source: &FileSource,
     plan: ChunkPlan,
     record: &OutgoingSession,
     store: &SessionStore,
@@ -1116,7 +1067,7 @@ async fn udp_stream(
             },
             _ = tick.tick() => {
                 let u = plane.stats();
-                let acked = (u.blocks_acked * geometry.block_bytes()).min(source.size.saturating_sub(base));
+                let acked = (u.blocks_acked * geometry.block_bytes()).min(source.size().saturating_sub(base));
                 reporter.bar_position(base + acked);
                 reporter.bar_message(&format!(
                     "{:.0} Mbit/s, loss {:.1}%, rtt {:.0} ms, parity {}+{}",
@@ -1195,7 +1146,7 @@ fn on_receiver_frame(
     transfer: &mut OutgoingTransfer,
     resend_tx: &std_mpsc::Sender<u32>,
     file_hash: Option<[u8; 32]>,
-    source: &Source,
+    source: &FileSource,
     p: Progress<'_>,
     reporter: &mut Reporter,
     stats: &mut Stats,
@@ -1223,7 +1174,7 @@ fn on_receiver_frame(
                 progress.updated_unix = unix_now();
                 let _ = p.store.put_outgoing(&progress);
             }
-            reporter.progress(stats.bytes_confirmed, source.size, p.started, p.base);
+            reporter.progress(stats.bytes_confirmed, source.size(), p.started, p.base);
             Ok(PeerSaid::Continue)
         }
         Frame::FileDone {
@@ -1244,7 +1195,7 @@ fn on_receiver_frame(
                 )),
                 // Receiver had the whole file already (completed earlier): trust only a match.
                 None => {
-                    let ours = hash_whole_file(&source.file, source.size)
+                    let ours = hash_whole_file(source)
                         .map_err(|e| AttemptError::Fatal(Failure::usage(e)))?;
                     if ours == sha256 {
                         Ok(PeerSaid::Done((final_name.to_owned(), sha256)))

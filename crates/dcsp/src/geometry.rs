@@ -9,6 +9,8 @@
 
 use std::ops::Range;
 
+use trackshift_proto::ChunkPlan;
+
 use crate::DcspError;
 
 /// The block layout of one file, identical on both ends.
@@ -34,7 +36,8 @@ pub struct BlockSpan {
 
 impl BlockGeometry {
     /// A layout for `file_size` bytes in chunks of `chunk_size`, blocks of `data_shards` shards of
-    /// `shard_size` bytes (even, as Reed-Solomon over GF(2^16) needs).
+    /// `shard_size` bytes (even, as Reed-Solomon over GF(2^16) needs). Drivers use [`Self::for_plan`]; this
+    /// also takes the chunk sizes a `ChunkPlan` refuses (the simulator's small files).
     pub fn new(
         file_size: u64,
         chunk_size: u64,
@@ -72,6 +75,12 @@ impl BlockGeometry {
             blocks_per_chunk: blocks_per_chunk as u32,
             chunk_count: chunk_count as u32,
         })
+    }
+
+    /// The layout of the file `plan` cuts into chunks: each chunk in blocks of `data_shards` shards of
+    /// `shard_size` bytes. Both ends build it from the `Offer` (the plan) and `UdpStart` (the shards).
+    pub fn for_plan(plan: &ChunkPlan, shard_size: u32, data_shards: u8) -> Result<Self, DcspError> {
+        Self::new(plan.file_size(), plan.chunk_size(), shard_size, data_shards)
     }
 
     pub fn shard_size(&self) -> u32 {
@@ -143,6 +152,27 @@ impl BlockGeometry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_plans_geometry_is_the_one_of_its_size_and_chunks() {
+        let plan = ChunkPlan::new(123_456_789, 8 << 20).unwrap();
+        let g = BlockGeometry::for_plan(&plan, 1432, 64).unwrap();
+        assert_eq!(
+            g,
+            BlockGeometry::new(123_456_789, 8 << 20, 1432, 64).unwrap()
+        );
+        assert_eq!(g.chunk_count(), plan.chunk_count());
+        for c in [0, plan.chunk_count() - 1] {
+            let blocks = g.blocks_of_chunk(c);
+            assert_eq!(g.span(blocks.start).unwrap().offset, plan.offset(c));
+            let last = g.span(blocks.end - 1).unwrap();
+            assert_eq!(
+                last.offset + u64::from(last.len),
+                plan.offset(c) + plan.len(c)
+            );
+        }
+        assert!(BlockGeometry::for_plan(&plan, 3, 64).is_err());
+    }
 
     #[test]
     fn blocks_tile_the_file_exactly() {

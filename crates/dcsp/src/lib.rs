@@ -29,9 +29,10 @@ pub use crypto::{DirectionKeys, PacketKey, Role};
 pub use fec::ParityMode;
 pub use geometry::BlockGeometry;
 pub use packet::{PacketType, WireError, DATA_OVERHEAD, MAGIC, VERSION};
-pub use rate::{DelayRate, RateController, RateSample};
+pub use rate::{DelayRate, DelayRateFactory, RateController, RateControllerFactory, RateSample};
 pub use receiver::{
-    DcspReceiver, ReceiverConfig, ReceiverEvent, ReceiverStats, StreamShare, Transmit,
+    stream_conn_id, DcspReceiver, ReceiverConfig, ReceiverEvent, ReceiverStats, StreamShare,
+    Transmit,
 };
 pub use sender::{DcspSender, SenderConfig, SenderStats};
 

@@ -1,8 +1,9 @@
 //! Rate control: how fast the sender paces datagrams, and how many it may have in flight.
 //!
-//! Controllers sit behind [`RateController`] so they can be swapped and compared (`--congestion` in the CLI).
-//! [`FixedRate`] simply paces at a set rate. The default, [`DelayRate`], is FAST TCP's delay-based window
-//! control, paced:
+//! Controllers sit behind [`RateController`] so they can be swapped and compared, and the sender's driver gets
+//! one per stream from a [`RateControllerFactory`] ([`DelayRateFactory`] today), where another controller or an
+//! optimizer plugs in. The one controller today, [`DelayRate`], is FAST TCP's delay-based window control,
+//! paced:
 //!
 //! - **State.** A window `w` (bytes the sender may have in flight: sent after the newest acknowledged
 //!   packet), the minimum RTT `base` and the lowest mean RTT of a round `base_mean` (both over the last
@@ -81,6 +82,35 @@ pub trait RateController: Send + std::fmt::Debug {
     /// The controller's current phase, for traces and `--verbose`.
     fn phase(&self) -> &'static str {
         ""
+    }
+}
+
+/// Makes the rate controller of each stream of a transfer, like quinn's `ControllerFactory`: the sender's driver
+/// asks it for one controller per stream (`--streams`), so another controller, or an optimizer that tunes each
+/// stream, plugs in here without touching the driver.
+pub trait RateControllerFactory: Send + Sync + std::fmt::Debug {
+    /// The controller of stream `stream` (counted from 0) of the `streams` that carry one transfer.
+    fn build(&self, stream: u8, streams: u8) -> Box<dyn RateController>;
+}
+
+/// Builds [`DelayRate`] controllers. A `--max-rate` cap is split evenly over the streams, each pacing at most
+/// `max_rate / streams`, so that together they stay within it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DelayRateFactory {
+    max_rate: Option<u64>,
+}
+
+impl DelayRateFactory {
+    /// `max_rate` in bytes per second (of datagrams) caps all streams together.
+    pub fn new(max_rate: Option<u64>) -> Self {
+        Self { max_rate }
+    }
+}
+
+impl RateControllerFactory for DelayRateFactory {
+    fn build(&self, _stream: u8, streams: u8) -> Box<dyn RateController> {
+        let share = self.max_rate.map(|r| r / u64::from(streams.max(1)));
+        Box::new(DelayRate::new(share))
     }
 }
 
@@ -490,35 +520,27 @@ impl RateController for DelayRate {
     }
 }
 
-/// Paces at one fixed rate whatever happens (like uftp with a hand-set rate); for comparisons and links
-/// whose rate is known and dedicated.
-#[derive(Debug)]
-pub struct FixedRate {
-    rate: u64,
-}
-
-impl FixedRate {
-    pub fn new(rate: u64) -> Self {
-        Self {
-            rate: rate.max(MIN_RATE as u64),
-        }
-    }
-}
-
-impl RateController for FixedRate {
-    fn on_ack(&mut self, _: &RateSample) {}
-    fn on_timeout(&mut self, _: Instant) {}
-    fn rate(&self) -> u64 {
-        self.rate
-    }
-    fn name(&self) -> &'static str {
-        "fixed"
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_factory_splits_max_rate_over_the_streams() {
+        let capped = DelayRateFactory::new(Some(1_000_000));
+        for s in 0..4 {
+            let c = capped.build(s, 4);
+            assert_eq!(c.name(), "delay");
+            assert_eq!(c.rate(), 250_000, "stream {s}");
+        }
+        assert_eq!(capped.build(0, 1).rate(), 1_000_000);
+        assert_eq!(
+            capped.build(0, 0).rate(),
+            1_000_000,
+            "no streams counts as one"
+        );
+        let free = DelayRateFactory::new(None).build(1, 2);
+        assert_eq!(free.rate(), INITIAL_RATE as u64);
+    }
 
     fn feed(c: &mut DelayRate, rounds: u32, rtt_ms: u64, base_ms: u64, loss: f64, cap: f64) {
         let start = Instant::now();

@@ -7,6 +7,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::ops::AddAssign;
 use std::time::{Duration, Instant};
 
 use crate::ack::{Ack, Nack, MAX_NACKS, MAX_RANGES};
@@ -56,6 +57,13 @@ impl StreamShare {
     pub fn owns(&self, block: u32) -> bool {
         self.count <= 1 || block % u32::from(self.count) == u32::from(self.index)
     }
+}
+
+/// The connection id of stream `s` of a transfer whose first stream is `conn_id`: with `--streams N` the streams
+/// are the connections `conn_id`, `conn_id + 1`, …, `conn_id + N − 1` (wrapping), each with its own keys
+/// (PROTOCOL.md §6.1).
+pub fn stream_conn_id(conn_id: u64, s: u8) -> u64 {
+    conn_id.wrapping_add(u64::from(s))
 }
 
 /// What the receiver asks of its driver.
@@ -122,6 +130,49 @@ impl ReceiverStats {
             + self.dropped_stale
             + self.dropped_invalid
             + self.dropped_window
+    }
+}
+
+/// The streams of one transfer summed (`--streams`): counters add up; `path_changes` is the most any stream saw
+/// (every stream follows the same sender, so one move shows in each), and `last_version_seen` is the left-hand
+/// side's if it has one.
+impl AddAssign for ReceiverStats {
+    fn add_assign(&mut self, rhs: Self) {
+        // Destructured, so that a new field cannot be left out without a decision here.
+        let Self {
+            packets_received,
+            bytes_received,
+            blocks_completed,
+            fec_recovered,
+            duplicate_shards,
+            acks_sent,
+            path_changes,
+            dropped_malformed,
+            dropped_version,
+            dropped_unknown_connection,
+            dropped_unauthentic,
+            dropped_replayed,
+            dropped_stale,
+            dropped_invalid,
+            dropped_window,
+            last_version_seen,
+        } = rhs;
+        self.packets_received += packets_received;
+        self.bytes_received += bytes_received;
+        self.blocks_completed += blocks_completed;
+        self.fec_recovered += fec_recovered;
+        self.duplicate_shards += duplicate_shards;
+        self.acks_sent += acks_sent;
+        self.path_changes = self.path_changes.max(path_changes);
+        self.dropped_malformed += dropped_malformed;
+        self.dropped_version += dropped_version;
+        self.dropped_unknown_connection += dropped_unknown_connection;
+        self.dropped_unauthentic += dropped_unauthentic;
+        self.dropped_replayed += dropped_replayed;
+        self.dropped_stale += dropped_stale;
+        self.dropped_invalid += dropped_invalid;
+        self.dropped_window += dropped_window;
+        self.last_version_seen = self.last_version_seen.or(last_version_seen);
     }
 }
 
@@ -557,5 +608,59 @@ impl DcspReceiver {
         }
         self.nack_cursor = last + 1;
         nacks
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stream's counters: each field a different multiple of `k`.
+    fn counters(k: u64, path_changes: u64) -> ReceiverStats {
+        ReceiverStats {
+            packets_received: k,
+            bytes_received: 2 * k,
+            blocks_completed: 3 * k,
+            fec_recovered: 4 * k,
+            duplicate_shards: 5 * k,
+            acks_sent: 6 * k,
+            path_changes,
+            dropped_malformed: 7 * k,
+            dropped_version: 8 * k,
+            dropped_unknown_connection: 9 * k,
+            dropped_unauthentic: 10 * k,
+            dropped_replayed: 11 * k,
+            dropped_stale: 12 * k,
+            dropped_invalid: 13 * k,
+            dropped_window: 14 * k,
+            last_version_seen: None,
+        }
+    }
+
+    #[test]
+    fn stats_of_streams_add_up_with_the_most_path_changes() {
+        let mut total = ReceiverStats::default();
+        total += counters(1, 2);
+        total += counters(10, 1);
+        assert_eq!(total, counters(11, 2));
+        assert_eq!(total.dropped(), (7..=14).sum::<u64>() * 11);
+
+        let mut versions = ReceiverStats::default();
+        versions += ReceiverStats {
+            last_version_seen: Some(9),
+            ..ReceiverStats::default()
+        };
+        versions += ReceiverStats {
+            last_version_seen: Some(3),
+            ..ReceiverStats::default()
+        };
+        assert_eq!(versions.last_version_seen, Some(9));
+    }
+
+    #[test]
+    fn stream_conn_ids_are_consecutive_and_wrap() {
+        assert_eq!(stream_conn_id(7, 0), 7);
+        assert_eq!(stream_conn_id(7, 3), 10);
+        assert_eq!(stream_conn_id(u64::MAX, 1), 0);
     }
 }

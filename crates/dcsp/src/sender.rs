@@ -6,6 +6,7 @@
 //! answers NACKs by re-sending the original shards the receiver lacks, and pings when ACKs stop coming.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::ops::AddAssign;
 use std::time::{Duration, Instant};
 
 use crate::ack::Ack;
@@ -80,6 +81,48 @@ pub struct SenderStats {
     pub tail_probes: u64,
     /// The rate controller's phase.
     pub phase: &'static str,
+}
+
+/// The streams of one transfer summed (`--streams`): counters and pacing rates add up; the path figures (RTT,
+/// loss, parity, data shards, controller phase) stay those of the left-hand side, the first stream.
+impl AddAssign for SenderStats {
+    fn add_assign(&mut self, rhs: Self) {
+        // Destructured, so that a new field cannot be left out without a decision here.
+        let Self {
+            packets_sent,
+            bytes_sent,
+            data_packets,
+            parity_packets,
+            packets_retransmitted,
+            pings,
+            acks_received,
+            packets_dropped,
+            blocks_acked,
+            fec_recovered,
+            srtt: _,
+            min_rtt: _,
+            rate,
+            loss: _,
+            parity: _,
+            data_shards: _,
+            probe_timeouts,
+            tail_probes,
+            phase: _,
+        } = rhs;
+        self.packets_sent += packets_sent;
+        self.bytes_sent += bytes_sent;
+        self.data_packets += data_packets;
+        self.parity_packets += parity_packets;
+        self.packets_retransmitted += packets_retransmitted;
+        self.pings += pings;
+        self.acks_received += acks_received;
+        self.packets_dropped += packets_dropped;
+        self.blocks_acked += blocks_acked;
+        self.fec_recovered += fec_recovered;
+        self.rate += rate;
+        self.probe_timeouts += probe_timeouts;
+        self.tail_probes += tail_probes;
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -322,12 +365,14 @@ impl DcspSender {
         self.buffered < self.window()
     }
 
-    /// Blocks pushed and not yet complete at the receiver.
+    /// Blocks pushed and not yet complete at the receiver. No driver reads it; `tests/sim.rs` (a test crate of
+    /// its own) prints it in its traces.
     pub fn blocks_in_flight(&self) -> usize {
         self.blocks.len()
     }
 
-    /// Everything pushed has been acknowledged.
+    /// Everything pushed has been acknowledged. No driver needs it (theirs end on the receiver's verdicts);
+    /// `tests/sim.rs` and the scenarios' `e2e_dcsp_peer`, which drive a `DcspSender` by hand, wait for it.
     pub fn is_idle(&self) -> bool {
         self.blocks.is_empty()
     }
@@ -780,6 +825,76 @@ impl DcspSender {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stats_of_streams_add_up_and_keep_the_first_streams_path() {
+        let first = SenderStats {
+            packets_sent: 10,
+            bytes_sent: 1000,
+            data_packets: 8,
+            parity_packets: 2,
+            packets_retransmitted: 1,
+            pings: 3,
+            acks_received: 4,
+            packets_dropped: 5,
+            blocks_acked: 6,
+            fec_recovered: 7,
+            srtt: Some(Duration::from_millis(20)),
+            min_rtt: Some(Duration::from_millis(18)),
+            rate: 1_000_000,
+            loss: 0.01,
+            parity: 3,
+            data_shards: 64,
+            probe_timeouts: 1,
+            tail_probes: 2,
+            phase: "steady",
+        };
+        let second = SenderStats {
+            packets_sent: 1,
+            bytes_sent: 100,
+            data_packets: 1,
+            parity_packets: 1,
+            packets_retransmitted: 1,
+            pings: 1,
+            acks_received: 1,
+            packets_dropped: 1,
+            blocks_acked: 1,
+            fec_recovered: 1,
+            srtt: Some(Duration::from_millis(90)),
+            min_rtt: Some(Duration::from_millis(80)),
+            rate: 500_000,
+            loss: 0.2,
+            parity: 9,
+            data_shards: 32,
+            probe_timeouts: 1,
+            tail_probes: 1,
+            phase: "startup",
+        };
+        let mut total = first.clone();
+        total += second;
+        assert_eq!(
+            total,
+            SenderStats {
+                packets_sent: 11,
+                bytes_sent: 1100,
+                data_packets: 9,
+                parity_packets: 3,
+                packets_retransmitted: 2,
+                pings: 4,
+                acks_received: 5,
+                packets_dropped: 6,
+                blocks_acked: 7,
+                fec_recovered: 8,
+                rate: 1_500_000,
+                probe_timeouts: 2,
+                tail_probes: 3,
+                ..first
+            }
+        );
+        let mut from_nothing = SenderStats::default();
+        from_nothing += SenderStats::default();
+        assert_eq!(from_nothing, SenderStats::default());
+    }
 
     /// Pops everything, giving block `b` `b % 3` parity shards.
     fn drain(q: &mut ShardQueue) -> Vec<(u32, ShardRef)> {

@@ -294,12 +294,14 @@ impl Lab {
         command_in(&self.ns_b, program)
     }
 
-    /// Runs `f` on a thread inside namespace a (sockets it opens live there).
+    /// Runs `f` on a thread inside namespace a (sockets it opens live there). The scenarios run the real
+    /// binaries with [`Self::command_in_a`]; this is for netlab's own tests (`tests/lab.rs`), which put sockets
+    /// on both ends of the link.
     pub fn run_in_a<T: Send, F: FnOnce() -> T + Send>(&self, f: F) -> Result<T> {
         in_netns(&self.ns_a, f)
     }
 
-    /// Runs `f` on a thread inside namespace b.
+    /// Runs `f` on a thread inside namespace b (see [`Self::run_in_a`]).
     pub fn run_in_b<T: Send, F: FnOnce() -> T + Send>(&self, f: F) -> Result<T> {
         in_netns(&self.ns_b, f)
     }

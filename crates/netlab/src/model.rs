@@ -535,16 +535,6 @@ pub fn fix_l4_checksum(p: &mut [u8]) -> bool {
     true
 }
 
-/// Verifies the TCP/UDP checksum (for tests): `Some(true)` if it is right.
-pub fn l4_checksum_ok(p: &[u8]) -> Option<bool> {
-    let mut copy = p.to_vec();
-    let info = parse_l4(p)?;
-    let (proto, _) = info.l4?;
-    let ck_at = info.ip_payload + if proto == 17 { 6 } else { 16 };
-    fix_l4_checksum(&mut copy);
-    Some(copy[ck_at..ck_at + 2] == p[ck_at..ck_at + 2])
-}
-
 /// Packets waiting for their release time: a min-heap on (release, arrival order), so packets with the
 /// same release time keep their order.
 #[derive(Debug, Default)]
@@ -632,6 +622,16 @@ mod tests {
     use super::*;
 
     const PKT: usize = 1250;
+
+    /// Verifies the TCP/UDP checksum: `Some(true)` if it is right.
+    fn l4_checksum_ok(p: &[u8]) -> Option<bool> {
+        let mut copy = p.to_vec();
+        let info = parse_l4(p)?;
+        let (proto, _) = info.l4?;
+        let ck_at = info.ip_payload + if proto == 17 { 6 } else { 16 };
+        fix_l4_checksum(&mut copy);
+        Some(copy[ck_at..ck_at + 2] == p[ck_at..ck_at + 2])
+    }
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)

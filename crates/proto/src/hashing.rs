@@ -4,11 +4,6 @@
 
 use sha2::{Digest, Sha256};
 
-/// SHA-256 of `data` in one call.
-pub fn sha256(data: &[u8]) -> [u8; 32] {
-    Sha256::digest(data).into()
-}
-
 /// An incremental SHA-256.
 #[derive(Clone, Default)]
 pub struct Hasher(Sha256);
@@ -94,6 +89,11 @@ impl OrderedFileHasher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// SHA-256 of `data` in one call: what the incremental hashers must agree with.
+    fn sha256(data: &[u8]) -> [u8; 32] {
+        Sha256::digest(data).into()
+    }
 
     #[test]
     fn ordered_hasher_rolls_back_failed_chunks() {

@@ -3,9 +3,12 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
+use crate::SourceError;
+
 /// Everything that can go wrong on disk. Every message is one line saying what failed and what to do.
 ///
-/// The CLI maps [`StorageError::is_no_space`] and [`StorageError::is_permission`] to exit code 4.
+/// The CLI maps [`StorageError::is_no_space`] and [`StorageError::is_permission`] to exit code 4 (a local storage
+/// problem), and [`StorageError::is_bad_input`] (the file to send, [`StorageError::Source`]) to exit code 2.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StorageError {
@@ -87,6 +90,11 @@ pub enum StorageError {
     /// A value that cannot be written into the known receivers file.
     #[error("cannot remember receiver {to:?}: {detail}")]
     BadKnownReceiverEntry { to: String, detail: &'static str },
+
+    /// The file to send cannot be opened or read: bad input, not a local storage problem (even when the cause
+    /// is a permission or an I/O error), see [`StorageError::is_bad_input`].
+    #[error(transparent)]
+    Source(#[from] SourceError),
 }
 
 impl StorageError {
@@ -101,6 +109,13 @@ impl StorageError {
             self,
             Self::PermissionDenied { .. } | Self::OutputDirNotWritable { .. }
         )
+    }
+
+    /// True when the input the user named cannot be sent ([`StorageError::Source`]: a directory, a missing or
+    /// unreadable file, a name that is not UTF-8, a read of it that failed): the CLI exits with code 2, as for
+    /// bad usage. Such an error is never [`Self::is_no_space`] or [`Self::is_permission`].
+    pub fn is_bad_input(&self) -> bool {
+        matches!(self, Self::Source(_))
     }
 }
 

@@ -1,6 +1,9 @@
 //! `trackshift-storage`: everything TrackShift keeps on disk, except the TLS identity files.
 //!
 //! This crate owns:
+//! - the seams between a transfer and its bytes: [`ChunkSource`] (what a sender reads chunks from; the local
+//!   [`FileSource`] today, a folder or an S3 object later) and [`ChunkSink`] (what a receiver writes them into;
+//!   [`PartialFile`] today);
 //! - the receiver's partial files (`<output_dir>/.trackshift-<session>.part`, opened with `O_NOFOLLOW`) and the
 //!   final, never-overwriting move of a verified file into place ([`PartialFile`]);
 //! - validation of file names that come from the network ([`validate_file_name`]);
@@ -18,21 +21,25 @@
 //! them; this crate only creates the directory), default path resolution (the CLI passes paths in), and any
 //! file outside the output dir and state dir it is given. All failures are one [`StorageError`].
 
+mod chunks;
 mod dirs;
 mod error;
 mod known;
 mod names;
 mod partial;
+mod source;
 mod stage;
 mod store;
 
 pub use trackshift_proto::SessionId;
 
+pub use chunks::{ChunkSink, ChunkSource};
 pub use dirs::{available_space, check_output_dir, ensure_space, unix_now, StateDir};
 pub use error::StorageError;
 pub use known::KnownReceivers;
 pub use names::{validate_file_name, MAX_NAME_BYTES, RESERVED_PREFIX};
 pub use partial::{PartialFile, DIRECT_IO_ALIGN};
+pub use source::{FileSource, SourceError};
 pub use stage::{WriteStage, STAGE_BYTES};
 pub use store::{
     id_hex, IncomingSession, OutgoingSession, SessionRecord, SessionState, SessionStore,

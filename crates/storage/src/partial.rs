@@ -10,7 +10,7 @@ use trackshift_proto::SessionId;
 use crate::dirs::sync_dir;
 use crate::error::io_error;
 use crate::names::{candidate_name, validate_file_name, RESERVED_PREFIX};
-use crate::StorageError;
+use crate::{ChunkSink, StorageError};
 
 /// Mode of a finished file: what most umasks give a new file.
 const FINISHED_MODE: u32 = 0o644;
@@ -112,11 +112,6 @@ impl PartialFile {
         Ok(Self { file, direct, path })
     }
 
-    /// Where the partial file is.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Writes all of `data` at `offset`; around the page cache when `offset`, the length and the buffer are all
     /// aligned to [`DIRECT_IO_ALIGN`] and the filesystem supports it.
     pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), StorageError> {
@@ -205,6 +200,21 @@ impl PartialFile {
     }
 }
 
+/// The partial file is where a receiver's chunks go; the inherent methods of the same names are these.
+impl ChunkSink for PartialFile {
+    fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), StorageError> {
+        PartialFile::write_at(self, offset, data)
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), StorageError> {
+        PartialFile::read_at(self, offset, buf)
+    }
+
+    fn sync_data(&self) -> Result<(), StorageError> {
+        PartialFile::sync_data(self)
+    }
+}
+
 /// `link(2)` errors that mean "this filesystem has no hard links" (vfat, some FUSE mounts).
 fn link_unsupported(e: &io::Error) -> bool {
     matches!(
@@ -258,15 +268,28 @@ mod tests {
     }
 
     #[test]
+    fn the_partial_file_is_a_chunk_sink() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = PartialFile::open(tmp.path(), &id(8), 8).unwrap();
+        let sink: &dyn ChunkSink = &p;
+        sink.write_at(2, b"abcd").unwrap();
+        sink.sync_data().unwrap();
+        let mut back = [0u8; 6];
+        sink.read_at(1, &mut back).unwrap();
+        assert_eq!(&back, b"\0abcd\0");
+        assert!(sink.read_at(6, &mut back).is_err());
+    }
+
+    #[test]
     fn open_creates_sparse_private_file_and_keeps_data() {
         let tmp = tempfile::tempdir().unwrap();
         let p = PartialFile::open(tmp.path(), &id(1), 1 << 20).unwrap();
-        assert_eq!(p.path(), PartialFile::path_for(tmp.path(), &id(1)));
+        assert_eq!(p.path, PartialFile::path_for(tmp.path(), &id(1)));
         assert_eq!(
-            p.path().file_name().unwrap().to_str().unwrap(),
+            p.path.file_name().unwrap().to_str().unwrap(),
             format!(".trackshift-{}.part", id(1).to_hex())
         );
-        let meta = fs::metadata(p.path()).unwrap();
+        let meta = fs::metadata(&p.path).unwrap();
         assert_eq!(meta.len(), 1 << 20);
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
         p.write_at(1000, b"hello").unwrap();
@@ -405,7 +428,7 @@ mod tests {
     fn finalize_rejects_unsafe_names() {
         let tmp = tempfile::tempdir().unwrap();
         let p = finished(tmp.path(), 30, b"x");
-        let part = p.path().to_path_buf();
+        let part = p.path.clone();
         let err = p.finalize(tmp.path(), "../escape").unwrap_err();
         assert!(matches!(err, StorageError::UnsafeName { .. }), "{err}");
         assert!(part.exists(), "the partial file is kept for a retry");

@@ -226,11 +226,6 @@ impl SessionStore {
         Ok(())
     }
 
-    /// Where the database file is.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Inserts or replaces an incoming record.
     pub fn put_incoming(&self, rec: &IncomingSession) -> Result<(), StorageError> {
         let json = self.encode(rec)?;
@@ -259,17 +254,6 @@ impl SessionStore {
             txn.execute(
                 "INSERT OR REPLACE INTO incoming_chunks (id, idx, sha256) VALUES (?1, ?2, ?3)",
                 params![&id.0[..], index, &sha256[..]],
-            )
-            .map(drop)
-        })
-    }
-
-    /// Forgets a verified chunk (used when a resumed source turns out to differ). Forgetting an unknown chunk is fine.
-    pub fn unmark_chunk(&self, id: &SessionId, index: u32) -> Result<(), StorageError> {
-        self.write(|txn| {
-            txn.execute(
-                "DELETE FROM incoming_chunks WHERE id = ?1 AND idx = ?2",
-                params![&id.0[..], index],
             )
             .map(drop)
         })
@@ -326,14 +310,6 @@ impl SessionStore {
     /// The outgoing record for `id`, if any.
     pub fn outgoing(&self, id: &SessionId) -> Result<Option<OutgoingSession>, StorageError> {
         self.get_json("SELECT json FROM outgoing WHERE id = ?1", id)
-    }
-
-    /// Deletes the outgoing record for `id` (no error if absent).
-    pub fn remove_outgoing(&self, id: &SessionId) -> Result<(), StorageError> {
-        self.write(|txn| {
-            txn.execute("DELETE FROM outgoing WHERE id = ?1", params![&id.0[..]])
-                .map(drop)
-        })
     }
 
     /// The newest outgoing session (largest `created_unix`) for this canonical `source` path and `to` string,
@@ -535,7 +511,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let state = StateDir::open(tmp.path()).unwrap();
         let store = SessionStore::open(&state).unwrap();
-        assert_eq!(store.path(), tmp.path().join("sessions.sqlite3"));
+        assert!(tmp.path().join(SessionStore::FILE_NAME).is_file());
         let a = SessionId([1; 16]);
         assert!(store.incoming(&a).unwrap().is_none());
 
@@ -551,8 +527,6 @@ mod tests {
         store.put_outgoing(&o).unwrap();
         assert_eq!(store.outgoing(&o.id).unwrap().unwrap(), o);
         assert!(store.outgoing(&a).unwrap().is_none());
-        store.remove_outgoing(&o.id).unwrap();
-        assert!(store.outgoing(&o.id).unwrap().is_none());
     }
 
     #[test]
@@ -577,13 +551,11 @@ mod tests {
         {
             let store = SessionStore::open(&state).unwrap();
             store.put_incoming(&incoming(a, 1)).unwrap();
-            for i in [5u32, 0, 3, u32::MAX] {
+            for i in [3u32, 0, u32::MAX] {
                 store.mark_chunk_verified(&a, i, [i as u8; 32]).unwrap();
             }
             store.mark_chunk_verified(&a, 3, [3; 32]).unwrap(); // idempotent
             store.mark_chunk_verified(&b, 1, [9; 32]).unwrap();
-            store.unmark_chunk(&a, 5).unwrap();
-            store.unmark_chunk(&a, 77).unwrap(); // unknown: fine
         }
         let store = SessionStore::open(&state).unwrap();
         assert_eq!(

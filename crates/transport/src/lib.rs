@@ -11,14 +11,13 @@
 //! the TLS exporter value, so the secret never crosses the wire, a fake receiver learns nothing it could
 //! brute-force offline, and the two confirmations bind the secret to this very TLS session.
 //!
-//! For the DCSP data plane it also owns the UDP sockets ([`udp`]): setup and batched (GSO/GRO) I/O only.
+//! The DCSP data plane's UDP sockets are not here: they are `trackshift-udp`.
 
 mod auth;
 mod error;
 mod framed;
 mod identity;
 mod tls;
-pub mod udp;
 
 pub use auth::{
     authenticate_client, authenticate_server, dcsp_secret_of, exporter_of, ClientAuth, SOFTWARE,
@@ -30,4 +29,3 @@ pub use identity::{fingerprint_of, normalize_fingerprint, Identity};
 pub use tls::{
     client_config, connect, server_config, tune_accepted, ClientTls, ServerTls, TlsAcceptor,
 };
-pub use udp::{steered_index, RecvBatch, UdpEndpoint};
