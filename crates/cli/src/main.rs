@@ -1,28 +1,27 @@
-//! The `trackshift` command-line tool: argument parsing, output, exit codes, and the drivers that connect the
-//! protocol (`trackshift-proto`), the disk (`trackshift-storage`) and the network (`trackshift-transport`).
-//! This is the only crate that uses `anyhow`-style error handling at the edge and prints to the terminal.
+//! The `trackshift` command-line tool: argument parsing, output and exit codes over `trackshift-engine`.
+//!
+//! Everything here is the edge: clap turns the command line into the engine's options, [`output::Reporter`]
+//! turns the engine's events into a progress bar, human lines or NDJSON, and [`exit`] turns its errors into the
+//! contract's exit codes (`../shared/spec/cli-contract.md`). The transfer logic is all in the engine. Errors are
+//! the engine's typed `EngineError` to the end rather than an `anyhow` chain, because each must keep the
+//! [`trackshift_engine::ErrorKind`] its exit code comes from.
 
-mod dcsp_recv;
-mod dcsp_send;
-mod dcsp_writer;
-mod failure;
+mod exit;
 mod output;
-mod pool;
-mod receive;
-mod send;
 mod sessions;
 mod units;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
-use trackshift_proto::compress::CompressMode;
-use trackshift_proto::plan::{MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
-use trackshift_proto::SessionId;
+use trackshift_engine::{
+    CompressMode, DataPath, EngineError, ParityMode, ReceiveOptions, SendOptions, SessionId,
+    TransferOptions, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE,
+};
 
-use failure::{exit, Failure};
-use output::{OutputMode, Reporter};
+use output::Reporter;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -114,8 +113,8 @@ struct TransferArgs {
     #[arg(long, value_enum)]
     protocol: Option<Protocol>,
     /// Forward error correction (UDP): auto (from the measured loss) or K+M data+parity shards, e.g. 10+3
-    #[arg(long, default_value = "auto", value_parser = trackshift_dcsp::ParityMode::parse, value_name = "auto|K+M")]
-    parity: trackshift_dcsp::ParityMode,
+    #[arg(long, default_value = "auto", value_parser = ParityMode::parse, value_name = "auto|K+M")]
+    parity: ParityMode,
     /// Parallel UDP streams, each with its own socket, thread and rate controller [default: half the cores, 1 to 8]
     #[arg(long, value_parser = clap::value_parser!(u8).range(1..=64))]
     streams: Option<u8>,
@@ -131,6 +130,28 @@ struct TransferArgs {
     /// Give up on an unreachable receiver (never connected in this run) after this long
     #[arg(long, value_parser = units::parse_duration, default_value = "30s")]
     connect_timeout: Duration,
+}
+
+impl TransferArgs {
+    fn into_options(self, state_dir: PathBuf) -> TransferOptions {
+        TransferOptions {
+            secret: self.secret,
+            protocol: match self.protocol {
+                Some(Protocol::Tcp) => DataPath::Tcp,
+                Some(Protocol::Udp) => DataPath::Udp { explicit: true },
+                None => DataPath::Udp { explicit: false },
+            },
+            parity: self.parity,
+            streams: self
+                .streams
+                .unwrap_or_else(trackshift_engine::default_streams),
+            max_rate: self.max_rate,
+            fingerprint: self.fingerprint,
+            retry_for: self.retry_for,
+            connect_timeout: self.connect_timeout,
+            state_dir,
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -221,132 +242,65 @@ fn init_logging(verbose: u8) {
         .try_init();
 }
 
-fn setup(common: &Common) -> (Reporter, PathBuf) {
+/// Logging, the reporter and the state dir of a command.
+fn setup(common: &Common) -> (Arc<Reporter>, PathBuf) {
     init_logging(common.verbose);
-    let reporter = Reporter::new(OutputMode {
-        json: common.json,
-        quiet: common.quiet,
-    });
+    let reporter = Arc::new(Reporter::new(common.json, common.quiet));
     (
         reporter,
         common.state_dir.clone().unwrap_or_else(default_state_dir),
     )
 }
 
-fn send_options(
-    t: TransferArgs,
-    path: PathBuf,
-    to: String,
-    chunk_size: u64,
-    compress: CompressMode,
-    state_dir: PathBuf,
-) -> send::SendOptions {
-    send::SendOptions {
-        path,
-        to,
-        secret: t.secret,
-        chunk_size,
-        compress,
-        max_rate: t.max_rate,
-        state_dir,
-        fingerprint: t.fingerprint,
-        retry_for: t.retry_for,
-        connect_timeout: t.connect_timeout,
-        resume_id: None,
-        protocol: match t.protocol {
-            Some(Protocol::Tcp) => send::DataPath::Tcp,
-            Some(Protocol::Udp) => send::DataPath::Udp { explicit: true },
-            None => send::DataPath::Udp { explicit: false },
-        },
-        parity: t.parity,
-        streams: t.streams.unwrap_or_else(default_streams),
-    }
-}
-
-/// `--streams` when not given, on either side: half the cores, 1 to 8.
-fn default_streams() -> u8 {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    (cores / 2).clamp(1, 8) as u8
-}
-
-fn run(cli: Cli) -> Result<(), Failure> {
+fn run(cli: Cli) -> Result<(), (EngineError, Option<Arc<Reporter>>)> {
     match cli.command {
         Command::Send(a) => {
-            let (mut reporter, state_dir) = setup(&a.common);
-            let opts = send_options(
-                a.transfer,
-                a.path,
-                a.to,
-                a.chunk_size,
-                a.compress.into(),
-                state_dir,
-            );
-            {
-                let r = send::run(opts, &mut reporter);
-                with_error_event(&reporter, r)
-            }
+            let (reporter, state_dir) = setup(&a.common);
+            let opts = SendOptions {
+                path: a.path,
+                to: a.to,
+                chunk_size: a.chunk_size,
+                compress: a.compress.into(),
+                transfer: a.transfer.into_options(state_dir),
+            };
+            trackshift_engine::send(opts, reporter.clone())
+                .map(drop)
+                .map_err(|e| (e, Some(reporter)))
         }
         Command::Resume(a) => {
-            let (mut reporter, state_dir) = setup(&a.common);
-            let store = trackshift_storage::SessionStore::open(
-                &trackshift_storage::StateDir::open(&state_dir)?,
-            )?;
-            let rec = store.outgoing(&a.session_id)?.ok_or_else(|| {
-                Failure::usage(format!(
-                    "no outgoing session {} in {}: see `trackshift list`",
-                    a.session_id,
-                    state_dir.display()
-                ))
-            })?;
-            drop(store);
-            if rec.state == trackshift_storage::SessionState::Completed {
-                reporter.info(&format!("session {} already completed", rec.id));
-                return Ok(());
-            }
-            let compress = match rec.compress.as_str() {
-                "zstd" => CompressMode::Zstd,
-                "none" => CompressMode::None,
-                _ => CompressMode::Auto,
-            };
-            let mut opts = send_options(
-                a.transfer,
-                rec.source.clone(),
-                rec.to.clone(),
-                rec.chunk_size,
-                compress,
-                state_dir,
-            );
-            opts.resume_id = Some(rec.id);
-            {
-                let r = send::run(opts, &mut reporter);
-                with_error_event(&reporter, r)
-            }
+            let (reporter, state_dir) = setup(&a.common);
+            let transfer = a.transfer.into_options(state_dir);
+            trackshift_engine::resume(a.session_id, transfer, reporter.clone())
+                .map(drop)
+                .map_err(|e| (e, Some(reporter)))
         }
         Command::Receive(a) => {
             let (reporter, state_dir) = setup(&a.common);
-            let opts = receive::ReceiveOptions {
+            let opts = ReceiveOptions {
                 listen: a.listen,
                 output_dir: a.output_dir,
                 secret: a.secret,
                 state_dir,
                 once: a.once,
-                planes: usize::from(a.streams.unwrap_or_else(default_streams)),
+                udp_sockets: usize::from(
+                    a.streams.unwrap_or_else(trackshift_engine::default_streams),
+                ),
             };
-            receive::run(opts, reporter)
+            trackshift_engine::receive(opts, reporter).map_err(|e| (e, None))
         }
         Command::List(a) => {
             let (reporter, state_dir) = setup(&a.common);
-            sessions::list(&state_dir, &reporter)
+            sessions::list(&state_dir, &reporter).map_err(|e| (e, None))
         }
         Command::Status(a) => {
             let (reporter, state_dir) = setup(&a.common);
-            sessions::status(&state_dir, a.session_id, &reporter)
+            sessions::status(&state_dir, a.session_id, &reporter).map_err(|e| (e, None))
         }
         Command::Version => {
             println!(
                 "trackshift {} (control protocol v{})",
                 env!("CARGO_PKG_VERSION"),
-                trackshift_proto::frame::PROTOCOL_VERSION
+                trackshift_engine::PROTOCOL_VERSION
             );
             Ok(())
         }
@@ -362,22 +316,18 @@ fn run(cli: Cli) -> Result<(), Failure> {
     }
 }
 
-fn with_error_event(reporter: &Reporter, r: Result<(), Failure>) -> Result<(), Failure> {
-    if let Err(f) = &r {
-        reporter.event(
-            serde_json::json!({"event": "error", "message": f.message, "exit_code": f.code}),
-        );
-    }
-    r
-}
-
 fn main() {
     let cli = Cli::parse();
     let code = match run(cli) {
         Ok(()) => exit::OK,
-        Err(f) => {
-            eprintln!("trackshift: error: {}", f.message);
-            f.code
+        Err((e, reporter)) => {
+            let code = exit::code(&e);
+            // `send` and `resume` end their NDJSON with the error and its exit code.
+            if let Some(r) = reporter {
+                r.error_event(&e.to_string(), code);
+            }
+            eprintln!("trackshift: error: {e}");
+            code
         }
     };
     std::process::exit(code);

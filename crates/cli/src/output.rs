@@ -1,123 +1,258 @@
-//! What the user sees: a progress bar on a terminal, NDJSON events with `--json`, nothing with `--quiet`.
+//! What the user sees of the engine's events: NDJSON on stdout with `--json`, else a progress bar and one-line
+//! messages on stderr, nothing but errors with `--quiet`.
 
 use std::io::{IsTerminal, Write};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use serde_json::Value;
+use trackshift_engine::{Event, EventSink};
 
-/// How often a `progress` event is printed with `--json`.
-const JSON_PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// How often a `progress` or `dcsp` event is printed with `--json`.
+const JSON_EVERY: Duration = Duration::from_secs(1);
 
-/// Output settings shared by every command.
-#[derive(Debug, Clone, Copy)]
-pub struct OutputMode {
-    pub json: bool,
-    pub quiet: bool,
-}
-
-/// Prints events, messages and progress according to the output mode.
+/// The command line's event sink.
 #[derive(Debug)]
 pub struct Reporter {
-    mode: OutputMode,
+    json: bool,
+    quiet: bool,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
     bar: Option<ProgressBar>,
-    last_json_progress: Option<Instant>,
+    /// The bar was started once (a reconnect does not start another).
+    bar_started: bool,
+    last_progress: Option<Instant>,
+    last_dcsp: Option<Instant>,
 }
 
 impl Reporter {
-    pub fn new(mode: OutputMode) -> Self {
+    pub fn new(json: bool, quiet: bool) -> Self {
         Self {
-            mode,
-            bar: None,
-            last_json_progress: None,
+            json,
+            quiet,
+            state: Mutex::new(State::default()),
         }
     }
 
-    pub fn mode(&self) -> OutputMode {
-        self.mode
+    pub fn json(&self) -> bool {
+        self.json
     }
 
-    /// One NDJSON object on stdout (with `--json` only).
-    pub fn event(&self, value: Value) {
-        if self.mode.json {
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{value}");
-            let _ = out.flush();
+    /// The `error` object that ends a failed `send` with `--json`.
+    pub fn error_event(&self, message: &str, exit_code: i32) {
+        if self.json {
+            print_line(
+                &serde_json::json!({"event": "error", "message": message, "exit_code": exit_code}),
+            );
         }
     }
 
-    /// A human line on stderr (not with `--json` or `--quiet`).
-    pub fn info(&self, message: &str) {
-        if self.mode.json || self.mode.quiet {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// NDJSON: the event's object, `progress` and `dcsp` at most once a second.
+    fn print_json(&self, event: &Event) {
+        if !event.in_ndjson() {
             return;
         }
-        match &self.bar {
+        let mut state = self.state();
+        let last = match event {
+            Event::Progress { .. } => Some(&mut state.last_progress),
+            Event::Dcsp(_) => Some(&mut state.last_dcsp),
+            _ => None,
+        };
+        if let Some(last) = last {
+            let now = Instant::now();
+            if last.is_some_and(|t| now.duration_since(t) < JSON_EVERY) {
+                return;
+            }
+            *last = Some(now);
+        }
+        drop(state);
+        match serde_json::to_value(event) {
+            Ok(v) => print_line(&v),
+            Err(e) => eprintln!("trackshift: cannot print an event: {e}"),
+        }
+    }
+
+    /// A human line on stderr, above the progress bar if there is one.
+    fn say(&self, message: &str) {
+        match &self.state().bar {
             Some(bar) => bar.println(message),
             None => eprintln!("{message}"),
         }
     }
 
-    /// Starts a byte progress display of `total` bytes, `done` of which are already there.
-    pub fn progress_start(&mut self, label: &str, total: u64, done: u64) {
-        if self.mode.json || self.mode.quiet || !std::io::stderr().is_terminal() {
+    /// The progress bar's part of an event; true when the event was only for the bar.
+    fn drive_bar(&self, event: &Event) -> bool {
+        let mut state = self.state();
+        match event {
+            Event::Accepted {
+                bytes_verified,
+                bytes_total,
+                ..
+            } => {
+                if !state.bar_started && std::io::stderr().is_terminal() {
+                    state.bar = Some(new_bar(*bytes_total, *bytes_verified));
+                }
+                state.bar_started = true;
+            }
+            Event::Progress { bytes_done, .. } => {
+                if let Some(bar) = &state.bar {
+                    bar.set_position(*bytes_done);
+                }
+            }
+            Event::Sending { bytes } => {
+                if let Some(bar) = &state.bar {
+                    if *bytes > bar.position() {
+                        bar.set_position((*bytes).min(bar.length().unwrap_or(*bytes)));
+                    }
+                }
+            }
+            Event::Dcsp(f) => {
+                if let Some(bar) = &state.bar {
+                    bar.set_message(format!(
+                        "sending · {:.0} Mbit/s, loss {:.1}%, rtt {:.0} ms, parity {}",
+                        f.rate_mbps, f.loss_pct, f.rtt_ms, f.parity
+                    ));
+                }
+            }
+            Event::SendSummary(_) => {
+                if let Some(bar) = state.bar.take() {
+                    bar.finish_and_clear();
+                }
+                return false;
+            }
+            _ => return false,
+        }
+        true
+    }
+}
+
+impl EventSink for Reporter {
+    fn event(&self, event: &Event) {
+        if self.json {
+            return self.print_json(event);
+        }
+        if self.quiet || self.drive_bar(event) {
             return;
         }
-        let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
-        bar.set_message(label.to_owned());
-        bar.set_position(done);
-        bar.reset_eta();
-        self.bar = Some(bar);
-    }
-
-    /// Bytes confirmed so far; prints a `progress` event at most once a second with `--json`.
-    pub fn progress(&mut self, done: u64, total: u64, started: Instant, base: u64) {
-        if let Some(bar) = &self.bar {
-            bar.set_position(done);
+        if let Some(line) = human_line(event) {
+            self.say(&line);
         }
-        if self.mode.json {
-            let now = Instant::now();
-            if self
-                .last_json_progress
-                .is_none_or(|t| now.duration_since(t) >= JSON_PROGRESS_EVERY)
-            {
-                self.last_json_progress = Some(now);
-                let secs = now.duration_since(started).as_secs_f64().max(1e-9);
-                self.event(serde_json::json!({
-                    "event": "progress",
-                    "bytes_done": done,
-                    "bytes_total": total,
-                    "goodput_mbps": (done.saturating_sub(base)) as f64 * 8.0 / secs / 1e6,
-                }));
+    }
+}
+
+fn print_line(v: &serde_json::Value) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{v}");
+    let _ = out.flush();
+}
+
+fn new_bar(total: u64, done: u64) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.set_message("sending");
+    bar.set_position(done);
+    bar.reset_eta();
+    bar
+}
+
+/// The line a person reads for an event (None: nothing to say).
+fn human_line(event: &Event) -> Option<String> {
+    Some(match event {
+        Event::Resuming { session_id } => format!("resuming session {session_id}"),
+        Event::ChangedSince { path, session_id } => {
+            format!("{path} changed since session {session_id}: starting a fresh session")
+        }
+        Event::Identified {
+            to,
+            fingerprint,
+            known_file,
+        } => format!("receiver {to} identified as {fingerprint} (remembered in {known_file})"),
+        Event::Retry {
+            error,
+            delay_s,
+            lost: true,
+        } => format!("connection lost ({error}); reconnecting in {delay_s:.1}s"),
+        Event::Retry { error, delay_s, .. } => format!("{error}; retrying in {delay_s:.1}s"),
+        Event::Fallback { reason, .. } => format!("{reason}; falling back to TCP"),
+        Event::SourceChanged { index, path } => format!(
+            "chunk {index} of {path} differs from what the receiver verified earlier: starting a fresh session"
+        ),
+        Event::ChunkFailed { index } => {
+            format!("chunk {index} failed verification at the receiver; sending it again")
+        }
+        Event::Sent {
+            file,
+            bytes,
+            final_name,
+            seconds,
+            sha256,
+        } => format!("sent {file} ({bytes} bytes) as {final_name} in {seconds:.1}s, sha256 {sha256}"),
+        Event::AlreadyCompleted { session_id } => format!("session {session_id} already completed"),
+        Event::Listening {
+            addr,
+            fingerprint,
+            secret,
+            udp_sockets,
+            ..
+        } => {
+            let paths = match udp_sockets {
+                Some(n) if *n > 1 => format!("TCP and UDP, {n} UDP sockets"),
+                Some(_) => "TCP and UDP".to_owned(),
+                None => "TCP".to_owned(),
+            };
+            let mut line = format!("listening on {addr} ({paths}), certificate {fingerprint}");
+            if let Some(s) = secret {
+                line.push_str(&format!(
+                    "\nsecret: {s}  (senders pass it with --secret or TRACKSHIFT_SECRET)"
+                ));
             }
+            line
         }
-    }
-
-    /// Moves the bar to `pos` bytes put on the wire (smoother than confirmed chunks); JSON is unaffected.
-    pub fn bar_position(&self, pos: u64) {
-        if let Some(bar) = &self.bar {
-            if pos > bar.position() {
-                bar.set_position(pos.min(bar.length().unwrap_or(pos)));
-            }
+        Event::NoUdp { addr, error } => format!(
+            "cannot listen on UDP {addr} ({error}): only --protocol tcp senders can be served"
+        ),
+        Event::Refused { peer, reason } => format!("refused {peer}: {reason}"),
+        Event::SessionStart {
+            session_id,
+            file,
+            bytes,
+            peer,
+            chunks_verified,
+        } => {
+            let resuming = match chunks_verified {
+                0 => String::new(),
+                n => format!(", resuming with {n} chunks verified"),
+            };
+            format!("receiving {file} ({bytes} bytes) from {peer}, session {session_id}{resuming}")
         }
-    }
-
-    /// Live data-plane figures next to the bar (rate, loss, RTT, parity).
-    pub fn bar_message(&self, m: &str) {
-        if let Some(bar) = &self.bar {
-            bar.set_message(format!("sending · {m}"));
+        Event::TransferFailed { peer, message } => {
+            format!("transfer from {peer} failed: {message}")
         }
-    }
-
-    pub fn progress_finish(&mut self) {
-        if let Some(bar) = self.bar.take() {
-            bar.finish_and_clear();
+        Event::ReceiveSummary(s) => {
+            let path = s.final_path.as_ref().filter(|_| s.ok)?;
+            format!("received {} → {path} in {:.1}s", s.file, s.seconds)
         }
-    }
+        Event::Interrupted {
+            session_id,
+            file,
+            peer,
+        } => format!("{file} from {peer}: connection lost; session {session_id} kept for resume"),
+        Event::Stopped => {
+            "stopped; partial transfers are kept and resume when their senders re-run".to_owned()
+        }
+        _ => return None,
+    })
 }

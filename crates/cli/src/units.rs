@@ -102,7 +102,7 @@ mod tests {
         // `--chunk-size` defaults to the string "50MiB": it must stay the protocol's default.
         assert_eq!(
             parse_size("50MiB").unwrap(),
-            trackshift_proto::plan::DEFAULT_CHUNK_SIZE
+            trackshift_engine::DEFAULT_CHUNK_SIZE
         );
         assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
         assert_eq!(parse_size("52428800").unwrap(), 52_428_800);

@@ -13,6 +13,26 @@ pub enum CompressMode {
     None,
 }
 
+impl CompressMode {
+    /// The name `--compress` and the session store use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Zstd => "zstd",
+            Self::None => "none",
+        }
+    }
+
+    /// The mode a stored name stands for (anything unknown is `Auto`).
+    pub fn from_name(name: &str) -> Self {
+        match name {
+            "zstd" => Self::Zstd,
+            "none" => Self::None,
+            _ => Self::Auto,
+        }
+    }
+}
+
 /// zstd level: level 1 runs at several hundred MB/s per core, so compression rarely slows a transfer down.
 pub const ZSTD_LEVEL: i32 = 1;
 /// A trial must shrink the sample to at most this fraction of its size for `Auto` to compress the chunk;

@@ -28,15 +28,17 @@ impl Hasher {
     }
 }
 
-/// The whole-file SHA-256 on the receiving side, fed with bytes as they arrive as long as they arrive in file
-/// order. Bytes of a chunk count only once the chunk verified: a chunk that fails rolls the hash back to the
-/// chunk's start. Whatever could not be fed in order (after a resume or a re-sent chunk) the driver reads back
-/// from disk from [`OrderedFileHasher::position`] at the end.
+/// The whole-file SHA-256 on the receiving side, fed with bytes in file order as they arrive, whichever data path
+/// brought them. A chunk's bytes count only once the chunk verified: [`OrderedFileHasher::mark`] remembers the
+/// state where a chunk starts, [`OrderedFileHasher::rollback`] goes back there when the chunk fails, and
+/// [`OrderedFileHasher::release`] forgets the mark once it verified. Bytes that could not be fed in order
+/// (verified in an earlier run, or re-sent) the driver reads back from disk at [`OrderedFileHasher::position`].
 #[derive(Debug, Default)]
 pub struct OrderedFileHasher {
     hasher: Hasher,
     position: u64,
-    checkpoint: Option<(u64, Hasher)>,
+    /// The hash state at the start of each chunk hashed but not yet verified.
+    marks: std::collections::BTreeMap<u64, Hasher>,
 }
 
 impl OrderedFileHasher {
@@ -49,36 +51,32 @@ impl OrderedFileHasher {
         self.position
     }
 
-    /// A chunk starting at `offset` begins to arrive.
-    pub fn begin_chunk(&mut self, offset: u64) {
-        self.checkpoint = (offset == self.position).then(|| (self.position, self.hasher.clone()));
-    }
-
-    /// Bytes at `offset` arrived; hashed only when they continue the hashed prefix.
-    pub fn update(&mut self, offset: u64, data: &[u8]) {
-        if offset == self.position && self.checkpoint.is_some() {
-            self.hasher.update(data);
-            self.position += data.len() as u64;
-        }
-    }
-
-    /// Bytes read back from disk at the hashed position (resume, or the tail at the end).
-    pub fn update_from_disk(&mut self, data: &[u8]) {
+    /// The bytes at [`Self::position`].
+    pub fn update(&mut self, data: &[u8]) {
         self.hasher.update(data);
         self.position += data.len() as u64;
     }
 
-    /// The current chunk verified: keep what it contributed.
-    pub fn chunk_verified(&mut self) {
-        self.checkpoint = None;
+    /// A chunk starts at the current position: remember the state, to go back to if it fails.
+    pub fn mark(&mut self) {
+        self.marks.insert(self.position, self.hasher.clone());
     }
 
-    /// The current chunk failed: forget what it contributed.
-    pub fn chunk_failed(&mut self) {
-        if let Some((pos, h)) = self.checkpoint.take() {
-            self.position = pos;
-            self.hasher = h;
-        }
+    /// The chunk that starts at `offset` verified: its mark is no longer needed.
+    pub fn release(&mut self, offset: u64) {
+        self.marks.remove(&offset);
+    }
+
+    /// The chunk that starts at `offset` failed: back to the state remembered there, forgetting what it and
+    /// everything after it contributed. False (and nothing changes) when no mark is there.
+    pub fn rollback(&mut self, offset: u64) -> bool {
+        let Some(h) = self.marks.remove(&offset) else {
+            return false;
+        };
+        self.marks.split_off(&offset);
+        self.hasher = h;
+        self.position = offset;
+        true
     }
 
     pub fn finish(self) -> [u8; 32] {
@@ -97,30 +95,31 @@ mod tests {
 
     #[test]
     fn ordered_hasher_rolls_back_failed_chunks() {
-        let data: Vec<u8> = (0..100u8).collect();
+        let data: Vec<u8> = (0..150u8).collect();
         let mut h = OrderedFileHasher::new();
-        h.begin_chunk(0);
-        h.update(0, &data[..50]);
-        h.chunk_verified();
-        h.begin_chunk(50);
-        h.update(50, &[0; 50]); // corrupted
-        h.chunk_failed();
+        h.mark();
+        h.update(&data[..50]);
+        h.release(0);
+        h.mark();
+        h.update(&[0; 50]); // corrupted
+        h.mark();
+        h.update(&data[100..]); // the next chunk, hashed before the verdict on the one before
+        assert!(!h.rollback(0), "a released mark is gone");
+        assert!(h.rollback(50));
         assert_eq!(h.position(), 50);
-        h.begin_chunk(50);
-        h.update(50, &data[50..]);
-        h.chunk_verified();
+        assert!(!h.rollback(100), "rolling back drops the marks after it");
+        h.mark();
+        h.update(&data[50..]);
         assert_eq!(h.finish(), sha256(&data));
     }
 
     #[test]
-    fn out_of_order_bytes_wait_for_disk() {
+    fn bytes_from_disk_continue_the_hash() {
         let data: Vec<u8> = (0..100u8).collect();
         let mut h = OrderedFileHasher::new();
-        h.begin_chunk(50);
-        h.update(50, &data[50..]);
-        h.chunk_verified();
-        assert_eq!(h.position(), 0);
-        h.update_from_disk(&data);
+        h.update(&data[..30]);
+        h.update(&data[30..]);
+        assert_eq!(h.position(), 100);
         assert_eq!(h.finish(), sha256(&data));
     }
 }

@@ -143,6 +143,14 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             .map_err(|e| TransportError::io("writing to peer", e))
     }
 
+    /// Queues frames already encoded (`Frame::encode`), as a sans-IO session hands them over.
+    pub async fn send_raw(&mut self, encoded: &[u8]) -> Result<(), TransportError> {
+        self.inner
+            .write_all(encoded)
+            .await
+            .map_err(|e| TransportError::io("writing to peer", e))
+    }
+
     /// Queues a `Data` frame without copying `payload` into a frame buffer first.
     pub async fn send_data(
         &mut self,

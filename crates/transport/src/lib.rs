@@ -24,7 +24,7 @@ pub use auth::{
 };
 
 pub use error::TransportError;
-pub use framed::{FrameReader, FrameWriter};
+pub use framed::{FrameReader, FrameWriter, PumpedFrame};
 pub use identity::{fingerprint_of, normalize_fingerprint, Identity};
 pub use tls::{
     client_config, connect, server_config, tune_accepted, ClientTls, ServerTls, TlsAcceptor,

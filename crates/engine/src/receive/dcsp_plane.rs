@@ -1,8 +1,7 @@
-//! The receiver's DCSP driver: one or more UDP sockets on the listening port (`receive --streams N`), each with
-//! a plane thread that feeds the `DcspReceiver`s of the connections steered to it (the kernel picks the socket
-//! from the connection id, so a connection always meets the same thread) and sends their ACKs; and one writer
-//! thread per session that writes blocks at their offsets, verifies each chunk against the hash the sender
-//! sent on the control channel, and finishes the file exactly as the TCP path does.
+//! The receiver's DCSP sockets: one or more UDP sockets on the listening port (`receive --streams N`), each with a
+//! plane thread that feeds the `DcspReceiver`s of the connections steered to it (the kernel picks the socket from
+//! the connection id, so a connection always meets the same thread), hands complete blocks to the session's
+//! writer and sends the ACKs. No state is shared between plane threads.
 
 use std::collections::HashMap;
 use std::io::ErrorKind;
@@ -11,32 +10,16 @@ use std::sync::mpsc::{self as std_mpsc, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, Notify};
 use trackshift_dcsp::packet::{peek_conn_id, steering_key, CONN_ID_STEERING_OFFSET};
-use trackshift_dcsp::{
-    stream_conn_id, BlockGeometry, DcspReceiver, DirectionKeys, ReceiverConfig, ReceiverEvent,
-    ReceiverStats, Role, StreamShare,
-};
-use trackshift_proto::{ChunkMap, ChunkPlan, ErrorCode, Frame, SessionId};
-use trackshift_storage::{PartialFile, SessionStore};
-use trackshift_transport::TransportError;
+use trackshift_dcsp::{DcspReceiver, ReceiverEvent, ReceiverStats};
 use trackshift_udp::{steered_index, RecvBatch, UdpEndpoint};
 
+use super::dcsp_writer::DcspWriterMsg;
 use crate::pool::SpareBufs;
-use crate::receive::{
-    relay_verdict, tell_sender, ConnOutcome, Ctx, ErrorReply, RecvReader, RecvWriter, SessionEnd,
-    WorkerEvent,
-};
+use crate::threads;
 
 /// Longest the plane thread sleeps before looking at its commands again.
 const IDLE_WAIT: Duration = Duration::from_millis(5);
-/// Complete blocks queued between the plane thread and a session's writer (each at most a few hundred KiB).
-const BLOCK_QUEUE: usize = 32;
-/// During a DCSP transfer the receiver sends a keep-alive this often on the control connection, so the sender
-/// can tell a dead control connection (its address changed) from a quiet one within seconds.
-pub const CONTROL_KEEPALIVE: Duration = Duration::from_secs(2);
-/// Most bytes a session may hold in incomplete blocks.
-const MAX_ASSEMBLY_BYTES: usize = 96 * 1024 * 1024;
 /// A new session's sender starts its datagrams right behind `UdpStart` (PROTOCOL.md §6.1), so the first ones can
 /// arrive before the control task has registered the connection: the plane keeps datagrams for unknown
 /// connections this long and up to this many bytes, and hands them over when the connection registers.
@@ -48,7 +31,7 @@ enum PlaneCmd {
     Register {
         conn_id: u64,
         receiver: Box<DcspReceiver>,
-        writer: std_mpsc::SyncSender<WriterMsg>,
+        writer: std_mpsc::SyncSender<DcspWriterMsg>,
         stats: Arc<Mutex<ReceiverStats>>,
         spare: SpareBufs,
     },
@@ -59,7 +42,7 @@ enum PlaneCmd {
 
 /// The receiver's UDP sockets and their threads. Cloning shares them.
 #[derive(Clone, Debug)]
-pub struct UdpPlane {
+pub(crate) struct UdpPlane {
     /// One command channel per plane thread, in the order of the steering group's sockets.
     txs: Vec<std_mpsc::Sender<PlaneCmdBox>>,
     port: u16,
@@ -78,7 +61,7 @@ impl UdpPlane {
     /// Binds UDP on `addr` (the control channel's address and port) with `planes` sockets, the kernel steering
     /// each datagram by its connection id, and starts a plane thread per socket.
     /// A kernel that refuses the steering program gets one socket and a log line, not a receiver without UDP.
-    pub fn start(addr: SocketAddr, planes: usize) -> std::io::Result<Self> {
+    pub(crate) fn start(addr: SocketAddr, planes: usize) -> std::io::Result<Self> {
         let endpoints =
             match UdpEndpoint::bind_steered(addr, planes.max(1), CONN_ID_STEERING_OFFSET) {
                 Err(e) if planes > 1 => {
@@ -91,20 +74,21 @@ impl UdpPlane {
         let mut txs = Vec::with_capacity(endpoints.len());
         for (i, endpoint) in endpoints.into_iter().enumerate() {
             let (tx, rx) = std_mpsc::channel();
-            std::thread::Builder::new()
-                .name(format!("trackshift-dcsp-recv-{i}"))
-                .spawn(move || plane_thread(endpoint, rx))?;
+            threads::spawn(&format!("dcsp-recv-{i}"), move || {
+                plane_thread(endpoint, rx)
+            })
+            .map_err(std::io::Error::other)?;
             txs.push(tx);
         }
         Ok(Self { txs, port })
     }
 
-    pub fn port(&self) -> u16 {
+    pub(crate) fn port(&self) -> u16 {
         self.port
     }
 
     /// How many sockets (and plane threads) serve the port.
-    pub fn planes(&self) -> usize {
+    pub(crate) fn planes(&self) -> usize {
         self.txs.len()
     }
 
@@ -114,11 +98,11 @@ impl UdpPlane {
         let _ = self.txs[i].send(PlaneCmdBox(cmd));
     }
 
-    pub fn register(
+    pub(crate) fn register(
         &self,
         conn_id: u64,
         receiver: DcspReceiver,
-        writer: std_mpsc::SyncSender<WriterMsg>,
+        writer: std_mpsc::SyncSender<DcspWriterMsg>,
         stats: Arc<Mutex<ReceiverStats>>,
         spare: SpareBufs,
     ) {
@@ -135,13 +119,13 @@ impl UdpPlane {
     }
 
     /// Forgets a connection and waits (briefly) until the plane thread has, so its counters are final.
-    pub fn unregister(&self, conn_id: u64) {
+    pub(crate) fn unregister(&self, conn_id: u64) {
         let (done, wait) = std_mpsc::channel();
         self.send(conn_id, PlaneCmd::Unregister(conn_id, done));
         let _ = wait.recv_timeout(Duration::from_secs(1));
     }
 
-    pub fn reset_chunk(&self, conn_id: u64, chunk: u32) {
+    pub(crate) fn reset_chunk(&self, conn_id: u64, chunk: u32) {
         self.send(conn_id, PlaneCmd::ResetChunk(conn_id, chunk));
     }
 }
@@ -203,7 +187,7 @@ impl EarlyDatagrams {
 struct Session {
     receiver: Box<DcspReceiver>,
     spare: SpareBufs,
-    writer: std_mpsc::SyncSender<WriterMsg>,
+    writer: std_mpsc::SyncSender<DcspWriterMsg>,
     stats: Arc<Mutex<ReceiverStats>>,
     writer_gone: bool,
 }
@@ -329,7 +313,7 @@ fn drain_events(s: &mut Session) {
             } => {
                 if !s.writer_gone
                     && s.writer
-                        .send(WriterMsg::Block {
+                        .send(DcspWriterMsg::Block {
                             chunk,
                             offset,
                             data,
@@ -351,223 +335,6 @@ fn drain_events(s: &mut Session) {
             },
         }
     }
-}
-
-/// What a session's writer thread is told.
-#[derive(Debug)]
-pub enum WriterMsg {
-    /// A complete block from the plane thread.
-    Block {
-        chunk: u32,
-        offset: u64,
-        data: Vec<u8>,
-    },
-    /// From the control channel: the expected hash of a chunk.
-    ChunkHash(u32, [u8; 32]),
-    /// From the control channel: the sender is done; the whole file's hash.
-    FileEnd([u8; 32]),
-}
-
-/// What the writer thread needs for one UDP transfer.
-pub struct UdpWriterJob {
-    pub id: SessionId,
-    pub conn_id: u64,
-    /// Connections `conn_id .. conn_id + streams` carry this transfer.
-    pub streams: u8,
-    pub plan: ChunkPlan,
-    pub part: PartialFile,
-    pub map: ChunkMap,
-    pub output_dir: std::path::PathBuf,
-    pub name: String,
-    pub plane: UdpPlane,
-    /// Where the writer hands block buffers back to the plane thread, for reuse.
-    pub spare: SpareBufs,
-}
-
-/// The writer's queue: the plane thread and the control task both send to it.
-pub fn writer_channel() -> (
-    std_mpsc::SyncSender<WriterMsg>,
-    std_mpsc::Receiver<WriterMsg>,
-) {
-    std_mpsc::sync_channel(BLOCK_QUEUE)
-}
-
-pub fn spawn_writer(
-    job: UdpWriterJob,
-    store: Arc<SessionStore>,
-    msgs: std_mpsc::Receiver<WriterMsg>,
-    events: mpsc::UnboundedSender<WorkerEvent>,
-) -> Result<std::thread::JoinHandle<()>, String> {
-    std::thread::Builder::new()
-        .name("trackshift-dcsp-write".into())
-        .spawn(move || {
-            if let Err((code, message)) = crate::dcsp_writer::run_writer(job, store, msgs, &events)
-            {
-                let _ = events.send(WorkerEvent::Fatal { code, message });
-            }
-        })
-        .map_err(|e| format!("cannot start the writer thread: {e}"))
-}
-
-/// The sender's `UdpStart`, with the secret this control connection's DCSP keys derive from.
-#[derive(Debug)]
-pub struct UdpStart {
-    pub conn_id: u64,
-    pub shard_size: u32,
-    pub data_shards: u8,
-    pub dcsp_version: u8,
-    pub streams: u8,
-    pub dcsp_secret: [u8; 32],
-}
-
-/// Serves one transfer whose bytes come over DCSP: registers it with the UDP plane, starts its writer, and
-/// relays between the control channel (chunk hashes in, chunk and file verdicts out) and the writer.
-pub async fn serve_session(
-    ctx: &Ctx,
-    job: UdpWriterJob,
-    start: UdpStart,
-    reader: RecvReader,
-    writer: &mut RecvWriter,
-    cancel: &Notify,
-) -> (Result<SessionEnd, ErrorReply>, u64, Option<ReceiverStats>) {
-    let conn_id = start.conn_id;
-    let streams = start.streams.max(1);
-    let plane = job.plane.clone();
-    let setup = || -> Result<Vec<DcspReceiver>, ErrorReply> {
-        if start.dcsp_version != trackshift_dcsp::VERSION {
-            return Err((
-                ErrorCode::Version,
-                format!(
-                    "DCSP version {} is not supported by this receiver (it speaks {}): upgrade one side or use --protocol tcp",
-                    start.dcsp_version,
-                    trackshift_dcsp::VERSION
-                ),
-            ));
-        }
-        let geometry = BlockGeometry::for_plan(&job.plan, start.shard_size, start.data_shards)
-            .map_err(|e| (ErrorCode::Protocol, e.to_string()))?;
-        let skip_chunks: Vec<u32> = (0..job.plan.chunk_count())
-            .filter(|c| job.map.get(*c))
-            .collect();
-        Ok((0..streams)
-            .map(|s| {
-                let id = stream_conn_id(conn_id, s);
-                DcspReceiver::new(
-                    ReceiverConfig {
-                        conn_id: id,
-                        keys: DirectionKeys::derive(&start.dcsp_secret, id, Role::Receiver),
-                        geometry,
-                        skip_chunks: skip_chunks.clone(),
-                        max_assembly_bytes: MAX_ASSEMBLY_BYTES / usize::from(streams),
-                        stream: StreamShare {
-                            index: s,
-                            count: streams,
-                        },
-                    },
-                    Instant::now(),
-                )
-            })
-            .collect())
-    };
-    let receivers = match setup() {
-        Ok(r) => r,
-        Err(e) => {
-            tell_sender(writer, &e).await;
-            return (Err(e), 0, None);
-        }
-    };
-    let (wtx, wrx) = writer_channel();
-    let mut stats = Vec::new();
-    for (s, receiver) in (0..streams).zip(receivers) {
-        let st = Arc::new(Mutex::new(ReceiverStats::default()));
-        plane.register(
-            stream_conn_id(conn_id, s),
-            receiver,
-            wtx.clone(),
-            st.clone(),
-            job.spare.clone(),
-        );
-        stats.push(st);
-    }
-    let unregister = || {
-        tokio::task::block_in_place(|| {
-            for s in 0..streams {
-                plane.unregister(stream_conn_id(conn_id, s));
-            }
-        })
-    };
-    let (event_tx, mut event_rx) = mpsc::unbounded_channel::<WorkerEvent>();
-    let name = job.name.clone();
-    let handle = match spawn_writer(job, ctx.store.clone(), wrx, event_tx) {
-        Ok(h) => h,
-        Err(e) => {
-            unregister();
-            let e = (ErrorCode::Internal, e);
-            tell_sender(writer, &e).await;
-            return (Err(e), 0, None);
-        }
-    };
-    let proto = |e: TransportError| (ErrorCode::Protocol, e.to_string());
-    let mut bytes_now = 0u64;
-    let outcome: Result<SessionEnd, ErrorReply> = async {
-        writer
-            .send(&Frame::UdpReady { port: plane.port() })
-            .await
-            .map_err(proto)?;
-        writer.flush().await.map_err(proto)?;
-        // Frames from the sender through a task of their own (reading a frame is not cancel-safe).
-        let (mut peer_rx, reader_task) = reader.pump();
-        let to_writer = |msg: WriterMsg| {
-            // The writer's queue is short; waiting for room here is the back-pressure we want.
-            tokio::task::block_in_place(|| wtx.send(msg))
-                .map_err(|_| (ErrorCode::Internal, "the writer thread stopped".to_owned()))
-        };
-        let mut keepalive = tokio::time::interval(CONTROL_KEEPALIVE);
-        let result = loop {
-            tokio::select! {
-                biased;
-                ev = event_rx.recv() => match ev {
-                    Some(ev) => if let Some(end) = relay_verdict(ev, writer, &name, &mut bytes_now).await {
-                        break end;
-                    },
-                    None => break Ok((ConnOutcome::Dropped, None)),
-                },
-                msg = peer_rx.recv() => {
-                    let (t, body) = match msg {
-                        Some(Ok(m)) => m,
-                        Some(Err(TransportError::Wire(e))) => break Err((ErrorCode::Protocol, e.to_string())),
-                        _ => break Ok((ConnOutcome::Dropped, None)),
-                    };
-                    match Frame::decode(t, &body).map_err(|e| (ErrorCode::Protocol, e.to_string()))? {
-                        Frame::ChunkHash { index, sha256 } => to_writer(WriterMsg::ChunkHash(index, sha256))?,
-                        Frame::FileEnd { sha256 } => to_writer(WriterMsg::FileEnd(sha256))?,
-                        Frame::KeepAlive => {}
-                        Frame::Error { message, .. } => break Err((ErrorCode::Protocol, format!("sender: {message}"))),
-                        f => break Err((ErrorCode::Protocol, format!("unexpected {} frame during a DCSP transfer", f.name()))),
-                    }
-                }
-                _ = cancel.notified() => break Ok((ConnOutcome::Dropped, None)),
-                _ = keepalive.tick() => {
-                    writer.send(&Frame::KeepAlive).await.map_err(proto)?;
-                    writer.flush().await.map_err(proto)?;
-                }
-            }
-        };
-        reader_task.abort();
-        result
-    }
-    .await;
-    unregister();
-    drop(wtx);
-    let _ = tokio::task::spawn_blocking(move || handle.join()).await;
-    if let Err(e) = &outcome {
-        tell_sender(writer, e).await;
-    }
-    let mut total = ReceiverStats::default();
-    for st in &stats {
-        total += lock(st).clone();
-    }
-    (outcome, bytes_now, Some(total))
 }
 
 #[cfg(test)]

@@ -1,0 +1,257 @@
+//! What both receiving writers (TCP and DCSP) share: the whole-file hash on a thread of its own, the commit of
+//! verified chunks off the write path, and the final check that puts a file in place.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self as std_mpsc, SyncSender};
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use trackshift_proto::frame::DATA_PIECE;
+use trackshift_proto::hashing::OrderedFileHasher;
+use trackshift_proto::{ErrorCode, SessionId};
+use trackshift_storage::{unix_now, ChunkSink, PartialFile, SessionState, SessionStore};
+
+use crate::error::{store_reply, ErrorReply};
+use crate::pool::SharedBytes;
+use crate::threads;
+
+/// What a writer tells the connection's task.
+#[derive(Debug)]
+pub(crate) enum WriterEvent {
+    /// Chunk `index` (`len` bytes) verified and durable (`ok`), or failed its hash.
+    ChunkDone { index: u32, ok: bool, len: u64 },
+    /// The whole file verified and is in place at `final_path`.
+    FileDone { sha: [u8; 32], final_path: PathBuf },
+    /// Every chunk verified but the whole file hashed to `sha`: the session was discarded.
+    FileMismatch { sha: [u8; 32] },
+    /// The writer cannot go on.
+    Fatal { code: ErrorCode, message: String },
+}
+
+pub(crate) type WriterEvents = mpsc::UnboundedSender<WriterEvent>;
+
+/// Queued ahead of the whole-file hashing thread: enough to ride over a slow moment, bounded in memory.
+const HASH_QUEUE: usize = 16;
+
+/// What the whole-file hashing thread is asked, always in file order.
+#[derive(Debug)]
+pub(crate) enum HashOp {
+    Bytes(SharedBytes),
+    /// A chunk starts here.
+    Mark,
+    /// The chunk starting at this offset verified.
+    Release(u64),
+    /// The chunk starting at this offset failed: back to its start.
+    Rollback(u64),
+}
+
+/// The receiver's [`OrderedFileHasher`] on a thread of its own, so the whole-file hash does not slow the writer
+/// that writes and verifies chunks.
+#[derive(Debug)]
+pub(crate) struct HashThread {
+    tx: SyncSender<HashOp>,
+    handle: std::thread::JoinHandle<Result<OrderedFileHasher, String>>,
+    /// File offset the bytes sent so far reach.
+    position: u64,
+}
+
+impl HashThread {
+    pub(crate) fn start(mut hasher: OrderedFileHasher) -> Result<Self, ErrorReply> {
+        let position = hasher.position();
+        let (tx, rx) = std_mpsc::sync_channel::<HashOp>(HASH_QUEUE);
+        let handle = threads::spawn("recv-filehash", move || {
+            for op in rx {
+                match op {
+                    HashOp::Bytes(b) => hasher.update(&b),
+                    HashOp::Mark => hasher.mark(),
+                    HashOp::Release(at) => hasher.release(at),
+                    HashOp::Rollback(at) if hasher.rollback(at) => {}
+                    HashOp::Rollback(at) => {
+                        return Err(format!("the whole-file hash has no mark at offset {at}"))
+                    }
+                }
+            }
+            Ok(hasher)
+        })
+        .map_err(internal)?;
+        Ok(Self {
+            tx,
+            handle,
+            position,
+        })
+    }
+
+    /// Where the next bytes must start to be hashed in order.
+    pub(crate) fn position(&self) -> u64 {
+        self.position
+    }
+
+    pub(crate) fn send(&mut self, op: HashOp) -> Result<(), ErrorReply> {
+        match &op {
+            HashOp::Bytes(b) => self.position += b.len() as u64,
+            HashOp::Rollback(at) => self.position = *at,
+            HashOp::Mark | HashOp::Release(_) => {}
+        }
+        self.tx
+            .send(op)
+            .map_err(|_| internal("the hashing thread stopped".into()))
+    }
+
+    /// Everything sent so far hashed: the hasher, to finish from disk.
+    pub(crate) fn finish(self) -> Result<OrderedFileHasher, ErrorReply> {
+        drop(self.tx);
+        self.handle
+            .join()
+            .map_err(|_| internal("the hashing thread panicked".into()))?
+            .map_err(internal)
+    }
+}
+
+fn internal(message: String) -> ErrorReply {
+    (ErrorCode::Internal, message)
+}
+
+/// Reads `[hasher.position(), to)` of the partial file into the whole-file hasher.
+pub(crate) fn hash_from_disk(
+    part: &dyn ChunkSink,
+    hasher: &mut OrderedFileHasher,
+    to: u64,
+) -> Result<(), ErrorReply> {
+    let mut buf = vec![0u8; DATA_PIECE];
+    while hasher.position() < to {
+        let n = (to - hasher.position()).min(DATA_PIECE as u64) as usize;
+        part.read_at(hasher.position(), &mut buf[..n])
+            .map_err(store_reply)?;
+        hasher.update(&buf[..n]);
+    }
+    Ok(())
+}
+
+/// Makes verified chunks durable off the writer's path, so writing and hashing the next chunk overlaps the
+/// previous chunk's fdatasync: data synced first, then the store's mark, then the sender is told.
+#[derive(Debug)]
+pub(crate) struct Committer {
+    tx: Option<std_mpsc::Sender<(u32, [u8; 32], u64)>>,
+    handle: Option<std::thread::JoinHandle<Result<(), ErrorReply>>>,
+}
+
+impl Committer {
+    pub(crate) fn start(
+        part: Arc<PartialFile>,
+        store: Arc<SessionStore>,
+        id: SessionId,
+        events: WriterEvents,
+    ) -> Result<Self, ErrorReply> {
+        let (tx, rx) = std_mpsc::channel::<(u32, [u8; 32], u64)>();
+        let handle = threads::spawn("commit", move || {
+            while let Ok(first) = rx.recv() {
+                // One fdatasync covers every chunk that finished meanwhile.
+                let mut batch = vec![first];
+                batch.extend(rx.try_iter());
+                part.sync_data().map_err(store_reply)?;
+                for (index, sha, len) in batch {
+                    store
+                        .mark_chunk_verified(&id, index, sha)
+                        .map_err(store_reply)?;
+                    let _ = events.send(WriterEvent::ChunkDone {
+                        index,
+                        ok: true,
+                        len,
+                    });
+                }
+            }
+            Ok(())
+        })
+        .map_err(internal)?;
+        Ok(Self {
+            tx: Some(tx),
+            handle: Some(handle),
+        })
+    }
+
+    /// Queues a verified chunk; fails with the commit thread's error if it has stopped.
+    pub(crate) fn commit(&mut self, index: u32, sha: [u8; 32], len: u64) -> Result<(), ErrorReply> {
+        match &self.tx {
+            Some(tx) if tx.send((index, sha, len)).is_ok() => Ok(()),
+            _ => self
+                .finish()
+                .and(Err(internal("the commit thread stopped".into()))),
+        }
+    }
+
+    /// Waits until every queued chunk is durable and recorded.
+    pub(crate) fn finish(&mut self) -> Result<(), ErrorReply> {
+        self.tx = None;
+        match self.handle.take() {
+            Some(h) => h
+                .join()
+                .unwrap_or_else(|_| Err(internal("the commit thread panicked".into()))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Committer {
+    fn drop(&mut self) {
+        let _ = self.finish();
+    }
+}
+
+/// Where a finished file goes and how the store knows it.
+#[derive(Debug, Clone)]
+pub(crate) struct Destination {
+    pub(crate) id: SessionId,
+    pub(crate) output_dir: PathBuf,
+    pub(crate) name: String,
+    /// The file's size.
+    pub(crate) size: u64,
+}
+
+/// Every chunk verified: waits for the last commits and the hashing thread, hashes what could not be hashed in
+/// order from disk, and puts the file in place if the whole matches `expected` (or discards the session).
+pub(crate) fn finish_file(
+    mut committer: Committer,
+    hash: HashThread,
+    part: Arc<PartialFile>,
+    expected: [u8; 32],
+    store: &SessionStore,
+    dest: &Destination,
+    events: &WriterEvents,
+) -> Result<(), ErrorReply> {
+    committer.finish()?;
+    drop(committer);
+    let mut hasher = hash.finish()?;
+    let part = Arc::try_unwrap(part).map_err(|_| internal("partial file still shared".into()))?;
+    hash_from_disk(&part, &mut hasher, dest.size)?;
+    let sha = hasher.finish();
+    if sha != expected {
+        // Every chunk verified yet the whole does not: the partial data cannot be trusted.
+        let _ = part.remove();
+        let _ = store.remove_incoming(&dest.id);
+        let _ = events.send(WriterEvent::FileMismatch { sha });
+        return Ok(());
+    }
+    let final_path = part
+        .finalize(&dest.output_dir, &dest.name)
+        .map_err(store_reply)?;
+    record_completed(store, &dest.id, &final_path, sha)?;
+    let _ = events.send(WriterEvent::FileDone { sha, final_path });
+    Ok(())
+}
+
+fn record_completed(
+    store: &SessionStore,
+    id: &SessionId,
+    final_path: &Path,
+    sha: [u8; 32],
+) -> Result<(), ErrorReply> {
+    if let Some(mut rec) = store.incoming(id).map_err(store_reply)? {
+        rec.state = SessionState::Completed;
+        rec.final_path = Some(final_path.to_path_buf());
+        rec.sha256_hex = Some(hex::encode(sha));
+        rec.updated_unix = unix_now();
+        rec.error = None;
+        store.put_incoming(&rec).map_err(store_reply)?;
+    }
+    Ok(())
+}

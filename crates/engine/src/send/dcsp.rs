@@ -1,0 +1,304 @@
+//! The sender's DCSP data planes: one thread per stream that owns a UDP socket and a `DcspSender` (parity,
+//! pacing, AEAD, ACKs), fed blocks by the source reader over a bounded queue.
+
+use std::io::ErrorKind;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self as std_mpsc, TryRecvError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use trackshift_dcsp::{
+    BlockGeometry, DcspSender, DirectionKeys, ParityMode, RateController, Role, SenderConfig,
+    SenderStats, DATA_OVERHEAD,
+};
+use trackshift_udp::{RecvBatch, UdpEndpoint};
+
+use crate::pool::PooledBuf;
+use crate::threads;
+
+/// Largest shard: datagrams of up to ~16 KiB where the path allows (loopback), fewer per-packet costs.
+const MAX_SHARD: u32 = 16 * 1024;
+/// Smallest shard, whatever the path MTU says: below this per-datagram costs dominate.
+const MIN_SHARD: u32 = 256;
+/// Path MTU assumed when the kernel cannot tell (no route yet, not Linux): Ethernet's.
+const DEFAULT_MTU: usize = 1500;
+/// IP and UDP headers in front of every datagram.
+const IPV4_UDP_HEADERS: usize = 28;
+const IPV6_UDP_HEADERS: usize = 48;
+/// Most block bytes a plane holds (sent, not yet acknowledged): its memory bound.
+const MAX_BUFFERED: usize = 64 * 1024 * 1024;
+/// Bytes of blocks read ahead for a data plane. Every chunk read counts as sent (its hash leaves at once), so
+/// this is also what a crash makes the sender send again: bounded in bytes, not blocks, since a block is ~90 KiB
+/// on a 1500-byte path but 1 MiB on loopback.
+pub(crate) const PLANE_QUEUE_BYTES: u64 = 8 * 1024 * 1024;
+/// Fewest and most blocks queued ahead of a plane, whatever their size: two keep it busy, sixteen are plenty.
+const PLANE_QUEUE_BLOCKS: (u64, u64) = (2, 16);
+/// Datagrams handed to the kernel in one batch.
+const SEND_BATCH: usize = 64;
+/// With no ACK at all this long after starting, UDP is taken to be blocked.
+pub(crate) const UDP_PROBE: Duration = Duration::from_secs(5);
+/// A receiver silent this long mid-transfer counts as gone (the control channel reconnects).
+const UDP_SILENCE: Duration = Duration::from_secs(60);
+/// How often a plane publishes its counters for the control task.
+const STATS_EVERY: Duration = Duration::from_millis(100);
+/// Longest a plane sleeps between looks at its socket and its queue.
+const MAX_WAIT: Duration = Duration::from_millis(5);
+/// How long a plane whose reader has not caught up waits before looking at its queue again.
+const STARVED_WAIT: Duration = Duration::from_micros(200);
+/// A full socket buffer: how often, and how long apart, a batch is offered again before it counts as lost.
+const SEND_RETRIES: u32 = 100;
+const SEND_RETRY_PAUSE: Duration = Duration::from_micros(100);
+
+/// How many blocks of `block_bytes` to queue ahead of a data plane: [`PLANE_QUEUE_BYTES`], 2 to 16 blocks.
+pub(crate) fn plane_queue_len(block_bytes: u64) -> usize {
+    (PLANE_QUEUE_BYTES / block_bytes.max(1)).clamp(PLANE_QUEUE_BLOCKS.0, PLANE_QUEUE_BLOCKS.1)
+        as usize
+}
+
+/// The largest shard whose datagram fits the path MTU towards `peer`.
+pub(crate) fn shard_size_for(peer: SocketAddr) -> u32 {
+    let mtu = UdpEndpoint::path_mtu(peer).unwrap_or(DEFAULT_MTU);
+    let ip = if peer.is_ipv4() {
+        IPV4_UDP_HEADERS
+    } else {
+        IPV6_UDP_HEADERS
+    };
+    let room = mtu.saturating_sub(ip + DATA_OVERHEAD) as u32;
+    (room.min(MAX_SHARD) & !1).max(MIN_SHARD)
+}
+
+/// The data-plane thread's handle: stop it, read its statistics, learn why it ended.
+#[derive(Debug)]
+pub(crate) struct DataPlane {
+    stop: Arc<AtomicBool>,
+    stats: Arc<Mutex<SenderStats>>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+/// What one stream's data plane sends, to whom, and how.
+#[derive(Debug)]
+pub(crate) struct PlaneSpec<'a> {
+    /// The receiver's DCSP socket.
+    pub(crate) peer: SocketAddr,
+    pub(crate) conn_id: u64,
+    /// The control connection's secret the stream's packet keys derive from.
+    pub(crate) dcsp_secret: &'a [u8; 32],
+    pub(crate) geometry: BlockGeometry,
+    pub(crate) parity: ParityMode,
+    pub(crate) controller: Box<dyn RateController>,
+}
+
+impl DataPlane {
+    /// Binds a UDP socket and starts stream `stream`'s thread sending the blocks it is given; `failed` hears why
+    /// the plane gave up, if it does.
+    pub(crate) fn start(
+        spec: PlaneSpec<'_>,
+        stream: u8,
+        blocks: std_mpsc::Receiver<(u32, Arc<PooledBuf>)>,
+        failed: mpsc::UnboundedSender<PlaneFailure>,
+    ) -> Result<Self, String> {
+        let peer = spec.peer;
+        let bind = SocketAddr::new(
+            if peer.is_ipv4() {
+                std::net::Ipv4Addr::UNSPECIFIED.into()
+            } else {
+                std::net::Ipv6Addr::UNSPECIFIED.into()
+            },
+            0,
+        );
+        let endpoint =
+            UdpEndpoint::bind(bind, false).map_err(|e| format!("cannot open a UDP socket: {e}"))?;
+        let sender = DcspSender::new(
+            SenderConfig {
+                conn_id: spec.conn_id,
+                keys: DirectionKeys::derive(spec.dcsp_secret, spec.conn_id, Role::Sender),
+                geometry: spec.geometry,
+                parity: spec.parity,
+                controller: spec.controller,
+                max_buffered: MAX_BUFFERED,
+            },
+            Instant::now(),
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(Mutex::new(sender.stats()));
+        let handle = {
+            let (stop, stats) = (stop.clone(), stats.clone());
+            threads::spawn(&format!("dcsp-send-{stream}"), move || {
+                if let Err(f) = run_plane(endpoint, peer, sender, blocks, &stop, &stats) {
+                    let _ = failed.send(f);
+                }
+            })?
+        };
+        Ok(Self {
+            stop,
+            stats,
+            handle: Some(handle),
+        })
+    }
+
+    pub(crate) fn stats(&self) -> SenderStats {
+        self.stats.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Stops the thread and waits for it.
+    pub(crate) fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for DataPlane {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The data planes of all streams of one transfer.
+#[derive(Debug)]
+pub(crate) struct Planes(pub(crate) Vec<DataPlane>);
+
+impl Planes {
+    /// All streams' counters together (RTT, loss and parity from the first stream).
+    pub(crate) fn stats(&self) -> SenderStats {
+        let mut all = self.0.iter().map(DataPlane::stats);
+        let mut t = all.next().unwrap_or_default();
+        for s in all {
+            t += s;
+        }
+        t
+    }
+
+    pub(crate) fn stop(&mut self) {
+        for p in &mut self.0 {
+            p.stop();
+        }
+    }
+}
+
+/// Why the data plane gave up.
+#[derive(Debug)]
+pub(crate) enum PlaneFailure {
+    /// No ACK ever: UDP is probably blocked on the way.
+    NoAnswer,
+    /// The receiver went silent mid-transfer.
+    Silent,
+    Fatal(String),
+}
+
+fn run_plane(
+    mut endpoint: UdpEndpoint,
+    peer: SocketAddr,
+    mut sender: DcspSender,
+    blocks: std_mpsc::Receiver<(u32, Arc<PooledBuf>)>,
+    stop: &AtomicBool,
+    stats: &Mutex<SenderStats>,
+) -> Result<(), PlaneFailure> {
+    let started = Instant::now();
+    let mut batch = RecvBatch::new();
+    let mut packet = Vec::with_capacity(65536);
+    let mut out: Vec<u8> = Vec::with_capacity(SEND_BATCH * 1500);
+    let mut last_stats = started;
+    let mut reader_done = false;
+    while !stop.load(Ordering::Relaxed) {
+        // ACKs.
+        loop {
+            match endpoint.recv_batch(&mut batch) {
+                Ok(_) => {
+                    let now = Instant::now();
+                    for (_, d) in batch.iter_mut() {
+                        sender.handle_datagram(now, d);
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                // ICMP errors (port unreachable) surface here; the silence checks below decide.
+                Err(_) => break,
+            }
+        }
+        let now = Instant::now();
+        sender.handle_timeout(now);
+        if !sender.heard_from_peer() && now.duration_since(started) > UDP_PROBE {
+            return Err(PlaneFailure::NoAnswer);
+        }
+        if sender.heard_from_peer() && sender.silence(now) > UDP_SILENCE {
+            return Err(PlaneFailure::Silent);
+        }
+        // New blocks, while there is room.
+        let mut starved = false;
+        while sender.wants_block() {
+            match blocks.try_recv() {
+                Ok((b, bytes)) => sender
+                    .push_block(b, &bytes)
+                    .map_err(|e| PlaneFailure::Fatal(e.to_string()))?,
+                Err(TryRecvError::Empty) => {
+                    starved = !reader_done;
+                    break;
+                }
+                Err(TryRecvError::Disconnected) => {
+                    reader_done = true;
+                    break;
+                }
+            }
+        }
+        // Datagrams that are due, in batches of equal-size segments.
+        let mut sent = 0;
+        let mut segment = 0;
+        out.clear();
+        while sent < SEND_BATCH && sender.poll_transmit(now, &mut packet) {
+            if !out.is_empty() && (packet.len() != segment) {
+                flush(&mut endpoint, peer, &out, segment);
+                out.clear();
+            }
+            segment = packet.len();
+            out.extend_from_slice(&packet);
+            sent += 1;
+        }
+        if !out.is_empty() {
+            flush(&mut endpoint, peer, &out, segment);
+        }
+        if now.duration_since(last_stats) >= STATS_EVERY {
+            last_stats = now;
+            if let Ok(mut s) = stats.lock() {
+                *s = sender.stats();
+            }
+        }
+        if sent == SEND_BATCH {
+            continue;
+        }
+        let mut wait = sender
+            .poll_timeout()
+            .map(|t| t.saturating_duration_since(Instant::now()))
+            .unwrap_or(MAX_WAIT)
+            .min(MAX_WAIT);
+        if starved {
+            wait = wait.min(STARVED_WAIT);
+        }
+        if !wait.is_zero() {
+            let _ = endpoint.wait_readable(Some(wait));
+        }
+    }
+    if let Ok(mut s) = stats.lock() {
+        *s = sender.stats();
+    }
+    Ok(())
+}
+
+fn flush(endpoint: &mut UdpEndpoint, peer: SocketAddr, data: &[u8], segment: usize) {
+    let mut off = 0;
+    let mut tries = 0;
+    while off < data.len() {
+        match endpoint.send_batch(peer, &data[off..], segment) {
+            Ok(n) => off += n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock && tries < SEND_RETRIES => {
+                tries += 1;
+                std::thread::sleep(SEND_RETRY_PAUSE);
+            }
+            // Anything else (e.g. an ICMP error from an earlier datagram): these datagrams count as lost;
+            // NACKs and probes take it from there.
+            Err(_) => return,
+        }
+    }
+}
