@@ -170,6 +170,11 @@ fn new_bar(total: u64, done: u64) -> ProgressBar {
 
 /// The line a person reads for an event (None: nothing to say).
 fn human_line(event: &Event) -> Option<String> {
+    send_line(event).or_else(|| receive_line(event))
+}
+
+/// What a sender says.
+fn send_line(event: &Event) -> Option<String> {
     Some(match event {
         Event::Resuming { session_id } => format!("resuming session {session_id}"),
         Event::ChangedSince { path, session_id } => {
@@ -201,6 +206,13 @@ fn human_line(event: &Event) -> Option<String> {
             sha256,
         } => format!("sent {file} ({bytes} bytes) as {final_name} in {seconds:.1}s, sha256 {sha256}"),
         Event::AlreadyCompleted { session_id } => format!("session {session_id} already completed"),
+        _ => return None,
+    })
+}
+
+/// What a receiver says.
+fn receive_line(event: &Event) -> Option<String> {
+    Some(match event {
         Event::Listening {
             addr,
             fingerprint,
@@ -242,8 +254,11 @@ fn human_line(event: &Event) -> Option<String> {
             format!("transfer from {peer} failed: {message}")
         }
         Event::ReceiveSummary(s) => {
-            let path = s.final_path.as_ref().filter(|_| s.ok)?;
-            format!("received {} → {path} in {:.1}s", s.file, s.seconds)
+            let path = s.final_path.as_ref().filter(|_| s.core.ok)?;
+            format!(
+                "received {} → {path} in {:.1}s",
+                s.core.file, s.core.seconds
+            )
         }
         Event::Interrupted {
             session_id,

@@ -183,19 +183,28 @@ pub struct DcspFigures {
     pub phase: &'static str,
 }
 
-/// How a send run ended.
+/// What every summary says (the fields the command-line contract names for both sides).
 #[derive(Debug, Clone, Serialize)]
-pub struct SendSummary {
+pub struct SummaryCore {
     pub session_id: String,
     pub file: String,
-    pub final_name: Option<String>,
     pub bytes: u64,
     pub seconds: f64,
     /// File bytes this run delivered (not those verified in an earlier run) per second, in megabits.
     pub goodput_mbps: f64,
     pub protocol: &'static str,
+    /// The whole file's SHA-256, when it verified.
     pub sha256: Option<String>,
     pub ok: bool,
+    pub error: Option<String>,
+}
+
+/// How a send run ended.
+#[derive(Debug, Clone, Serialize)]
+pub struct SendSummary {
+    #[serde(flatten)]
+    pub core: SummaryCore,
+    pub final_name: Option<String>,
     pub packets_sent: Option<u64>,
     pub packets_retransmitted: Option<u64>,
     pub fec_recovered: Option<u64>,
@@ -210,24 +219,16 @@ pub struct SendSummary {
     pub compressed_chunks: u32,
     pub bytes_on_wire: u64,
     pub connections: u32,
-    pub error: Option<String>,
 }
 
 /// How one transfer ended at the receiver.
 #[derive(Debug, Clone, Serialize)]
 pub struct ReceiveSummary {
-    pub session_id: String,
-    pub file: String,
-    pub bytes: u64,
-    pub seconds: f64,
-    pub goodput_mbps: f64,
-    pub protocol: &'static str,
-    pub sha256: Option<String>,
-    pub ok: bool,
+    #[serde(flatten)]
+    pub core: SummaryCore,
     pub final_path: Option<String>,
     pub peer: String,
     pub bytes_received: u64,
-    pub error: Option<String>,
     pub packets_received: Option<u64>,
     pub fec_recovered: Option<u64>,
     pub packets_dropped: Option<u64>,

@@ -31,7 +31,9 @@ pub mod sessions;
 mod threads;
 
 pub use error::{EngineError, ErrorKind};
-pub use event::{DcspFigures, Event, EventSink, NoEvents, ReceiveSummary, SendSummary};
+pub use event::{
+    DcspFigures, Event, EventSink, NoEvents, ReceiveSummary, SendSummary, SummaryCore,
+};
 pub use receive::{receive, serve, ReceiveOptions};
 pub use send::{resume, send, SendOptions, SendReport, TransferOptions};
 pub use trackshift_dcsp::ParityMode;

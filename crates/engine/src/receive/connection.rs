@@ -27,11 +27,11 @@ use trackshift_transport::{FrameReader, FrameWriter, ServerTls, TransportError};
 
 use super::dcsp_plane::UdpPlane;
 use super::dcsp_writer::{self, DcspFeed, DcspWriterMsg};
-use super::tcp_writer::{self, TcpOp, WriterJob, TCP_WRITER_QUEUE};
-use super::verify::{Destination, WriterEvent};
+use super::tcp_writer::{self, TcpOp, TCP_WRITER_QUEUE};
+use super::verify::{Destination, WriterEvent, WriterJob};
 use super::{claim_session, BusyGuard, ConnOutcome, Ctx};
 use crate::error::{storage_code, ErrorKind, ErrorReply};
-use crate::event::{mbps, Event, ReceiveSummary};
+use crate::event::{mbps, Event, ReceiveSummary, SummaryCore};
 use crate::pool::{BufPool, PooledBuf};
 
 /// After a failure, how long to keep draining the sender's data so our `Error` frame reaches it before the
@@ -600,11 +600,14 @@ impl<'a> Connection<'a> {
                 ..
             } => ConnOutcome::Dropped,
             RecvOutcome::Failed { code, .. } => ConnOutcome::Failed(ErrorKind::of_code(*code)),
-            RecvOutcome::Dropped => ConnOutcome::Dropped,
             _ => ConnOutcome::Dropped,
         };
         let peer = self.peer.to_string();
-        if let RecvOutcome::Failed { message, .. } = &outcome {
+        let error = match &outcome {
+            RecvOutcome::Failed { message, .. } => Some(message.clone()),
+            _ => None,
+        };
+        if let Some(message) = &error {
             self.ctx.sink.event(&Event::TransferFailed {
                 peer: peer.clone(),
                 message: message.clone(),
@@ -613,65 +616,69 @@ impl<'a> Connection<'a> {
         let Some(t) = self.transfer.take() else {
             return conn_outcome;
         };
-        let (id, name, size) = (t.record.id, t.record.file_name.clone(), t.record.size);
-        let seconds = t.started.elapsed().as_secs_f64();
-        let store = &self.ctx.store;
-        let mut record = store
-            .incoming(&id)
-            .ok()
-            .flatten()
-            .unwrap_or_else(|| t.record.clone());
         let completed = match &outcome {
             RecvOutcome::Completed { sha256, .. } => Some(*sha256),
             _ => None,
         };
-        if completed.is_none() && record.state != SessionState::Completed {
-            record.state = match conn_outcome {
-                ConnOutcome::Failed(_) => SessionState::Failed,
-                _ => SessionState::Interrupted,
-            };
-            record.error = match &outcome {
-                RecvOutcome::Failed { message, .. } => Some(message.clone()),
-                _ => None,
-            };
-            record.updated_unix = unix_now();
-            let _ = store.put_incoming(&record);
+        if completed.is_none() {
+            self.record_end(&t.record, conn_outcome, error.clone());
         }
         if conn_outcome == ConnOutcome::Dropped {
             self.ctx.sink.event(&Event::Interrupted {
-                session_id: id.to_hex(),
-                file: name,
+                session_id: t.record.id.to_hex(),
+                file: t.record.file_name.clone(),
                 peer,
             });
             return conn_outcome;
         }
-        let final_path = completed.and(t.final_path.as_ref().map(|p| p.display().to_string()));
-        self.ctx
-            .sink
-            .event(&Event::ReceiveSummary(Box::new(ReceiveSummary {
-                session_id: id.to_hex(),
-                file: name,
-                bytes: size,
+        let seconds = t.started.elapsed().as_secs_f64();
+        let summary = ReceiveSummary {
+            core: SummaryCore {
+                session_id: t.record.id.to_hex(),
+                file: t.record.file_name.clone(),
+                bytes: t.record.size,
                 seconds,
                 goodput_mbps: mbps(t.bytes_now, seconds),
                 protocol: if udp.is_some() { "udp" } else { "tcp" },
                 sha256: completed.map(hex::encode),
                 ok: completed.is_some(),
-                final_path,
-                peer,
-                bytes_received: t.bytes_now,
-                error: match &outcome {
-                    RecvOutcome::Failed { message, .. } => Some(message.clone()),
-                    _ => None,
-                },
-                packets_received: udp.as_ref().map(|u| u.packets_received),
-                fec_recovered: udp.as_ref().map(|u| u.fec_recovered),
-                packets_dropped: udp.as_ref().map(|u| u.dropped()),
-                packets_unauthentic: udp.as_ref().map(|u| u.dropped_unauthentic),
-                packets_replayed: udp.as_ref().map(|u| u.dropped_replayed + u.dropped_stale),
-                path_changes: udp.as_ref().map(|u| u.path_changes),
-            })));
+                error,
+            },
+            final_path: completed.and(t.final_path.as_ref().map(|p| p.display().to_string())),
+            peer,
+            bytes_received: t.bytes_now,
+            packets_received: udp.as_ref().map(|u| u.packets_received),
+            fec_recovered: udp.as_ref().map(|u| u.fec_recovered),
+            packets_dropped: udp.as_ref().map(|u| u.dropped()),
+            packets_unauthentic: udp.as_ref().map(|u| u.dropped_unauthentic),
+            packets_replayed: udp.as_ref().map(|u| u.dropped_replayed + u.dropped_stale),
+            path_changes: udp.as_ref().map(|u| u.path_changes),
+        };
+        self.ctx
+            .sink
+            .event(&Event::ReceiveSummary(Box::new(summary)));
         conn_outcome
+    }
+
+    /// A transfer that did not complete on this connection: failed for good, or interrupted and resumable
+    /// (unless the store already knows it completed).
+    fn record_end(&self, record: &IncomingSession, outcome: ConnOutcome, error: Option<String>) {
+        let store = &self.ctx.store;
+        let mut record = store
+            .incoming(&record.id)
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| record.clone());
+        if record.state == SessionState::Completed {
+            return;
+        }
+        record.state = match outcome {
+            ConnOutcome::Failed(_) => SessionState::Failed,
+            _ => SessionState::Interrupted,
+        };
+        record.error = error;
+        record.updated_unix = unix_now();
+        let _ = store.put_incoming(&record);
     }
 }
 

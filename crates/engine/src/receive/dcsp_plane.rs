@@ -192,13 +192,45 @@ struct Session {
     writer_gone: bool,
 }
 
-fn plane_thread(mut endpoint: UdpEndpoint, cmds: std_mpsc::Receiver<PlaneCmdBox>) {
-    let mut sessions: HashMap<u64, Session> = HashMap::new();
-    let mut batch = RecvBatch::new();
-    let mut out = Vec::with_capacity(2048);
-    let mut early = EarlyDatagrams::default();
-    let mut last_stats = Instant::now();
-    loop {
+/// How often a plane thread publishes its connections' counters and expires held datagrams.
+const STATS_EVERY: Duration = Duration::from_millis(200);
+
+/// One plane thread's socket and the connections steered to it.
+struct Plane {
+    endpoint: UdpEndpoint,
+    sessions: HashMap<u64, Session>,
+    batch: RecvBatch,
+    out: Vec<u8>,
+    early: EarlyDatagrams,
+    last_stats: Instant,
+}
+
+fn plane_thread(endpoint: UdpEndpoint, cmds: std_mpsc::Receiver<PlaneCmdBox>) {
+    let mut plane = Plane {
+        endpoint,
+        sessions: HashMap::new(),
+        batch: RecvBatch::new(),
+        out: Vec::with_capacity(2048),
+        early: EarlyDatagrams::default(),
+        last_stats: Instant::now(),
+    };
+    while plane.take_commands(&cmds) {
+        plane.receive();
+        let next = plane.transmit();
+        plane.publish_stats();
+        let wait = next
+            .map(|t| t.saturating_duration_since(Instant::now()))
+            .unwrap_or(IDLE_WAIT)
+            .min(IDLE_WAIT);
+        if !wait.is_zero() {
+            let _ = plane.endpoint.wait_readable(Some(wait));
+        }
+    }
+}
+
+impl Plane {
+    /// Carries out what the control side asked; false once it has gone (the receiver is stopping).
+    fn take_commands(&mut self, cmds: &std_mpsc::Receiver<PlaneCmdBox>) -> bool {
         loop {
             match cmds.try_recv() {
                 Ok(PlaneCmdBox(PlaneCmd::Register {
@@ -216,39 +248,42 @@ fn plane_thread(mut endpoint: UdpEndpoint, cmds: std_mpsc::Receiver<PlaneCmdBox>
                         writer_gone: false,
                     };
                     let now = Instant::now();
-                    for (from, mut datagram) in early.claim(conn_id) {
+                    for (from, mut datagram) in self.early.claim(conn_id) {
                         s.receiver.handle_datagram(now, from, &mut datagram);
                         drain_events(&mut s);
                     }
-                    sessions.insert(conn_id, s);
+                    self.sessions.insert(conn_id, s);
                 }
                 Ok(PlaneCmdBox(PlaneCmd::Unregister(id, done))) => {
-                    if let Some(s) = sessions.remove(&id) {
+                    if let Some(s) = self.sessions.remove(&id) {
                         *lock(&s.stats) = s.receiver.stats().clone();
                     }
                     let _ = done.send(());
                 }
                 Ok(PlaneCmdBox(PlaneCmd::ResetChunk(id, chunk))) => {
-                    if let Some(s) = sessions.get_mut(&id) {
+                    if let Some(s) = self.sessions.get_mut(&id) {
                         s.receiver.reset_chunk(chunk);
                     }
                 }
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => return,
+                Err(TryRecvError::Empty) => return true,
+                Err(TryRecvError::Disconnected) => return false,
             }
         }
-        // Everything waiting on the socket.
+    }
+
+    /// Everything waiting on the socket, each datagram to its connection (or held, if it is not known yet).
+    fn receive(&mut self) {
         loop {
-            match endpoint.recv_batch(&mut batch) {
+            match self.endpoint.recv_batch(&mut self.batch) {
                 Ok(_) => {
                     let now = Instant::now();
-                    for (from, datagram) in batch.iter_mut() {
+                    for (from, datagram) in self.batch.iter_mut() {
                         let Some(id) = peek_conn_id(datagram) else {
-                            early.unclaimed += 1;
+                            self.early.unclaimed += 1;
                             continue;
                         };
-                        let Some(s) = sessions.get_mut(&id) else {
-                            early.hold(now, id, from, datagram);
+                        let Some(s) = self.sessions.get_mut(&id) else {
+                            self.early.hold(now, id, from, datagram);
                             continue;
                         };
                         // Opened in place, in the receive buffer.
@@ -256,18 +291,25 @@ fn plane_thread(mut endpoint: UdpEndpoint, cmds: std_mpsc::Receiver<PlaneCmdBox>
                         drain_events(s);
                     }
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) => {
                     tracing::debug!("UDP receive error: {e}");
-                    break;
+                    return;
                 }
             }
         }
+    }
+
+    /// Sends the ACKs that are due; when the next one will be.
+    fn transmit(&mut self) -> Option<Instant> {
         let now = Instant::now();
         let mut next: Option<Instant> = None;
-        for s in sessions.values_mut() {
-            while let Some(t) = s.receiver.poll_transmit(now, &mut out) {
-                if let Err(e) = endpoint.send_batch(t.destination, &out, out.len()) {
+        for s in self.sessions.values_mut() {
+            while let Some(t) = s.receiver.poll_transmit(now, &mut self.out) {
+                if let Err(e) = self
+                    .endpoint
+                    .send_batch(t.destination, &self.out, self.out.len())
+                {
                     tracing::debug!("UDP send to {} failed: {e}", t.destination);
                 }
             }
@@ -275,25 +317,25 @@ fn plane_thread(mut endpoint: UdpEndpoint, cmds: std_mpsc::Receiver<PlaneCmdBox>
                 next = Some(next.map_or(t, |n| n.min(t)));
             }
         }
-        if now.duration_since(last_stats) >= Duration::from_millis(200) {
-            last_stats = now;
-            for s in sessions.values() {
-                *lock(&s.stats) = s.receiver.stats().clone();
-            }
-            early.expire(now);
-            if early.unclaimed > 0 {
-                tracing::debug!(
-                    "{} datagrams for unknown DCSP connections dropped",
-                    early.unclaimed
-                );
-            }
+        next
+    }
+
+    /// Every [`STATS_EVERY`]: the connections' counters for their control tasks, and old held datagrams dropped.
+    fn publish_stats(&mut self) {
+        let now = Instant::now();
+        if now.duration_since(self.last_stats) < STATS_EVERY {
+            return;
         }
-        let wait = next
-            .map(|t| t.saturating_duration_since(Instant::now()))
-            .unwrap_or(IDLE_WAIT)
-            .min(IDLE_WAIT);
-        if !wait.is_zero() {
-            let _ = endpoint.wait_readable(Some(wait));
+        self.last_stats = now;
+        for s in self.sessions.values() {
+            *lock(&s.stats) = s.receiver.stats().clone();
+        }
+        self.early.expire(now);
+        if self.early.unclaimed > 0 {
+            tracing::debug!(
+                "{} datagrams for unknown DCSP connections dropped",
+                self.early.unclaimed
+            );
         }
     }
 }

@@ -10,18 +10,16 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::mpsc::{self as std_mpsc, RecvTimeoutError};
-use std::sync::Arc;
 use std::time::Duration;
 
 use trackshift_dcsp::stream_conn_id;
 use trackshift_proto::frame::DATA_PIECE;
 use trackshift_proto::hashing::{Hasher, OrderedFileHasher};
-use trackshift_proto::{ChunkMap, ChunkPlan, ErrorCode};
-use trackshift_storage::{PartialFile, WriteStage};
+use trackshift_proto::{ChunkPlan, ErrorCode};
+use trackshift_storage::WriteStage;
 
 use super::dcsp_plane::UdpPlane;
-use super::tcp_writer::WriterJob;
-use super::verify::{finish_file, Committer, HashOp, HashThread, WriterEvent};
+use super::verify::{HashOp, Verifier, WriterEvent, WriterJob};
 use crate::error::{store_reply, ErrorReply};
 use crate::pool::{BufPool, SharedBytes, SpareBufs};
 use crate::threads;
@@ -122,10 +120,7 @@ impl Cursor {
 /// The writer's working parts.
 struct Writer {
     cur: Cursor,
-    map: ChunkMap,
-    part: Arc<PartialFile>,
-    hash: HashThread,
-    committer: Committer,
+    v: Verifier,
     stage: WriteStage,
     pool: BufPool,
     scratch: Vec<u8>,
@@ -136,18 +131,9 @@ fn run(
     feed: DcspFeed,
     msgs: std_mpsc::Receiver<DcspWriterMsg>,
 ) -> Result<(), ErrorReply> {
-    let WriterJob {
-        plan,
-        part,
-        verified,
-        dest,
-        store,
-        events,
-    } = job;
-    let part = Arc::new(part);
+    let plan = job.plan;
     let mut w = Writer {
-        committer: Committer::start(part.clone(), store.clone(), dest.id, events.clone())?,
-        hash: HashThread::start(OrderedFileHasher::new())?,
+        v: job.start(OrderedFileHasher::new())?,
         cur: Cursor {
             plan,
             at: 0,
@@ -158,8 +144,6 @@ fn run(
             hashed: HashMap::new(),
             expected: HashMap::new(),
         },
-        map: verified,
-        part,
         stage: WriteStage::new(),
         pool: BufPool::new(MAX_BLOCK + 1),
         scratch: vec![0u8; DATA_PIECE],
@@ -183,25 +167,17 @@ fn run(
                 done_chunks.push(index);
             }
             DcspWriterMsg::Finish(expected) => {
-                w.stage.flush(&w.part).map_err(store_reply)?;
-                return finish_file(
-                    w.committer,
-                    w.hash,
-                    w.part,
-                    expected,
-                    &store,
-                    &dest,
-                    &events,
-                );
+                w.stage.flush(&w.v.part).map_err(store_reply)?;
+                return w.v.finish(expected);
             }
         }
         w.hash_in_order(&mut done_chunks)?;
         for c in done_chunks {
-            w.judge(c, &feed, &events, &dest.id)?;
+            w.judge(c, &feed)?;
         }
     }
-    w.stage.flush(&w.part).map_err(store_reply)?;
-    w.committer.finish()
+    w.stage.flush(&w.v.part).map_err(store_reply)?;
+    w.v.close()
 }
 
 impl Writer {
@@ -216,14 +192,14 @@ impl Writer {
         spare: &SpareBufs,
     ) -> Result<(), ErrorReply> {
         let cur = &mut self.cur;
-        if self.map.get(chunk) || !cur.plan.contains(chunk) || offset < cur.at {
+        if self.v.verified.get(chunk) || !cur.plan.contains(chunk) || offset < cur.at {
             return Ok(());
         }
         if cur.held_bytes + data.len() <= MAX_HELD || offset == cur.at {
             cur.held_bytes += data.len();
             cur.held.insert(offset, BufPool::adopt(data, spare));
         } else {
-            self.part.write_at(offset, &data).map_err(store_reply)?;
+            self.v.part.write_at(offset, &data).map_err(store_reply)?;
             cur.spilled.insert(offset, data.len() as u32);
         }
         Ok(())
@@ -241,14 +217,14 @@ impl Writer {
             };
             let c = self.cur.chunk_of(self.cur.at);
             if self.cur.chunk.is_none() {
-                self.hash.send(HashOp::Mark)?;
+                self.v.hash.send(HashOp::Mark)?;
                 self.cur.chunk = Some((c, Hasher::new()));
             }
             if let Some((_, h)) = self.cur.chunk.as_mut() {
                 h.update(&bytes);
             }
             self.cur.at += bytes.len() as u64;
-            self.hash.send(HashOp::Bytes(bytes))?;
+            self.v.hash.send(HashOp::Bytes(bytes))?;
             if self.cur.at >= self.cur.chunk_end(c) {
                 if let Some((c, h)) = self.cur.chunk.take() {
                     self.cur.hashed.insert(c, h.finish());
@@ -263,48 +239,38 @@ impl Writer {
         let at = self.cur.at;
         if let Some(b) = self.cur.held.remove(&at) {
             self.cur.held_bytes -= b.len();
-            self.stage.write(&self.part, at, &b).map_err(store_reply)?;
+            self.stage
+                .write(&self.v.part, at, &b)
+                .map_err(store_reply)?;
             return Ok(Some(b));
         }
         let Some(len) = self.cur.spilled.remove(&at) else {
             return Ok(None);
         };
         // Already on disk.
-        self.stage.flush(&self.part).map_err(store_reply)?;
+        self.stage.flush(&self.v.part).map_err(store_reply)?;
         let mut whole = vec![0u8; len as usize];
-        self.part.read_at(at, &mut whole).map_err(store_reply)?;
+        self.v.part.read_at(at, &mut whole).map_err(store_reply)?;
         Ok(Some(self.pool.aligned_copy(&whole, 1)))
     }
 
     /// Chunk `c` is hashed whole and its expected hash known: commit it, or forget it and ask for it again.
-    fn judge(
-        &mut self,
-        c: u32,
-        feed: &DcspFeed,
-        events: &super::verify::WriterEvents,
-        id: &trackshift_proto::SessionId,
-    ) -> Result<(), ErrorReply> {
+    fn judge(&mut self, c: u32, feed: &DcspFeed) -> Result<(), ErrorReply> {
         let (Some(&got), Some(&want)) = (self.cur.hashed.get(&c), self.cur.expected.get(&c)) else {
             return Ok(());
         };
         // A verified chunk must be on disk before it is committed; a failed one is read back by rollback.
-        self.stage.flush(&self.part).map_err(store_reply)?;
+        self.stage.flush(&self.v.part).map_err(store_reply)?;
         self.cur.hashed.remove(&c);
         self.cur.expected.remove(&c);
         let start = self.cur.plan.offset(c);
         if got == want {
-            self.map.insert(c);
-            self.hash.send(HashOp::Release(start))?;
-            return self.committer.commit(c, got, self.cur.plan.len(c));
+            self.v.hash.send(HashOp::Release(start))?;
+            return self.v.commit(c, got);
         }
-        tracing::warn!("chunk {c} of session {id} failed verification; asking for it again");
         self.rollback(c)?;
         feed.reset_chunk(c);
-        let _ = events.send(WriterEvent::ChunkDone {
-            index: c,
-            ok: false,
-            len: self.cur.plan.len(c),
-        });
+        self.v.failed(c);
         Ok(())
     }
 
@@ -314,16 +280,18 @@ impl Writer {
         let cur = &mut self.cur;
         while cur.at < cur.plan.file_size() && cur.chunk.is_none() {
             let c = cur.chunk_of(cur.at);
-            if !self.map.get(c) || cur.at != cur.plan.offset(c) {
+            if !self.v.verified.get(c) || cur.at != cur.plan.offset(c) {
                 break;
             }
             let end = cur.chunk_end(c);
             while cur.at < end {
                 let n = (end - cur.at).min(self.scratch.len() as u64) as usize;
-                self.part
+                self.v
+                    .part
                     .read_at(cur.at, &mut self.scratch[..n])
                     .map_err(store_reply)?;
-                self.hash
+                self.v
+                    .hash
                     .send(HashOp::Bytes(self.pool.aligned_copy(&self.scratch[..n], 1)))?;
                 cur.at += n as u64;
             }
@@ -348,12 +316,12 @@ impl Writer {
         cur.hashed.remove(&c);
         cur.chunk = None;
         cur.at = start;
-        if self.hash.position() < start {
+        if self.v.hash.position() < start {
             return Err((
                 ErrorCode::Internal,
                 format!("rolling back chunk {c} ahead of the whole-file hash"),
             ));
         }
-        self.hash.send(HashOp::Rollback(start))
+        self.v.hash.send(HashOp::Rollback(start))
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use trackshift_proto::frame::DATA_PIECE;
 use trackshift_proto::hashing::OrderedFileHasher;
-use trackshift_proto::{ErrorCode, SessionId};
+use trackshift_proto::{ChunkMap, ChunkPlan, ErrorCode, SessionId};
 use trackshift_storage::{unix_now, ChunkSink, PartialFile, SessionState, SessionStore};
 
 use crate::error::{store_reply, ErrorReply};
@@ -130,7 +130,7 @@ pub(crate) fn hash_from_disk(
 /// Makes verified chunks durable off the writer's path, so writing and hashing the next chunk overlaps the
 /// previous chunk's fdatasync: data synced first, then the store's mark, then the sender is told.
 #[derive(Debug)]
-pub(crate) struct Committer {
+struct Committer {
     tx: Option<std_mpsc::Sender<(u32, [u8; 32], u64)>>,
     handle: Option<std::thread::JoinHandle<Result<(), ErrorReply>>>,
 }
@@ -207,36 +207,104 @@ pub(crate) struct Destination {
     pub(crate) size: u64,
 }
 
-/// Every chunk verified: waits for the last commits and the hashing thread, hashes what could not be hashed in
-/// order from disk, and puts the file in place if the whole matches `expected` (or discards the session).
-pub(crate) fn finish_file(
-    mut committer: Committer,
-    hash: HashThread,
-    part: Arc<PartialFile>,
-    expected: [u8; 32],
-    store: &SessionStore,
-    dest: &Destination,
-    events: &WriterEvents,
-) -> Result<(), ErrorReply> {
-    committer.finish()?;
-    drop(committer);
-    let mut hasher = hash.finish()?;
-    let part = Arc::try_unwrap(part).map_err(|_| internal("partial file still shared".into()))?;
-    hash_from_disk(&part, &mut hasher, dest.size)?;
-    let sha = hasher.finish();
-    if sha != expected {
-        // Every chunk verified yet the whole does not: the partial data cannot be trusted.
-        let _ = part.remove();
-        let _ = store.remove_incoming(&dest.id);
-        let _ = events.send(WriterEvent::FileMismatch { sha });
-        return Ok(());
+/// What a writer needs for one transfer (both data paths).
+#[derive(Debug)]
+pub(crate) struct WriterJob {
+    pub(crate) plan: ChunkPlan,
+    pub(crate) part: PartialFile,
+    /// Chunks verified before this connection.
+    pub(crate) verified: ChunkMap,
+    pub(crate) dest: Destination,
+    pub(crate) store: Arc<SessionStore>,
+    pub(crate) events: WriterEvents,
+}
+
+impl WriterJob {
+    /// Starts the transfer's commit and whole-file hashing threads, the hash going on from `hasher`.
+    pub(crate) fn start(self, hasher: OrderedFileHasher) -> Result<Verifier, ErrorReply> {
+        let part = Arc::new(self.part);
+        Ok(Verifier {
+            committer: Committer::start(
+                part.clone(),
+                self.store.clone(),
+                self.dest.id,
+                self.events.clone(),
+            )?,
+            hash: HashThread::start(hasher)?,
+            part,
+            plan: self.plan,
+            verified: self.verified,
+            store: self.store,
+            dest: self.dest,
+            events: self.events,
+        })
     }
-    let final_path = part
-        .finalize(&dest.output_dir, &dest.name)
-        .map_err(store_reply)?;
-    record_completed(store, &dest.id, &final_path, sha)?;
-    let _ = events.send(WriterEvent::FileDone { sha, final_path });
-    Ok(())
+}
+
+/// What both writers hand their chunks to: the partial file, the whole-file hash, the commit thread, and the
+/// verdicts for the connection's task.
+#[derive(Debug)]
+pub(crate) struct Verifier {
+    pub(crate) plan: ChunkPlan,
+    /// Chunks verified (before this connection, and committed since).
+    pub(crate) verified: ChunkMap,
+    pub(crate) part: Arc<PartialFile>,
+    pub(crate) hash: HashThread,
+    committer: Committer,
+    store: Arc<SessionStore>,
+    dest: Destination,
+    events: WriterEvents,
+}
+
+impl Verifier {
+    /// Chunk `index` matched its hash `sha`: durable and recorded next, then the sender is told.
+    pub(crate) fn commit(&mut self, index: u32, sha: [u8; 32]) -> Result<(), ErrorReply> {
+        self.verified.insert(index);
+        self.committer.commit(index, sha, self.plan.len(index))
+    }
+
+    /// Chunk `index` did not match its hash: the sender is told to send it again.
+    pub(crate) fn failed(&self, index: u32) {
+        tracing::warn!(
+            "chunk {index} of session {} failed verification; asking for it again",
+            self.dest.id
+        );
+        let _ = self.events.send(WriterEvent::ChunkDone {
+            index,
+            ok: false,
+            len: self.plan.len(index),
+        });
+    }
+
+    /// The connection ended before the file: waits until every queued chunk is durable and recorded.
+    pub(crate) fn close(mut self) -> Result<(), ErrorReply> {
+        self.committer.finish()
+    }
+
+    /// Every chunk verified: waits for the last commits and the hashing thread, hashes what could not be hashed
+    /// in order from disk, and puts the file in place if the whole matches `expected` (or discards the session).
+    pub(crate) fn finish(mut self, expected: [u8; 32]) -> Result<(), ErrorReply> {
+        self.committer.finish()?;
+        drop(self.committer);
+        let mut hasher = self.hash.finish()?;
+        let part =
+            Arc::try_unwrap(self.part).map_err(|_| internal("partial file still shared".into()))?;
+        hash_from_disk(&part, &mut hasher, self.dest.size)?;
+        let sha = hasher.finish();
+        if sha != expected {
+            // Every chunk verified yet the whole does not: the partial data cannot be trusted.
+            let _ = part.remove();
+            let _ = self.store.remove_incoming(&self.dest.id);
+            let _ = self.events.send(WriterEvent::FileMismatch { sha });
+            return Ok(());
+        }
+        let final_path = part
+            .finalize(&self.dest.output_dir, &self.dest.name)
+            .map_err(store_reply)?;
+        record_completed(&self.store, &self.dest.id, &final_path, sha)?;
+        let _ = self.events.send(WriterEvent::FileDone { sha, final_path });
+        Ok(())
+    }
 }
 
 fn record_completed(

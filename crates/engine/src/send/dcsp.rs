@@ -189,86 +189,139 @@ pub(crate) enum PlaneFailure {
     Fatal(String),
 }
 
-fn run_plane(
-    mut endpoint: UdpEndpoint,
+/// Room for one batch of datagrams of a 1500-byte path (larger ones grow it once).
+const BATCH_BYTES: usize = SEND_BATCH * 1500;
+/// Largest datagram a plane builds: a 64 KiB UDP payload.
+const MAX_DATAGRAM: usize = 64 * 1024;
+
+/// One stream's sending loop: its socket, its `DcspSender`, and where its blocks come from.
+struct SendLoop {
+    endpoint: UdpEndpoint,
     peer: SocketAddr,
-    mut sender: DcspSender,
+    sender: DcspSender,
+    blocks: std_mpsc::Receiver<(u32, Arc<PooledBuf>)>,
+    reader_done: bool,
+    started: Instant,
+    batch: RecvBatch,
+    packet: Vec<u8>,
+    out: Vec<u8>,
+}
+
+fn run_plane(
+    endpoint: UdpEndpoint,
+    peer: SocketAddr,
+    sender: DcspSender,
     blocks: std_mpsc::Receiver<(u32, Arc<PooledBuf>)>,
     stop: &AtomicBool,
     stats: &Mutex<SenderStats>,
 ) -> Result<(), PlaneFailure> {
     let started = Instant::now();
-    let mut batch = RecvBatch::new();
-    let mut packet = Vec::with_capacity(65536);
-    let mut out: Vec<u8> = Vec::with_capacity(SEND_BATCH * 1500);
+    let mut l = SendLoop {
+        endpoint,
+        peer,
+        sender,
+        blocks,
+        reader_done: false,
+        started,
+        batch: RecvBatch::new(),
+        packet: Vec::with_capacity(MAX_DATAGRAM),
+        out: Vec::with_capacity(BATCH_BYTES),
+    };
     let mut last_stats = started;
-    let mut reader_done = false;
     while !stop.load(Ordering::Relaxed) {
-        // ACKs.
-        loop {
-            match endpoint.recv_batch(&mut batch) {
-                Ok(_) => {
-                    let now = Instant::now();
-                    for (_, d) in batch.iter_mut() {
-                        sender.handle_datagram(now, d);
-                    }
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                // ICMP errors (port unreachable) surface here; the silence checks below decide.
-                Err(_) => break,
-            }
-        }
+        l.take_acks();
         let now = Instant::now();
-        sender.handle_timeout(now);
-        if !sender.heard_from_peer() && now.duration_since(started) > UDP_PROBE {
-            return Err(PlaneFailure::NoAnswer);
-        }
-        if sender.heard_from_peer() && sender.silence(now) > UDP_SILENCE {
-            return Err(PlaneFailure::Silent);
-        }
-        // New blocks, while there is room.
-        let mut starved = false;
-        while sender.wants_block() {
-            match blocks.try_recv() {
-                Ok((b, bytes)) => sender
-                    .push_block(b, &bytes)
-                    .map_err(|e| PlaneFailure::Fatal(e.to_string()))?,
-                Err(TryRecvError::Empty) => {
-                    starved = !reader_done;
-                    break;
-                }
-                Err(TryRecvError::Disconnected) => {
-                    reader_done = true;
-                    break;
-                }
-            }
-        }
-        // Datagrams that are due, in batches of equal-size segments.
-        let mut sent = 0;
-        let mut segment = 0;
-        out.clear();
-        while sent < SEND_BATCH && sender.poll_transmit(now, &mut packet) {
-            if !out.is_empty() && (packet.len() != segment) {
-                flush(&mut endpoint, peer, &out, segment);
-                out.clear();
-            }
-            segment = packet.len();
-            out.extend_from_slice(&packet);
-            sent += 1;
-        }
-        if !out.is_empty() {
-            flush(&mut endpoint, peer, &out, segment);
-        }
+        l.sender.handle_timeout(now);
+        l.check_peer(now)?;
+        let starved = l.take_blocks()?;
+        let sent = l.transmit(now);
         if now.duration_since(last_stats) >= STATS_EVERY {
             last_stats = now;
             if let Ok(mut s) = stats.lock() {
-                *s = sender.stats();
+                *s = l.sender.stats();
             }
         }
-        if sent == SEND_BATCH {
-            continue;
+        if sent < SEND_BATCH {
+            l.wait(starved);
         }
-        let mut wait = sender
+    }
+    if let Ok(mut s) = stats.lock() {
+        *s = l.sender.stats();
+    }
+    Ok(())
+}
+
+impl SendLoop {
+    /// Every ACK waiting on the socket.
+    fn take_acks(&mut self) {
+        loop {
+            match self.endpoint.recv_batch(&mut self.batch) {
+                Ok(_) => {
+                    let now = Instant::now();
+                    for (_, d) in self.batch.iter_mut() {
+                        self.sender.handle_datagram(now, d);
+                    }
+                }
+                // ICMP errors (port unreachable) surface here too; the silence checks decide.
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// No ACK ever (UDP blocked), or none for too long (the receiver is gone): the plane gives up.
+    fn check_peer(&self, now: Instant) -> Result<(), PlaneFailure> {
+        let heard = self.sender.heard_from_peer();
+        if !heard && now.duration_since(self.started) > UDP_PROBE {
+            return Err(PlaneFailure::NoAnswer);
+        }
+        if heard && self.sender.silence(now) > UDP_SILENCE {
+            return Err(PlaneFailure::Silent);
+        }
+        Ok(())
+    }
+
+    /// New blocks, while the sender has room; true when it wanted more than the reader had ready.
+    fn take_blocks(&mut self) -> Result<bool, PlaneFailure> {
+        while self.sender.wants_block() {
+            match self.blocks.try_recv() {
+                Ok((b, bytes)) => self
+                    .sender
+                    .push_block(b, &bytes)
+                    .map_err(|e| PlaneFailure::Fatal(e.to_string()))?,
+                Err(TryRecvError::Empty) => return Ok(!self.reader_done),
+                Err(TryRecvError::Disconnected) => {
+                    self.reader_done = true;
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// The datagrams that are due, in batches of equal-size segments (one GSO send each); how many went.
+    fn transmit(&mut self, now: Instant) -> usize {
+        let mut sent = 0;
+        let mut segment = 0;
+        self.out.clear();
+        while sent < SEND_BATCH && self.sender.poll_transmit(now, &mut self.packet) {
+            if !self.out.is_empty() && (self.packet.len() != segment) {
+                flush(&mut self.endpoint, self.peer, &self.out, segment);
+                self.out.clear();
+            }
+            segment = self.packet.len();
+            self.out.extend_from_slice(&self.packet);
+            sent += 1;
+        }
+        if !self.out.is_empty() {
+            flush(&mut self.endpoint, self.peer, &self.out, segment);
+        }
+        sent
+    }
+
+    /// Sleeps until the next datagram is due or an ACK arrives (briefly when the reader is behind).
+    fn wait(&self, starved: bool) {
+        let mut wait = self
+            .sender
             .poll_timeout()
             .map(|t| t.saturating_duration_since(Instant::now()))
             .unwrap_or(MAX_WAIT)
@@ -277,13 +330,9 @@ fn run_plane(
             wait = wait.min(STARVED_WAIT);
         }
         if !wait.is_zero() {
-            let _ = endpoint.wait_readable(Some(wait));
+            let _ = self.endpoint.wait_readable(Some(wait));
         }
     }
-    if let Ok(mut s) = stats.lock() {
-        *s = sender.stats();
-    }
-    Ok(())
 }
 
 fn flush(endpoint: &mut UdpEndpoint, peer: SocketAddr, data: &[u8], segment: usize) {

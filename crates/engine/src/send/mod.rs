@@ -32,7 +32,7 @@ use trackshift_transport::{
 };
 
 use crate::error::EngineError;
-use crate::event::{mbps, rounded, DcspFigures, Event, EventSink, SendSummary};
+use crate::event::{mbps, rounded, DcspFigures, Event, EventSink, SendSummary, SummaryCore};
 use dcsp::{plane_queue_len, shard_size_for, DataPlane, PlaneFailure, PlaneSpec, Planes};
 use reader::{Outlet, ReadEvent, Reader, READ_AHEAD};
 
@@ -785,15 +785,18 @@ impl Sender {
         };
         let udp = self.wire.udp.as_ref();
         let summary = SendSummary {
-            session_id: self.record.id.to_hex(),
-            file: self.source.name().to_owned(),
+            core: SummaryCore {
+                session_id: self.record.id.to_hex(),
+                file: self.source.name().to_owned(),
+                bytes: size,
+                seconds,
+                goodput_mbps: mbps(sent_bytes, seconds),
+                protocol: self.session.data_path().name(),
+                sha256: sha_hex.clone(),
+                ok: result.is_ok(),
+                error: result.as_ref().err().map(|e| e.to_string()),
+            },
             final_name: result.as_ref().ok().map(|d| d.final_name.clone()),
-            bytes: size,
-            seconds,
-            goodput_mbps: mbps(sent_bytes, seconds),
-            protocol: self.session.data_path().name(),
-            sha256: sha_hex.clone(),
-            ok: result.is_ok(),
             packets_sent: udp.map(|u| u.packets_sent + self.wire.earlier_packets.0),
             packets_retransmitted: udp
                 .map(|u| u.packets_retransmitted + self.wire.earlier_packets.1),
@@ -809,13 +812,12 @@ impl Sender {
             compressed_chunks: self.wire.compressed_chunks,
             bytes_on_wire: self.wire.bytes_on_wire,
             connections: stats.connections,
-            error: result.as_ref().err().map(|e| e.to_string()),
         };
         self.sink
             .event(&Event::SendSummary(Box::new(summary.clone())));
         let delivered = result?;
         self.sink.event(&Event::Sent {
-            file: summary.file.clone(),
+            file: summary.core.file.clone(),
             bytes: size,
             final_name: delivered.final_name,
             seconds,
