@@ -26,6 +26,8 @@ struct State {
     bar_started: bool,
     last_progress: Option<Instant>,
     last_dcsp: Option<Instant>,
+    /// A `summary` was printed: it stays the last line of a `send`.
+    summary_printed: bool,
 }
 
 impl Reporter {
@@ -41,9 +43,10 @@ impl Reporter {
         self.json
     }
 
-    /// The `error` object that ends a failed `send` with `--json`.
+    /// The `error` object that ends a `send` with `--json` when it failed before its summary (a missing file, no
+    /// secret); after a summary, which already says why, nothing may follow it (cli-contract.md, `--json`).
     pub fn error_event(&self, message: &str, exit_code: i32) {
-        if self.json {
+        if self.json && !self.state().summary_printed {
             print_line(
                 &serde_json::json!({"event": "error", "message": message, "exit_code": exit_code}),
             );
@@ -60,6 +63,9 @@ impl Reporter {
             return;
         }
         let mut state = self.state();
+        if matches!(event, Event::SendSummary(_)) {
+            state.summary_printed = true;
+        }
         let last = match event {
             Event::Progress { .. } => Some(&mut state.last_progress),
             Event::Dcsp(_) => Some(&mut state.last_dcsp),
@@ -264,6 +270,7 @@ fn receive_line(event: &Event) -> Option<String> {
             session_id,
             file,
             peer,
+            ..
         } => format!("{file} from {peer}: connection lost; session {session_id} kept for resume"),
         Event::Stopped => {
             "stopped; partial transfers are kept and resume when their senders re-run".to_owned()

@@ -60,7 +60,14 @@ impl ErrorKind {
     }
 
     fn of_storage(e: &StorageError) -> Self {
-        if e.is_bad_input() {
+        // A directory flag naming nothing usable is bad input, like a missing file.
+        let bad_dir = matches!(
+            e,
+            StorageError::OutputDirMissing { .. }
+                | StorageError::OutputDirNotDirectory { .. }
+                | StorageError::StateDirNotDirectory { .. }
+        );
+        if e.is_bad_input() || bad_dir {
             Self::BadInput
         } else if e.is_no_space() || e.is_permission() {
             Self::Storage

@@ -135,6 +135,9 @@ pub enum Event {
         session_id: String,
         file: String,
         peer: String,
+        /// DCSP: the address changes this connection's data plane followed (a resumed session's summary has only
+        /// the last connection's counters).
+        path_changes: Option<u64>,
     },
     /// The receiver stopped (SIGTERM, Ctrl+C, or `--once`).
     Stopped,

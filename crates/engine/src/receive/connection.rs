@@ -628,6 +628,7 @@ impl<'a> Connection<'a> {
                 session_id: t.record.id.to_hex(),
                 file: t.record.file_name.clone(),
                 peer,
+                path_changes: udp.as_ref().map(|u| u.path_changes),
             });
             return conn_outcome;
         }
