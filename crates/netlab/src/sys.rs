@@ -1,6 +1,9 @@
 //! The few syscalls the emulator needs (TUN, poll, signals, setns, getrusage). This is the only module with
 //! `unsafe`: each block is one libc call on a buffer or fd we own.
-#![allow(unsafe_code)] // reason: TUN ioctls, ppoll, sigaction and setns have no safe std equivalent
+#![allow(
+    unsafe_code,
+    reason = "TUN ioctls, ppoll, sigaction and setns have no safe std equivalent"
+)]
 
 use std::fs::{File, OpenOptions};
 use std::io;

@@ -118,7 +118,6 @@ impl PieceDecompressor {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

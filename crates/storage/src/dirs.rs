@@ -161,7 +161,6 @@ fn create_private_dir(path: &Path, recursive: bool) -> Result<(), StorageError> 
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;

@@ -130,7 +130,6 @@ impl WriteStage {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use trackshift_proto::SessionId;

@@ -454,7 +454,6 @@ fn db_error(path: &Path, e: rusqlite::Error) -> StorageError {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use std::sync::Arc;

@@ -247,7 +247,6 @@ pub fn dcsp_secret_of<D>(conn: &rustls::ConnectionCommon<D>) -> Result<[u8; 32],
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

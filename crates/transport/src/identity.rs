@@ -93,7 +93,6 @@ pub fn normalize_fingerprint(s: &str) -> Option<String> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -363,7 +363,6 @@ pub fn steered_index(key: u32, n: usize) -> usize {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use std::collections::BTreeSet;
