@@ -89,7 +89,7 @@ pub fn normalize_fingerprint(s: &str) -> Option<String> {
         .filter(|c| *c != ':')
         .collect();
     let bytes = hex::decode(hexpart.to_ascii_lowercase()).ok()?;
-    (bytes.len() == 32).then(|| format!("sha256:{}", hex::encode(bytes)))
+    (bytes.len() == Sha256::output_size()).then(|| format!("sha256:{}", hex::encode(bytes)))
 }
 
 #[cfg(test)]
