@@ -13,6 +13,8 @@ use crate::TransportError;
 
 const CERT_FILE: &str = "cert.pem";
 const KEY_FILE: &str = "key.pem";
+/// Mode of the identity files: owner read and write only, since the key is the receiver's identity.
+const PRIVATE_MODE: u32 = 0o600;
 
 /// A key pair and its self-signed certificate.
 #[derive(Debug)]
@@ -67,7 +69,7 @@ fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(0o600)
+        .mode(PRIVATE_MODE)
         .open(&tmp)?;
     f.write_all(data)?;
     f.sync_all()?;
