@@ -24,15 +24,15 @@ pub struct Nack {
     pub block: u32,
     /// Shards (any of them) still needed to rebuild the block.
     pub needed: u8,
-    /// Original shards the receiver has, bit `i` of byte `i / 8`.
+    /// Original shards the receiver has, bit `i % 8` of byte `i / 8`.
     pub have: Vec<u8>,
 }
 
 impl Nack {
     pub fn has(&self, shard: u8) -> bool {
         self.have
-            .get(usize::from(shard / 8))
-            .is_some_and(|b| b & (1 << (shard % 8)) != 0)
+            .get(usize::from(shard) / u8::BITS as usize)
+            .is_some_and(|b| b & (1 << (u32::from(shard) % u8::BITS)) != 0)
     }
 }
 
@@ -108,7 +108,9 @@ impl Ack {
             let span = geometry
                 .span(block)
                 .ok_or(WireError::Malformed("ACK NACK block"))?;
-            let have = r.bytes(usize::from(span.data_shards).div_ceil(8))?.to_vec();
+            let have = r
+                .bytes(usize::from(span.data_shards).div_ceil(u8::BITS as usize))?
+                .to_vec();
             ack.nacks.push(Nack {
                 block,
                 needed,

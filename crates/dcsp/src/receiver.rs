@@ -24,6 +24,8 @@ const ACK_DELAY: Duration = Duration::from_millis(2);
 const MAX_SPARE: usize = 8;
 /// Never more often than this (except to answer a PING).
 const MIN_ACK_INTERVAL: Duration = Duration::from_micros(250);
+/// Blocks per word of the complete-blocks bitmap.
+const WORD_BITS: u32 = u64::BITS;
 
 /// What the receiver needs.
 #[derive(Debug)]
@@ -220,7 +222,7 @@ impl DcspReceiver {
             epoch: now,
             spare: Vec::new(),
             replay: ReplayWindow::new(),
-            done: vec![0; (limit as usize).div_ceil(64)],
+            done: vec![0; limit.div_ceil(WORD_BITS) as usize],
             cumulative: 0,
             highest_block: None,
             assemblies: HashMap::new(),
@@ -268,16 +270,16 @@ impl DcspReceiver {
 
     fn is_done(&self, b: u32) -> bool {
         self.done
-            .get((b / 64) as usize)
-            .is_some_and(|w| w & (1 << (b % 64)) != 0)
+            .get((b / WORD_BITS) as usize)
+            .is_some_and(|w| w & (1 << (b % WORD_BITS)) != 0)
     }
 
     fn set_done(&mut self, b: u32, v: bool) {
-        if let Some(w) = self.done.get_mut((b / 64) as usize) {
+        if let Some(w) = self.done.get_mut((b / WORD_BITS) as usize) {
             if v {
-                *w |= 1 << (b % 64);
+                *w |= 1 << (b % WORD_BITS);
             } else {
-                *w &= !(1 << (b % 64));
+                *w &= !(1 << (b % WORD_BITS));
             }
         }
     }
@@ -285,9 +287,9 @@ impl DcspReceiver {
     fn advance_cumulative(&mut self) {
         let limit = self.geometry.block_limit();
         while self.cumulative < limit {
-            let word = self.done[(self.cumulative / 64) as usize];
-            if self.cumulative.is_multiple_of(64) && word == u64::MAX {
-                self.cumulative += 64;
+            let word = self.done[(self.cumulative / WORD_BITS) as usize];
+            if self.cumulative.is_multiple_of(WORD_BITS) && word == u64::MAX {
+                self.cumulative += WORD_BITS;
             } else if self.is_done(self.cumulative) {
                 self.cumulative += 1;
             } else {
@@ -592,7 +594,7 @@ impl DcspReceiver {
                     a.needed()
                 }
                 None => {
-                    have.resize(usize::from(s.data_shards).div_ceil(8), 0);
+                    have.resize(usize::from(s.data_shards).div_ceil(u8::BITS as usize), 0);
                     s.data_shards
                 }
             };

@@ -16,7 +16,9 @@ pub const SOFTWARE: &str = concat!("trackshift ", env!("CARGO_PKG_VERSION"));
 /// TLS exporter label (RFC 8446 §7.5): binds the secret's proof to this TLS session.
 pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-trackshift-auth-v1";
 /// TLS exporter label of the secret the DCSP keys derive from ([`dcsp_secret_of`]): another label than
-/// [`EXPORTER_LABEL`], so the data plane's keys tell nothing about the authentication's proof.
+/// [`EXPORTER_LABEL`], so the data plane's keys tell nothing about the authentication's proof. It is the one
+/// `trackshift_dcsp::crypto::EXPORTER_LABEL` names (PROTOCOL.md §6.2), spelled again since this crate does
+/// not depend on DCSP's.
 const DCSP_EXPORTER_LABEL: &[u8] = b"EXPORTER-trackshift-dcsp-v1";
 /// SPAKE2 identity shared by both sides (symmetric mode: both ends know the same secret).
 const PAKE_IDENTITY: &[u8] = b"trackshift control channel v1";
