@@ -14,7 +14,7 @@ use crate::packet::TAG_LEN;
 
 /// The TLS exporter label both sides use for DCSP keys.
 pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-trackshift-dcsp-v1";
-/// Bytes taken from the exporter.
+/// Bytes taken from the exporter: 256 bits, the strength of the AES-256 keys derived from them.
 pub const EXPORTER_LEN: usize = 32;
 const HKDF_SALT: &[u8] = b"trackshift dcsp v1";
 
@@ -145,7 +145,8 @@ pub struct ReplayWindow {
     bits: Vec<u64>,
 }
 
-/// How far below the highest packet number a packet may arrive and still be accepted.
+/// How far below the highest packet number a packet may arrive and still be accepted: 65,536 packets, like the
+/// sender's send-time ring; real paths do not reorder that deeply, and older packets are refused as stale.
 pub const REPLAY_WINDOW: u64 = 1 << 16;
 
 /// Why the replay window refused a packet number.

@@ -24,7 +24,7 @@ const FLAGS_AT: usize = 3;
 const CONN_ID_AT: usize = 4;
 const PN_AT: usize = CONN_ID_AT + size_of::<u64>();
 /// Bytes of a packet number on the wire: 48 bits, big-endian.
-const PN_LEN: usize = 6;
+pub(crate) const PN_LEN: usize = 6;
 /// Length of the routing header common to every packet.
 pub const HEADER_LEN: usize = PN_AT + PN_LEN;
 /// Byte offsets in the DATA/PARITY sub-header: `block: u32`, then the shard index and the parity count.

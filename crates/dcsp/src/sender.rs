@@ -64,9 +64,11 @@ const LOSS_GAIN: f64 = 0.25;
 const TAIL_SPARE_FACTOR: f64 = 2.0;
 /// ...but at most this many, so a very lossy tail does not send its blocks over and over.
 const MAX_TAIL_SPARES: f64 = 8.0;
-/// Send-time records kept for RTT samples (a ring indexed by packet number).
+/// Send-time records kept for RTT samples (a ring indexed by packet number): 65,536 packets, about 0.8 s of
+/// 1,500-byte datagrams at 1 Gbit/s, more than a round trip holds, so an ACK's packet is still in it.
 const SENT_RING: usize = 1 << 16;
-/// Smallest amount of block data kept in flight, whatever the rate.
+/// Smallest amount of block data kept in flight, whatever the rate: about 22 blocks on a 1500-byte path, so
+/// interleaving and parity have blocks to work with before the rate is known and on slow paths.
 const MIN_WINDOW: usize = 2 * 1024 * 1024;
 /// First transmissions take turns among this many queued blocks, one shard each (see [`ShardQueue`])...
 pub const INTERLEAVE_BLOCKS: usize = 16;
