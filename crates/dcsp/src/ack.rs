@@ -11,11 +11,12 @@
 //! `k` of a NACKed block follows from the block geometry, so the bitmap's length is implicit.
 
 use crate::geometry::BlockGeometry;
-use crate::packet::{Reader, WireError};
+use crate::packet::{Reader, WireError, PN_LEN};
 
-/// Most complete ranges one ACK carries.
+/// Most complete ranges one ACK carries. With [`MAX_NACKS`], this keeps a full ACK for blocks of 64 shards
+/// (`--parity auto`) at 1,220 bytes, within IPv6's minimum MTU of 1,280 with its headers: never fragmented.
 pub const MAX_RANGES: usize = 64;
-/// Most NACK entries one ACK carries.
+/// Most NACK entries one ACK carries (see [`MAX_RANGES`]).
 pub const MAX_NACKS: usize = 48;
 
 /// One missing-shards report.
@@ -24,15 +25,15 @@ pub struct Nack {
     pub block: u32,
     /// Shards (any of them) still needed to rebuild the block.
     pub needed: u8,
-    /// Original shards the receiver has, bit `i` of byte `i / 8`.
+    /// Original shards the receiver has, bit `i % 8` of byte `i / 8`.
     pub have: Vec<u8>,
 }
 
 impl Nack {
     pub fn has(&self, shard: u8) -> bool {
         self.have
-            .get(usize::from(shard / 8))
-            .is_some_and(|b| b & (1 << (shard % 8)) != 0)
+            .get(usize::from(shard) / u8::BITS as usize)
+            .is_some_and(|b| b & (1 << (u32::from(shard) % u8::BITS)) != 0)
     }
 }
 
@@ -54,7 +55,7 @@ pub struct Ack {
 
 impl Ack {
     pub fn encode(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.largest_pn.to_be_bytes()[2..]);
+        out.extend_from_slice(&self.largest_pn.to_be_bytes()[size_of::<u64>() - PN_LEN..]);
         out.extend_from_slice(&self.ack_delay_us.to_be_bytes());
         out.extend_from_slice(&self.receiver_time_us.to_be_bytes());
         out.extend_from_slice(&self.packets_received.to_be_bytes());
@@ -108,7 +109,9 @@ impl Ack {
             let span = geometry
                 .span(block)
                 .ok_or(WireError::Malformed("ACK NACK block"))?;
-            let have = r.bytes(usize::from(span.data_shards).div_ceil(8))?.to_vec();
+            let have = r
+                .bytes(usize::from(span.data_shards).div_ceil(u8::BITS as usize))?
+                .to_vec();
             ack.nacks.push(Nack {
                 block,
                 needed,
@@ -156,6 +159,27 @@ mod tests {
         assert_eq!(back, ack);
         assert!(back.nacks[0].has(0) && !back.nacks[0].has(3) && back.nacks[0].has(8));
         assert!(Ack::decode(&out[..out.len() - 1], &g).is_err());
+    }
+
+    #[test]
+    fn a_full_ack_for_64_shard_blocks_fits_ipv6s_minimum_mtu() {
+        let ack = Ack {
+            ranges: vec![(1, 1); MAX_RANGES],
+            nacks: vec![
+                Nack {
+                    block: 1,
+                    needed: 1,
+                    have: vec![0; 64 / 8],
+                };
+                MAX_NACKS
+            ],
+            ..Ack::default()
+        };
+        let mut body = Vec::new();
+        ack.encode(&mut body);
+        let datagram = crate::packet::HEADER_LEN + body.len() + crate::packet::TAG_LEN;
+        assert_eq!(datagram, 1220);
+        assert!(datagram + 40 + 8 <= 1280, "IPv6 and UDP headers included");
     }
 
     proptest! {

@@ -7,14 +7,14 @@
 //! the same nonce twice as long as packet numbers do not repeat (they never do: a connection that would run
 //! out of them gets new keys through a new control connection).
 
-use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use ring::hkdf;
 
 use crate::packet::TAG_LEN;
 
 /// The TLS exporter label both sides use for DCSP keys.
 pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-trackshift-dcsp-v1";
-/// Bytes taken from the exporter.
+/// Bytes taken from the exporter: 256 bits, the strength of the AES-256 keys derived from them.
 pub const EXPORTER_LEN: usize = 32;
 const HKDF_SALT: &[u8] = b"trackshift dcsp v1";
 
@@ -28,7 +28,7 @@ pub enum Role {
 /// One direction's AEAD key and IV.
 pub struct PacketKey {
     key: LessSafeKey,
-    iv: [u8; 12],
+    iv: [u8; NONCE_LEN],
 }
 
 impl std::fmt::Debug for PacketKey {
@@ -60,8 +60,8 @@ impl PacketKey {
             .expand(&info_key, &AES_256_GCM)
             .unwrap_or_else(|_| unreachable!("32-byte HKDF expand"));
         let key = LessSafeKey::new(UnboundKey::from(okm));
-        let mut iv = [0u8; 12];
-        prk.expand(&info_iv, Len(12))
+        let mut iv = [0u8; NONCE_LEN];
+        prk.expand(&info_iv, Len(NONCE_LEN))
             .and_then(|okm| okm.fill(&mut iv))
             .unwrap_or_else(|_| unreachable!("12-byte HKDF expand"));
         Self { key, iv }
@@ -69,7 +69,11 @@ impl PacketKey {
 
     fn nonce(&self, packet_number: u64) -> Nonce {
         let mut n = self.iv;
-        for (b, p) in n[4..].iter_mut().zip(packet_number.to_be_bytes()) {
+        // The packet number, as a big-endian u64, goes into the IV's last bytes.
+        for (b, p) in n[NONCE_LEN - size_of::<u64>()..]
+            .iter_mut()
+            .zip(packet_number.to_be_bytes())
+        {
             *b ^= p;
         }
         Nonce::assume_unique_for_key(n)
@@ -141,7 +145,8 @@ pub struct ReplayWindow {
     bits: Vec<u64>,
 }
 
-/// How far below the highest packet number a packet may arrive and still be accepted.
+/// How far below the highest packet number a packet may arrive and still be accepted: 65,536 packets, like the
+/// sender's send-time ring; real paths do not reorder that deeply, and older packets are refused as stale.
 pub const REPLAY_WINDOW: u64 = 1 << 16;
 
 /// Why the replay window refused a packet number.
@@ -163,13 +168,14 @@ impl ReplayWindow {
     pub fn new() -> Self {
         Self {
             highest: None,
-            bits: vec![0; (REPLAY_WINDOW / 64) as usize],
+            bits: vec![0; (REPLAY_WINDOW / u64::from(u64::BITS)) as usize],
         }
     }
 
     fn slot(pn: u64) -> (usize, u64) {
         let i = pn % REPLAY_WINDOW;
-        ((i / 64) as usize, 1u64 << (i % 64))
+        let word_bits = u64::from(u64::BITS);
+        ((i / word_bits) as usize, 1u64 << (i % word_bits))
     }
 
     /// Would `pn` be accepted? (Call [`ReplayWindow::insert`] only after the packet authenticated.)

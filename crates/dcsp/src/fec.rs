@@ -11,8 +11,17 @@ use reed_solomon_simd::{ReedSolomonDecoder, ReedSolomonEncoder};
 /// Original shards per block under `--parity auto`: large blocks keep the parity needed for a given loss
 /// rate close to that rate.
 pub const AUTO_DATA_SHARDS: u8 = 64;
+/// Most original shards per block. A block is held whole on both ends until it completes, so this, times the
+/// shard size, bounds a block's memory (2 MiB with the 16 KiB shards the CLI uses at most).
+pub const MAX_DATA_SHARDS: u8 = 128;
 /// Most recovery shards a block may carry.
 pub const MAX_PARITY: u8 = 64;
+/// Loss below which `--parity auto` adds no parity at all (0.05%): a clean link carries none, and the rare loss
+/// there costs one NACK round trip.
+const MIN_PARITY_LOSS: f64 = 0.0005;
+/// Loss that `--parity auto` plans for at most (50%): there a block already gets (nearly) the most parity it
+/// may, and the binomial sums stay well within range.
+const MAX_PLANNED_LOSS: f64 = 0.5;
 /// Share of blocks that `--parity auto` aims to rebuild without a round trip: a majority, but not much more,
 /// because every extra parity shard travels whether needed or not (bytes on the wire stay near 1 + loss).
 pub const AUTO_TARGET: f64 = 0.6;
@@ -33,12 +42,12 @@ impl ParityMode {
             return Ok(Self::Auto);
         }
         let bad = || {
-            format!("--parity `{s}`: use auto or K+M with 1 <= K <= 128 and M <= {MAX_PARITY} (e.g. 10+3)")
+            format!("--parity `{s}`: use auto or K+M with 1 <= K <= {MAX_DATA_SHARDS} and M <= {MAX_PARITY} (e.g. 10+3)")
         };
         let (k, m) = s.split_once('+').ok_or_else(bad)?;
         let data: u8 = k.trim().parse().map_err(|_| bad())?;
         let parity: u8 = m.trim().parse().map_err(|_| bad())?;
-        if data == 0 || data > 128 || parity > MAX_PARITY {
+        if data == 0 || data > MAX_DATA_SHARDS || parity > MAX_PARITY {
             return Err(bad());
         }
         Ok(Self::Fixed { data, parity })
@@ -81,10 +90,10 @@ impl std::fmt::Display for ParityMode {
 /// still has `k` of them with probability at least [`AUTO_TARGET`]. Zero below 0.05% loss, so a clean link
 /// carries no parity at all.
 pub fn auto_parity(k: u8, loss: f64) -> u8 {
-    if loss.is_nan() || loss < 0.0005 {
+    if loss.is_nan() || loss < MIN_PARITY_LOSS {
         return 0;
     }
-    let p = loss.min(0.5);
+    let p = loss.min(MAX_PLANNED_LOSS);
     for m in 0..=MAX_PARITY.min(k) {
         let n = u32::from(k) + u32::from(m);
         if binomial_cdf(n, p, u32::from(m)) >= AUTO_TARGET {
@@ -220,12 +229,13 @@ impl BlockAssembly {
             .saturating_sub(self.parity.len() as u8)
     }
 
-    /// Which original shards arrived (bit `i` of byte `i / 8`).
+    /// Which original shards arrived (bit `i % 8` of byte `i / 8`).
     pub fn have_bitmap(&self, out: &mut Vec<u8>) {
+        const BYTE_BITS: usize = u8::BITS as usize;
         let start = out.len();
-        out.resize(start + usize::from(self.k).div_ceil(8), 0);
+        out.resize(start + usize::from(self.k).div_ceil(BYTE_BITS), 0);
         for (i, _) in self.have.iter().enumerate().filter(|(_, h)| **h) {
-            out[start + i / 8] |= 1 << (i % 8);
+            out[start + i / BYTE_BITS] |= 1 << (i % BYTE_BITS);
         }
     }
 

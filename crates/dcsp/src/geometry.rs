@@ -11,7 +11,14 @@ use std::ops::Range;
 
 use trackshift_proto::ChunkPlan;
 
+use crate::fec::MAX_DATA_SHARDS;
 use crate::DcspError;
+
+/// Bytes of a Reed-Solomon symbol over GF(2^16): a shard is a whole number of them.
+const SYMBOL_BYTES: u32 = 2;
+/// Largest shard: a DATA datagram (shard and DCSP's 40 bytes) must fit the 65,507-byte payload of one IPv4
+/// UDP datagram, with room to spare.
+const MAX_SHARD_SIZE: u32 = 65_000;
 
 /// The block layout of one file, identical on both ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,14 +51,17 @@ impl BlockGeometry {
         shard_size: u32,
         data_shards: u8,
     ) -> Result<Self, DcspError> {
-        if shard_size < 2 || !shard_size.is_multiple_of(2) || shard_size > 65_000 {
+        if shard_size < SYMBOL_BYTES
+            || !shard_size.is_multiple_of(SYMBOL_BYTES)
+            || shard_size > MAX_SHARD_SIZE
+        {
             return Err(DcspError::Config(format!(
-                "shard size {shard_size} must be even and between 2 and 65000 bytes"
+                "shard size {shard_size} must be even and between {SYMBOL_BYTES} and {MAX_SHARD_SIZE} bytes"
             )));
         }
-        if data_shards == 0 || data_shards > 128 {
+        if data_shards == 0 || data_shards > MAX_DATA_SHARDS {
             return Err(DcspError::Config(format!(
-                "{data_shards} data shards per block: use 1 to 128"
+                "{data_shards} data shards per block: use 1 to {MAX_DATA_SHARDS}"
             )));
         }
         if chunk_size == 0 {

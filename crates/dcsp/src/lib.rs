@@ -15,6 +15,7 @@
 //!                    ▲                                                  │
 //!                    └──────────── ACK (cumulative + ranges + NACKs) ◄──┘
 //! ```
+#![forbid(unsafe_code)] // only trackshift-udp (and the netlab test support) may have unsafe: see ARCHITECTURE.md
 
 pub mod ack;
 pub mod crypto;

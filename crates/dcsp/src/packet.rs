@@ -16,10 +16,24 @@
 pub const MAGIC: u8 = 0xDC;
 /// The wire version this build speaks. See PROTOCOL.md for the versioning rules.
 pub const VERSION: u8 = 1;
+/// Byte offsets of the routing header's fields (the diagram above).
+const MAGIC_AT: usize = 0;
+const VERSION_AT: usize = 1;
+const TYPE_AT: usize = 2;
+const FLAGS_AT: usize = 3;
+const CONN_ID_AT: usize = 4;
+const PN_AT: usize = CONN_ID_AT + size_of::<u64>();
+/// Bytes of a packet number on the wire: 48 bits, big-endian.
+pub(crate) const PN_LEN: usize = 6;
 /// Length of the routing header common to every packet.
-pub const HEADER_LEN: usize = 18;
+pub const HEADER_LEN: usize = PN_AT + PN_LEN;
+/// Byte offsets in the DATA/PARITY sub-header: `block: u32`, then the shard index and the parity count.
+const SHARD_INDEX_AT: usize = size_of::<u32>();
+const PARITY_COUNT_AT: usize = SHARD_INDEX_AT + 1;
 /// Length of the DATA/PARITY sub-header.
-pub const SHARD_HEADER_LEN: usize = 6;
+pub const SHARD_HEADER_LEN: usize = PARITY_COUNT_AT + 1;
+// The wire layout is PROTOCOL.md's (§6.3): the names above must add up to it.
+const _: () = assert!(HEADER_LEN == 18 && SHARD_HEADER_LEN == 6);
 /// AES-GCM tag length.
 pub const TAG_LEN: usize = 16;
 /// Bytes a DATA or PARITY datagram adds to its shard.
@@ -117,7 +131,7 @@ impl Header {
         out.push(self.packet_type as u8);
         out.push(self.flags);
         out.extend_from_slice(&self.conn_id.to_be_bytes());
-        out.extend_from_slice(&self.packet_number.to_be_bytes()[2..]);
+        out.extend_from_slice(&self.packet_number.to_be_bytes()[size_of::<u64>() - PN_LEN..]);
         if let Some(s) = self.shard {
             out.extend_from_slice(&s.block.to_be_bytes());
             out.push(s.index);
@@ -130,32 +144,33 @@ impl Header {
         if datagram.len() < HEADER_LEN {
             return Err(WireError::Short(datagram.len()));
         }
-        if datagram[0] != MAGIC {
-            return Err(WireError::Magic(datagram[0]));
+        if datagram[MAGIC_AT] != MAGIC {
+            return Err(WireError::Magic(datagram[MAGIC_AT]));
         }
-        if datagram[1] != VERSION {
-            return Err(WireError::Version(datagram[1]));
+        if datagram[VERSION_AT] != VERSION {
+            return Err(WireError::Version(datagram[VERSION_AT]));
         }
-        let packet_type = PacketType::from_u8(datagram[2]).ok_or(WireError::Type(datagram[2]))?;
-        let conn_id = u64::from_be_bytes(arr(&datagram[4..12]));
-        let mut pn = [0u8; 8];
-        pn[2..].copy_from_slice(&datagram[12..18]);
+        let packet_type =
+            PacketType::from_u8(datagram[TYPE_AT]).ok_or(WireError::Type(datagram[TYPE_AT]))?;
+        let conn_id = u64::from_be_bytes(arr(&datagram[CONN_ID_AT..PN_AT]));
+        let mut pn = [0u8; size_of::<u64>()];
+        pn[size_of::<u64>() - PN_LEN..].copy_from_slice(&datagram[PN_AT..HEADER_LEN]);
         let shard = if packet_type.has_shard_header() {
             if datagram.len() < HEADER_LEN + SHARD_HEADER_LEN {
                 return Err(WireError::Short(datagram.len()));
             }
             let s = &datagram[HEADER_LEN..HEADER_LEN + SHARD_HEADER_LEN];
             Some(ShardHeader {
-                block: u32::from_be_bytes(arr(&s[0..4])),
-                index: s[4],
-                parity_count: s[5],
+                block: u32::from_be_bytes(arr(&s[..SHARD_INDEX_AT])),
+                index: s[SHARD_INDEX_AT],
+                parity_count: s[PARITY_COUNT_AT],
             })
         } else {
             None
         };
         Ok(Self {
             packet_type,
-            flags: datagram[3],
+            flags: datagram[FLAGS_AT],
             conn_id,
             packet_number: u64::from_be_bytes(pn),
             shard,
@@ -166,17 +181,17 @@ impl Header {
 /// Byte offset of the low 32 bits of `conn_id` (big-endian) in every datagram. A receiver with several sockets
 /// on one port has the kernel steer datagrams by this word, so one thread sees all of a connection's datagrams
 /// whatever address they come from (PROTOCOL.md §6.3).
-pub const CONN_ID_STEERING_OFFSET: u32 = 8;
+pub const CONN_ID_STEERING_OFFSET: u32 = (CONN_ID_AT + size_of::<u32>()) as u32;
 
 /// The steering word of a connection: what the kernel reads at [`CONN_ID_STEERING_OFFSET`].
 pub fn steering_key(conn_id: u64) -> u32 {
-    (conn_id & 0xffff_ffff) as u32
+    (conn_id & u64::from(u32::MAX)) as u32
 }
 
 /// The connection id of a datagram, read without parsing anything else (what a relay routes on).
 pub fn peek_conn_id(datagram: &[u8]) -> Option<u64> {
-    (datagram.len() >= HEADER_LEN && datagram[0] == MAGIC)
-        .then(|| u64::from_be_bytes(arr(&datagram[4..12])))
+    (datagram.len() >= HEADER_LEN && datagram[MAGIC_AT] == MAGIC)
+        .then(|| u64::from_be_bytes(arr(&datagram[CONN_ID_AT..PN_AT])))
 }
 
 fn arr<const N: usize>(s: &[u8]) -> [u8; N] {
@@ -207,25 +222,25 @@ impl<'a> Reader<'a> {
     }
 
     pub(crate) fn u8(&mut self) -> Result<u8, WireError> {
-        Ok(self.bytes(1)?[0])
+        Ok(self.bytes(size_of::<u8>())?[0])
     }
 
     pub(crate) fn u16(&mut self) -> Result<u16, WireError> {
-        Ok(u16::from_be_bytes(arr(self.bytes(2)?)))
+        Ok(u16::from_be_bytes(arr(self.bytes(size_of::<u16>())?)))
     }
 
     pub(crate) fn u32(&mut self) -> Result<u32, WireError> {
-        Ok(u32::from_be_bytes(arr(self.bytes(4)?)))
+        Ok(u32::from_be_bytes(arr(self.bytes(size_of::<u32>())?)))
     }
 
     pub(crate) fn u48(&mut self) -> Result<u64, WireError> {
-        let mut a = [0u8; 8];
-        a[2..].copy_from_slice(self.bytes(6)?);
+        let mut a = [0u8; size_of::<u64>()];
+        a[size_of::<u64>() - PN_LEN..].copy_from_slice(self.bytes(PN_LEN)?);
         Ok(u64::from_be_bytes(a))
     }
 
     pub(crate) fn u64(&mut self) -> Result<u64, WireError> {
-        Ok(u64::from_be_bytes(arr(self.bytes(8)?)))
+        Ok(u64::from_be_bytes(arr(self.bytes(size_of::<u64>())?)))
     }
 
     pub(crate) fn is_empty(&self) -> bool {

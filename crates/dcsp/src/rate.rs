@@ -160,6 +160,38 @@ const DRAIN_ROUNDS: u32 = 3;
 const RECENT_ACKS: usize = 16;
 /// RTT samples whose minimum is compared with [`STARTUP_QUEUE_LIMIT`].
 const STARTUP_SAMPLES: usize = 8;
+/// RTT samples startup takes before its queue check may end it: the samples' ring filled twice over, so the
+/// jitter it is compared with has settled.
+const STARTUP_WARMUP_SAMPLES: usize = 2 * STARTUP_SAMPLES;
+/// After the first 64 RTT samples (a plain mean until then), the RTT mean and mean deviation (the jitter
+/// startup allows for) move 1/64 of the way to each new sample: they follow the path over a few round trips of
+/// ACKs, not one outlier.
+const JITTER_GAIN: f64 = 1.0 / 64.0;
+/// Shortest stretch of the receiver's clock a delivery rate is measured over: ACKs closer together than this
+/// (they often come in bursts) say little about a rate.
+const MIN_DELIVERY_SPAN: Duration = Duration::from_millis(2);
+/// A delivered rate is scaled up for the usual loss (`delivered / (1 − loss)`) as if at least this share
+/// arrived, so a very lossy estimate can at most double it.
+const MIN_DELIVERED_SHARE: f64 = 0.5;
+/// Shortest base RTT the window is divided by (100 µs, below loopback's): keeps the pacing rate finite before
+/// any sample and on the fastest paths.
+const MIN_BASE_RTT_SECS: f64 = 1e-4;
+/// Under `--max-rate`, the window leaves room for this many base RTTs at the capped rate: the cap, not the
+/// window, is then what limits.
+const CAPPED_WINDOW_RTTS: f64 = 2.0;
+/// A loss spike cuts the window to this share of what the path delivered over one base RTT: a little under
+/// it, so the queue that overflowed drains.
+const LOSS_CUT: f64 = 0.9;
+/// FAST's bound on a steady round's growth: the window at most doubles.
+const MAX_ROUND_GROWTH: f64 = 2.0;
+/// Each round without a spike moves the usual loss this share of the way to the round's loss: it learns a
+/// path's random loss within a few rounds, and a spike (left out) does not raise it.
+const USUAL_LOSS_GAIN: f64 = 0.2;
+/// Probe timeouts of one silence that cut the rate and window; later ones only wait, since an outage says
+/// nothing about the path's capacity and startup measures it afresh when ACKs return.
+const MAX_TIMEOUT_CUTS: u32 = 2;
+/// What each of those cuts keeps of the rate and window.
+const TIMEOUT_CUT: f64 = 0.5;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -284,7 +316,7 @@ impl DelayRate {
         self.round_rtt_sum += rtt;
         self.round_rtt_count += 1;
         let x = rtt.as_secs_f64();
-        let weight = (1.0 / (self.recent_len + 1) as f64).max(1.0 / 64.0);
+        let weight = (1.0 / (self.recent_len + 1) as f64).max(JITTER_GAIN);
         self.startup_mean += weight * (x - self.startup_mean);
         self.jitter += weight * ((x - self.startup_mean).abs() - self.jitter);
         self.recent[self.recent_len % STARTUP_SAMPLES] = rtt;
@@ -306,7 +338,7 @@ impl DelayRate {
         let newest = self.recent_acks[(self.recent_acks_len - 1) % RECENT_ACKS];
         let oldest = self.recent_acks[self.recent_acks_len % RECENT_ACKS];
         let dt = newest.0.saturating_sub(oldest.0);
-        if dt < Duration::from_millis(2) {
+        if dt < MIN_DELIVERY_SPAN {
             return 0.0;
         }
         newest.1.saturating_sub(oldest.1) as f64 / dt.as_secs_f64()
@@ -317,7 +349,7 @@ impl DelayRate {
         self.phase = Phase::Steady;
         self.empty_rounds = 0;
         self.rounds_since_cut = 0;
-        let bdp = delivered / (1.0 - self.usual_loss).max(0.5) * base.as_secs_f64();
+        let bdp = delivered / (1.0 - self.usual_loss).max(MIN_DELIVERED_SHARE) * base.as_secs_f64();
         if let Some(w) = self.window.as_mut() {
             *w = w.min(bdp);
         }
@@ -325,12 +357,16 @@ impl DelayRate {
 
     /// Keeps the window and rate within bounds and derives the pacing rate from the window.
     fn update_rate(&mut self) {
-        let base = self.min_rtt().unwrap_or(MIN_ROUND).as_secs_f64().max(1e-4);
+        let base = self
+            .min_rtt()
+            .unwrap_or(MIN_ROUND)
+            .as_secs_f64()
+            .max(MIN_BASE_RTT_SECS);
         if let Some(w) = self.window.as_mut() {
             let mut hi = f64::MAX;
             if let Some(m) = self.max_rate {
                 // Room for twice the capped rate over the base RTT: the cap, not the window, limits.
-                hi = 2.0 * m * base + MIN_WINDOW_BYTES;
+                hi = CAPPED_WINDOW_RTTS * m * base + MIN_WINDOW_BYTES;
             }
             *w = w.clamp(
                 (MIN_RATE * base).max(MIN_WINDOW_BYTES),
@@ -359,7 +395,7 @@ impl RateController for DelayRate {
             }
             // Startup ends as soon as a few RTT samples in a row show a queue, without waiting for the round
             // to end: growing for the rest of the round could overflow it.
-            if self.phase == Phase::Startup && self.recent_len >= 2 * STARTUP_SAMPLES {
+            if self.phase == Phase::Startup && self.recent_len >= STARTUP_WARMUP_SAMPLES {
                 if let (Some(base), Some(reference)) = (self.min_rtt(), self.base_mean()) {
                     let lowest = self.recent.iter().min().copied().unwrap_or_default();
                     // A queue of 8 ms, or of one RTT on shorter paths (whose short buffers may hold less).
@@ -444,8 +480,9 @@ impl RateController for DelayRate {
                     // ended startup arrive a round or two later and were already answered by its exit.
                     if self.rounds_since_cut >= CUT_ROUNDS {
                         let delivered = self.bottleneck_rate(delivered);
-                        let bdp = delivered / (1.0 - self.usual_loss).max(0.5) * base.as_secs_f64();
-                        self.window = Some(w.min(bdp) * 0.9);
+                        let bdp = delivered / (1.0 - self.usual_loss).max(MIN_DELIVERED_SHARE)
+                            * base.as_secs_f64();
+                        self.window = Some(w.min(bdp) * LOSS_CUT);
                         self.rounds_since_cut = 0;
                     }
                 } else if self.drain_due {
@@ -457,7 +494,8 @@ impl RateController for DelayRate {
                 } else {
                     let alpha = ALPHA_BYTES + ALPHA_DELAY.as_secs_f64() * w / rtt;
                     let target = queue_free + alpha;
-                    self.window = Some(((1.0 - GAMMA) * w + GAMMA * target).min(2.0 * w));
+                    self.window =
+                        Some(((1.0 - GAMMA) * w + GAMMA * target).min(MAX_ROUND_GROWTH * w));
                     if self.drain_rounds > 0 {
                         self.drain_rounds -= 1;
                     } else if queueing < QUEUE_EMPTY {
@@ -474,7 +512,7 @@ impl RateController for DelayRate {
             }
         }
         if !loss_spike {
-            self.usual_loss = 0.8 * self.usual_loss + 0.2 * loss;
+            self.usual_loss = (1.0 - USUAL_LOSS_GAIN) * self.usual_loss + USUAL_LOSS_GAIN * loss;
         }
         self.update_rate();
         self.round = Some(start);
@@ -484,10 +522,10 @@ impl RateController for DelayRate {
 
     fn on_timeout(&mut self, _now: Instant) {
         self.timeouts += 1;
-        if self.timeouts <= 2 {
-            self.rate *= 0.5;
+        if self.timeouts <= MAX_TIMEOUT_CUTS {
+            self.rate *= TIMEOUT_CUT;
             if let Some(w) = self.window.as_mut() {
-                *w *= 0.5;
+                *w *= TIMEOUT_CUT;
             }
             self.update_rate();
         }

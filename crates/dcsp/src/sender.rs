@@ -28,9 +28,47 @@ const PACING_BURST: Duration = Duration::from_millis(1);
 const PTO_SLACK: Duration = Duration::from_millis(25);
 /// Longest wait between probes while the path is silent.
 const MAX_PTO: Duration = Duration::from_secs(1);
-/// Send-time records kept for RTT samples (a ring indexed by packet number).
+/// Probe timeouts in a row that double the wait at most (64×); [`MAX_PTO`] caps it before that on most paths.
+const MAX_PTO_DOUBLINGS: u32 = 6;
+/// Probes in a row without an answer that tell the rate controller the path is down or badly congested: one
+/// lost probe is just a loss.
+const PTOS_FOR_TIMEOUT: u32 = 2;
+/// The smoothed RTT before any sample: a guess on the long side, so the first probe does not fire before a
+/// satellite link's first ACK can arrive.
+const INITIAL_RTT: Duration = Duration::from_millis(300);
+/// Smallest RTT sample: an ACK delay larger than the measured time must not make a zero (or negative) RTT.
+const MIN_RTT_SAMPLE: Duration = Duration::from_micros(1);
+/// RFC 6298's estimator: the smoothed RTT moves 1/8 of the way to each sample...
+const SRTT_GAIN_DIVISOR: u32 = 8;
+/// ...its mean deviation 1/4 of the way to the sample's distance, starting at half the first sample...
+const RTTVAR_GAIN_DIVISOR: u32 = 4;
+const FIRST_RTTVAR_DIVISOR: u32 = 2;
+/// ...and a wait longer than the smoothed RTT plus this many deviations is more than jitter (RFC 6298's K).
+const RTTVAR_WEIGHT: u32 = 4;
+/// Block bytes held: this many round trips at the current rate (a block stays until the receiver reports it
+/// complete, which takes one round trip and, when a repair is needed, another)...
+const WINDOW_RTTS: f64 = 2.0;
+/// ...plus this long at the current rate, so that short paths, whose round trips hold almost nothing, still
+/// keep blocks ahead of the ACKs (bounded by `max_buffered`).
+const WINDOW_SLACK: Duration = Duration::from_millis(100);
+/// A datagram's bytes besides its shard, for estimating bytes in flight once the send-time ring has forgotten
+/// a packet: DCSP's 40 ([`crate::DATA_OVERHEAD`]) rounded up, erring towards more in flight.
+const DATAGRAM_OVERHEAD_ESTIMATE: u64 = 64;
+/// Datagrams per loss measurement: enough that one lost datagram moves it by less than half a percent.
+const LOSS_SAMPLE_PACKETS: u64 = 256;
+/// Each loss measurement moves the estimate this share of the way: parity follows a changed path within a few
+/// measurements, without jumping at one burst.
+const LOSS_GAIN: f64 = 0.25;
+/// In the tail, a repair carries spare shards for this many times the losses a block of
+/// [`crate::fec::AUTO_DATA_SHARDS`] expects (plus one)...
+const TAIL_SPARE_FACTOR: f64 = 2.0;
+/// ...but at most this many, so a very lossy tail does not send its blocks over and over.
+const MAX_TAIL_SPARES: f64 = 8.0;
+/// Send-time records kept for RTT samples (a ring indexed by packet number): 65,536 packets, about 0.8 s of
+/// 1,500-byte datagrams at 1 Gbit/s, more than a round trip holds, so an ACK's packet is still in it.
 const SENT_RING: usize = 1 << 16;
-/// Smallest amount of block data kept in flight, whatever the rate.
+/// Smallest amount of block data kept in flight, whatever the rate: about 22 blocks on a 1500-byte path, so
+/// interleaving and parity have blocks to work with before the rate is known and on slow paths.
 const MIN_WINDOW: usize = 2 * 1024 * 1024;
 /// First transmissions take turns among this many queued blocks, one shard each (see [`ShardQueue`])...
 pub const INTERLEAVE_BLOCKS: usize = 16;
@@ -250,20 +288,20 @@ impl RttEstimator {
         match self.srtt {
             None => {
                 self.srtt = Some(rtt);
-                self.rttvar = rtt / 2;
+                self.rttvar = rtt / FIRST_RTTVAR_DIVISOR;
             }
             Some(s) => {
                 let diff = s.abs_diff(rtt);
-                self.rttvar = (self.rttvar * 3 + diff) / 4;
-                self.srtt = Some((s * 7 + rtt) / 8);
+                self.rttvar =
+                    (self.rttvar * (RTTVAR_GAIN_DIVISOR - 1) + diff) / RTTVAR_GAIN_DIVISOR;
+                self.srtt = Some((s * (SRTT_GAIN_DIVISOR - 1) + rtt) / SRTT_GAIN_DIVISOR);
             }
         }
     }
 
-    /// Before any sample: a guess on the long side, so the first probe does not fire before a satellite
-    /// link's first ACK can arrive.
+    /// [`INITIAL_RTT`] before any sample.
     fn srtt(&self) -> Duration {
-        self.srtt.unwrap_or(Duration::from_millis(300))
+        self.srtt.unwrap_or(INITIAL_RTT)
     }
 }
 
@@ -354,7 +392,7 @@ impl DcspSender {
     /// How many block bytes the sender holds at most right now: about two round trips at the current rate,
     /// plus the blocks being interleaved (a block is complete only when its last shard arrives).
     fn window(&self) -> usize {
-        let rtt = self.rtt.srtt().as_secs_f64() * 2.0 + 0.1;
+        let rtt = self.rtt.srtt().as_secs_f64() * WINDOW_RTTS + WINDOW_SLACK.as_secs_f64();
         let interleaved = self.queue.depth * self.geometry.block_bytes() as usize;
         ((self.controller.rate() as f64 * rtt) as usize + interleaved)
             .clamp(MIN_WINDOW, self.max_buffered)
@@ -465,7 +503,9 @@ impl DcspSender {
             // Overwritten in the ring: estimate from the packet count.
             _ => {
                 let packets = self.next_pn.saturating_sub(largest + 1);
-                packets.saturating_mul(u64::from(self.geometry.shard_size()) + 64)
+                packets.saturating_mul(
+                    u64::from(self.geometry.shard_size()) + DATAGRAM_OVERHEAD_ESTIMATE,
+                )
             }
         }
     }
@@ -587,7 +627,7 @@ impl DcspSender {
 
     /// Shorter gaps between a shard and a later packet's arrival may be reordering, not loss.
     fn reorder_window(&self) -> Duration {
-        (self.rtt.rttvar * 4).max(MIN_REORDER_WINDOW)
+        (self.rtt.rttvar * RTTVAR_WEIGHT).max(MIN_REORDER_WINDOW)
     }
 
     /// When to send a tail probe: a ping one reorder window after the last shard, once nothing else is queued
@@ -602,8 +642,8 @@ impl DcspSender {
     }
 
     fn pto(&self) -> Duration {
-        let base = self.rtt.srtt() + self.rtt.rttvar * 4 + PTO_SLACK;
-        (base * 2u32.saturating_pow(self.pto_count.min(6))).min(MAX_PTO)
+        let base = self.rtt.srtt() + self.rtt.rttvar * RTTVAR_WEIGHT + PTO_SLACK;
+        (base * 2u32.saturating_pow(self.pto_count.min(MAX_PTO_DOUBLINGS))).min(MAX_PTO)
     }
 
     /// When the driver should call [`DcspSender::handle_timeout`] or [`DcspSender::poll_transmit`] next.
@@ -640,7 +680,7 @@ impl DcspSender {
             self.last_probe = Some(now);
             self.pto_count += 1;
             self.stats.probe_timeouts += 1;
-            if self.pto_count >= 2 && self.largest_acked.is_some() {
+            if self.pto_count >= PTOS_FOR_TIMEOUT && self.largest_acked.is_some() {
                 // Two probes in a row unanswered: the path is down or badly congested.
                 self.controller.on_timeout(now);
                 self.stats.rate = self.controller.rate();
@@ -695,7 +735,7 @@ impl DcspSender {
                     let rtt = now
                         .saturating_duration_since(at)
                         .saturating_sub(Duration::from_micros(u64::from(ack.ack_delay_us)));
-                    let rtt = rtt.max(Duration::from_micros(1));
+                    let rtt = rtt.max(MIN_RTT_SAMPLE);
                     self.rtt.sample(rtt);
                     rtt_sample = Some(rtt);
                 }
@@ -704,9 +744,9 @@ impl DcspSender {
         let sent = ack.largest_pn + 1;
         match self.loss_base {
             None => self.loss_base = Some((sent, ack.packets_received)),
-            Some((s0, r0)) if sent >= s0 + 256 => {
+            Some((s0, r0)) if sent >= s0 + LOSS_SAMPLE_PACKETS => {
                 let l = 1.0 - (ack.packets_received.saturating_sub(r0)) as f64 / (sent - s0) as f64;
-                self.loss = 0.75 * self.loss + 0.25 * l.clamp(0.0, 1.0);
+                self.loss = (1.0 - LOSS_GAIN) * self.loss + LOSS_GAIN * l.clamp(0.0, 1.0);
                 self.loss_base = Some((sent, ack.packets_received));
             }
             Some(_) => {}
@@ -787,9 +827,9 @@ impl DcspSender {
         // In the tail (no first transmissions left to send) a lost repair costs a whole round trip with the
         // link idle, so repairs there carry spares: one more shard than needed, and more on lossier paths.
         let spare = if self.queue.is_empty() {
-            1 + (2.0 * self.loss * f64::from(crate::fec::AUTO_DATA_SHARDS))
+            1 + (TAIL_SPARE_FACTOR * self.loss * f64::from(crate::fec::AUTO_DATA_SHARDS))
                 .ceil()
-                .min(8.0) as u16
+                .min(MAX_TAIL_SPARES) as u16
         } else {
             0
         };

@@ -22,12 +22,31 @@ pub const ADDR_A: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 /// Address of side b.
 pub const ADDR_B: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
 const PREFIX_LEN: u8 = 24;
+/// The network mask of [`PREFIX_LEN`].
+const NETMASK: u32 = u32::MAX << (u32::BITS - PREFIX_LEN as u32);
 const MTU: usize = 1500;
 /// Packets the kernel queues on each TUN device for the forwarding thread (its `txqueuelen`). This hand-off is
 /// not part of the emulated link (each direction's `queue` is): it stands for a NIC's ring and qdisc, which
 /// hold thousands of packets. At 1000 packets (4.5 ms at the `clean` rate) a forwarding thread descheduled
 /// for a few ms on a 2-core machine dropped datagrams of a fast UDP sender before the emulator saw them.
 const TUN_QUEUE_PACKETS: u32 = 4096;
+/// Longest run name: it becomes part of namespace names and of every log line, and 40 characters keep them
+/// readable (Linux itself allows far longer namespace names).
+const MAX_NAME_LEN: usize = 40;
+/// Longest network device name: `IFNAMSIZ` (16) less the terminating NUL.
+const MAX_DEVICE_NAME: usize = libc::IFNAMSIZ - 1;
+/// FNV-1a's 64-bit offset basis and prime, for device names derived from a long run name.
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x100_0000_01b3;
+/// A read buffer for one packet: the largest IP packet a TUN device hands over (64 KiB).
+const MAX_PACKET: usize = 64 * 1024;
+/// Side a's address moves through the /24's hosts `.2` to this one, then starts over at [`FIRST_MOVED_HOST`]
+/// (`.1` is where it starts, `.255` is the broadcast address).
+const LAST_HOST: u8 = 254;
+const FIRST_MOVED_HOST: u8 = 2;
+/// How often the supervising loop looks at its signals, timers and forwarding threads: quick enough for a
+/// test's address change or stop, and negligible CPU.
+const SUPERVISE_TICK: Duration = Duration::from_millis(10);
 
 /// Names a run derives from its prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,7 +60,7 @@ pub struct RunNames {
 /// Checks a run name prefix: 1..=40 chars of `[A-Za-z0-9_-]`, starting with a letter or digit.
 pub fn validate_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
-        && name.len() <= 40
+        && name.len() <= MAX_NAME_LEN
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
@@ -50,20 +69,20 @@ pub fn validate_name(name: &str) -> Result<()> {
             .next()
             .is_some_and(|c| c.is_ascii_alphanumeric());
     if !ok {
-        bail!("bad --name `{name}`: use 1 to 40 characters of A-Z a-z 0-9 _ - (starting with a letter or digit)");
+        bail!("bad --name `{name}`: use 1 to {MAX_NAME_LEN} characters of A-Z a-z 0-9 _ - (starting with a letter or digit)");
     }
     Ok(())
 }
 
 /// Namespaces `PFX-a`/`PFX-b`; devices `PFX-ta`/`PFX-tb` when that fits in 15 chars, else a hash.
 pub fn run_names(name: &str) -> RunNames {
-    let (dev_a, dev_b) = if name.len() + 3 <= 15 {
+    let (dev_a, dev_b) = if name.len() + "-ta".len() <= MAX_DEVICE_NAME {
         (format!("{name}-ta"), format!("{name}-tb"))
     } else {
         // FNV-1a: stable across runs so `down` finds the same names.
-        let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-        });
+        let h = name
+            .bytes()
+            .fold(FNV_OFFSET, |h, b| (h ^ b as u64).wrapping_mul(FNV_PRIME));
         (
             format!("nl{:08x}-ta", h as u32),
             format!("nl{:08x}-tb", h as u32),
@@ -241,8 +260,10 @@ fn configure_side(ns: &str, dev: &str, addr: Ipv4Addr, peer_net: &str) -> Result
 fn forward(input: RawFd, output: RawFd, mut model: LinkModel, stop: Arc<AtomicBool>) -> Counters {
     sys::fine_timer_slack();
     let mut line = DelayLine::new();
-    let mut buf = vec![0u8; 65_536];
+    let mut buf = vec![0u8; MAX_PACKET];
+    /// Packets read per wake-up before the delay line gets its turn again, so releases stay on time under load.
     const BATCH: usize = 64;
+    /// Longest sleep with nothing to release, so a stop request is seen within it.
     const IDLE: Duration = Duration::from_millis(20);
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
@@ -309,9 +330,17 @@ fn print_table(c: &LabCounters) {
 /// Moves side a to its next address; returns it.
 fn addr_change(names: &RunNames, current: Ipv4Addr) -> Result<Ipv4Addr> {
     let o = current.octets();
-    let next = Ipv4Addr::new(o[0], o[1], o[2], if o[3] >= 254 { 2 } else { o[3] + 1 });
+    let host = if o[3] >= LAST_HOST {
+        FIRST_MOVED_HOST
+    } else {
+        o[3] + 1
+    };
+    let next = Ipv4Addr::new(o[0], o[1], o[2], host);
     let (ns, dev) = (names.ns_a.as_str(), names.dev_a.as_str());
-    let peer_net = format!("{}/{PREFIX_LEN}", Ipv4Addr::from(u32::from(ADDR_B) & !0xff));
+    let peer_net = format!(
+        "{}/{PREFIX_LEN}",
+        Ipv4Addr::from(u32::from(ADDR_B) & NETMASK)
+    );
     ip(&[
         "-n",
         ns,
@@ -373,7 +402,7 @@ pub fn up(opts: UpOptions) -> Result<LabCounters> {
     let tun_b =
         sys::open_tun(&names.dev_b).with_context(|| format!("creating TUN {}", names.dev_b))?;
     ip(&["link", "set", &names.dev_b, "netns", &names.ns_b])?;
-    let net = |a: Ipv4Addr| format!("{}/{PREFIX_LEN}", Ipv4Addr::from(u32::from(a) & !0xff));
+    let net = |a: Ipv4Addr| format!("{}/{PREFIX_LEN}", Ipv4Addr::from(u32::from(a) & NETMASK));
     configure_side(&names.ns_a, &names.dev_a, ADDR_A, &net(ADDR_B))?;
     configure_side(&names.ns_b, &names.dev_b, ADDR_B, &net(ADDR_A))?;
 
@@ -428,7 +457,7 @@ pub fn up(opts: UpOptions) -> Result<LabCounters> {
                 }
             }
         }
-        thread::sleep(Duration::from_millis(10));
+        thread::sleep(SUPERVISE_TICK);
     }
     stop.store(true, Ordering::SeqCst);
     let ab = t_ab

@@ -17,6 +17,27 @@ use crate::config::LinkOverrides;
 use crate::emulator::{self, LabCounters};
 use crate::sys;
 
+/// A lab's default lifetime: the emulator exits by itself after this, so a test that dies without stopping
+/// it leaves no namespaces behind for long; longer than any one test's transfer.
+const DEFAULT_MAX_DURATION: Duration = Duration::from_secs(120);
+/// Default wait for the emulator's ready line: creating two namespaces and TUN devices takes well under a
+/// second, but a 2-core machine running several test binaries can be slow.
+const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// Directories above the test executable where workspace binaries are looked for: `target/<profile>/deps/`
+/// holds the tests, `target/<profile>/` the binaries.
+const BINARY_SEARCH_DEPTH: usize = 2;
+/// Characters of a test's name prefix kept in the run name: the pid and a counter follow, and the whole must
+/// stay within the emulator's 40-character names.
+const NAME_PREFIX_LEN: usize = 16;
+/// How long the emulator has to move side a to its new address (a few `ip` commands).
+const ADDR_CHANGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a stopped emulator has to print its counters (it joins its forwarding threads first)...
+const COUNTERS_TIMEOUT: Duration = Duration::from_secs(15);
+/// ...and to exit before it is killed and its namespaces removed by `down`.
+const EXIT_GRACE: Duration = Duration::from_secs(10);
+/// How often a stopping emulator is checked for having exited.
+const EXIT_POLL: Duration = Duration::from_millis(20);
+
 /// How to start a [`Lab`]. `LabConfig::from("lossy")` is the `lossy` profile with defaults.
 #[derive(Debug, Clone)]
 pub struct LabConfig {
@@ -41,9 +62,9 @@ impl Default for LabConfig {
             profile: None,
             overrides: LinkOverrides::default(),
             seed: 1,
-            max_duration: Duration::from_secs(120),
+            max_duration: DEFAULT_MAX_DURATION,
             addr_change_at: None,
-            ready_timeout: Duration::from_secs(20),
+            ready_timeout: DEFAULT_READY_TIMEOUT,
             binary: None,
         }
     }
@@ -97,7 +118,7 @@ impl From<&LabConfig> for LabConfig {
 pub fn locate_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     let mut tried = Vec::new();
-    for dir in exe.ancestors().skip(1).take(2) {
+    for dir in exe.ancestors().skip(1).take(BINARY_SEARCH_DEPTH) {
         let p = dir.join(name);
         if p.is_file() {
             return p;
@@ -145,7 +166,7 @@ fn unique_name(prefix: &str) -> String {
     let clean: String = prefix
         .chars()
         .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
-        .take(16)
+        .take(NAME_PREFIX_LEN)
         .collect();
     let clean = if clean.is_empty() {
         "lab".to_string()
@@ -314,7 +335,7 @@ impl Lab {
             .map(|c| c.id())
             .ok_or_else(|| anyhow!("lab stopped"))?;
         sys::kill(pid, libc::SIGUSR1)?;
-        self.wait_addr_change(Duration::from_secs(10))
+        self.wait_addr_change(ADDR_CHANGE_TIMEOUT)
     }
 
     /// Waits for an `addr_change` line (e.g. from `addr_change_at`); returns the new address.
@@ -336,8 +357,8 @@ impl Lab {
             .map(|c| c.id())
             .ok_or_else(|| anyhow!("lab already stopped"))?;
         let _ = sys::kill(pid, libc::SIGTERM);
-        let v = self.wait_event("counters", Duration::from_secs(15));
-        self.reap(Duration::from_secs(10));
+        let v = self.wait_event("counters", COUNTERS_TIMEOUT);
+        self.reap(EXIT_GRACE);
         let v = v?;
         serde_json::from_value(v.clone()).with_context(|| format!("parsing counters line {v}"))
     }
@@ -349,9 +370,7 @@ impl Lab {
             loop {
                 match child.try_wait() {
                     Ok(Some(_)) => break,
-                    Ok(None) if Instant::now() < deadline => {
-                        thread::sleep(Duration::from_millis(20))
-                    }
+                    Ok(None) if Instant::now() < deadline => thread::sleep(EXIT_POLL),
                     _ => {
                         let _ = child.kill();
                         let _ = child.wait();
@@ -375,7 +394,7 @@ impl Drop for Lab {
         if let Some(c) = &self.child {
             let _ = sys::kill(c.id(), libc::SIGTERM);
         }
-        self.reap(Duration::from_secs(10));
+        self.reap(EXIT_GRACE);
     }
 }
 

@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use trackshift_netlab::config::{self, describe, LinkOverrides, PROFILES};
+
+/// Exit code for a bad profile or link setting, as for bad usage (clap's own exit code for bad arguments).
+const EXIT_USAGE: u8 = 2;
 use trackshift_netlab::emulator::{self, UpOptions};
 
 #[derive(Debug, Parser)]
@@ -144,7 +147,7 @@ fn main() -> ExitCode {
                 Ok(l) => l,
                 Err(e) => {
                     eprintln!("trackshift-netlab: {e}");
-                    return ExitCode::from(2);
+                    return ExitCode::from(EXIT_USAGE);
                 }
             };
             eprintln!(

@@ -10,6 +10,45 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+/// Bits per byte and nanoseconds per second, for the serialization delay at a rate in bits per second.
+const BITS_PER_BYTE: u128 = 8;
+const NANOS_PER_SEC: u128 = 1_000_000_000;
+/// Packet buffers kept for reuse: a full default queue (100 ms) of 1,500-byte packets at a few hundred Mbit/s,
+/// without a pool that grows without bound.
+const MAX_POOLED_BUFFERS: usize = 4096;
+
+// What finding a TCP or UDP checksum needs of the headers (RFC 791, RFC 8200, RFC 768, RFC 9293).
+/// The IP version, the high nibble of the first byte.
+const IP_V4: u8 = 4;
+const IP_V6: u8 = 6;
+/// IPv4's header length is its low nibble, in 32-bit words; 20 bytes at least.
+const IPV4_IHL_MASK: u8 = 0x0f;
+const HEADER_WORD: usize = 4;
+const IPV4_MIN_HEADER: usize = 20;
+/// IPv4 fields: total length (u16), flags and fragment offset (u16, a whole packet has no MF flag and
+/// offset 0 in its low 14 bits), protocol.
+const IPV4_TOTAL_LEN_AT: usize = 2;
+const IPV4_FRAGMENT_AT: usize = 6;
+const IPV4_MF_AND_OFFSET: u16 = 0x3fff;
+const IPV4_PROTOCOL_AT: usize = 9;
+/// IPv6's fixed header, with the payload length (u16) and the next header.
+const IPV6_HEADER: usize = 40;
+const IPV6_PAYLOAD_LEN_AT: usize = 4;
+const IPV6_NEXT_HEADER_AT: usize = 6;
+/// The source and destination addresses, which the checksum's pseudo-header covers.
+const IPV4_ADDRS: std::ops::Range<usize> = 12..20;
+const IPV6_ADDRS: std::ops::Range<usize> = 8..40;
+const PROTO_TCP: u8 = 6;
+const PROTO_UDP: u8 = 17;
+const UDP_HEADER: usize = 8;
+const TCP_MIN_HEADER: usize = 20;
+/// TCP's header length is the high nibble of this byte, in 32-bit words.
+const TCP_DATA_OFFSET_AT: usize = 12;
+const UDP_CHECKSUM_AT: usize = 6;
+const TCP_CHECKSUM_AT: usize = 16;
+/// A UDP checksum that computes to zero is sent as all ones (zero means "no checksum" over IPv4).
+const UDP_ZERO_CHECKSUM: u16 = 0xffff;
+
 /// Gilbert-Elliott two-state burst loss. Per packet: lose it with `loss_bad` (bad state) or `loss_good`
 /// (good state), then move good->bad with probability `p`, bad->good with probability `r`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -184,7 +223,7 @@ impl LinkConfig {
     /// The queue limit in bytes at the configured rate (`None` without a rate limit).
     pub fn queue_bytes(&self) -> Option<u64> {
         self.rate_bps
-            .map(|r| (r as u128 * self.queue.as_nanos() / 8 / 1_000_000_000) as u64)
+            .map(|r| (r as u128 * self.queue.as_nanos() / BITS_PER_BYTE / NANOS_PER_SEC) as u64)
     }
 }
 
@@ -347,8 +386,8 @@ impl LinkModel {
                 if begin - now > self.cfg.queue {
                     return Verdict::Drop(DropCause::Queue);
                 }
-                let bits = packet.len() as u128 * 8;
-                let ser = Duration::from_nanos((bits * 1_000_000_000 / rate.max(1) as u128) as u64);
+                let bits = packet.len() as u128 * BITS_PER_BYTE;
+                let ser = Duration::from_nanos((bits * NANOS_PER_SEC / rate.max(1) as u128) as u64);
                 self.link_free_at = begin + ser;
                 self.link_free_at
             }
@@ -445,23 +484,24 @@ struct L4Info {
 
 fn parse_l4(p: &[u8]) -> Option<L4Info> {
     let version = p.first()? >> 4;
+    let u16_at = |at: usize| u16::from_be_bytes([p[at], p[at + 1]]);
     let (ip_payload, end, proto, whole) = match version {
-        4 => {
-            let ihl = ((p[0] & 0x0f) as usize) * 4;
-            if ihl < 20 || p.len() < ihl {
+        IP_V4 => {
+            let ihl = usize::from(p[0] & IPV4_IHL_MASK) * HEADER_WORD;
+            if ihl < IPV4_MIN_HEADER || p.len() < ihl {
                 return None;
             }
-            let total = u16::from_be_bytes([p[2], p[3]]) as usize;
-            let frag = u16::from_be_bytes([p[6], p[7]]);
-            let whole = frag & 0x3fff == 0; // no MF, offset 0
-            (ihl, total.min(p.len()).max(ihl), p[9], whole)
+            let total = usize::from(u16_at(IPV4_TOTAL_LEN_AT));
+            let whole = u16_at(IPV4_FRAGMENT_AT) & IPV4_MF_AND_OFFSET == 0;
+            (ihl, total.min(p.len()).max(ihl), p[IPV4_PROTOCOL_AT], whole)
         }
-        6 => {
-            if p.len() < 40 {
+        IP_V6 => {
+            if p.len() < IPV6_HEADER {
                 return None;
             }
-            let plen = u16::from_be_bytes([p[4], p[5]]) as usize;
-            (40, (40 + plen).min(p.len()), p[6], true)
+            let plen = usize::from(u16_at(IPV6_PAYLOAD_LEN_AT));
+            let end = (IPV6_HEADER + plen).min(p.len());
+            (IPV6_HEADER, end, p[IPV6_NEXT_HEADER_AT], true)
         }
         _ => return None,
     };
@@ -469,10 +509,13 @@ fn parse_l4(p: &[u8]) -> Option<L4Info> {
         None
     } else {
         match proto {
-            17 if end >= ip_payload + 8 => Some((17, ip_payload + 8)),
-            6 if end >= ip_payload + 20 => {
-                let off = ((p[ip_payload + 12] >> 4) as usize) * 4;
-                (off >= 20 && ip_payload + off <= end).then_some((6, ip_payload + off))
+            PROTO_UDP if end >= ip_payload + UDP_HEADER => {
+                Some((PROTO_UDP, ip_payload + UDP_HEADER))
+            }
+            PROTO_TCP if end >= ip_payload + TCP_MIN_HEADER => {
+                let off = usize::from(p[ip_payload + TCP_DATA_OFFSET_AT] >> 4) * HEADER_WORD;
+                (off >= TCP_MIN_HEADER && ip_payload + off <= end)
+                    .then_some((PROTO_TCP, ip_payload + off))
             }
             _ => None,
         }
@@ -482,6 +525,15 @@ fn parse_l4(p: &[u8]) -> Option<L4Info> {
         end,
         l4,
     })
+}
+
+/// Where the checksum sits in the header of `proto` (TCP or UDP).
+fn checksum_at(proto: u8) -> usize {
+    if proto == PROTO_UDP {
+        UDP_CHECKSUM_AT
+    } else {
+        TCP_CHECKSUM_AT
+    }
 }
 
 fn sum16(data: &[u8], mut acc: u32) -> u32 {
@@ -512,24 +564,24 @@ pub fn fix_l4_checksum(p: &mut [u8]) -> bool {
         return false;
     };
     let seg = info.ip_payload..info.end;
-    let ck_at = info.ip_payload + if proto == 17 { 6 } else { 16 };
-    let v4 = p[0] >> 4 == 4;
-    if proto == 17 && v4 && p[ck_at] == 0 && p[ck_at + 1] == 0 {
+    let ck_at = info.ip_payload + checksum_at(proto);
+    let v4 = p[0] >> 4 == IP_V4;
+    if proto == PROTO_UDP && v4 && p[ck_at] == 0 && p[ck_at + 1] == 0 {
         return false;
     }
     p[ck_at] = 0;
     p[ck_at + 1] = 0;
     let len = (seg.end - seg.start) as u32;
     let mut acc = if v4 {
-        sum16(&p[12..20], 0)
+        sum16(&p[IPV4_ADDRS], 0)
     } else {
-        sum16(&p[8..40], 0)
+        sum16(&p[IPV6_ADDRS], 0)
     };
     acc += proto as u32 + (len >> 16) + (len & 0xffff);
     acc = sum16(&p[seg], acc);
     let mut ck = fold(acc);
-    if proto == 17 && ck == 0 {
-        ck = 0xffff;
+    if proto == PROTO_UDP && ck == 0 {
+        ck = UDP_ZERO_CHECKSUM;
     }
     p[ck_at..ck_at + 2].copy_from_slice(&ck.to_be_bytes());
     true
@@ -607,7 +659,7 @@ impl DelayLine {
             if let Some(h) = self.heap.pop() {
                 f(&h.data);
                 n += 1;
-                if self.pool.len() < 4096 {
+                if self.pool.len() < MAX_POOLED_BUFFERS {
                     self.pool.push(h.data);
                 }
             }
@@ -617,7 +669,6 @@ impl DelayLine {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -628,7 +679,7 @@ mod tests {
         let mut copy = p.to_vec();
         let info = parse_l4(p)?;
         let (proto, _) = info.l4?;
-        let ck_at = info.ip_payload + if proto == 17 { 6 } else { 16 };
+        let ck_at = info.ip_payload + checksum_at(proto);
         fix_l4_checksum(&mut copy);
         Some(copy[ck_at..ck_at + 2] == p[ck_at..ck_at + 2])
     }

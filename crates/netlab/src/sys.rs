@@ -1,6 +1,9 @@
 //! The few syscalls the emulator needs (TUN, poll, signals, setns, getrusage). This is the only module with
 //! `unsafe`: each block is one libc call on a buffer or fd we own.
-#![allow(unsafe_code)] // reason: TUN ioctls, ppoll, sigaction and setns have no safe std equivalent
+#![allow(
+    unsafe_code,
+    reason = "TUN ioctls, ppoll, sigaction and setns have no safe std equivalent"
+)]
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -11,12 +14,19 @@ use std::time::Duration;
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const IFF_TUN: libc::c_short = 0x0001;
 const IFF_NO_PI: libc::c_short = 0x1000;
+/// `struct ifreq` is 40 bytes: the name, then a union whose first member (the flags) we set; the rest pads it.
+const IFREQ_PAD: usize = 40 - libc::IFNAMSIZ - size_of::<libc::c_short>();
+/// Timer slack for the forwarding threads, in ns: 1 µs instead of the default 50 µs, so serialization
+/// delays of a few µs at high rates are kept.
+const TIMER_SLACK_NS: libc::c_ulong = 1000;
+/// Microseconds per second, to read `getrusage`'s times.
+const MICROS_PER_SEC: f64 = 1e6;
 
 #[repr(C)]
 struct IfReqFlags {
     name: [libc::c_char; libc::IFNAMSIZ],
     flags: libc::c_short,
-    _pad: [u8; 22],
+    _pad: [u8; IFREQ_PAD],
 }
 
 /// Creates a TUN device `name` (layer 3, no packet info header) in the caller's network namespace and
@@ -35,7 +45,7 @@ pub fn open_tun(name: &str) -> io::Result<File> {
     let mut req = IfReqFlags {
         name: [0; libc::IFNAMSIZ],
         flags: IFF_TUN | IFF_NO_PI,
-        _pad: [0; 22],
+        _pad: [0; IFREQ_PAD],
     };
     for (d, s) in req.name.iter_mut().zip(name.bytes()) {
         *d = s as libc::c_char;
@@ -113,7 +123,7 @@ pub fn wait_readable(fd: RawFd, timeout: Duration) -> io::Result<bool> {
 pub fn fine_timer_slack() {
     // SAFETY: prctl with integer arguments.
     unsafe {
-        libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong, 0, 0, 0);
+        libc::prctl(libc::PR_SET_TIMERSLACK, TIMER_SLACK_NS, 0, 0, 0);
     }
 }
 
@@ -181,6 +191,6 @@ pub fn process_cpu_seconds() -> f64 {
     if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
         return 0.0;
     }
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / MICROS_PER_SEC;
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }

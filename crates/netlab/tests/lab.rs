@@ -1,6 +1,10 @@
 //! Integration tests: real namespaces, real TUN devices, the real `trackshift-netlab` binary.
 //! Needs root and /dev/net/tun.
-#![allow(clippy::unwrap_used)]
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test that unwraps fails with the error; clippy.toml's allow-unwrap-in-tests covers #[test] \
+              functions only, not this file's helpers"
+)]
 
 use std::net::{SocketAddr, UdpSocket};
 use std::process::Command;

@@ -138,7 +138,6 @@ impl PieceDecompressor {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

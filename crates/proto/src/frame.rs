@@ -17,8 +17,12 @@ pub const DATA_PIECE: usize = 1024 * 1024;
 pub const MAX_FRAME_LEN: usize = DATA_PIECE + 64 * 1024;
 /// Where the file bytes start in the body of a `Data` frame (after `raw_len: u32` and `compressed: u8`).
 pub const DATA_BODY_OFFSET: usize = 5;
+/// Bytes of a frame's `len: u32`, the header's first field.
+const LEN_FIELD: usize = size_of::<u32>();
+/// Bytes of a frame's type, the header's second field (counted by `len`, like the body).
+const TYPE_FIELD: usize = 1;
 /// Length of the frame header: `len: u32` and `type: u8`.
-pub const HEADER_LEN: usize = 5;
+pub const HEADER_LEN: usize = LEN_FIELD + TYPE_FIELD;
 /// Most entries in one `VerifiedList` frame (each 36 bytes), keeping it under `MAX_FRAME_LEN`.
 pub const MAX_VERIFIED_PER_FRAME: usize = 16 * 1024;
 /// Longest text field (names, messages) in bytes.
@@ -195,14 +199,16 @@ pub mod ty {
 
 /// Reads the frame header: returns the body length (after the type byte) and the type.
 pub fn parse_header(header: [u8; HEADER_LEN]) -> Result<(usize, u8), WireError> {
-    let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let mut len = [0u8; LEN_FIELD];
+    len.copy_from_slice(&header[..LEN_FIELD]);
+    let len = u32::from_be_bytes(len) as usize;
     if len == 0 {
         return Err(WireError::Empty);
     }
     if len > MAX_FRAME_LEN {
         return Err(WireError::TooLarge(len));
     }
-    Ok((len - 1, header[4]))
+    Ok((len - TYPE_FIELD, header[LEN_FIELD]))
 }
 
 /// The header of a `Data` frame whose payload the caller writes separately (avoids copying file bytes).
@@ -211,12 +217,14 @@ pub fn data_header(
     compressed: bool,
     payload_len: usize,
 ) -> [u8; HEADER_LEN + DATA_BODY_OFFSET] {
-    let len = (1 + DATA_BODY_OFFSET + payload_len) as u32;
+    let len = (TYPE_FIELD + DATA_BODY_OFFSET + payload_len) as u32;
     let mut h = [0u8; HEADER_LEN + DATA_BODY_OFFSET];
-    h[..4].copy_from_slice(&len.to_be_bytes());
-    h[4] = ty::DATA;
-    h[5..9].copy_from_slice(&raw_len.to_be_bytes());
-    h[9] = u8::from(compressed);
+    h[..LEN_FIELD].copy_from_slice(&len.to_be_bytes());
+    h[LEN_FIELD] = ty::DATA;
+    // The body starts `raw_len: u32 | compressed: u8`.
+    let flag_at = HEADER_LEN + size_of::<u32>();
+    h[HEADER_LEN..flag_at].copy_from_slice(&raw_len.to_be_bytes());
+    h[flag_at] = u8::from(compressed);
     h
 }
 
@@ -351,9 +359,9 @@ impl<'a> Frame<'a> {
                 ty::CHUNK_HASH
             }
         };
-        let len = (out.len() - start - 4) as u32;
-        out[start..start + 4].copy_from_slice(&len.to_be_bytes());
-        out[start + 4] = t;
+        let len = (out.len() - start - LEN_FIELD) as u32;
+        out[start..start + LEN_FIELD].copy_from_slice(&len.to_be_bytes());
+        out[start + LEN_FIELD] = t;
     }
 
     /// Decodes the body of a frame of type `frame_type`.
@@ -365,7 +373,7 @@ impl<'a> Frame<'a> {
         let frame = match frame_type {
             ty::HELLO => {
                 r.what = "Hello";
-                if r.array::<4>()? != MAGIC {
+                if r.array()? != MAGIC {
                     return Err(WireError::Malformed("Hello: not a TrackShift peer"));
                 }
                 Frame::Hello {
@@ -491,8 +499,10 @@ impl<'a> Frame<'a> {
     }
 }
 
+/// Bytes of a `VerifiedList` entry's chunk index (u32), which its SHA-256 follows.
+const VERIFIED_INDEX_LEN: usize = size_of::<u32>();
 /// Bytes per `VerifiedList` entry: chunk index (u32) and SHA-256.
-pub const VERIFIED_ENTRY_LEN: usize = 36;
+pub const VERIFIED_ENTRY_LEN: usize = VERIFIED_INDEX_LEN + 32;
 
 /// Encodes `(index, sha256)` pairs as the body of a `VerifiedList` frame.
 pub fn encode_verified_entries(entries: &[(u32, [u8; 32])]) -> Vec<u8> {
@@ -507,9 +517,12 @@ pub fn encode_verified_entries(entries: &[(u32, [u8; 32])]) -> Vec<u8> {
 /// Reads back the entries of a `VerifiedList` body (validated by `Frame::decode`).
 pub fn verified_entries(entries: &[u8]) -> impl Iterator<Item = (u32, [u8; 32])> + '_ {
     entries.chunks_exact(VERIFIED_ENTRY_LEN).map(|e| {
+        let (index, hash) = e.split_at(VERIFIED_INDEX_LEN);
+        let mut idx = [0u8; VERIFIED_INDEX_LEN];
+        idx.copy_from_slice(index);
         let mut sha = [0u8; 32];
-        sha.copy_from_slice(&e[4..]);
-        (u32::from_be_bytes([e[0], e[1], e[2], e[3]]), sha)
+        sha.copy_from_slice(hash);
+        (u32::from_be_bytes(idx), sha)
     })
 }
 
@@ -599,7 +612,6 @@ impl<'a> Reader<'a> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use proptest::prelude::*;

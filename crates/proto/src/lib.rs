@@ -11,6 +11,7 @@
 //!                   ▲  (what to send)                                               (is it legal?) │
 //!                   └──────────────── ChunkDone / FileDone ◄───────────────────────────────────────┘
 //! ```
+#![forbid(unsafe_code)] // only trackshift-udp (and the netlab test support) may have unsafe: see ARCHITECTURE.md
 
 pub mod compress;
 pub mod frame;

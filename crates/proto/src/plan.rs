@@ -82,6 +82,9 @@ impl ChunkPlan {
     }
 }
 
+/// Chunks per word of a [`ChunkMap`]'s bitmap.
+const WORD_BITS: u32 = u64::BITS;
+
 /// Which chunks are done, one bit each.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct ChunkMap {
@@ -94,7 +97,7 @@ impl ChunkMap {
     /// A map of `len` chunks, none done.
     pub fn new(len: u32) -> Self {
         Self {
-            bits: vec![0; (len as usize).div_ceil(64)],
+            bits: vec![0; len.div_ceil(WORD_BITS) as usize],
             len,
             set: 0,
         }
@@ -118,7 +121,8 @@ impl ChunkMap {
     }
 
     pub fn get(&self, index: u32) -> bool {
-        index < self.len && self.bits[(index / 64) as usize] & (1 << (index % 64)) != 0
+        index < self.len
+            && self.bits[(index / WORD_BITS) as usize] & (1 << (index % WORD_BITS)) != 0
     }
 
     /// Marks `index` done; returns false when it was already done or out of range.
@@ -126,7 +130,7 @@ impl ChunkMap {
         if index >= self.len || self.get(index) {
             return false;
         }
-        self.bits[(index / 64) as usize] |= 1 << (index % 64);
+        self.bits[(index / WORD_BITS) as usize] |= 1 << (index % WORD_BITS);
         self.set += 1;
         true
     }
@@ -136,7 +140,7 @@ impl ChunkMap {
         if !self.get(index) {
             return false;
         }
-        self.bits[(index / 64) as usize] &= !(1 << (index % 64));
+        self.bits[(index / WORD_BITS) as usize] &= !(1 << (index % WORD_BITS));
         self.set -= 1;
         true
     }
@@ -153,7 +157,6 @@ impl ChunkMap {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

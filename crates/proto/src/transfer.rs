@@ -277,7 +277,6 @@ impl IncomingTransfer {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -40,7 +40,7 @@ pub fn check_output_dir(dir: &Path) -> Result<(), StorageError> {
     let opened = OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o600)
+        .mode(PRIVATE_FILE_MODE)
         .custom_flags(libc::O_NOFOLLOW)
         .open(&probe);
     match opened {
@@ -96,6 +96,14 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// Mode of every file this crate creates before it is finished (partial data, the session store, the known
+/// receivers, probes): owner read and write only, since they name the user's files, peers and secrets' hosts.
+pub(crate) const PRIVATE_FILE_MODE: u32 = 0o600;
+/// Mode of the state dir and its identity dir: owner only, for the same reason and for the TLS key inside.
+const PRIVATE_DIR_MODE: u32 = 0o700;
+/// The permission bits of a mode (what `PRIVATE_FILE_MODE` is compared with).
+pub(crate) const PERMISSION_BITS: u32 = 0o777;
+
 /// A name under the reserved prefix that no other call (in this or another process) uses at the same time.
 pub(crate) fn unique_name(kind: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -144,7 +152,7 @@ impl StateDir {
 fn create_private_dir(path: &Path, recursive: bool) -> Result<(), StorageError> {
     match DirBuilder::new()
         .recursive(recursive)
-        .mode(0o700)
+        .mode(PRIVATE_DIR_MODE)
         .create(path)
     {
         Ok(()) => {}
@@ -161,7 +169,6 @@ fn create_private_dir(path: &Path, recursive: bool) -> Result<(), StorageError> 
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;

@@ -3,6 +3,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
+use crate::partial::MAX_CANDIDATES;
 use crate::SourceError;
 
 /// Everything that can go wrong on disk. Every message is one line saying what failed and what to do.
@@ -68,7 +69,11 @@ pub enum StorageError {
     UnsafePath { path: PathBuf, reason: &'static str },
 
     /// Every candidate name for the finished file is taken.
-    #[error("cannot place {name:?} in {}: every candidate name up to \"(9999)\" is taken; clean up the directory and re-run", dir.display())]
+    #[error(
+        "cannot place {name:?} in {}: every candidate name up to \"({})\" is taken; clean up the directory and re-run",
+        dir.display(),
+        MAX_CANDIDATES
+    )]
     NoFreeName { dir: PathBuf, name: String },
 
     /// The session store failed for a reason other than I/O.

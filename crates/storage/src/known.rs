@@ -6,7 +6,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::dirs::{sync_dir, unique_name, StateDir};
+use crate::dirs::{sync_dir, unique_name, StateDir, PRIVATE_FILE_MODE};
 use crate::error::io_error;
 use crate::StorageError;
 
@@ -111,7 +111,7 @@ impl KnownReceivers {
             let mut f = OpenOptions::new()
                 .write(true)
                 .create_new(true)
-                .mode(0o600)
+                .mode(PRIVATE_FILE_MODE)
                 .custom_flags(libc::O_NOFOLLOW)
                 .open(&tmp)
                 .map_err(|e| io_error("create", &tmp, e))?;
@@ -129,7 +129,6 @@ impl KnownReceivers {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;

@@ -20,6 +20,7 @@
 //! `trackshift-transport`), the TLS identity files under [`StateDir::identity_dir`] (the transport crate owns
 //! them; this crate only creates the directory), default path resolution (the CLI passes paths in), and any
 //! file outside the output dir and state dir it is given. All failures are one [`StorageError`].
+#![forbid(unsafe_code)] // only trackshift-udp (and the netlab test support) may have unsafe: see ARCHITECTURE.md
 
 mod chunks;
 mod dirs;

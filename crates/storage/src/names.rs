@@ -62,7 +62,6 @@ pub(crate) fn candidate_name(name: &str, n: u32) -> String {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use trackshift_proto::SessionId;
 
-use crate::dirs::sync_dir;
+use crate::dirs::{sync_dir, PERMISSION_BITS, PRIVATE_FILE_MODE};
 use crate::error::io_error;
 use crate::names::{candidate_name, validate_file_name, RESERVED_PREFIX};
 use crate::{ChunkSink, StorageError};
@@ -15,8 +15,9 @@ use crate::{ChunkSink, StorageError};
 /// Mode of a finished file: what most umasks give a new file.
 const FINISHED_MODE: u32 = 0o644;
 
-/// How many alternative names `finalize` tries (`name (1)` … `name (9999)`) before giving up.
-const MAX_CANDIDATES: u32 = 9999;
+/// How many alternative names `finalize` tries (`name (1)` … `name (9999)`) before giving up: far more copies of
+/// one name than anyone keeps, while a directory that full still fails in bounded time.
+pub(crate) const MAX_CANDIDATES: u32 = 9999;
 
 /// The receiver's partial file for one session: `<output_dir>/.trackshift-<session hex>.part`, mode 0600.
 ///
@@ -63,7 +64,7 @@ impl PartialFile {
             .write(true)
             .create(true)
             .truncate(false)
-            .mode(0o600)
+            .mode(PRIVATE_FILE_MODE)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&path)
             .map_err(|e| {
@@ -91,8 +92,8 @@ impl PartialFile {
                 reason: "it has other hard links",
             });
         }
-        if meta.permissions().mode() & 0o777 != 0o600 {
-            file.set_permissions(fs::Permissions::from_mode(0o600))
+        if meta.permissions().mode() & PERMISSION_BITS != PRIVATE_FILE_MODE {
+            file.set_permissions(fs::Permissions::from_mode(PRIVATE_FILE_MODE))
                 .map_err(|e| io_error("set permissions of", &path, e))?;
         }
         if meta.len() != size {
@@ -235,7 +236,6 @@ fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use std::os::unix::fs::symlink;

@@ -10,7 +10,7 @@ use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBeha
 use serde::{Deserialize, Serialize};
 use trackshift_proto::SessionId;
 
-use crate::dirs::StateDir;
+use crate::dirs::{StateDir, PRIVATE_FILE_MODE};
 use crate::error::io_error;
 use crate::StorageError;
 
@@ -197,7 +197,7 @@ impl SessionStore {
             .write(true)
             .create(true)
             .truncate(false)
-            .mode(0o600)
+            .mode(PRIVATE_FILE_MODE)
             .open(&path)
             .map_err(|e| io_error("open session store", &path, e))?;
         let conn = Connection::open(&path).map_err(|e| db_error(&path, e))?;
@@ -454,7 +454,6 @@ fn db_error(path: &Path, e: rusqlite::Error) -> StorageError {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use std::sync::Arc;

@@ -15,8 +15,16 @@ use crate::TransportError;
 pub const SOFTWARE: &str = concat!("trackshift ", env!("CARGO_PKG_VERSION"));
 /// TLS exporter label (RFC 8446 §7.5): binds the secret's proof to this TLS session.
 pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-trackshift-auth-v1";
+/// TLS exporter label of the secret the DCSP keys derive from ([`dcsp_secret_of`]): another label than
+/// [`EXPORTER_LABEL`], so the data plane's keys tell nothing about the authentication's proof. It is the one
+/// `trackshift_dcsp::crypto::EXPORTER_LABEL` names (PROTOCOL.md §6.2), spelled again since this crate does
+/// not depend on DCSP's.
+const DCSP_EXPORTER_LABEL: &[u8] = b"EXPORTER-trackshift-dcsp-v1";
 /// SPAKE2 identity shared by both sides (symmetric mode: both ends know the same secret).
 const PAKE_IDENTITY: &[u8] = b"trackshift control channel v1";
+/// Bytes reserved for the sender's first flight: `Hello` (with the software name) and `Pake` (SPAKE2's 33-byte
+/// message) come to well under this, so the flight is built without growing its buffer.
+const FLIGHT_CAPACITY: usize = 128;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -84,7 +92,7 @@ impl ClientAuth {
             &Password::new(secret.as_bytes()),
             &PakeIdentity::new(PAKE_IDENTITY),
         );
-        let mut flight = Vec::with_capacity(128);
+        let mut flight = Vec::with_capacity(FLIGHT_CAPACITY);
         OUR_HELLO.encode(&mut flight);
         Frame::Pake { message: &outbound }.encode(&mut flight);
         (Self { pake }, flight)
@@ -243,11 +251,10 @@ pub fn exporter_of<D>(conn: &rustls::ConnectionCommon<D>) -> Result<[u8; 32], Tr
 /// mixes in the DCSP connection id): both ends export it from the same TLS session, so it never crosses the
 /// network.
 pub fn dcsp_secret_of<D>(conn: &rustls::ConnectionCommon<D>) -> Result<[u8; 32], TransportError> {
-    Ok(conn.export_keying_material([0u8; 32], b"EXPORTER-trackshift-dcsp-v1", None)?)
+    Ok(conn.export_keying_material([0u8; 32], DCSP_EXPORTER_LABEL, None)?)
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

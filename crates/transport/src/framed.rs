@@ -8,6 +8,16 @@ use crate::TransportError;
 
 /// Write buffer: coalesces small frames into one TLS record; large payloads bypass it.
 const WRITE_BUFFER: usize = 64 * 1024;
+/// Bytes reserved per frame of a flight: control frames (`Offer`, `UdpStart`, `ChunkHash`, `Confirm`…) are
+/// rarely larger, so a flight is encoded without growing its buffer.
+const FRAME_ESTIMATE: usize = 64;
+/// Frames [`FrameReader::pump`] reads ahead of its consumer. Only small control frames go through it, and the
+/// consumer falls behind only while it writes, so a few suffice; a full queue stops reading, which leaves the
+/// back-pressure to TCP.
+const PUMP_QUEUE: usize = 16;
+/// A control frame's encoding buffer to start with: larger than any frame but an `Offer` with a long name or a
+/// `VerifiedList`, for which it grows once and stays grown.
+const SCRATCH_CAPACITY: usize = 256;
 
 /// Reads one frame's type and body into `buf` (resized to the body). Oversized frames are refused before any
 /// allocation.
@@ -50,7 +60,7 @@ pub async fn write_frames<W: AsyncWrite + Unpin>(
     w: &mut W,
     frames: &[Frame<'_>],
 ) -> Result<(), TransportError> {
-    let mut buf = Vec::with_capacity(64 * frames.len());
+    let mut buf = Vec::with_capacity(FRAME_ESTIMATE * frames.len());
     for f in frames {
         f.encode(&mut buf);
     }
@@ -103,7 +113,7 @@ impl<R: AsyncRead + Unpin + Send + 'static> FrameReader<R> {
         tokio::sync::mpsc::Receiver<PumpedFrame>,
         tokio::task::JoinHandle<()>,
     ) {
-        let (tx, rx) = tokio::sync::mpsc::channel::<PumpedFrame>(16);
+        let (tx, rx) = tokio::sync::mpsc::channel::<PumpedFrame>(PUMP_QUEUE);
         let task = tokio::spawn(async move {
             loop {
                 let mut buf = Vec::new();
@@ -129,7 +139,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     pub fn new(inner: W) -> Self {
         Self {
             inner: BufWriter::with_capacity(WRITE_BUFFER, inner),
-            scratch: Vec::with_capacity(256),
+            scratch: Vec::with_capacity(SCRATCH_CAPACITY),
         }
     }
 

@@ -13,6 +13,8 @@ use crate::TransportError;
 
 const CERT_FILE: &str = "cert.pem";
 const KEY_FILE: &str = "key.pem";
+/// Mode of the identity files: owner read and write only, since the key is the receiver's identity.
+const PRIVATE_MODE: u32 = 0o600;
 
 /// A key pair and its self-signed certificate.
 #[derive(Debug)]
@@ -67,7 +69,7 @@ fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(0o600)
+        .mode(PRIVATE_MODE)
         .open(&tmp)?;
     f.write_all(data)?;
     f.sync_all()?;
@@ -89,11 +91,10 @@ pub fn normalize_fingerprint(s: &str) -> Option<String> {
         .filter(|c| *c != ':')
         .collect();
     let bytes = hex::decode(hexpart.to_ascii_lowercase()).ok()?;
-    (bytes.len() == 32).then(|| format!("sha256:{}", hex::encode(bytes)))
+    (bytes.len() == Sha256::output_size()).then(|| format!("sha256:{}", hex::encode(bytes)))
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -12,6 +12,7 @@
 //! brute-force offline, and the two confirmations bind the secret to this very TLS session.
 //!
 //! The DCSP data plane's UDP sockets are not here: they are `trackshift-udp`.
+#![forbid(unsafe_code)] // only trackshift-udp (and the netlab test support) may have unsafe: see ARCHITECTURE.md
 
 mod auth;
 mod error;

@@ -201,8 +201,11 @@ pub(crate) fn poll_readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> io
         events: libc::POLLIN,
         revents: 0,
     };
-    let ms = timeout.map_or(-1, |t| {
-        libc::c_int::try_from(t.as_nanos().div_ceil(1_000_000)).unwrap_or(libc::c_int::MAX)
+    /// poll(2)'s timeout for "wait until an event comes".
+    const FOREVER: libc::c_int = -1;
+    let ms = timeout.map_or(FOREVER, |t| {
+        libc::c_int::try_from(t.as_nanos().div_ceil(Duration::from_millis(1).as_nanos()))
+            .unwrap_or(libc::c_int::MAX)
     });
     // SAFETY: one live pollfd for an open descriptor.
     let rc = unsafe { libc::poll(&mut pollfd, 1, ms) };

@@ -6,6 +6,12 @@ use std::time::{Duration, Instant};
 const BASE: Duration = Duration::from_millis(250);
 /// Longest delay between attempts: a returning link is noticed within this.
 const CAP: Duration = Duration::from_secs(10);
+/// Doublings counted at most: 250 ms × 2^16 is far past [`CAP`] already; the bound only keeps the shift from
+/// overflowing on a very long outage.
+const MAX_DOUBLINGS: u32 = 16;
+/// Share of each delay that is fixed; the rest is random ("full jitter" over [delay/2, delay]), so senders
+/// cut off together do not come back in step, yet none retries at once.
+const FIXED_SHARE: f64 = 0.5;
 
 /// Delays between connection attempts: doubling from 250 ms up to 10 s, each with "full jitter" in
 /// [delay/2, delay], until `give_up_after` has passed since the first failure.
@@ -39,9 +45,11 @@ impl Backoff {
         if elapsed >= self.give_up_after {
             return None;
         }
-        let exp = BASE.saturating_mul(1u32 << self.attempt.min(16)).min(CAP);
+        let exp = BASE
+            .saturating_mul(1u32 << self.attempt.min(MAX_DOUBLINGS))
+            .min(CAP);
         self.attempt += 1;
-        let delay = exp.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0));
+        let delay = exp.mul_f64(FIXED_SHARE + (1.0 - FIXED_SHARE) * jitter.clamp(0.0, 1.0));
         Some(delay.min(self.give_up_after - elapsed))
     }
 }
