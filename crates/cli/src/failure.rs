@@ -55,6 +55,14 @@ impl From<StorageError> for Failure {
     fn from(e: StorageError) -> Self {
         let code = if e.is_no_space() || e.is_permission() {
             exit::STORAGE
+        } else if matches!(
+            e,
+            StorageError::OutputDirMissing { .. }
+                | StorageError::OutputDirNotDirectory { .. }
+                | StorageError::StateDirNotDirectory { .. }
+        ) {
+            // A directory flag naming nothing usable is bad input, like a missing file.
+            exit::USAGE
         } else {
             exit::FAILED
         };
