@@ -707,8 +707,8 @@ impl Receiver {
 // ---------------------------------------------------------------------------------------------------------------
 // Sender and the other commands
 
-/// `trackshift send FILE --to ADDR --state-dir D --json [--protocol tcp] [--secret S] EXTRA…` (`--protocol tcp`
-/// unless `extra` names a protocol).
+/// `trackshift send FILE --to ADDR --state-dir D --json [--secret S] EXTRA…`. Without `--protocol` in `extra`
+/// this is the default path users run: DCSP over UDP (falling back to TCP only if UDP gets no answer).
 pub fn send_command(
     file: &Path,
     to: &str,
@@ -721,9 +721,6 @@ pub fn send_command(
         .args(["--to", to, "--json"])
         .arg("--state-dir")
         .arg(state_dir);
-    if !extra.contains(&"--protocol") {
-        cmd.args(["--protocol", "tcp"]);
-    }
     if let Some(s) = secret {
         cmd.args(["--secret", s]);
     }
@@ -860,6 +857,71 @@ pub fn assert_one_line(out: &Output, must_contain: &str) {
 pub fn mentions_space(line: &str) -> bool {
     let s = line.to_lowercase();
     s.contains("space") || s.contains("full")
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Data paths
+
+/// The data path a scenario runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// DCSP over UDP, the default: no `--protocol` flag at all (what users run). A scenario asserts that the
+    /// summary says `udp`, so a silent fallback to TCP fails it.
+    Udp,
+    /// `--protocol tcp`.
+    Tcp,
+}
+
+impl Protocol {
+    /// As the summary's `protocol` field names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Udp => "udp",
+            Protocol::Tcp => "tcp",
+        }
+    }
+
+    /// The sender flags that choose this path: none for the default (UDP), `--protocol tcp` for TCP.
+    pub fn args(self) -> &'static [&'static str] {
+        match self {
+            Protocol::Udp => &[],
+            Protocol::Tcp => &["--protocol", "tcp"],
+        }
+    }
+
+    /// `args` followed by this path's flags.
+    pub fn with(self, args: &[&'static str]) -> Vec<&'static str> {
+        let mut v = args.to_vec();
+        v.extend_from_slice(self.args());
+        v
+    }
+
+    /// Asserts a summary (sender's or receiver's) ran on this path.
+    pub fn assert_used(self, summary: &Value) {
+        assert_eq!(
+            summary["protocol"],
+            self.name(),
+            "the transfer did not run over {}: {summary}",
+            self.name()
+        );
+    }
+}
+
+/// For each `fn name(p: Protocol)`, two tests: `name::udp` (the default path) and `name::tcp`.
+#[macro_export]
+macro_rules! over_both_protocols {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn udp() {
+                super::$name($crate::Protocol::Udp)
+            }
+            #[test]
+            fn tcp() {
+                super::$name($crate::Protocol::Tcp)
+            }
+        }
+    )+};
 }
 
 // ---------------------------------------------------------------------------------------------------------------
