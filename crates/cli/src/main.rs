@@ -362,11 +362,14 @@ fn run(cli: Cli) -> Result<(), Failure> {
     }
 }
 
+/// Prints an `error` event for a failure that ended the command before its summary (a missing file, no
+/// secret): after a summary, which already says why, nothing may follow it (cli-contract.md, `--json`).
 fn with_error_event(reporter: &Reporter, r: Result<(), Failure>) -> Result<(), Failure> {
-    if let Err(f) = &r {
-        reporter.event(
+    match &r {
+        Err(f) if !reporter.summary_printed() => reporter.event(
             serde_json::json!({"event": "error", "message": f.message, "exit_code": f.code}),
-        );
+        ),
+        _ => {}
     }
     r
 }

@@ -22,6 +22,8 @@ pub struct Reporter {
     mode: OutputMode,
     bar: Option<ProgressBar>,
     last_json_progress: Option<Instant>,
+    /// A `summary` event has been printed (it must stay the last line of a `send`).
+    summary_printed: std::sync::atomic::AtomicBool,
 }
 
 impl Reporter {
@@ -30,6 +32,7 @@ impl Reporter {
             mode,
             bar: None,
             last_json_progress: None,
+            summary_printed: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -37,8 +40,18 @@ impl Reporter {
         self.mode
     }
 
+    /// Whether a `summary` event has been printed.
+    pub fn summary_printed(&self) -> bool {
+        self.summary_printed
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// One NDJSON object on stdout (with `--json` only).
     pub fn event(&self, value: Value) {
+        if value["event"] == "summary" {
+            self.summary_printed
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         if self.mode.json {
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "{value}");
