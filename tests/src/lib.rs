@@ -925,6 +925,41 @@ macro_rules! over_both_protocols {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// A hand-made peer
+
+/// Support for tests that speak the wire protocol to a real receiver by hand (`e2e_hostile`, `e2e_dcsp_peer`).
+pub mod peer {
+    use std::future::Future;
+    use std::time::Duration;
+
+    use trackshift_transport::{authenticate_client, connect, exporter_of, ClientTls};
+
+    use crate::SECRET;
+
+    /// How long one exchange with the receiver may take.
+    pub const NET_TIMEOUT: Duration = Duration::from_secs(40);
+
+    /// Runs `f` on `rt`, failing the test with `what` after [`NET_TIMEOUT`].
+    pub fn block_on<T>(rt: &tokio::runtime::Runtime, what: &str, f: impl Future<Output = T>) -> T {
+        rt.block_on(async { tokio::time::timeout(NET_TIMEOUT, f).await })
+            .unwrap_or_else(|_| panic!("timed out after {NET_TIMEOUT:?}: {what}"))
+    }
+
+    /// TLS (trusting the receiver's certificate on first use) and the secret handshake with [`SECRET`], as
+    /// `trackshift send` does.
+    pub async fn authed(addr: &str) -> ClientTls {
+        let (mut tls, _fp) = connect(addr, None, "known", &[])
+            .await
+            .expect("TLS connect");
+        let ekm = exporter_of(tls.get_ref().1).expect("TLS exporter");
+        authenticate_client(&mut tls, ekm, SECRET)
+            .await
+            .expect("authenticate");
+        tls
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 // tmpfs mounts (the tests run as root)
 
 /// A tmpfs mounted on a directory; unmounted on drop (also when the test panics).

@@ -5,36 +5,14 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::future::Future;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::Duration;
 
 use tokio::io::{split, AsyncReadExt, AsyncWriteExt};
 use trackshift_proto::{ErrorCode, Frame, Offer, SessionId};
+use trackshift_scenarios::peer::{authed, block_on, NET_TIMEOUT};
 use trackshift_scenarios::*;
-use trackshift_transport::{
-    authenticate_client, connect, exporter_of, ClientTls, FrameReader, FrameWriter,
-};
-
-const NET_TIMEOUT: Duration = Duration::from_secs(40);
-
-fn block_on<T>(rt: &tokio::runtime::Runtime, what: &str, f: impl Future<Output = T>) -> T {
-    rt.block_on(async { tokio::time::timeout(NET_TIMEOUT, f).await })
-        .unwrap_or_else(|_| panic!("timed out after {NET_TIMEOUT:?}: {what}"))
-}
-
-/// TLS (trusting the receiver's certificate on first use) and the secret handshake, as `trackshift send` does.
-async fn authed(addr: &str) -> ClientTls {
-    let (mut tls, _fp) = connect(addr, None, "known", &[])
-        .await
-        .expect("TLS connect");
-    let ekm = exporter_of(tls.get_ref().1).expect("TLS exporter");
-    authenticate_client(&mut tls, ekm, SECRET)
-        .await
-        .expect("authenticate");
-    tls
-}
+use trackshift_transport::{connect, FrameReader, FrameWriter};
 
 fn offer(id: SessionId, name: &str, size: u64) -> Frame<'_> {
     Frame::Offer(Offer {
