@@ -1026,3 +1026,58 @@ pub fn fill_until_full(path: &Path) -> u64 {
     let _ = f.sync_all();
     written
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ndjson_line_is_one_object_with_a_string_event() {
+        assert!(ndjson_event(r#"{"event":"summary","ok":true}"#).is_ok());
+        for bad in [
+            "",
+            "sending 12 MiB",
+            r#"{"ok":true}"#,
+            r#"{"event":3}"#,
+            r#"[{"event":"x"}]"#,
+            r#"{"event":"a"} {"event":"b"}"#,
+        ] {
+            assert!(ndjson_event(bad).is_err(), "{bad:?} passed");
+        }
+    }
+
+    #[test]
+    fn only_send_receive_and_resume_with_json_print_events() {
+        assert!(prints_ndjson(&trackshift(["send", "f", "--json"])));
+        assert!(prints_ndjson(&trackshift(["receive", "--json"])));
+        assert!(prints_ndjson(&trackshift(["resume", "id", "--json"])));
+        assert!(!prints_ndjson(&trackshift(["send", "f"])));
+        assert!(!prints_ndjson(&trackshift(["list", "--json"])));
+        assert!(!prints_ndjson(&trackshift(["status", "id", "--json"])));
+    }
+
+    /// `echo send --json …` prints a line that is not JSON, as a `send --json` must never do.
+    #[test]
+    #[should_panic(expected = "must be one JSON object per line")]
+    fn a_stray_line_under_json_fails_the_test() {
+        let mut cmd = Command::new("echo");
+        cmd.args(["send", "--json", "sending…"]);
+        run("echo", cmd, SHORT_TIMEOUT);
+    }
+
+    #[test]
+    fn status_of_an_unknown_session_is_none() {
+        let t = Scratch::new("status-unknown");
+        assert!(status("0123456789abcdef0123456789abcdef", &t.dir("st")).is_none());
+    }
+
+    /// Exit 2 with another message (here: the state dir is a file) is a failure, not "unknown".
+    #[test]
+    #[should_panic(expected = "not because the session is unknown")]
+    fn status_failing_otherwise_fails_the_test() {
+        let t = Scratch::new("status-broken");
+        let not_a_dir = t.file("state");
+        fs::write(&not_a_dir, b"").unwrap();
+        status("0123456789abcdef0123456789abcdef", &not_a_dir);
+    }
+}
