@@ -223,7 +223,8 @@ pub struct Output {
     pub code: i32,
     pub stdout: String,
     pub stderr: String,
-    /// The stdout lines that parsed as JSON objects (the NDJSON events).
+    /// The NDJSON events: every stdout line of a `send`/`receive`/`resume --json` (each checked to be one JSON
+    /// object with an `event`); for other commands, the lines that happen to parse as JSON.
     pub events: Vec<Value>,
 }
 
@@ -254,32 +255,79 @@ impl Output {
 pub struct Proc {
     name: String,
     child: Child,
-    lines: mpsc::Receiver<String>,
+    lines: mpsc::Receiver<Line>,
     stdout_seen: Vec<String>,
     stdout_closed: bool,
     stderr: Arc<Mutex<String>>,
     threads: Vec<JoinHandle<()>>,
     status: Option<ExitStatus>,
+    /// `send`, `receive` or `resume` with `--json`: every stdout line must be an event (see [`ndjson_event`]).
+    ndjson: bool,
+    /// The first stdout line that broke the NDJSON rule (reported by the next call that looks at the output).
+    bad_line: Option<String>,
+    /// We killed it (SIGKILL): a last line cut short by the kill is not the program's fault.
+    killed: bool,
+    /// A last stdout line without its newline (the process ended mid-line).
+    unterminated: Option<String>,
 }
 
-fn pump_stdout(out: ChildStdout, tx: mpsc::Sender<String>) -> JoinHandle<()> {
+/// One stdout line, and whether it ended with a newline.
+struct Line {
+    text: String,
+    terminated: bool,
+}
+
+fn pump_stdout(out: ChildStdout, tx: mpsc::Sender<Line>) -> JoinHandle<()> {
     std::thread::spawn(move || {
-        for line in BufReader::new(out).lines() {
-            match line {
-                Ok(l) => {
-                    if tx.send(l).is_err() {
+        let mut r = BufReader::new(out);
+        loop {
+            let mut buf = Vec::new();
+            match r.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {
+                    let terminated = buf.last() == Some(&b'\n');
+                    if terminated {
+                        buf.pop();
+                    }
+                    let text = String::from_utf8_lossy(&buf).into_owned();
+                    if tx.send(Line { text, terminated }).is_err() {
                         return;
                     }
                 }
-                Err(_) => return,
             }
         }
     })
 }
 
+/// One line of `--json` output as the contract has it: a single JSON object with a string `event`. The error
+/// says what is wrong with the line.
+pub fn ndjson_event(line: &str) -> Result<Value, String> {
+    match serde_json::from_str::<Value>(line) {
+        Ok(v) if v.is_object() && v["event"].is_string() => Ok(v),
+        Ok(v) if v.is_object() => Err(format!(
+            "a JSON object without a string \"event\": {line:?}"
+        )),
+        Ok(_) => Err(format!("JSON but not an object: {line:?}")),
+        Err(e) => Err(format!("not JSON ({e}): {line:?}")),
+    }
+}
+
+/// Whether a command prints NDJSON events on stdout: `send`, `receive` or `resume` with `--json` (`list --json`
+/// prints one array and `status --json` one object, see the contract).
+fn prints_ndjson(cmd: &Command) -> bool {
+    let args: Vec<&OsStr> = cmd.get_args().collect();
+    let event_command = args.first().is_some_and(|a| {
+        ["send", "receive", "resume"]
+            .iter()
+            .any(|c| OsStr::new(c) == *a)
+    });
+    event_command && args.iter().any(|a| *a == OsStr::new("--json"))
+}
+
 impl Proc {
     /// Starts `cmd` with stdout and stderr piped (stdin closed). `name` labels failure messages.
     pub fn spawn(name: &str, mut cmd: Command) -> Self {
+        let ndjson = prints_ndjson(&cmd);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -312,6 +360,10 @@ impl Proc {
             stderr,
             threads,
             status: None,
+            ndjson,
+            bad_line: None,
+            killed: false,
+            unterminated: None,
         }
     }
 
@@ -324,15 +376,28 @@ impl Proc {
         self.stderr.lock().expect("stderr lock").clone()
     }
 
+    /// Records a stdout line; a line that breaks the NDJSON rule is remembered for [`Self::check_ndjson`].
+    fn record(&mut self, line: Line) -> Option<String> {
+        if !line.terminated {
+            // Only the last line can lack its newline; whether that is a fault depends on how the process ended.
+            self.unterminated = Some(line.text);
+            return None;
+        }
+        if self.ndjson && self.bad_line.is_none() {
+            if let Err(e) = ndjson_event(&line.text) {
+                self.bad_line = Some(e);
+            }
+        }
+        self.stdout_seen.push(line.text.clone());
+        Some(line.text)
+    }
+
     fn take_line(&mut self, timeout: Duration) -> Option<String> {
         if self.stdout_closed {
             return None;
         }
         match self.lines.recv_timeout(timeout) {
-            Ok(l) => {
-                self.stdout_seen.push(l.clone());
-                Some(l)
-            }
+            Ok(l) => self.record(l),
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => {
                 self.stdout_closed = true;
@@ -343,17 +408,50 @@ impl Proc {
 
     fn drain_lines(&mut self) {
         while let Ok(l) = self.lines.try_recv() {
-            self.stdout_seen.push(l);
+            self.record(l);
         }
+    }
+
+    /// Fails the test (killing the process) if a stdout line under `--json` was not one JSON object with an
+    /// `event`, or if the process ended in the middle of a line it was not killed in.
+    fn check_ndjson(&mut self) {
+        if !self.ndjson {
+            return;
+        }
+        let finished = self.status.is_some() && self.stdout_closed;
+        let bad =
+            self.bad_line
+                .take()
+                .or_else(|| match (&self.unterminated, finished && !self.killed) {
+                    (Some(tail), true) => {
+                        Some(format!("a last line without its newline: {tail:?}"))
+                    }
+                    _ => None,
+                });
+        if let Some(bad) = bad {
+            self.ndjson = false; // report once
+            let name = self.name.clone();
+            let out = self.kill();
+            panic!(
+                "{name}: stdout under --json must be one JSON object per line, each with an \"event\"; got {bad}\n\
+                 --- stdout ---\n{}\n--- stderr ---\n{}",
+                out.stdout, out.stderr
+            );
+        }
+    }
+
+    fn parsed_events(&self) -> Vec<Value> {
+        self.stdout_seen
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .collect()
     }
 
     /// All events (JSON lines on stdout) printed so far.
     pub fn events(&mut self) -> Vec<Value> {
         self.drain_lines();
-        self.stdout_seen
-            .iter()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .collect()
+        self.check_ndjson();
+        self.parsed_events()
     }
 
     /// Waits for the first event (already printed or still to come) for which `pred` holds. Panics (killing the
@@ -376,7 +474,9 @@ impl Proc {
             if self.stdout_closed {
                 self.fail(&format!("exited without printing {what}"));
             }
-            if let Some(line) = self.take_line(left.min(Duration::from_millis(200))) {
+            let line = self.take_line(left.min(Duration::from_millis(200)));
+            self.check_ndjson();
+            if let Some(line) = line {
                 if let Ok(v) = serde_json::from_str::<Value>(&line) {
                     if pred(&v) {
                         return v;
@@ -409,18 +509,24 @@ impl Proc {
             }
             // Keep the pipe flowing (the reader thread does; this only collects).
             self.drain_lines();
+            self.check_ndjson();
             std::thread::sleep(Duration::from_millis(20));
         }
-        self.finish()
+        let out = self.finish();
+        self.check_ndjson();
+        out
     }
 
     /// SIGKILL, then reap. Returns what it printed.
     pub fn kill(&mut self) -> Output {
         if self.is_running() {
+            self.killed = true;
             let _ = self.child.kill();
             self.status = Some(self.child.wait().expect("wait after kill"));
         }
-        self.finish()
+        let out = self.finish();
+        self.check_ndjson();
+        out
     }
 
     /// SIGTERM (graceful stop), then wait up to `timeout`.
@@ -442,14 +548,14 @@ impl Proc {
         }
         self.drain_lines();
         self.stdout_closed = true;
-        let stdout = self.stdout_seen.join("\n");
+        let mut stdout = self.stdout_seen.join("\n");
+        if let Some(tail) = &self.unterminated {
+            stdout.push('\n');
+            stdout.push_str(tail);
+        }
         Output {
             code: status.code().unwrap_or(-1),
-            events: self
-                .stdout_seen
-                .iter()
-                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                .collect(),
+            events: self.parsed_events(),
             stdout,
             stderr: self.stderr(),
         }
@@ -601,8 +707,8 @@ impl Receiver {
 // ---------------------------------------------------------------------------------------------------------------
 // Sender and the other commands
 
-/// `trackshift send FILE --to ADDR --state-dir D --json [--protocol tcp] [--secret S] EXTRA…` (`--protocol tcp`
-/// unless `extra` names a protocol).
+/// `trackshift send FILE --to ADDR --state-dir D --json [--secret S] EXTRA…`. Without `--protocol` in `extra`
+/// this is the default path users run: DCSP over UDP (falling back to TCP only if UDP gets no answer).
 pub fn send_command(
     file: &Path,
     to: &str,
@@ -615,9 +721,6 @@ pub fn send_command(
         .args(["--to", to, "--json"])
         .arg("--state-dir")
         .arg(state_dir);
-    if !extra.contains(&"--protocol") {
-        cmd.args(["--protocol", "tcp"]);
-    }
     if let Some(s) = secret {
         cmd.args(["--secret", s]);
     }
@@ -642,18 +745,41 @@ pub fn spawn_send(file: &Path, to: &str, state_dir: &Path, extra: &[&str]) -> Pr
     )
 }
 
-/// `trackshift status <id> --state-dir D --json`, or `None` when the state dir does not know the session (yet).
+/// The one line `trackshift status` prints on stderr for a session its state dir does not know, with exit 2
+/// (`crates/cli/src/sessions.rs`, `status`).
+pub fn unknown_session_line(session_id: &str, state_dir: &Path) -> String {
+    format!(
+        "trackshift: error: no session {session_id} in {}: see `trackshift list`",
+        state_dir.display()
+    )
+}
+
+/// `trackshift status <id> --state-dir D --json`, or `None` when the state dir does not know the session (yet):
+/// exit 2 with exactly [`unknown_session_line`] on stderr. Any other failure (a panic, a locked or broken store,
+/// output that is not one JSON object) fails the test.
 pub fn status(session_id: &str, state_dir: &Path) -> Option<Value> {
     let mut cmd = trackshift(["status", session_id, "--json"]);
     cmd.arg("--state-dir").arg(state_dir);
     let out = run("status", cmd, SHORT_TIMEOUT);
-    if out.code != 0 {
+    if out.code == 2
+        && out.stdout.is_empty()
+        && out.stderr_lines() == [unknown_session_line(session_id, state_dir).as_str()]
+    {
         return None;
     }
-    Some(
-        serde_json::from_str(out.stdout.trim())
-            .unwrap_or_else(|e| panic!("status output {:?}: {e}", out.stdout)),
-    )
+    assert_eq!(
+        out.code, 0,
+        "`trackshift status {session_id}` failed, and not because the session is unknown: {out:#?}"
+    );
+    let v: Value = serde_json::from_str(out.stdout.trim())
+        .unwrap_or_else(|e| panic!("status output {:?}: {e}", out.stdout));
+    assert!(
+        v.is_object() && out.stdout.trim().lines().count() == 1,
+        "status --json prints one JSON object: {:?}",
+        out.stdout
+    );
+    assert_eq!(v["id"], session_id, "status of another session: {v}");
+    Some(v)
 }
 
 /// `chunks_done` from `trackshift status` (0 while the session is unknown).
@@ -694,6 +820,143 @@ pub fn field(summary: &Value, name: &str) -> u64 {
     summary[name]
         .as_u64()
         .unwrap_or_else(|| panic!("summary has no integer {name}: {summary}"))
+}
+
+/// Waits (bounded) until the state dir `rs` shows at least `n` verified chunks of `id`; returns the count seen.
+pub fn wait_verified(id: &str, rs: &Path, n: u64) -> u64 {
+    wait_until(
+        &format!("{n} chunks of {id} verified"),
+        TRANSFER_TIMEOUT,
+        Duration::from_millis(50),
+        || {
+            let done = chunks_done(id, rs);
+            (done >= n).then_some(done)
+        },
+    )
+}
+
+/// Asserts that a command printed exactly one line on stderr, mentioning `must_contain` (case-insensitive).
+pub fn assert_one_line(out: &Output, must_contain: &str) {
+    let lines = out.stderr_lines();
+    assert_eq!(
+        lines.len(),
+        1,
+        "expected exactly one line on stderr, got {:?}",
+        out.stderr
+    );
+    assert!(
+        lines[0]
+            .to_lowercase()
+            .contains(&must_contain.to_lowercase()),
+        "stderr {:?} does not mention {must_contain:?}",
+        lines[0]
+    );
+}
+
+/// Whether an error line says the disk is full.
+pub fn mentions_space(line: &str) -> bool {
+    let s = line.to_lowercase();
+    s.contains("space") || s.contains("full")
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Data paths
+
+/// The data path a scenario runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// DCSP over UDP, the default: no `--protocol` flag at all (what users run). A scenario asserts that the
+    /// summary says `udp`, so a silent fallback to TCP fails it.
+    Udp,
+    /// `--protocol tcp`.
+    Tcp,
+}
+
+impl Protocol {
+    /// As the summary's `protocol` field names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Udp => "udp",
+            Protocol::Tcp => "tcp",
+        }
+    }
+
+    /// The sender flags that choose this path: none for the default (UDP), `--protocol tcp` for TCP.
+    pub fn args(self) -> &'static [&'static str] {
+        match self {
+            Protocol::Udp => &[],
+            Protocol::Tcp => &["--protocol", "tcp"],
+        }
+    }
+
+    /// `args` followed by this path's flags.
+    pub fn with(self, args: &[&'static str]) -> Vec<&'static str> {
+        let mut v = args.to_vec();
+        v.extend_from_slice(self.args());
+        v
+    }
+
+    /// Asserts a summary (sender's or receiver's) ran on this path.
+    pub fn assert_used(self, summary: &Value) {
+        assert_eq!(
+            summary["protocol"],
+            self.name(),
+            "the transfer did not run over {}: {summary}",
+            self.name()
+        );
+    }
+}
+
+/// For each `fn name(p: Protocol)`, two tests: `name::udp` (the default path) and `name::tcp`.
+#[macro_export]
+macro_rules! over_both_protocols {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn udp() {
+                super::$name($crate::Protocol::Udp)
+            }
+            #[test]
+            fn tcp() {
+                super::$name($crate::Protocol::Tcp)
+            }
+        }
+    )+};
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// A hand-made peer
+
+/// Support for tests that speak the wire protocol to a real receiver by hand (`e2e_hostile`, `e2e_dcsp_peer`).
+pub mod peer {
+    use std::future::Future;
+    use std::time::Duration;
+
+    use trackshift_transport::{authenticate_client, connect, exporter_of, ClientTls};
+
+    use crate::SECRET;
+
+    /// How long one exchange with the receiver may take.
+    pub const NET_TIMEOUT: Duration = Duration::from_secs(40);
+
+    /// Runs `f` on `rt`, failing the test with `what` after [`NET_TIMEOUT`].
+    pub fn block_on<T>(rt: &tokio::runtime::Runtime, what: &str, f: impl Future<Output = T>) -> T {
+        rt.block_on(async { tokio::time::timeout(NET_TIMEOUT, f).await })
+            .unwrap_or_else(|_| panic!("timed out after {NET_TIMEOUT:?}: {what}"))
+    }
+
+    /// TLS (trusting the receiver's certificate on first use) and the secret handshake with [`SECRET`], as
+    /// `trackshift send` does.
+    pub async fn authed(addr: &str) -> ClientTls {
+        let (mut tls, _fp) = connect(addr, None, "known", &[])
+            .await
+            .expect("TLS connect");
+        let ekm = exporter_of(tls.get_ref().1).expect("TLS exporter");
+        authenticate_client(&mut tls, ekm, SECRET)
+            .await
+            .expect("authenticate");
+        tls
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -762,4 +1025,59 @@ pub fn fill_until_full(path: &Path) -> u64 {
     // tmpfs reports ENOSPC on write; sync_all is a no-op there but keeps the helper honest elsewhere.
     let _ = f.sync_all();
     written
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ndjson_line_is_one_object_with_a_string_event() {
+        assert!(ndjson_event(r#"{"event":"summary","ok":true}"#).is_ok());
+        for bad in [
+            "",
+            "sending 12 MiB",
+            r#"{"ok":true}"#,
+            r#"{"event":3}"#,
+            r#"[{"event":"x"}]"#,
+            r#"{"event":"a"} {"event":"b"}"#,
+        ] {
+            assert!(ndjson_event(bad).is_err(), "{bad:?} passed");
+        }
+    }
+
+    #[test]
+    fn only_send_receive_and_resume_with_json_print_events() {
+        assert!(prints_ndjson(&trackshift(["send", "f", "--json"])));
+        assert!(prints_ndjson(&trackshift(["receive", "--json"])));
+        assert!(prints_ndjson(&trackshift(["resume", "id", "--json"])));
+        assert!(!prints_ndjson(&trackshift(["send", "f"])));
+        assert!(!prints_ndjson(&trackshift(["list", "--json"])));
+        assert!(!prints_ndjson(&trackshift(["status", "id", "--json"])));
+    }
+
+    /// `echo send --json …` prints a line that is not JSON, as a `send --json` must never do.
+    #[test]
+    #[should_panic(expected = "must be one JSON object per line")]
+    fn a_stray_line_under_json_fails_the_test() {
+        let mut cmd = Command::new("echo");
+        cmd.args(["send", "--json", "sending…"]);
+        run("echo", cmd, SHORT_TIMEOUT);
+    }
+
+    #[test]
+    fn status_of_an_unknown_session_is_none() {
+        let t = Scratch::new("status-unknown");
+        assert!(status("0123456789abcdef0123456789abcdef", &t.dir("st")).is_none());
+    }
+
+    /// Exit 2 with another message (here: the state dir is a file) is a failure, not "unknown".
+    #[test]
+    #[should_panic(expected = "not because the session is unknown")]
+    fn status_failing_otherwise_fails_the_test() {
+        let t = Scratch::new("status-broken");
+        let not_a_dir = t.file("state");
+        fs::write(&not_a_dir, b"").unwrap();
+        status("0123456789abcdef0123456789abcdef", &not_a_dir);
+    }
 }

@@ -6,7 +6,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::future::Future;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
@@ -16,20 +15,13 @@ use trackshift_dcsp::{
     BlockGeometry, DcspSender, DelayRate, DirectionKeys, ParityMode, Role, SenderConfig, VERSION,
 };
 use trackshift_proto::{ErrorCode, Frame, Offer, SessionId};
+use trackshift_scenarios::peer::{authed, block_on, NET_TIMEOUT};
 use trackshift_scenarios::*;
-use trackshift_transport::{
-    authenticate_client, connect, dcsp_secret_of, exporter_of, ClientTls, FrameReader, FrameWriter,
-};
+use trackshift_transport::{dcsp_secret_of, ClientTls, FrameReader, FrameWriter};
 
-const NET_TIMEOUT: Duration = Duration::from_secs(40);
 const CHUNK: u64 = 5 * MIB;
 const SHARD: u32 = 1200;
 const DATA_SHARDS: u8 = 8;
-
-fn block_on<T>(rt: &tokio::runtime::Runtime, what: &str, f: impl Future<Output = T>) -> T {
-    rt.block_on(async { tokio::time::timeout(NET_TIMEOUT, f).await })
-        .unwrap_or_else(|_| panic!("timed out after {NET_TIMEOUT:?}: {what}"))
-}
 
 type Reader = FrameReader<ReadHalf<ClientTls>>;
 type Writer = FrameWriter<WriteHalf<ClientTls>>;
@@ -43,9 +35,7 @@ async fn offer_over_udp(
     conn_id: u64,
     dcsp_version: u8,
 ) -> (Reader, Writer, [u8; 32]) {
-    let (mut tls, _fp) = connect(addr, None, "known", &[]).await.unwrap();
-    let ekm = exporter_of(tls.get_ref().1).unwrap();
-    authenticate_client(&mut tls, ekm, SECRET).await.unwrap();
+    let tls = authed(addr).await;
     let secret = dcsp_secret_of(tls.get_ref().1).unwrap();
     let (rd, wr) = split(tls);
     let (r, mut w) = (FrameReader::new(rd), FrameWriter::new(wr));

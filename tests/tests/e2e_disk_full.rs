@@ -1,27 +1,25 @@
 //! The receiver's disk fills up: the sender exits 4 with a clear message, the receiver keeps serving and keeps
 //! its state, and the same `send` completes once there is room. The output dir is a small tmpfs (the tests run
-//! as root); the receiver's state dir stays on the normal disk.
+//! as root); the receiver's state dir stays on the normal disk. Both scenarios run over UDP (the default path)
+//! and TCP.
 
 #![allow(clippy::unwrap_used)]
 
-use std::time::Duration;
-
 use trackshift_scenarios::*;
 
-fn mentions_space(stderr: &str) -> bool {
-    let s = stderr.to_lowercase();
-    s.contains("space") || s.contains("full")
-}
+over_both_protocols!(
+    not_enough_space_up_front_exits_4_and_resumes_after_the_fs_grows,
+    the_disk_filling_up_mid_transfer_exits_4_keeps_state_and_resumes,
+);
 
-#[test]
-fn not_enough_space_up_front_exits_4_and_resumes_after_the_fs_grows() {
-    let t = Scratch::new("full-upfront");
+fn not_enough_space_up_front_exits_4_and_resumes_after_the_fs_grows(p: Protocol) {
+    let t = Scratch::new(&format!("full-upfront-{}", p.name()));
     let (rs, ss) = (t.dir("rs"), t.dir("ss"));
     let src = random_file(&t.file("sixty.bin"), 60 * MIB, 31);
     let mnt = TmpfsMount::new(&t.file("out"), "size=40M");
     let out = mnt.path().to_path_buf();
     let mut rx = Receiver::start(&out, &rs);
-    let args = ["--chunk-size", "5MiB"];
+    let args = p.with(&["--chunk-size", "5MiB"]);
 
     let full = send(&src, &rx.addr, &ss, &args);
     assert_eq!(full.code, 4, "{full:#?}");
@@ -41,6 +39,7 @@ fn not_enough_space_up_front_exits_4_and_resumes_after_the_fs_grows() {
     mnt.remount("size=200M");
     let res = send(&src, &rx.addr, &ss, &args);
     assert_eq!(res.code, 0, "{}", res.stderr);
+    p.assert_used(res.summary());
     assert_eq!(
         res.summary()["session_id"],
         first["session_id"],
@@ -50,27 +49,18 @@ fn not_enough_space_up_front_exits_4_and_resumes_after_the_fs_grows() {
     assert!(part_files(&out).is_empty(), "{:?}", dir_names(&out));
 }
 
-#[test]
-fn the_disk_filling_up_mid_transfer_exits_4_keeps_state_and_resumes() {
-    let t = Scratch::new("full-midway");
+fn the_disk_filling_up_mid_transfer_exits_4_keeps_state_and_resumes(p: Protocol) {
+    let t = Scratch::new(&format!("full-midway-{}", p.name()));
     let (rs, ss) = (t.dir("rs"), t.dir("ss"));
     let src = random_file(&t.file("fortyeight.bin"), 48 * MIB, 32);
     let mnt = TmpfsMount::new(&t.file("out"), "size=64M");
     let out = mnt.path().to_path_buf();
     let mut rx = Receiver::start(&out, &rs);
-    let args = ["--chunk-size", "5MiB", "--max-rate", "100Mbit"];
+    let args = p.with(&["--chunk-size", "5MiB", "--max-rate", "100Mbit"]);
 
     let mut tx = spawn_send(&src, &rx.addr, &ss, &args);
     let id = session_id_of(&mut tx);
-    let seen = wait_until(
-        "2 chunks verified",
-        Duration::from_secs(120),
-        Duration::from_millis(50),
-        || {
-            let n = chunks_done(&id, &rs);
-            (n >= 2).then_some(n)
-        },
-    );
+    let seen = wait_verified(&id, &rs, 2);
     let filler = out.join("filler");
     let filled = fill_until_full(&filler);
     assert!(filled > 0);
@@ -98,6 +88,7 @@ fn the_disk_filling_up_mid_transfer_exits_4_keeps_state_and_resumes() {
     assert_eq!(res.code, 0, "{}", res.stderr);
     let s = res.summary();
     assert_eq!(s["session_id"], id.as_str(), "{s}");
+    p.assert_used(s);
     let skipped = field(s, "chunks_skipped");
     assert!(skipped >= 2 && skipped >= seen, "{s}");
     assert_eq!(

@@ -1,39 +1,18 @@
-//! A hostile peer talking to the real receiver: unsafe file names in a hand-made `Offer`, garbage instead of
-//! TLS, garbage instead of the handshake, truncated frames, and an oversized frame header. Each is refused or
-//! dropped, nothing is written where it should not be, and the receiver keeps serving a good transfer.
+//! A hostile peer talking to the real receiver: unsafe file names in a hand-made `Offer` and from the real sender
+//! (over UDP and TCP), garbage instead of TLS, garbage instead of the handshake, truncated frames, and an
+//! oversized frame header. Each is refused or dropped, nothing is written where it should not be, and the
+//! receiver keeps serving a good transfer.
 
 #![allow(clippy::unwrap_used)]
 
-use std::future::Future;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::Duration;
 
 use tokio::io::{split, AsyncReadExt, AsyncWriteExt};
 use trackshift_proto::{ErrorCode, Frame, Offer, SessionId};
+use trackshift_scenarios::peer::{authed, block_on, NET_TIMEOUT};
 use trackshift_scenarios::*;
-use trackshift_transport::{
-    authenticate_client, connect, exporter_of, ClientTls, FrameReader, FrameWriter,
-};
-
-const NET_TIMEOUT: Duration = Duration::from_secs(40);
-
-fn block_on<T>(rt: &tokio::runtime::Runtime, what: &str, f: impl Future<Output = T>) -> T {
-    rt.block_on(async { tokio::time::timeout(NET_TIMEOUT, f).await })
-        .unwrap_or_else(|_| panic!("timed out after {NET_TIMEOUT:?}: {what}"))
-}
-
-/// TLS (trusting the receiver's certificate on first use) and the secret handshake, as `trackshift send` does.
-async fn authed(addr: &str) -> ClientTls {
-    let (mut tls, _fp) = connect(addr, None, "known", &[])
-        .await
-        .expect("TLS connect");
-    let ekm = exporter_of(tls.get_ref().1).expect("TLS exporter");
-    authenticate_client(&mut tls, ekm, SECRET)
-        .await
-        .expect("authenticate");
-    tls
-}
+use trackshift_transport::{connect, FrameReader, FrameWriter};
 
 fn offer(id: SessionId, name: &str, size: u64) -> Frame<'_> {
     Frame::Offer(Offer {
@@ -45,13 +24,25 @@ fn offer(id: SessionId, name: &str, size: u64) -> Frame<'_> {
     })
 }
 
-/// Offers `name` on a fresh authenticated connection; returns the receiver's `Error` frame.
-async fn offer_name(addr: &str, name: &str) -> (ErrorCode, String) {
+/// Offers `name` on a fresh authenticated connection (over UDP with `UdpStart` in the same flight, as
+/// `trackshift send` does); returns the receiver's `Error` frame.
+async fn offer_name(addr: &str, name: &str, p: Protocol) -> (ErrorCode, String) {
     let (rd, wr) = split(authed(addr).await);
     let (mut r, mut w) = (FrameReader::new(rd), FrameWriter::new(wr));
     w.send(&offer(SessionId::random(), name, 1024))
         .await
         .unwrap();
+    if p == Protocol::Udp {
+        w.send(&Frame::UdpStart {
+            conn_id: rand::random(),
+            shard_size: 1200,
+            data_shards: 8,
+            dcsp_version: trackshift_dcsp::VERSION,
+            streams: 1,
+        })
+        .await
+        .unwrap();
+    }
     w.flush().await.unwrap();
     match r.next().await {
         Ok(Frame::Error { code, message }) => (code, message.to_owned()),
@@ -104,9 +95,13 @@ fn good_transfer(t: &Scratch, rx: &mut Receiver, name: &str, seed: u64) {
     rx.assert_running();
 }
 
-#[test]
-fn hostile_file_names_are_refused_and_nothing_is_written() {
-    let t = Scratch::new("names");
+over_both_protocols!(hostile_file_names_are_refused_and_nothing_is_written);
+
+/// Unsafe names in a hand-made `Offer`, then the real `trackshift send` of files whose names are legal on disk
+/// but not as a received file's name: each is refused (`BadName`; the sender exits 2 with one clean line),
+/// nothing is written, and a good transfer on the same path follows.
+fn hostile_file_names_are_refused_and_nothing_is_written(p: Protocol) {
+    let t = Scratch::new(&format!("names-{}", p.name()));
     let (out, rs) = (t.dir("out"), t.dir("rs"));
     let mut rx = Receiver::start(&out, &rs);
     let passwd_before = std::fs::read("/etc/passwd").ok();
@@ -129,7 +124,11 @@ fn hostile_file_names_are_refused_and_nothing_is_written() {
         long.as_str(),
     ];
     for name in &names {
-        let (code, message) = block_on(&rt, &format!("offer {name:?}"), offer_name(&rx.addr, name));
+        let (code, message) = block_on(
+            &rt,
+            &format!("offer {name:?}"),
+            offer_name(&rx.addr, name, p),
+        );
         assert_eq!(
             code,
             ErrorCode::BadName,
@@ -141,6 +140,33 @@ fn hostile_file_names_are_refused_and_nothing_is_written() {
         );
         eprintln!("refused {name:?}: {message}");
     }
+
+    // The real sender, with names a file on disk can have.
+    let src_dir = t.dir("src");
+    let ss = t.dir("ss");
+    for name in [
+        "a\\b",
+        "ctl\x07",
+        "esc\x1b[31mred",
+        "line\nbreak",
+        "c1\u{85}control",
+        ".trackshift-x.part",
+    ] {
+        let src = src_dir.join(name);
+        std::fs::write(&src, b"hostile").unwrap();
+        let res = send(&src, &rx.addr, &ss, p.args());
+        assert_eq!(res.code, 2, "sending {name:?}: {res:#?}");
+        let lines = res.stderr_lines();
+        assert_eq!(lines.len(), 1, "sending {name:?}: {:?}", res.stderr);
+        assert!(
+            !lines[0].contains('\x1b') && !lines[0].contains('\x07'),
+            "the sender's error echoes raw bytes: {:?}",
+            lines[0]
+        );
+        assert_eq!(res.summary()["ok"], false, "{name:?}");
+        std::fs::remove_file(&src).unwrap();
+    }
+
     assert!(
         dir_names(&out).is_empty(),
         "the output dir is not empty: {:?}",
@@ -148,7 +174,7 @@ fn hostile_file_names_are_refused_and_nothing_is_written() {
     );
     assert_eq!(
         dir_names(t.path()),
-        vec!["out", "rs"],
+        vec!["out", "rs", "src", "ss"],
         "something was written beside the output dir"
     );
     assert_eq!(std::fs::read("/etc/passwd").ok(), passwd_before);
@@ -158,8 +184,17 @@ fn hostile_file_names_are_refused_and_nothing_is_written() {
     );
     rx.assert_running();
 
-    good_transfer(&t, &mut rx, "fine name (ok).bin", 21);
+    let src = random_file(&src_dir.join("fine name (ok).bin"), 12 * MIB, 21);
+    let res = send(&src, &rx.addr, &ss, &p.with(&["--chunk-size", "5MiB"]));
+    assert_eq!(
+        res.code, 0,
+        "a good transfer after hostile names failed: {}",
+        res.stderr
+    );
+    p.assert_used(res.summary());
+    assert_same_file(&src, &out.join("fine name (ok).bin"));
     assert_eq!(dir_names(&out), vec!["fine name (ok).bin"]);
+    rx.assert_running();
 }
 
 #[test]

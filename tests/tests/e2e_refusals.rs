@@ -1,30 +1,15 @@
-//! Refusals with a clear one-line error and the contract's exit code: wrong or missing secret (3), bad input
-//! (2), an unreachable receiver (1), an output dir that cannot be written (4).
+//! Refusals with a clear one-line error and the contract's exit code: wrong or missing secret (3, over UDP and
+//! TCP), bad input (2), an unreachable receiver (1), an output dir that cannot be written (4) or is missing (2).
 
 #![allow(clippy::unwrap_used)]
 
 use trackshift_scenarios::*;
 
-fn assert_one_line(out: &Output, must_contain: &str) {
-    let lines = out.stderr_lines();
-    assert_eq!(
-        lines.len(),
-        1,
-        "expected exactly one line on stderr, got {:?}",
-        out.stderr
-    );
-    assert!(
-        lines[0]
-            .to_lowercase()
-            .contains(&must_contain.to_lowercase()),
-        "stderr {:?} does not mention {must_contain:?}",
-        lines[0]
-    );
-}
+over_both_protocols!(a_wrong_or_missing_secret_is_refused_with_exit_3_and_nothing_written);
 
-#[test]
-fn a_wrong_or_missing_secret_is_refused_with_exit_3_and_nothing_written() {
-    let t = Scratch::new("secret");
+fn a_wrong_or_missing_secret_is_refused_with_exit_3_and_nothing_written(p: Protocol) {
+    let t = Scratch::new(&format!("secret-{}", p.name()));
+    let args = p.args();
     let src = random_file(&t.file("secret.bin"), 12 * MIB, 11);
     let (out, rs, ss) = (t.dir("out"), t.dir("rs"), t.dir("ss"));
     let mut rx = Receiver::start(&out, &rs);
@@ -32,7 +17,7 @@ fn a_wrong_or_missing_secret_is_refused_with_exit_3_and_nothing_written() {
     // Wrong secret on the command line.
     let wrong = run(
         "sender",
-        send_command(&src, &rx.addr, &ss, Some("not-the-secret"), &[]),
+        send_command(&src, &rx.addr, &ss, Some("not-the-secret"), args),
         SHORT_TIMEOUT,
     );
     assert_eq!(wrong.code, 3, "{wrong:#?}");
@@ -44,7 +29,7 @@ fn a_wrong_or_missing_secret_is_refused_with_exit_3_and_nothing_written() {
         });
 
     // Wrong secret from the environment (TRACKSHIFT_SECRET is the same thing as --secret).
-    let mut cmd = send_command(&src, &rx.addr, &ss, None, &[]);
+    let mut cmd = send_command(&src, &rx.addr, &ss, None, args);
     cmd.env("TRACKSHIFT_SECRET", "also-wrong");
     let wrong_env = run("sender", cmd, SHORT_TIMEOUT);
     assert_eq!(wrong_env.code, 3, "{wrong_env:#?}");
@@ -53,7 +38,7 @@ fn a_wrong_or_missing_secret_is_refused_with_exit_3_and_nothing_written() {
     // No secret at all (send_command never inherits TRACKSHIFT_SECRET).
     let missing = run(
         "sender",
-        send_command(&src, &rx.addr, &ss, None, &[]),
+        send_command(&src, &rx.addr, &ss, None, args),
         SHORT_TIMEOUT,
     );
     assert_eq!(missing.code, 3, "{missing:#?}");
@@ -72,10 +57,11 @@ fn a_wrong_or_missing_secret_is_refused_with_exit_3_and_nothing_written() {
     rx.assert_running();
 
     // The right secret through the environment works, with the same receiver.
-    let mut cmd = send_command(&src, &rx.addr, &ss, None, &[]);
+    let mut cmd = send_command(&src, &rx.addr, &ss, None, args);
     cmd.env("TRACKSHIFT_SECRET", SECRET);
     let ok = run("sender", cmd, TRANSFER_TIMEOUT);
     assert_eq!(ok.code, 0, "{ok:#?}");
+    p.assert_used(ok.summary());
     assert_same_file(&src, &out.join("secret.bin"));
 }
 
@@ -186,14 +172,14 @@ fn a_read_only_output_dir_is_refused_with_exit_4() {
     assert!(out.stderr.contains("read-only"), "{:?}", out.stderr);
     assert!(dir_names(mnt.path()).is_empty());
 
-    // A missing output dir is refused too (non-zero, one line naming it), and is not created.
+    // A missing output dir is bad input (exit 2, one line naming it), and is not created.
     let missing = t.file("missing-out");
     let out = run(
         "receiver",
         ReceiverConfig::new(&missing, &rs).command(),
         SHORT_TIMEOUT,
     );
-    assert_ne!(out.code, 0, "{out:#?}");
+    assert_eq!(out.code, 2, "{out:#?}");
     assert_one_line(&out, "missing-out");
     assert!(!missing.exists());
 }
