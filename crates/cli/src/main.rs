@@ -6,6 +6,8 @@
 //! the engine's typed `EngineError` to the end rather than an `anyhow` chain, because each must keep the
 //! [`trackshift_engine::ErrorKind`] its exit code comes from.
 
+#![forbid(unsafe_code)]
+
 mod exit;
 mod output;
 mod sessions;

@@ -30,9 +30,9 @@ pub enum EngineError {
     /// Anything else that ends a transfer (a DCSP data plane error, a thread that cannot start).
     #[error("{0}")]
     Failed(String),
-    /// `receive --once`: the transfer failed (its error was reported as it happened), in this way.
-    #[error("the transfer failed (see above)")]
-    TransferFailed(ErrorKind),
+    /// `receive --once`: the transfer failed, in this way, for this reason.
+    #[error("the transfer failed: {1}")]
+    TransferFailed(ErrorKind, String),
 }
 
 /// What kind of failure an [`EngineError`] is: the command line turns each into its exit code.
@@ -89,7 +89,7 @@ impl EngineError {
             Self::Transport(_) => ErrorKind::Failed,
             Self::Send(SendError::Refused { code, .. }) => ErrorKind::of_code(*code),
             Self::Send(_) | Self::Failed(_) => ErrorKind::Failed,
-            Self::TransferFailed(kind) => *kind,
+            Self::TransferFailed(kind, _) => *kind,
         }
     }
 

@@ -21,6 +21,8 @@
 //! }
 //! ```
 
+#![forbid(unsafe_code)]
+
 mod error;
 mod event;
 mod pool;

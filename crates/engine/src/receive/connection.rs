@@ -594,12 +594,20 @@ impl<'a> Connection<'a> {
     fn conclude(&mut self, outcome: RecvOutcome, udp: Option<ReceiverStats>) -> ConnOutcome {
         let conn_outcome = match &outcome {
             RecvOutcome::Completed { .. } | RecvOutcome::AlreadyComplete => ConnOutcome::Completed,
-            RecvOutcome::Mismatch { .. } => ConnOutcome::Failed(ErrorKind::Failed),
+            RecvOutcome::Mismatch { sha256 } => ConnOutcome::Failed(
+                ErrorKind::Failed,
+                format!(
+                    "the whole file hashed to {}, not what the sender announced",
+                    hex::encode(sha256)
+                ),
+            ),
             RecvOutcome::Failed {
                 code: ErrorCode::Busy,
                 ..
             } => ConnOutcome::Dropped,
-            RecvOutcome::Failed { code, .. } => ConnOutcome::Failed(ErrorKind::of_code(*code)),
+            RecvOutcome::Failed { code, message } => {
+                ConnOutcome::Failed(ErrorKind::of_code(*code), message.clone())
+            }
             _ => ConnOutcome::Dropped,
         };
         let peer = self.peer.to_string();
@@ -621,7 +629,7 @@ impl<'a> Connection<'a> {
             _ => None,
         };
         if completed.is_none() {
-            self.record_end(&t.record, conn_outcome, error.clone());
+            self.record_end(&t.record, &conn_outcome, error.clone());
         }
         if conn_outcome == ConnOutcome::Dropped {
             self.ctx.sink.event(&Event::Interrupted {
@@ -663,7 +671,7 @@ impl<'a> Connection<'a> {
 
     /// A transfer that did not complete on this connection: failed for good, or interrupted and resumable
     /// (unless the store already knows it completed).
-    fn record_end(&self, record: &IncomingSession, outcome: ConnOutcome, error: Option<String>) {
+    fn record_end(&self, record: &IncomingSession, outcome: &ConnOutcome, error: Option<String>) {
         let store = &self.ctx.store;
         let mut record = store
             .incoming(&record.id)
@@ -674,7 +682,7 @@ impl<'a> Connection<'a> {
             return;
         }
         record.state = match outcome {
-            ConnOutcome::Failed(_) => SessionState::Failed,
+            ConnOutcome::Failed(..) => SessionState::Failed,
             _ => SessionState::Interrupted,
         };
         record.error = error;

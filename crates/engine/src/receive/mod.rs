@@ -19,7 +19,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Notify};
 use trackshift_proto::{ErrorCode, SessionId};
-use trackshift_storage::{check_output_dir, SessionStore, StateDir};
+use trackshift_storage::{check_output_dir, unix_now, SessionState, SessionStore, StateDir};
 use trackshift_transport::{
     authenticate_server, dcsp_secret_of, exporter_of, server_config, tune_accepted, Identity,
     TlsAcceptor, TransportError,
@@ -90,11 +90,11 @@ struct Ctx {
 }
 
 /// How one connection ended, for `once`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum ConnOutcome {
     Completed,
-    /// A definite failure of this kind.
-    Failed(ErrorKind),
+    /// A definite failure of this kind, and why.
+    Failed(ErrorKind, String),
     /// The sender went away or never got going; a resume may follow.
     Dropped,
 }
@@ -127,13 +127,32 @@ pub async fn serve(
             _ = &mut stop => break Ok(()),
             Some(outcome) = done_rx.recv(), if opts.once => match outcome {
                 ConnOutcome::Completed => break Ok(()),
-                ConnOutcome::Failed(kind) => break Err(EngineError::TransferFailed(kind)),
+                ConnOutcome::Failed(kind, why) => break Err(EngineError::TransferFailed(kind, why)),
                 ConnOutcome::Dropped => {}
             },
         }
     };
+    interrupt_active(&ctx);
     ctx.sink.event(&Event::Stopped);
     result
+}
+
+/// The receiver stops with transfers under way: their sessions are recorded as interrupted (resumable), not left
+/// active.
+fn interrupt_active(ctx: &Ctx) {
+    let ids: Vec<SessionId> = match ctx.busy.lock() {
+        Ok(busy) => busy.keys().copied().collect(),
+        Err(_) => return,
+    };
+    for id in ids {
+        if let Ok(Some(mut rec)) = ctx.store.incoming(&id) {
+            if rec.state == SessionState::Active {
+                rec.state = SessionState::Interrupted;
+                rec.updated_unix = unix_now();
+                let _ = ctx.store.put_incoming(&rec);
+            }
+        }
+    }
 }
 
 /// Opens the state, the identity and the sockets, and announces the receiver.
@@ -209,11 +228,12 @@ async fn handle_conn(ctx: &Ctx, tcp: TcpStream, peer: SocketAddr) -> ConnOutcome
             } else {
                 ErrorKind::Failed
             };
+            let reason = e.to_string();
             ctx.sink.event(&Event::Refused {
                 peer: peer.to_string(),
-                reason: e.to_string(),
+                reason: reason.clone(),
             });
-            return ConnOutcome::Failed(kind);
+            return ConnOutcome::Failed(kind, format!("refused {peer}: {reason}"));
         }
         Ok(Err(e)) => {
             tracing::debug!("connection from {peer} ended during authentication: {e}");
