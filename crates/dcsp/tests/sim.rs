@@ -658,7 +658,17 @@ fn fixed_ten_plus_three_survives_burst_loss() {
 }
 
 /// The emulator's profiles, one direction each way, in virtual time: goodput against the payload capacity and
-/// bytes on the wire against the file. Deterministic, so loose floors catch regressions of the controller.
+/// bytes on the wire against the file, each held to a floor.
+///
+/// These figures are deterministic: the clock is virtual, every random draw comes from the seed, and nothing
+/// in `DcspSender`/`DcspReceiver` reads a clock or iterates a hash map, so a seed gives the same figures to the
+/// last digit on any machine, under any load, in debug or release (`a_seed_replays_exactly` checks the same
+/// thing on a small scenario). So they are asserted here, not measured in the bench. The floors are issue 4's
+/// targets where the simulator meets them (goodput at least 85% of `rate × (1 − loss)` on wan, lossy, sat and
+/// burst; at most `1 + loss + 0.05` bytes on the wire per file byte, 1.03 on a clean link); `fastclean`'s goodput
+/// floor is today's level less a little (the target there, 90% of iperf3, is a known miss). The figures hold for
+/// the default seed and size; `SIM_SEED` / `SIM_MIB` explore others, where the report still prints and the
+/// floors still apply.
 #[test]
 fn profile_efficiency() {
     struct P {
@@ -668,10 +678,13 @@ fn profile_efficiency() {
         loss: f64,
         jitter_ms: u64,
         burst: Option<(f64, f64, f64)>,
+        /// Floors: goodput as a fraction of the payload capacity, and bytes on the wire per file byte.
+        min_goodput: f64,
+        max_wire: f64,
     }
     let profiles = [
         // Like the emulator's `clean` profile on this VM: no delay, ~3 Gbit/s, a queue of a few ms. DCSP's
-        // weak spot today (it overshoots the short queue; see the issue notes).
+        // weak spot today (it overshoots the short queue; see the issue notes): 63.0% at seed 11.
         P {
             name: "fastclean",
             rate_mbit: 3000.0,
@@ -679,6 +692,8 @@ fn profile_efficiency() {
             loss: 0.0,
             jitter_ms: 0,
             burst: None,
+            min_goodput: 0.60,
+            max_wire: 1.03,
         },
         P {
             name: "wan",
@@ -687,6 +702,8 @@ fn profile_efficiency() {
             loss: 0.01,
             jitter_ms: 0,
             burst: None,
+            min_goodput: 0.85,
+            max_wire: 1.06,
         },
         P {
             name: "lossy",
@@ -695,6 +712,8 @@ fn profile_efficiency() {
             loss: 0.05,
             jitter_ms: 10,
             burst: None,
+            min_goodput: 0.85,
+            max_wire: 1.10,
         },
         P {
             name: "sat",
@@ -703,6 +722,8 @@ fn profile_efficiency() {
             loss: 0.02,
             jitter_ms: 0,
             burst: None,
+            min_goodput: 0.85,
+            max_wire: 1.07,
         },
         P {
             name: "burst",
@@ -711,9 +732,13 @@ fn profile_efficiency() {
             loss: 0.0,
             jitter_ms: 0,
             burst: Some((0.00617, 0.2, 1.0)),
+            min_goodput: 0.85,
+            // 1 + the mean burst loss (3%) + 0.05.
+            max_wire: 1.08,
         },
     ];
     let mut report = String::new();
+    let mut missed = Vec::new();
     for p in profiles {
         let rate = p.rate_mbit * 1e6 / 8.0;
         let link = LinkCfg {
@@ -759,19 +784,40 @@ fn profile_efficiency() {
         let goodput = size as f64 / o.virtual_time.as_secs_f64();
         let wire = o.bytes as f64 / size as f64;
         report += &format!(
-            "{}: goodput {:.2} MB/s = {:.1}% of capacity; wire {:.3}x (target {:.3}x); {} repairs, {} FEC blocks; queue at most {:?}, {} overflow drops\n",
+            "{}: goodput {:.2} MB/s = {:.1}% of capacity (floor {:.0}%); wire {:.3}x (at most {:.3}x); {} repairs, {} FEC blocks; queue at most {:?}, {} overflow drops\n",
             p.name,
             goodput / 1e6,
             100.0 * goodput / capacity,
+            100.0 * p.min_goodput,
             wire,
-            1.0 + loss + 0.05,
+            p.max_wire,
             o.retransmitted,
             o.fec_recovered,
             o.max_queue,
             o.queue_drops
         );
+        if goodput / capacity < p.min_goodput {
+            missed.push(format!("{}: goodput below its floor", p.name));
+        }
+        if wire > p.max_wire {
+            missed.push(format!("{}: more bytes on the wire than allowed", p.name));
+        }
     }
     println!("{report}");
+    assert!(missed.is_empty(), "{missed:?}\n{report}");
+}
+
+/// The same scenario twice gives the same outcome to the last counter and nanosecond: what lets
+/// `profile_efficiency` assert its figures and `REGRESSIONS` replay a seed.
+#[test]
+fn a_seed_replays_exactly() {
+    let mut s = base(9);
+    s.fwd.loss = 0.03;
+    s.fwd.jitter = Duration::from_millis(5);
+    s.fwd.replay = 0.01;
+    let a = format!("{:?}", run(&s).unwrap());
+    let b = format!("{:?}", run(&s).unwrap());
+    assert_eq!(a, b);
 }
 
 /// One flow of [`run_shared`]: when its receiver delivered bytes (time since the start, bytes), and when it
