@@ -6,6 +6,7 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -55,6 +56,9 @@ struct Link {
     captured: Vec<(SocketAddr, SocketAddr, Vec<u8>)>,
     start: Instant,
     corrupted: u64,
+    /// Old datagrams sent again (`LinkCfg::replay`) and datagrams doubled (`LinkCfg::duplicate`).
+    replayed: u64,
+    duplicated: u64,
     /// Since `LinkCfg::queue_watch_from`: datagrams the bottleneck's queue had no room for, and the longest the
     /// queue got (as delay).
     queue_drops: u64,
@@ -75,6 +79,8 @@ impl Link {
             captured: Vec::new(),
             start,
             corrupted: 0,
+            replayed: 0,
+            duplicated: 0,
             queue_drops: 0,
             max_queue: Duration::ZERO,
         }
@@ -156,11 +162,13 @@ impl Link {
         }
         if self.rng.gen_bool(self.cfg.duplicate) {
             self.push(at + Duration::from_micros(1), src, dst, data.clone());
+            self.duplicated += 1;
         }
         if !self.captured.is_empty() && self.rng.gen_bool(self.cfg.replay) {
             let i = self.rng.gen_range(0..self.captured.len());
             let (s, d, old) = self.captured[i].clone();
             self.push(at, s, d, old);
+            self.replayed += 1;
         }
         self.push(at, src, dst, data);
     }
@@ -209,6 +217,19 @@ struct Outcome {
     tail_probes: u64,
     queue_drops: u64,
     max_queue: Duration,
+    /// Old datagrams the forward link sent again (`LinkCfg::replay`), and datagrams it doubled.
+    replays_injected: u64,
+    duplicates_injected: u64,
+    /// Datagrams handed to the receiver that were byte-for-byte copies of one it had already accepted (tracked
+    /// when the forward link replays or duplicates). `run` fails unless each of them was dropped and counted
+    /// as a replay (or as too old to check).
+    copies_delivered: u64,
+    /// The receiver's own count of datagrams dropped as replayed or stale.
+    dropped_as_replay: u64,
+    /// Chunk verifications the harness failed on purpose (`Scenario::fail_chunk_once`), and the blocks of that
+    /// chunk the receiver delivered again afterwards.
+    hash_failures_injected: u64,
+    blocks_redelivered: u64,
 }
 
 fn addr(s: &str) -> SocketAddr {
@@ -264,6 +285,11 @@ fn run(s: &Scenario) -> Result<Outcome, String> {
     let mut out = vec![0u8; s.file_size];
     let mut chunk_blocks_done: Vec<u32> = vec![0; geometry.chunk_count() as usize];
     let mut failed_once = false;
+    let mut blocks_redelivered = 0u64;
+    // Hashes of the datagrams the receiver accepted, to tell copies (replays, duplicates) of them apart.
+    let track_copies = s.fwd.replay > 0.0 || s.fwd.duplicate > 0.0;
+    let mut accepted = std::collections::HashSet::new();
+    let mut copies_delivered = 0u64;
     let mut buf = Vec::new();
     let mut now = start;
     let limit = Duration::from_secs(900);
@@ -302,6 +328,9 @@ fn run(s: &Scenario) -> Result<Outcome, String> {
                 if o + data.len() > file.len() || data[..] != file[o..o + data.len()] {
                     return Err(format!("block {block} delivered wrong bytes at {offset}"));
                 }
+                if failed_once && s.fail_chunk_once == Some(chunk) {
+                    blocks_redelivered += 1;
+                }
                 out[o..o + data.len()].copy_from_slice(&data);
                 received[o..o + data.len()]
                     .iter_mut()
@@ -312,11 +341,15 @@ fn run(s: &Scenario) -> Result<Outcome, String> {
                     && !failed_once
                     && chunk_blocks_done[chunk as usize] == all
                 {
-                    // The chunk "failed its hash": the receiver forgets it and the sender pushes it again.
+                    // The chunk "failed its hash": the receiver forgets it and the sender pushes it again. The
+                    // harness forgets its bytes too, so the final check proves they came again.
                     failed_once = true;
                     chunk_blocks_done[chunk as usize] = 0;
                     receiver.reset_chunk(chunk);
                     for b in geometry.blocks_of_chunk(chunk) {
+                        let span = geometry.span(b).ok_or("span")?;
+                        let r = span.offset as usize..(span.offset + u64::from(span.len)) as usize;
+                        received[r].iter_mut().for_each(|x| *x = false);
                         to_push.push_front(b);
                     }
                 }
@@ -349,6 +382,12 @@ fn run(s: &Scenario) -> Result<Outcome, String> {
                 tail_probes: st.tail_probes,
                 queue_drops: fwd.queue_drops,
                 max_queue: fwd.max_queue,
+                replays_injected: fwd.replayed,
+                duplicates_injected: fwd.duplicated,
+                copies_delivered,
+                dropped_as_replay: rs.dropped_replayed + rs.dropped_stale,
+                hash_failures_injected: u64::from(failed_once),
+                blocks_redelivered,
             });
         }
         if trace && now >= next_trace {
@@ -392,7 +431,37 @@ fn run(s: &Scenario) -> Result<Outcome, String> {
             ));
         }
         while let Some((src, _dst, mut d)) = fwd.pop_due(now) {
+            if !track_copies {
+                receiver.handle_datagram(now, src, &mut d);
+                continue;
+            }
+            let key = {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                d.hash(&mut h);
+                h.finish()
+            };
+            let before = receiver.stats().clone();
             receiver.handle_datagram(now, src, &mut d);
+            let after = receiver.stats();
+            let took = after.packets_received > before.packets_received;
+            if accepted.contains(&key) {
+                copies_delivered += 1;
+                let as_replay = after.dropped_replayed + after.dropped_stale
+                    == before.dropped_replayed + before.dropped_stale + 1;
+                if took || !as_replay {
+                    return Err(format!(
+                        "a copy of an accepted datagram was {} at {:?}: {after:?}",
+                        if took {
+                            "accepted again"
+                        } else {
+                            "not counted as a replay"
+                        },
+                        now - start
+                    ));
+                }
+            } else if took {
+                accepted.insert(key);
+            }
         }
         while let Some((_src, dst, mut d)) = back.pop_due(now) {
             if dst == sender_addr {
@@ -580,6 +649,22 @@ fn corrupted_and_replayed_packets_are_dropped_and_counted() {
     s.fwd.replay = 0.01;
     let o = run(&s).unwrap();
     assert!(o.corrupted > 0 && o.dropped >= o.corrupted, "{o:?}");
+    // Replays were injected and reached the receiver as copies of datagrams it had accepted; `run` checked each
+    // of them was dropped and counted as a replay, and the receiver's own count shows at least those.
+    assert!(o.replays_injected > 0, "{o:?}");
+    assert!(o.copies_delivered > 0, "{o:?}");
+    assert!(o.dropped_as_replay >= o.copies_delivered, "{o:?}");
+}
+
+#[test]
+fn duplicated_datagrams_are_dropped_as_replays() {
+    let mut s = base(10);
+    s.fwd.duplicate = 0.05;
+    let o = run(&s).unwrap();
+    // Each copy of an accepted datagram was dropped and counted as a replay (`run` checks it one by one).
+    assert!(o.duplicates_injected > 0, "{o:?}");
+    assert!(o.copies_delivered > 0, "{o:?}");
+    assert!(o.dropped_as_replay >= o.copies_delivered, "{o:?}");
 }
 
 #[test]
@@ -642,7 +727,22 @@ fn a_long_transfer_keeps_its_standing_queue_from_creeping_up() {
 fn a_chunk_that_fails_its_hash_is_sent_again() {
     let mut s = base(6);
     s.fail_chunk_once = Some(1);
-    run(&s).unwrap();
+    let o = run(&s).unwrap();
+    // The failure was injected (chunk 1 was complete once and then reset), and every block of the chunk came
+    // again: the harness forgot the chunk's bytes at the reset, so `run` also checked they arrived anew.
+    assert_eq!(o.hash_failures_injected, 1, "{o:?}");
+    let geometry = BlockGeometry::new(
+        s.file_size as u64,
+        s.chunk_size,
+        s.shard_size,
+        s.parity.data_shards(),
+    )
+    .unwrap();
+    assert_eq!(
+        o.blocks_redelivered,
+        geometry.blocks_of_chunk(1).len() as u64,
+        "{o:?}"
+    );
 }
 
 #[test]
