@@ -702,7 +702,12 @@ pub(crate) fn conclude(
             "path_changes": udp.as_ref().map(|u| u.path_changes),
         }));
     } else {
-        ctx.reporter.event(json!({"event": "interrupted", "session_id": id.to_hex(), "file": name, "peer": peer.to_string()}));
+        // Whether this connection's data plane followed the sender to a new address: a resumed session's summary
+        // has only the last connection's counters.
+        ctx.reporter.event(json!({
+            "event": "interrupted", "session_id": id.to_hex(), "file": name, "peer": peer.to_string(),
+            "path_changes": udp.as_ref().map(|u| u.path_changes),
+        }));
         ctx.reporter.info(&format!(
             "{name} from {peer}: connection lost; session {id} kept for resume"
         ));
