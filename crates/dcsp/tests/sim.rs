@@ -18,8 +18,35 @@ use trackshift_dcsp::{
     Role, SenderConfig,
 };
 
-/// Seeds that once failed; they run first, always.
-const REGRESSIONS: &[u64] = &[];
+/// Seeds that failed on a bug; they run first, always (even with `DCSP_SIM_SEEDS` below them), and all lie beyond
+/// the 1000 that `a_thousand_seeded_scenarios` runs by default.
+///
+/// No seed ever failed on a committed version: the simulator's first commit (04c60e4) passes seeds 0..20000;
+/// 6f3a5d4, eb0a87d~1, d166857~1 and f7548d9 (each before a later fix) pass 0..5000; 0c82a13's product code
+/// passes 0..50000 (with the check on copies). So these are a generated set that found bugs: each guard below
+/// was taken out of a scratch copy of 0c82a13 in turn (each comment says how), `random_scenario` seeds 0..3000
+/// were run against it in release, and the first seeds from 1000 up that failed are kept (with how many of the
+/// 3000 failed). One guard found no seed: `ShardQueue::push` forgetting what was left of a block pushed again.
+const REGRESSIONS: &[u64] = &[
+    // DcspReceiver::reset_chunk leaves the cumulative ACK past the chunk it reset: the sender is told the
+    // chunk is complete and never sends it again ("block missing or wrong at the end"; 119 of 3000).
+    1026, 1068,
+    // The receiver keeps ACKing the sender's first address after an address change: the sender hears
+    // nothing and the transfer never ends (125 of 3000).
+    1015, 1022,
+    // A packet number seen before is accepted again (no replay check): a duplicated or replayed datagram is
+    // taken twice, caught by `run`'s check on copies (565 of 3000).
+    1000, 1001,
+    // A resumed session's verified chunks (`skip_chunks`) are not counted as complete: the receiver waits
+    // for blocks nobody sends ("stuck", 266 of 3000).
+    1002, 1007,
+    // BlockGeometry::span rounds a block's data shards down, so a short last shard is never sent (2544 of
+    // 3000; these two fail on it alone).
+    1005, 1006,
+    // DcspSender ignores the ACK's highest-block field, so blocks lost whole (every shard) are never sent
+    // again: the transfer hangs (25 of 3000).
+    1249, 1381, 1424,
+];
 
 #[derive(Debug, Clone, Default)]
 struct LinkCfg {
