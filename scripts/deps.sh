@@ -9,6 +9,7 @@ declare -A NEED=(
   [procps]=ps
   [time]=/usr/bin/time   # peak RSS in benchmarks
   [iptables]=iptables    # blocking UDP in a namespace (the TCP fallback test)
+  [e2fsprogs]=chattr     # an immutable output dir (the permission-denied test as root)
 )
 
 missing=()

@@ -3,6 +3,7 @@
 //! `trackshift-netlab` binaries exactly as a user or script would. See `bench/README.md`.
 
 mod link;
+mod linkcheck;
 mod local;
 mod net;
 mod procs;
@@ -35,8 +36,59 @@ enum Cmd {
     Net(NetArgs),
     /// cp against `trackshift send --protocol tcp` over loopback, on the same disk.
     Local(LocalArgs),
+    /// Each profile's emulated link measured in wall-clock time: UDP round trips and what a flood at twice the
+    /// link rate gets through (what the emulator delivers on this machine, beside what the profile says).
+    Link(LinkArgs),
     /// Install the peer tools from Debian's packages (done automatically by `net` too).
     Setup,
+    /// (`link`'s far end, run in namespace B) echo probes, count the flood.
+    #[command(hide = true)]
+    UdpPeer {
+        #[arg(long)]
+        bind: std::net::SocketAddr,
+        #[arg(long, value_parser = util::parse_duration)]
+        idle: std::time::Duration,
+        #[arg(long, value_parser = util::parse_duration)]
+        max: std::time::Duration,
+    },
+    /// (`link`'s near end, run in namespace A) send probes, then the flood.
+    #[command(hide = true)]
+    UdpProbe {
+        #[arg(long)]
+        to: std::net::SocketAddr,
+        #[arg(long)]
+        count: u32,
+        #[arg(long, value_parser = util::parse_duration)]
+        gap: std::time::Duration,
+        #[arg(long, value_parser = util::parse_duration)]
+        wait: std::time::Duration,
+        #[arg(long)]
+        flood_mbit: f64,
+        #[arg(long, value_parser = util::parse_duration)]
+        flood: std::time::Duration,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct LinkArgs {
+    /// Comma-separated profiles: clean, wan, lossy, sat, burst, flaky.
+    #[arg(long, value_delimiter = ',', default_value = "wan,lossy,sat,burst")]
+    profiles: Vec<String>,
+    /// All six named profiles (overrides --profiles).
+    #[arg(long)]
+    all: bool,
+    /// Round-trip probes, one every 5 ms.
+    #[arg(long, default_value_t = 400)]
+    probes: u32,
+    /// How long the flood at twice the link rate lasts.
+    #[arg(long, default_value = "3s", value_parser = util::parse_duration)]
+    flood: std::time::Duration,
+    /// The `trackshift-netlab` binary (default: target/release/trackshift-netlab).
+    #[arg(long)]
+    netlab: Option<PathBuf>,
+    /// Results root; each run writes <out>/<date>-<hostname>-<label>/.
+    #[arg(long, default_value_os_t = setup::workspace_root().join("bench/results"))]
+    out: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -237,6 +289,37 @@ fn local(a: LocalArgs) -> Result<()> {
     Ok(())
 }
 
+fn link_check(a: LinkArgs) -> Result<()> {
+    let profiles: Vec<String> = if a.all {
+        net::ALL_PROFILES.iter().map(|s| s.to_string()).collect()
+    } else {
+        a.profiles
+    };
+    let bin = setup::find_binary(a.netlab.as_deref(), "trackshift-netlab")?;
+    let me = std::env::current_exe()?;
+    let out_dir = a.out.join(format!(
+        "{}-{}-link-{}",
+        util::utc_stamp(),
+        util::slug(&util::hostname()),
+        util::slug(&profiles.join("-"))
+    ));
+    std::fs::create_dir_all(&out_dir)?;
+    let mut machine = setup::machine_description(None, Some(&bin), false);
+    machine["command"] = serde_json::json!(std::env::args().collect::<Vec<_>>().join(" "));
+    let md = linkcheck::run_all(
+        &LinkKind::Netlab { bin },
+        &me,
+        &profiles,
+        a.probes,
+        a.flood,
+        &out_dir,
+        machine,
+    )?;
+    println!("{md}");
+    eprintln!("results written to {}", out_dir.display());
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     ctrlc::set_handler(|| {
@@ -246,6 +329,16 @@ fn main() -> Result<()> {
     match cli.cmd {
         Cmd::Net(a) => net(a),
         Cmd::Local(a) => local(a),
+        Cmd::Link(a) => link_check(a),
         Cmd::Setup => setup::ensure_tools(setup::NET_TOOLS, true),
+        Cmd::UdpPeer { bind, idle, max } => linkcheck::peer(bind, idle, max),
+        Cmd::UdpProbe {
+            to,
+            count,
+            gap,
+            wait,
+            flood_mbit,
+            flood,
+        } => linkcheck::probe(to, count, gap, wait, flood_mbit, flood),
     }
 }

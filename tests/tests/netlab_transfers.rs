@@ -118,20 +118,121 @@ fn drain(mut r: impl Read + Send + 'static, tag: &'static str) {
     });
 }
 
+/// A child's stdout, line by line as it comes (a reader thread feeds them), every line kept in order.
+struct Lines {
+    rx: mpsc::Receiver<String>,
+    seen: Vec<String>,
+    /// Lines before this one were looked at by [`Lines::wait_event`].
+    cursor: usize,
+    /// The child closed its stdout (it exited).
+    closed: bool,
+}
+
+impl Lines {
+    fn read(stdout: impl Read + Send + 'static, tag: &'static str) -> Lines {
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+                eprintln!("[{tag}] {l}");
+                let _ = tx.send(l);
+            }
+        });
+        Lines {
+            rx,
+            seen: Vec::new(),
+            cursor: 0,
+            closed: false,
+        }
+    }
+
+    /// Takes the next line, waiting until `deadline`; false when none came or the stream ended.
+    fn next(&mut self, deadline: Instant) -> bool {
+        if self.closed {
+            return false;
+        }
+        match self
+            .rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            Ok(l) => {
+                self.seen.push(l);
+                true
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => false,
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                self.closed = true;
+                false
+            }
+        }
+    }
+
+    /// The next JSON event after those already looked at that `pred` accepts, waiting for it until `deadline`.
+    fn wait_event(
+        &mut self,
+        deadline: Instant,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> Option<serde_json::Value> {
+        loop {
+            while self.cursor < self.seen.len() {
+                self.cursor += 1;
+                if let Ok(v) =
+                    serde_json::from_str::<serde_json::Value>(&self.seen[self.cursor - 1])
+                {
+                    if pred(&v) {
+                        return Some(v);
+                    }
+                }
+            }
+            if !self.next(deadline) {
+                return None;
+            }
+        }
+    }
+
+    /// Reads to the end of the stream (the child exited and its reader saw EOF), bounded by `deadline`.
+    fn read_to_end(&mut self, deadline: Instant, what: &str) {
+        while self.next(deadline) {}
+        assert!(self.closed, "{what}: stdout still open at the deadline");
+    }
+
+    /// What arrived so far, without waiting.
+    fn take_ready(&mut self) {
+        self.seen.extend(self.rx.try_iter());
+    }
+
+    fn events(&self) -> Vec<serde_json::Value> {
+        self.seen
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    fn summary(&self) -> serde_json::Value {
+        self.events()
+            .into_iter()
+            .rev()
+            .find(|v| v["event"] == "summary")
+            .unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// What a transfer's `during` hook gets while the transfer runs.
+struct Running<'a> {
+    lab: &'a mut Lab,
+    sender: &'a mut Lines,
+    /// The receiver's output dir (the final file appears there only once its whole-file hash verified).
+    out: &'a Path,
+    deadline: Instant,
+}
+
 /// What one transfer through the lab produced.
 struct Transfer {
     sender_summary: serde_json::Value,
     receiver_summary: serde_json::Value,
+    /// Every JSON event each side printed, in order.
+    sender_events: Vec<serde_json::Value>,
+    receiver_events: Vec<serde_json::Value>,
     counters: trackshift_netlab::LabCounters,
-}
-
-fn summary_of(lines: &[String]) -> serde_json::Value {
-    lines
-        .iter()
-        .rev()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["event"] == "summary")
-        .unwrap_or(serde_json::Value::Null)
 }
 
 /// Sends a `size`-byte random file from side a to side b with `send_args`; `during` runs once the transfer is
@@ -141,7 +242,7 @@ fn transfer_through(
     cfg: LabConfig,
     size: usize,
     send_args: &[&str],
-    during: impl FnOnce(&mut Lab),
+    during: impl FnOnce(Running<'_>),
 ) -> Transfer {
     transfer_through_with(tag, cfg, size, send_args, |_| {}, during, true)
 }
@@ -154,7 +255,7 @@ fn transfer_through_with(
     size: usize,
     send_args: &[&str],
     setup: impl FnOnce(&Lab),
-    during: impl FnOnce(&mut Lab),
+    during: impl FnOnce(Running<'_>),
     expect_success: bool,
 ) -> Transfer {
     let deadline = Instant::now() + BUDGET;
@@ -204,28 +305,18 @@ fn transfer_through_with(
     drain(receiver.0.stderr.take().unwrap(), "receive stderr");
 
     // The `listening` line gives the port (bounded wait); every line is kept for the summary.
-    let (tx, lines) = mpsc::channel();
-    let stdout = receiver.0.stdout.take().unwrap();
-    thread::spawn(move || {
-        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
-            eprintln!("[receive] {l}");
-            let _ = tx.send(l);
-        }
-    });
-    let mut receiver_lines = Vec::new();
-    let listen_addr = loop {
-        let left = deadline
-            .saturating_duration_since(Instant::now())
-            .min(Duration::from_secs(15));
-        let line = lines
-            .recv_timeout(left)
-            .expect("receiver never printed its listening line");
-        let addr = listening_addr(&line);
-        receiver_lines.push(line);
-        if let Some(addr) = addr {
-            break addr;
-        }
-    };
+    let mut receiver_lines = Lines::read(receiver.0.stdout.take().unwrap(), "receive");
+    receiver_lines
+        .wait_event(
+            deadline.min(Instant::now() + Duration::from_secs(15)),
+            |v| v["event"] == "listening",
+        )
+        .expect("receiver never printed its listening line");
+    let listen_addr = receiver_lines
+        .seen
+        .iter()
+        .find_map(|l| listening_addr(l))
+        .unwrap();
 
     let mut tx_cmd = lab.command_in_a(&trackshift);
     tx_cmd
@@ -241,16 +332,14 @@ fn transfer_through_with(
         .stderr(Stdio::piped());
     let t0 = Instant::now();
     let mut sender = Reaped(tx_cmd.spawn().unwrap(), "trackshift send");
-    let (stx, sender_lines) = mpsc::channel();
-    let sout = sender.0.stdout.take().unwrap();
-    thread::spawn(move || {
-        for l in BufReader::new(sout).lines().map_while(Result::ok) {
-            eprintln!("[send] {l}");
-            let _ = stx.send(l);
-        }
-    });
+    let mut sender_lines = Lines::read(sender.0.stdout.take().unwrap(), "send");
     drain(sender.0.stderr.take().unwrap(), "send stderr");
-    during(&mut lab);
+    during(Running {
+        lab: &mut lab,
+        sender: &mut sender_lines,
+        out: out.path(),
+        deadline,
+    });
 
     let st = wait_bounded(&mut sender, deadline);
     eprintln!("send exited {st} after {:.1} s", t0.elapsed().as_secs_f64());
@@ -271,14 +360,21 @@ fn transfer_through_with(
         );
     }
 
-    thread::sleep(Duration::from_millis(200));
-    receiver_lines.extend(lines.try_iter());
-    let sender_lines: Vec<String> = sender_lines.try_iter().collect();
+    // Both summaries are the last lines their processes printed: read each stdout to its end (the sender has
+    // exited; so has the receiver when the transfer was to succeed, else what it printed so far is enough).
+    sender_lines.read_to_end(deadline, "trackshift send");
+    if expect_success {
+        receiver_lines.read_to_end(deadline, "trackshift receive");
+    } else {
+        receiver_lines.take_ready();
+    }
     let counters = lab.stop().unwrap();
     eprintln!("link counters: {counters:?}");
     Transfer {
-        sender_summary: summary_of(&sender_lines),
-        receiver_summary: summary_of(&receiver_lines),
+        sender_summary: sender_lines.summary(),
+        receiver_summary: receiver_lines.summary(),
+        sender_events: sender_lines.events(),
+        receiver_events: receiver_lines.events(),
         counters,
     }
 }
@@ -342,10 +438,14 @@ fn udp_file_crosses_outages_byte_identical() {
 
 #[test]
 fn udp_transfer_survives_an_address_change() {
+    // 5 MiB chunks (the smallest), so the sender reports verified progress a few times a second at 80 Mbit/s.
+    const SIZE: usize = 64 << 20;
+    const CHUNKS: u64 = 13;
+    let mut moved = None;
     let t = transfer_through(
         "ts-audp",
         LabConfig::profile("wan"),
-        64 << 20,
+        SIZE,
         &[
             "--protocol",
             "udp",
@@ -353,17 +453,112 @@ fn udp_transfer_survives_an_address_change() {
             "80Mbit",
             "--streams",
             "2",
+            "--chunk-size",
+            "5MiB",
         ],
-        |lab| {
-            thread::sleep(Duration::from_secs(2));
-            let new = lab.addr_change().unwrap();
-            eprintln!("side a moved to {new}");
+        |run| {
+            // Data is flowing: the receiver verified a chunk (the sender's progress says so) but not all.
+            let p = run
+                .sender
+                .wait_event(run.deadline, |v| {
+                    v["event"] == "progress" && v["bytes_done"].as_u64().unwrap_or(0) > 0
+                })
+                .expect("no progress before the deadline");
+            assert!(p["bytes_done"].as_u64().unwrap() < SIZE as u64, "{p}");
+            let new = run.lab.addr_change().unwrap();
+            eprintln!("side a moved to {new} after {p}");
+            // The change is done and the file is not complete yet (it appears only once it verified whole).
+            assert!(
+                !run.out.join("random.bin").exists(),
+                "the transfer ended before the address change"
+            );
+            moved = Some(new);
         },
     );
+    let new = moved.unwrap().to_string();
     assert_eq!(t.sender_summary["protocol"], "udp", "{}", t.sender_summary);
-    // Either the data plane followed the sender (a path change) or the control channel reconnected and the
-    // session resumed on a new DCSP connection; both must deliver the same bytes.
-    eprintln!("receiver summary: {}", t.receiver_summary);
+    let peer_ip = |v: &serde_json::Value| {
+        v["peer"]
+            .as_str()
+            .and_then(|p| p.rsplit_once(':'))
+            .map(|(ip, _)| ip.to_string())
+    };
+    // The receiver finished the session with the sender at its new address.
+    assert_eq!(
+        peer_ip(&t.receiver_summary).as_deref(),
+        Some(new.as_str()),
+        "{}",
+        t.receiver_summary
+    );
+    // The receiver followed the sender: the DCSP connection that saw the new address counted a path change.
+    // When the control connection (TCP, bound to the old address) died with the change, the sender reconnected
+    // and resumed the session on a new DCSP connection, started at the new address (path_changes 0 in the
+    // summary); the path change is then in the `interrupted` event of the connection it replaced.
+    let connections = t.sender_summary["connections"].as_u64().unwrap_or(0);
+    let followed = t
+        .receiver_events
+        .iter()
+        .filter(|v| v["event"] == "summary" || v["event"] == "interrupted")
+        .map(|v| v["path_changes"].as_u64().unwrap_or(0))
+        .max()
+        .unwrap_or(0);
+    assert!(
+        followed >= 1,
+        "no DCSP connection of the receiver followed the sender to {new}: {:?}",
+        t.receiver_events
+    );
+    if connections > 1 {
+        // The session resumed from the new address with what was verified before the change kept, and the rest
+        // still to come: the change happened mid-transfer, and only unverified chunks travelled again.
+        let resumed = t
+            .receiver_events
+            .iter()
+            .find(|v| v["event"] == "session_start" && peer_ip(v).as_deref() == Some(new.as_str()))
+            .unwrap_or_else(|| panic!("no session resumed from {new}: {:?}", t.receiver_events));
+        let kept = resumed["chunks_verified"].as_u64().unwrap_or(0);
+        assert!((1..CHUNKS).contains(&kept), "{resumed}");
+        // The sender reconnected after a control-channel timeout and was told the same.
+        assert!(
+            t.sender_events.iter().any(|v| v["event"] == "retry"),
+            "{:?}",
+            t.sender_events
+        );
+        let accepted: Vec<u64> = t
+            .sender_events
+            .iter()
+            .filter(|v| v["event"] == "accepted")
+            .map(|v| v["chunks_verified"].as_u64().unwrap_or(0))
+            .collect();
+        assert_eq!(accepted.len() as u64, connections, "{accepted:?}");
+        assert_eq!(accepted.last(), Some(&kept), "{accepted:?}");
+    } else {
+        assert!(
+            t.receiver_summary["path_changes"].as_u64().unwrap_or(0) >= 1,
+            "{}",
+            t.receiver_summary
+        );
+    }
+    // Progress went on after the change: the sender reported verified bytes beyond what it was told at its last
+    // (re)connection, which for a resumed session came from the new address, so after the change.
+    let last_accept = t
+        .sender_events
+        .iter()
+        .rposition(|v| v["event"] == "accepted")
+        .unwrap();
+    let at_accept = t.sender_events[last_accept]["bytes_verified"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        t.sender_events[last_accept..]
+            .iter()
+            .any(|v| v["event"] == "progress" && v["bytes_done"].as_u64().unwrap_or(0) > at_accept),
+        "no progress after the last connection: {:?}",
+        t.sender_events
+    );
+    eprintln!(
+        "connections {connections}, receiver summary: {}",
+        t.receiver_summary
+    );
 }
 
 /// Drops every UDP datagram arriving in side b (the receiver's namespace).

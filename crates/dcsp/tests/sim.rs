@@ -6,6 +6,7 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -17,8 +18,35 @@ use trackshift_dcsp::{
     Role, SenderConfig,
 };
 
-/// Seeds that once failed; they run first, always.
-const REGRESSIONS: &[u64] = &[];
+/// Seeds that failed on a bug; they run first, always (even with `DCSP_SIM_SEEDS` below them), and all lie beyond
+/// the 1000 that `a_thousand_seeded_scenarios` runs by default.
+///
+/// No seed ever failed on a committed version: the simulator's first commit (04c60e4) passes seeds 0..20000;
+/// 6f3a5d4, eb0a87d~1, d166857~1 and f7548d9 (each before a later fix) pass 0..5000; 0c82a13's product code
+/// passes 0..50000 (with the check on copies). So these are a generated set that found bugs: each guard below
+/// was taken out of a scratch copy of 0c82a13 in turn (each comment says how), `random_scenario` seeds 0..3000
+/// were run against it in release, and the first seeds from 1000 up that failed are kept (with how many of the
+/// 3000 failed). One guard found no seed: `ShardQueue::push` forgetting what was left of a block pushed again.
+const REGRESSIONS: &[u64] = &[
+    // DcspReceiver::reset_chunk leaves the cumulative ACK past the chunk it reset: the sender is told the
+    // chunk is complete and never sends it again ("block missing or wrong at the end"; 119 of 3000).
+    1026, 1068,
+    // The receiver keeps ACKing the sender's first address after an address change: the sender hears
+    // nothing and the transfer never ends (125 of 3000).
+    1015, 1022,
+    // A packet number seen before is accepted again (no replay check): a duplicated or replayed datagram is
+    // taken twice, caught by `run`'s check on copies (565 of 3000).
+    1000, 1001,
+    // A resumed session's verified chunks (`skip_chunks`) are not counted as complete: the receiver waits
+    // for blocks nobody sends ("stuck", 266 of 3000).
+    1002, 1007,
+    // BlockGeometry::span rounds a block's data shards down, so a short last shard is never sent (2544 of
+    // 3000; these two fail on it alone).
+    1005, 1006,
+    // DcspSender ignores the ACK's highest-block field, so blocks lost whole (every shard) are never sent
+    // again: the transfer hangs (25 of 3000).
+    1249, 1381, 1424,
+];
 
 #[derive(Debug, Clone, Default)]
 struct LinkCfg {
@@ -55,6 +83,9 @@ struct Link {
     captured: Vec<(SocketAddr, SocketAddr, Vec<u8>)>,
     start: Instant,
     corrupted: u64,
+    /// Old datagrams sent again (`LinkCfg::replay`) and datagrams doubled (`LinkCfg::duplicate`).
+    replayed: u64,
+    duplicated: u64,
     /// Since `LinkCfg::queue_watch_from`: datagrams the bottleneck's queue had no room for, and the longest the
     /// queue got (as delay).
     queue_drops: u64,
@@ -75,6 +106,8 @@ impl Link {
             captured: Vec::new(),
             start,
             corrupted: 0,
+            replayed: 0,
+            duplicated: 0,
             queue_drops: 0,
             max_queue: Duration::ZERO,
         }
@@ -156,11 +189,13 @@ impl Link {
         }
         if self.rng.gen_bool(self.cfg.duplicate) {
             self.push(at + Duration::from_micros(1), src, dst, data.clone());
+            self.duplicated += 1;
         }
         if !self.captured.is_empty() && self.rng.gen_bool(self.cfg.replay) {
             let i = self.rng.gen_range(0..self.captured.len());
             let (s, d, old) = self.captured[i].clone();
             self.push(at, s, d, old);
+            self.replayed += 1;
         }
         self.push(at, src, dst, data);
     }
@@ -209,6 +244,19 @@ struct Outcome {
     tail_probes: u64,
     queue_drops: u64,
     max_queue: Duration,
+    /// Old datagrams the forward link sent again (`LinkCfg::replay`), and datagrams it doubled.
+    replays_injected: u64,
+    duplicates_injected: u64,
+    /// Datagrams handed to the receiver that were byte-for-byte copies of one it had already accepted (tracked
+    /// when the forward link replays or duplicates). `run` fails unless each of them was dropped and counted
+    /// as a replay (or as too old to check).
+    copies_delivered: u64,
+    /// The receiver's own count of datagrams dropped as replayed or stale.
+    dropped_as_replay: u64,
+    /// Chunk verifications the harness failed on purpose (`Scenario::fail_chunk_once`), and the blocks of that
+    /// chunk the receiver delivered again afterwards.
+    hash_failures_injected: u64,
+    blocks_redelivered: u64,
 }
 
 fn addr(s: &str) -> SocketAddr {
@@ -264,6 +312,11 @@ fn run(s: &Scenario) -> Result<Outcome, String> {
     let mut out = vec![0u8; s.file_size];
     let mut chunk_blocks_done: Vec<u32> = vec![0; geometry.chunk_count() as usize];
     let mut failed_once = false;
+    let mut blocks_redelivered = 0u64;
+    // Hashes of the datagrams the receiver accepted, to tell copies (replays, duplicates) of them apart.
+    let track_copies = s.fwd.replay > 0.0 || s.fwd.duplicate > 0.0;
+    let mut accepted = std::collections::HashSet::new();
+    let mut copies_delivered = 0u64;
     let mut buf = Vec::new();
     let mut now = start;
     let limit = Duration::from_secs(900);
@@ -302,6 +355,9 @@ fn run(s: &Scenario) -> Result<Outcome, String> {
                 if o + data.len() > file.len() || data[..] != file[o..o + data.len()] {
                     return Err(format!("block {block} delivered wrong bytes at {offset}"));
                 }
+                if failed_once && s.fail_chunk_once == Some(chunk) {
+                    blocks_redelivered += 1;
+                }
                 out[o..o + data.len()].copy_from_slice(&data);
                 received[o..o + data.len()]
                     .iter_mut()
@@ -312,11 +368,15 @@ fn run(s: &Scenario) -> Result<Outcome, String> {
                     && !failed_once
                     && chunk_blocks_done[chunk as usize] == all
                 {
-                    // The chunk "failed its hash": the receiver forgets it and the sender pushes it again.
+                    // The chunk "failed its hash": the receiver forgets it and the sender pushes it again. The
+                    // harness forgets its bytes too, so the final check proves they came again.
                     failed_once = true;
                     chunk_blocks_done[chunk as usize] = 0;
                     receiver.reset_chunk(chunk);
                     for b in geometry.blocks_of_chunk(chunk) {
+                        let span = geometry.span(b).ok_or("span")?;
+                        let r = span.offset as usize..(span.offset + u64::from(span.len)) as usize;
+                        received[r].iter_mut().for_each(|x| *x = false);
                         to_push.push_front(b);
                     }
                 }
@@ -349,6 +409,12 @@ fn run(s: &Scenario) -> Result<Outcome, String> {
                 tail_probes: st.tail_probes,
                 queue_drops: fwd.queue_drops,
                 max_queue: fwd.max_queue,
+                replays_injected: fwd.replayed,
+                duplicates_injected: fwd.duplicated,
+                copies_delivered,
+                dropped_as_replay: rs.dropped_replayed + rs.dropped_stale,
+                hash_failures_injected: u64::from(failed_once),
+                blocks_redelivered,
             });
         }
         if trace && now >= next_trace {
@@ -392,7 +458,37 @@ fn run(s: &Scenario) -> Result<Outcome, String> {
             ));
         }
         while let Some((src, _dst, mut d)) = fwd.pop_due(now) {
+            if !track_copies {
+                receiver.handle_datagram(now, src, &mut d);
+                continue;
+            }
+            let key = {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                d.hash(&mut h);
+                h.finish()
+            };
+            let before = receiver.stats().clone();
             receiver.handle_datagram(now, src, &mut d);
+            let after = receiver.stats();
+            let took = after.packets_received > before.packets_received;
+            if accepted.contains(&key) {
+                copies_delivered += 1;
+                let as_replay = after.dropped_replayed + after.dropped_stale
+                    == before.dropped_replayed + before.dropped_stale + 1;
+                if took || !as_replay {
+                    return Err(format!(
+                        "a copy of an accepted datagram was {} at {:?}: {after:?}",
+                        if took {
+                            "accepted again"
+                        } else {
+                            "not counted as a replay"
+                        },
+                        now - start
+                    ));
+                }
+            } else if took {
+                accepted.insert(key);
+            }
         }
         while let Some((_src, dst, mut d)) = back.pop_due(now) {
             if dst == sender_addr {
@@ -580,6 +676,22 @@ fn corrupted_and_replayed_packets_are_dropped_and_counted() {
     s.fwd.replay = 0.01;
     let o = run(&s).unwrap();
     assert!(o.corrupted > 0 && o.dropped >= o.corrupted, "{o:?}");
+    // Replays were injected and reached the receiver as copies of datagrams it had accepted; `run` checked each
+    // of them was dropped and counted as a replay, and the receiver's own count shows at least those.
+    assert!(o.replays_injected > 0, "{o:?}");
+    assert!(o.copies_delivered > 0, "{o:?}");
+    assert!(o.dropped_as_replay >= o.copies_delivered, "{o:?}");
+}
+
+#[test]
+fn duplicated_datagrams_are_dropped_as_replays() {
+    let mut s = base(10);
+    s.fwd.duplicate = 0.05;
+    let o = run(&s).unwrap();
+    // Each copy of an accepted datagram was dropped and counted as a replay (`run` checks it one by one).
+    assert!(o.duplicates_injected > 0, "{o:?}");
+    assert!(o.copies_delivered > 0, "{o:?}");
+    assert!(o.dropped_as_replay >= o.copies_delivered, "{o:?}");
 }
 
 #[test]
@@ -642,7 +754,22 @@ fn a_long_transfer_keeps_its_standing_queue_from_creeping_up() {
 fn a_chunk_that_fails_its_hash_is_sent_again() {
     let mut s = base(6);
     s.fail_chunk_once = Some(1);
-    run(&s).unwrap();
+    let o = run(&s).unwrap();
+    // The failure was injected (chunk 1 was complete once and then reset), and every block of the chunk came
+    // again: the harness forgot the chunk's bytes at the reset, so `run` also checked they arrived anew.
+    assert_eq!(o.hash_failures_injected, 1, "{o:?}");
+    let geometry = BlockGeometry::new(
+        s.file_size as u64,
+        s.chunk_size,
+        s.shard_size,
+        s.parity.data_shards(),
+    )
+    .unwrap();
+    assert_eq!(
+        o.blocks_redelivered,
+        geometry.blocks_of_chunk(1).len() as u64,
+        "{o:?}"
+    );
 }
 
 #[test]
@@ -658,7 +785,17 @@ fn fixed_ten_plus_three_survives_burst_loss() {
 }
 
 /// The emulator's profiles, one direction each way, in virtual time: goodput against the payload capacity and
-/// bytes on the wire against the file. Deterministic, so loose floors catch regressions of the controller.
+/// bytes on the wire against the file, each held to a floor.
+///
+/// These figures are deterministic: the clock is virtual, every random draw comes from the seed, and nothing
+/// in `DcspSender`/`DcspReceiver` reads a clock or iterates a hash map, so a seed gives the same figures to the
+/// last digit on any machine, under any load, in debug or release (`a_seed_replays_exactly` checks the same
+/// thing on a small scenario). So they are asserted here, not measured in the bench. The floors are issue 4's
+/// targets where the simulator meets them (goodput at least 85% of `rate × (1 − loss)` on wan, lossy, sat and
+/// burst; at most `1 + loss + 0.05` bytes on the wire per file byte, 1.03 on a clean link); `fastclean`'s goodput
+/// floor is today's level less a little (the target there, 90% of iperf3, is a known miss). The figures hold for
+/// the default seed and size; `SIM_SEED` / `SIM_MIB` explore others, where the report still prints and the
+/// floors still apply.
 #[test]
 fn profile_efficiency() {
     struct P {
@@ -668,10 +805,13 @@ fn profile_efficiency() {
         loss: f64,
         jitter_ms: u64,
         burst: Option<(f64, f64, f64)>,
+        /// Floors: goodput as a fraction of the payload capacity, and bytes on the wire per file byte.
+        min_goodput: f64,
+        max_wire: f64,
     }
     let profiles = [
         // Like the emulator's `clean` profile on this VM: no delay, ~3 Gbit/s, a queue of a few ms. DCSP's
-        // weak spot today (it overshoots the short queue; see the issue notes).
+        // weak spot today (it overshoots the short queue; see the issue notes): 63.0% at seed 11.
         P {
             name: "fastclean",
             rate_mbit: 3000.0,
@@ -679,6 +819,8 @@ fn profile_efficiency() {
             loss: 0.0,
             jitter_ms: 0,
             burst: None,
+            min_goodput: 0.60,
+            max_wire: 1.03,
         },
         P {
             name: "wan",
@@ -687,6 +829,8 @@ fn profile_efficiency() {
             loss: 0.01,
             jitter_ms: 0,
             burst: None,
+            min_goodput: 0.85,
+            max_wire: 1.06,
         },
         P {
             name: "lossy",
@@ -695,6 +839,8 @@ fn profile_efficiency() {
             loss: 0.05,
             jitter_ms: 10,
             burst: None,
+            min_goodput: 0.85,
+            max_wire: 1.10,
         },
         P {
             name: "sat",
@@ -703,6 +849,8 @@ fn profile_efficiency() {
             loss: 0.02,
             jitter_ms: 0,
             burst: None,
+            min_goodput: 0.85,
+            max_wire: 1.07,
         },
         P {
             name: "burst",
@@ -711,9 +859,13 @@ fn profile_efficiency() {
             loss: 0.0,
             jitter_ms: 0,
             burst: Some((0.00617, 0.2, 1.0)),
+            min_goodput: 0.85,
+            // 1 + the mean burst loss (3%) + 0.05.
+            max_wire: 1.08,
         },
     ];
     let mut report = String::new();
+    let mut missed = Vec::new();
     for p in profiles {
         let rate = p.rate_mbit * 1e6 / 8.0;
         let link = LinkCfg {
@@ -759,19 +911,40 @@ fn profile_efficiency() {
         let goodput = size as f64 / o.virtual_time.as_secs_f64();
         let wire = o.bytes as f64 / size as f64;
         report += &format!(
-            "{}: goodput {:.2} MB/s = {:.1}% of capacity; wire {:.3}x (target {:.3}x); {} repairs, {} FEC blocks; queue at most {:?}, {} overflow drops\n",
+            "{}: goodput {:.2} MB/s = {:.1}% of capacity (floor {:.0}%); wire {:.3}x (at most {:.3}x); {} repairs, {} FEC blocks; queue at most {:?}, {} overflow drops\n",
             p.name,
             goodput / 1e6,
             100.0 * goodput / capacity,
+            100.0 * p.min_goodput,
             wire,
-            1.0 + loss + 0.05,
+            p.max_wire,
             o.retransmitted,
             o.fec_recovered,
             o.max_queue,
             o.queue_drops
         );
+        if goodput / capacity < p.min_goodput {
+            missed.push(format!("{}: goodput below its floor", p.name));
+        }
+        if wire > p.max_wire {
+            missed.push(format!("{}: more bytes on the wire than allowed", p.name));
+        }
     }
     println!("{report}");
+    assert!(missed.is_empty(), "{missed:?}\n{report}");
+}
+
+/// The same scenario twice gives the same outcome to the last counter and nanosecond: what lets
+/// `profile_efficiency` assert its figures and `REGRESSIONS` replay a seed.
+#[test]
+fn a_seed_replays_exactly() {
+    let mut s = base(9);
+    s.fwd.loss = 0.03;
+    s.fwd.jitter = Duration::from_millis(5);
+    s.fwd.replay = 0.01;
+    let a = format!("{:?}", run(&s).unwrap());
+    let b = format!("{:?}", run(&s).unwrap());
+    assert_eq!(a, b);
 }
 
 /// One flow of [`run_shared`]: when its receiver delivered bytes (time since the start, bytes), and when it

@@ -177,6 +177,12 @@ fn ns_sysctls(ns: &str, kv: &[(String, &'static str)]) -> Result<()> {
     .map_err(|_| anyhow::anyhow!("sysctl thread panicked"))?
 }
 
+/// The seeds of the a -> b and b -> a [`LinkModel`]s of a run started with `--seed seed`: a test can replay a
+/// direction's verdicts in virtual time with the same model and seed.
+pub fn direction_seeds(seed: u64) -> (u64, u64) {
+    (seed, seed ^ 0x9e37_79b9_7f4a_7c15)
+}
+
 /// Options of `up` beyond the link itself.
 #[derive(Debug, Clone)]
 pub struct UpOptions {
@@ -408,8 +414,8 @@ pub fn up(opts: UpOptions) -> Result<LabCounters> {
 
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
-    let seed_ba = opts.seed ^ 0x9e37_79b9_7f4a_7c15;
-    let model_ab = LinkModel::new(opts.a_to_b.clone(), opts.seed, start);
+    let (seed_ab, seed_ba) = direction_seeds(opts.seed);
+    let model_ab = LinkModel::new(opts.a_to_b.clone(), seed_ab, start);
     let model_ba = LinkModel::new(opts.b_to_a.clone(), seed_ba, start);
     let (fa, fb) = (tun_a.as_raw_fd(), tun_b.as_raw_fd());
     let s1 = stop.clone();

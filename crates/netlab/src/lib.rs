@@ -26,7 +26,7 @@ pub mod model;
 mod sys;
 
 pub use config::{parse_duration, parse_percent, parse_rate, profile, LinkOverrides, PROFILES};
-pub use emulator::{LabCounters, ADDR_A, ADDR_B};
+pub use emulator::{direction_seeds, LabCounters, ADDR_A, ADDR_B};
 pub use lab::{command_in, in_netns, locate_binary, Lab, LabConfig};
 pub use model::{
     Counters, DelayLine, DropCause, Forward, GilbertElliott, LinkConfig, LinkModel, Outage, Verdict,

@@ -195,24 +195,83 @@ mod tests {
         assert!(err.to_string().contains("is not a directory"), "{err}");
     }
 
+    /// Set (to the dir to probe) in the child that [`unwritable_output_dir`] runs as an unprivileged user.
+    const PROBE_AS_CHILD: &str = "TRACKSHIFT_TEST_PROBE_UNWRITABLE";
+    /// `nobody` on Debian; any uid without rights on a dir of root's would do.
+    const NOBODY: u32 = 65534;
+
+    fn assert_refused_with_permission_denied(dir: &Path) {
+        let err = check_output_dir(dir).unwrap_err();
+        assert!(err.is_permission(), "{err}");
+        assert!(
+            err.to_string().starts_with(&format!(
+                "output dir {} is not writable: permission denied",
+                dir.display()
+            )),
+            "{err}"
+        );
+    }
+
+    /// Permission denied (EACCES) is refused as such, for real when the tests run as root (CI always does),
+    /// whose writes no mode bits stop: this test then runs itself again as `nobody` in a child process (the
+    /// kernel's setgid/setuid before exec, through `CommandExt::uid`), on a dir of root's that only root may
+    /// write. Not as root, it checks a 0555 dir of its own directly.
     #[test]
     fn unwritable_output_dir() {
-        let tmp = tempfile::tempdir().unwrap();
-        let ro = tmp.path().join("ro");
-        fs::create_dir(&ro).unwrap();
-        fs::set_permissions(&ro, fs::Permissions::from_mode(0o500)).unwrap();
-        // root can write anyway; only check when the probe really is refused.
-        if let Err(err) = check_output_dir(&ro) {
-            assert!(err.is_permission(), "{err}");
-            assert!(
-                err.to_string().starts_with(&format!(
-                    "output dir {} is not writable: permission denied",
-                    ro.display()
-                )),
-                "{err}"
+        use std::os::unix::fs::MetadataExt;
+        use std::os::unix::process::CommandExt;
+        if let Some(dir) = std::env::var_os(PROBE_AS_CHILD) {
+            assert_ne!(
+                fs::metadata("/proc/self").unwrap().uid(),
+                0,
+                "child runs as root"
             );
+            assert_refused_with_permission_denied(Path::new(&dir));
+            return;
         }
-        fs::set_permissions(&ro, fs::Permissions::from_mode(0o700)).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("out");
+        fs::create_dir(&dir).unwrap();
+        if fs::metadata("/proc/self").unwrap().uid() != 0 {
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o555)).unwrap();
+            assert_refused_with_permission_denied(&dir);
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
+            return;
+        }
+        // Root: everything on the way is readable and searchable by others, the dir writable by root only,
+        // and the child is a copy of this test binary where `nobody` may run it (the build dir may not be).
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        check_output_dir(&dir).unwrap();
+        let exe = tmp.path().join("storage-tests");
+        fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+        fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).unwrap();
+        let out = std::process::Command::new(&exe)
+            .args([
+                "--exact",
+                "dirs::tests::unwritable_output_dir",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(PROBE_AS_CHILD, &dir)
+            .current_dir("/")
+            .uid(NOBODY)
+            .gid(NOBODY)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success()
+                && stdout.contains("test dirs::tests::unwritable_output_dir ... ok"),
+            "the check as uid {NOBODY} failed ({}):\n{stdout}\n{stderr}",
+            out.status
+        );
+        assert_eq!(
+            fs::read_dir(&dir).unwrap().count(),
+            0,
+            "the refused probe left something behind"
+        );
     }
 
     #[test]
