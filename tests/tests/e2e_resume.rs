@@ -124,23 +124,23 @@ const KILL_RECEIVER_SENDER_ARGS: [&str; 8] = [
 ///
 /// The sender counts a chunk as sent (`chunks_sent`) once its last byte has left the reader: over UDP when the
 /// reader has put the chunk's last block into the data plane's queue and sent its `ChunkHash`
-/// (`crates/cli/src/send.rs`, `udp_stream`); over TCP once its last `Data` frame and `ChunkEnd` are written to
-/// the TLS stream (`transfer_once`). Those counted but not verified are the chunks whose last byte lies in the
+/// (`crates/engine/src/send/mod.rs`, `Sender::on_read`); over TCP once its last `Data` frame and `ChunkEnd` are
+/// written to the TLS stream (the same function). Those counted but not verified are the chunks whose last byte lies in the
 /// `X` bytes between the end of the receiver's verified prefix (one stream on loopback verifies in order) and
 /// that point: at most `floor(X / C)` of them, with `C` = 50 MiB. What `X` can hold, with the constants restated
 /// from where they live (the test drives the binary and cannot read them):
 ///
 /// UDP, one data plane on each side; a block `B` is 64 data shards (`AUTO_DATA_SHARDS`, crates/dcsp/src/fec.rs)
-/// of 16 KiB (`MAX_SHARD`, crates/cli/src/dcsp_send.rs; loopback's MTU is 65536) = 1 MiB:
+/// of 16 KiB (`MAX_SHARD`, crates/engine/src/send/dcsp.rs; loopback's MTU is 65536) = 1 MiB:
 /// - the plane's read-ahead queue: `plane_queue_len(B)` = clamp(`PLANE_QUEUE_BYTES` 8 MiB / 1 MiB, 2, 16) = 8
-///   blocks = 8 MiB (crates/cli/src/dcsp_send.rs);
+///   blocks = 8 MiB (crates/engine/src/send/dcsp.rs);
 /// - blocks the `DcspSender` holds until they are acknowledged: it takes one only while it holds less than its
 ///   window, which is clamped to `MAX_BUFFERED` = 64 MiB (crates/dcsp/src/sender.rs `window`/`wants_block`,
-///   crates/cli/src/dcsp_send.rs): at most 64 MiB + 1 block = 65 MiB;
+///   crates/engine/src/send/dcsp.rs): at most 64 MiB + 1 block = 65 MiB;
 /// - acknowledged blocks not yet verified at the receiver: its writer queue, `BLOCK_QUEUE` = 32 blocks
-///   (crates/cli/src/dcsp_recv.rs; the plane thread blocks when it is full, and so stops acknowledging), the one
+///   (crates/engine/src/receive/dcsp_writer.rs; the plane thread blocks when it is full, and so stops acknowledging), the one
 ///   block the blocked plane thread holds, blocks held ahead of the hashing cursor while a lost datagram is
-///   repaired, at most `MAX_HELD` = 32 MiB in memory (crates/cli/src/dcsp_writer.rs), and the chunk being
+///   repaired, at most `MAX_HELD` = 32 MiB in memory (crates/engine/src/receive/dcsp_writer.rs), and the chunk being
 ///   verified, less than `C`.
 ///
 /// So X < C + 8 + 65 + 33 + 32 MiB = C + 138 MiB, and at most floor((50 + 138) / 50) = 3 chunks are sent again.
@@ -151,13 +151,15 @@ const KILL_RECEIVER_SENDER_ARGS: [&str; 8] = [
 /// socket send buffer and the receiver's receive buffer, each asked for `SOCKET_BUFFER` = 8 MiB
 /// (crates/transport/src/tls.rs), which the kernel caps at `net.core.wmem_max`/`rmem_max` and doubles: at most
 /// 16 MiB each; rustls's record buffers (under 0.1 MiB); the receiver's reader task's piece, `DATA_PIECE` = 1 MiB,
-/// and its queue to the writer thread, `WORKER_QUEUE` = 8 pieces (crates/cli/src/receive.rs); the chunk being
-/// verified, less than `C`. So X < C + 0.1 + 32 + 1 + 8 MiB = C + 41.1 MiB, and floor((50 + 41.1) / 50) = 1.
+/// its queue to the connection task, `FRAME_QUEUE` = 4 pieces (crates/engine/src/receive/connection.rs), and that
+/// task's queue to the writer thread, `TCP_WRITER_QUEUE` = 8 pieces (crates/engine/src/receive/tcp_writer.rs); the
+/// chunk being verified, less than `C`. So X < C + 0.1 + 32 + 1 + 4 + 8 MiB = C + 45.1 MiB, and
+/// floor((50 + 45.1) / 50) = 1.
 fn in_flight_bound(p: Protocol) -> u64 {
     let c = (KILL_RECEIVER_CHUNK / MIB) as f64;
     let beyond_the_chunk_mib = match p {
         Protocol::Udp => 8.0 + 65.0 + 33.0 + 32.0,
-        Protocol::Tcp => 0.1 + 32.0 + 1.0 + 8.0,
+        Protocol::Tcp => 0.1 + 32.0 + 1.0 + 4.0 + 8.0,
     };
     ((c + beyond_the_chunk_mib) / c).floor() as u64
 }
