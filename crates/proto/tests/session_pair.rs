@@ -385,6 +385,7 @@ fn resume_after_break(path: DataPath, how: Break) -> World {
     committed_once(&w, id);
     let st = w.snd.session.stats();
     assert_eq!(st.connections, 2);
+    assert_eq!(st.bytes_confirmed, w.source.plan.file_size());
     if matches!(path, DataPath::Udp { .. }) {
         // A resumed session waits for the verified list and the port before any datagram.
         let ready = first_time(&w, |e| {
@@ -443,6 +444,45 @@ fn truncated_control_connection_over_tcp_resumes() {
 #[test]
 fn truncated_control_connection_over_udp_resumes() {
     resume_after_break(DataPath::Udp { explicit: false }, Break::Truncate);
+}
+
+#[test]
+fn resume_after_everything_verified_in_the_outage_confirms_the_whole_file() {
+    // Over DCSP the sender announces the end before the verdicts; the connection dies then, and the receiver's
+    // writer verifies the rest meanwhile: the next connection has nothing to send and hears no verdict.
+    let mut w = World::new(Cfg::udp(6));
+    let id = w.snd.session.session_id();
+    assert!(w.run_until(STEPS, |w| w.count(|e| matches!(
+        e,
+        Ev::AtReceiver {
+            frame: Wire::FileEnd,
+            ..
+        }
+    )) > 0));
+    assert!(
+        w.count(|e| matches!(
+            e,
+            Ev::AtSender {
+                frame: Wire::ChunkDone { .. },
+                ..
+            }
+        )) < 6
+    );
+    let conn = w.current_conn().expect("connected");
+    w.cut(conn);
+    w.run_ok(STEPS);
+    assert_eq!(w.at_sender(2)[0], Wire::Accept { verified_count: 6 });
+    let resumed = start_data(&w).last().expect("StartData").1.clone();
+    assert!(resumed.iter().all(|p| matches!(p, FirstPass::Check { .. })));
+    assert!(w
+        .find(|e| matches!(e, Ev::ChunkOut { conn: 2, .. }))
+        .next()
+        .is_none());
+    all_once(&w, id);
+    assert_eq!(
+        w.snd.session.stats().bytes_confirmed,
+        w.source.plan.file_size()
+    );
 }
 
 // -------------------------------------------------------------------------------------------------------------

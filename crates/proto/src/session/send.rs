@@ -591,6 +591,8 @@ impl SendSession {
             self.stats.bytes_skipped = base;
         }
         self.transfer = Some(transfer);
+        // What the receiver listed is confirmed too (it may be all of the file: no verdict will follow then).
+        self.stats.bytes_confirmed = base;
         self.event(SendEvent::Accepted {
             chunks_verified: skipped,
             bytes_verified: base,
@@ -818,6 +820,9 @@ impl SendSession {
     }
 
     fn finish(&mut self, result: Result<Delivered, SendError>) {
+        if result.is_ok() {
+            self.stats.bytes_confirmed = self.cfg.plan.file_size();
+        }
         self.stop_data();
         self.timers.stop_all();
         self.conn = Conn::Finished;
