@@ -840,6 +840,50 @@ fn bad_name_and_no_space_refusals_are_final() {
 }
 
 // -------------------------------------------------------------------------------------------------------------
+// 9. A session the receiver completed already
+
+#[test]
+fn session_the_receiver_completed_is_confirmed_by_hashing_the_source() {
+    for path in [DataPath::Tcp, DataPath::Udp { explicit: false }] {
+        let mut w = World::new(Cfg::new(path, 3));
+        let id = w.snd.session.session_id();
+        // The receiver puts the file in place, and the connection dies with `FileDone` on its way.
+        assert!(
+            w.run_until(STEPS, |w| w.count(|e| matches!(e, Ev::FileInPlace { .. }))
+                > 0)
+        );
+        let conn = w.current_conn().expect("connected");
+        w.cut(conn);
+        let d = w.run_ok(STEPS);
+        assert_eq!(d.final_name, FILE_NAME);
+        let conns = w.connections();
+        assert_eq!(conns.len(), 2);
+        assert_eq!(
+            w.at_sender(conns[1]),
+            vec![Wire::FileDone {
+                ok: true,
+                final_name: FILE_NAME.into()
+            }],
+            "the offer was answered with FileDone"
+        );
+        assert_eq!(
+            w.count(|e| matches!(e, Ev::Send(SendAction::HashWholeFile))),
+            1
+        );
+        assert!(w
+            .find(|e| matches!(e, Ev::ChunkOut { conn: 2, .. }))
+            .next()
+            .is_none());
+        assert_eq!(w.rcv.store.files.len(), 1);
+        all_once(&w, id);
+        assert_eq!(
+            w.snd.session.stats().bytes_confirmed,
+            w.source.plan.file_size()
+        );
+    }
+}
+
+// -------------------------------------------------------------------------------------------------------------
 // Corruption, and a long final check
 
 #[test]

@@ -718,11 +718,16 @@ impl SendSession {
 
     fn await_whole_hash(&mut self, final_name: &str, sha256: [u8; 32]) {
         self.stop_data();
+        // The receiver has said its last word (it closes the connection now): only our own hash is missing, and
+        // the connection is not needed for it. Losing it is no reason to reconnect (which would hear `FileDone`
+        // and start the hash over, forever when hashing takes longer than a reconnect).
+        self.timers.stop_all();
         self.conn = Conn::AwaitWholeHash {
             final_name: final_name.to_owned(),
             sha256,
         };
         self.actions.push_back(SendAction::HashWholeFile);
+        self.actions.push_back(SendAction::Disconnect);
     }
 
     /// An `Error` frame: busy or internal trouble at the receiver is worth a retry, the rest is final.
@@ -779,7 +784,10 @@ impl SendSession {
     }
 
     fn has_connection(&self) -> bool {
-        !matches!(self.conn, Conn::Down | Conn::Connecting | Conn::Finished)
+        !matches!(
+            self.conn,
+            Conn::Down | Conn::Connecting | Conn::AwaitWholeHash { .. } | Conn::Finished
+        )
     }
 
     fn connect(&mut self) {
