@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::*;
-use trackshift_proto::session::{DataPath, SendAction, SendError, SendEvent};
+use trackshift_proto::session::{DataPath, RecvAction, SendAction, SendError, SendEvent};
 use trackshift_proto::{ErrorCode, FirstPass, SessionId};
 
 const STEPS: u64 = 100_000;
@@ -911,4 +911,39 @@ fn a_chunk_that_fails_verification_is_sent_again() {
             (6, 2, 1)
         );
     }
+}
+
+#[test]
+fn udp_final_check_longer_than_the_control_silence_keeps_the_connection() {
+    // The receiver re-reads a huge file at the end; the sender must not take the quiet for a dead connection.
+    let mut cfg = Cfg::udp(3);
+    cfg.finish_time = Duration::from_secs(40);
+    let mut w = World::new(cfg);
+    w.run_ok(STEPS);
+    assert!(retries(&w).is_empty(), "{:?}", retries(&w));
+    assert_eq!(w.connections(), vec![1]);
+    assert!(w.elapsed() > Duration::from_secs(40));
+    // The receiver kept saying KeepAlive (every 2 s) while it checked the file.
+    let finish = first_time(&w, |e| {
+        matches!(
+            e,
+            Ev::Recv {
+                action: RecvAction::FinishFile { .. },
+                ..
+            }
+        )
+    });
+    let alive = w
+        .find(|e| {
+            matches!(
+                e,
+                Ev::AtSender {
+                    frame: Wire::KeepAlive,
+                    ..
+                }
+            )
+        })
+        .filter(|(t, _)| *t > finish)
+        .count();
+    assert!(alive >= 19, "{alive} keep-alives");
 }
