@@ -227,6 +227,12 @@ pub enum Ev {
     Truncated {
         conn: u32,
     },
+    BlackHole {
+        conn: u32,
+    },
+    SourceChanged {
+        version: u32,
+    },
     ReceiverDown,
     ReceiverUp,
     SenderRestart {
@@ -283,6 +289,8 @@ pub struct Cfg {
     pub chaos_budget: u32,
     /// With `random`: chance that a takeover of a session still held by another connection is refused as busy.
     pub busy_prob: f64,
+    /// With `random`: chance that the source changed when the sender is restarted.
+    pub change_source_prob: f64,
 }
 
 impl Cfg {
@@ -313,6 +321,7 @@ impl Cfg {
             chaos_prob: 0.0,
             chaos_budget: 0,
             busy_prob: 0.0,
+            change_source_prob: 0.0,
         }
     }
 
@@ -953,6 +962,18 @@ impl World {
         }
     }
 
+    /// Connection `id` goes silent: nothing gets through any more, and each end notices only after a while (the
+    /// sender after `sender_after`, by TCP's user timeout; the receiver after `receiver_after`), unless a
+    /// silence limit of its own ends it first.
+    pub fn black_hole(&mut self, id: u32, sender_after: Duration, receiver_after: Duration) {
+        let now = self.now;
+        if let Some(c) = self.conns.get_mut(&id) {
+            c.up.cut(now + receiver_after);
+            c.down.cut(now + sender_after);
+            self.log(Ev::BlackHole { conn: id });
+        }
+    }
+
     /// Connection `id` breaks inside a frame each way: both ends get a partial frame, then the end.
     pub fn truncate(&mut self, id: u32) {
         let at = self.now + self.cfg.latency;
@@ -1029,7 +1050,14 @@ impl World {
                     self.truncate(id);
                 }
             }
-            6 | 7 => {
+            6 => {
+                if let Some(&id) = live.first() {
+                    let s = Duration::from_millis(self.rng.gen_range(5_000..40_000));
+                    let r = Duration::from_millis(self.rng.gen_range(5_000..200_000));
+                    self.black_hole(id, s, r);
+                }
+            }
+            7 => {
                 if self.rcv.up {
                     let down = Duration::from_millis(self.rng.gen_range(50..3000));
                     self.restart_receiver(down);
@@ -1037,6 +1065,11 @@ impl World {
             }
             _ => {
                 if self.snd.result.is_none() {
+                    if self.rng.gen_bool(self.cfg.change_source_prob) {
+                        self.source.version += 1;
+                        let version = self.source.version;
+                        self.log(Ev::SourceChanged { version });
+                    }
                     self.restart_sender();
                 }
             }
