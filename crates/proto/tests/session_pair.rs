@@ -955,6 +955,67 @@ fn udp_final_check_longer_than_the_control_silence_keeps_the_connection() {
     assert!(alive >= 19, "{alive} keep-alives");
 }
 
+#[test]
+fn tcp_sender_waiting_for_verdicts_keeps_the_connection_alive() {
+    // A slow disk at the receiver: each chunk takes 50 s to verify and sync (under the sender's 60 s limit between
+    // verdicts). The sender has sent everything and waits; the receiver drops a sender silent for 120 s, so the
+    // sender must keep saying KeepAlive.
+    let mut cfg = Cfg::tcp(3);
+    cfg.write_time = Duration::from_secs(50);
+    let mut w = World::new(cfg);
+    w.run_ok(STEPS);
+    assert!(retries(&w).is_empty(), "{:?}", retries(&w));
+    assert_eq!(w.connections(), vec![1]);
+    let last_out = last_time(&w, |e| matches!(e, Ev::ChunkOut { .. }));
+    let file_end = first_time(&w, |e| {
+        matches!(
+            e,
+            Ev::AtReceiver {
+                frame: Wire::FileEnd,
+                ..
+            }
+        )
+    });
+    assert!(file_end - last_out > Duration::from_secs(140));
+    let alive = w
+        .find(|e| {
+            matches!(
+                e,
+                Ev::AtReceiver {
+                    frame: Wire::KeepAlive,
+                    ..
+                }
+            )
+        })
+        .filter(|(t, _)| *t > last_out && *t < file_end)
+        .count();
+    assert!(alive >= 25, "{alive} keep-alives");
+}
+
+#[test]
+fn tcp_sender_gives_up_on_a_receiver_silent_while_chunks_are_in_flight() {
+    // The receiver stops answering without closing (its host froze): after 60 s of silence with chunks in
+    // flight the sender reconnects, as PROTOCOL.md §3 says.
+    let mut w = World::new(Cfg::tcp(3));
+    assert!(
+        w.run_until(STEPS, |w| w.count(|e| matches!(e, Ev::ChunkOut { .. }))
+            == 3)
+    );
+    let conn = w.current_conn().expect("connected");
+    w.black_hole(conn, Duration::from_secs(3600), Duration::from_secs(3600));
+    let hole = w.elapsed();
+    w.run_ok(STEPS);
+    let r = retries(&w);
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(r[0].1, "timed out waiting for the receiver");
+    let after = r[0].0 - hole;
+    assert!(
+        after >= Duration::from_secs(60) && after <= Duration::from_secs(61),
+        "{after:?}"
+    );
+    assert_eq!(w.connections(), vec![1, 2]);
+}
+
 // -------------------------------------------------------------------------------------------------------------
 // Random event orders
 
@@ -968,6 +1029,9 @@ const REGRESSIONS: &[u64] = &[
     42, 69, 75, 89,
     // A final check longer than 8 s over DCSP: the sender dropped a healthy connection (2a940c2).
     63, 117, 301, 350,
+    // A slow disk over TCP: the sender said nothing while it waited for verdicts and the receiver dropped it
+    // after 120 s (the commit that adds these).
+    27, 4600, 6642, 6681,
 ];
 
 /// A run that does not end within this many steps has livelocked (the longest of 20,000 seeds took 615).
@@ -1018,6 +1082,11 @@ fn random_cfg(seed: u64) -> Cfg {
     c.chaos_prob = rng.gen_range(0.002..0.05);
     c.chaos_budget = rng.gen_range(0..=6);
     c.busy_prob = 0.3;
+    // Drawn last, so that the worlds of older seeds stay as they were.
+    if rng.gen_bool(0.05) {
+        // A slow disk: each chunk takes up to a minute to verify and sync.
+        c.write_time = ms(rng.gen_range(20_000..28_000));
+    }
     c
 }
 
