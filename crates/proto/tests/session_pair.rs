@@ -890,6 +890,85 @@ fn session_the_receiver_completed_is_confirmed_by_hashing_the_source() {
     }
 }
 
+#[test]
+fn completed_session_whose_source_changed_since_goes_again_as_a_new_session() {
+    let mut w = World::new(Cfg::tcp(3));
+    let old = w.snd.session.session_id();
+    assert!(
+        w.run_until(STEPS, |w| w.count(|e| matches!(e, Ev::FileInPlace { .. }))
+            > 0)
+    );
+    let conn = w.current_conn().expect("connected");
+    w.cut(conn);
+    // Before `send` runs again, the file changes.
+    w.source.version = 2;
+    w.restart_sender();
+    let d = w.run_ok(STEPS);
+    assert_eq!(
+        w.count(|e| matches!(e, Ev::Send(SendAction::HashWholeFile))),
+        1
+    );
+    let changed: Vec<SendEvent> = w
+        .events()
+        .into_iter()
+        .filter(|e| matches!(e, SendEvent::SourceChanged { .. }))
+        .collect();
+    assert!(
+        matches!(changed[..], [SendEvent::SourceChanged { index: 0, old_session, .. }] if old_session == old),
+        "{changed:?}"
+    );
+    let new = w.snd.session.session_id();
+    assert_ne!(new, old);
+    all_once(&w, new);
+    // The first file stays; the new one lands beside it.
+    assert_eq!(d.final_name, "big (1).tar");
+    assert_eq!(w.rcv.store.files.len(), 2);
+    assert_eq!(
+        w.rcv.store.files[FILE_NAME],
+        Source {
+            version: 1,
+            ..w.source
+        }
+        .bytes()
+    );
+}
+
+#[test]
+fn an_empty_file_goes_over_both_paths() {
+    for path in [DataPath::Tcp, DataPath::Udp { explicit: false }] {
+        let mut w = World::new(Cfg::new(path, 0));
+        w.run_ok(STEPS);
+        assert_eq!(w.rcv.store.files[FILE_NAME], Vec::<u8>::new());
+        assert!(w
+            .find(|e| matches!(e, Ev::ChunkOut { .. }))
+            .next()
+            .is_none());
+        assert_eq!(w.at_receiver(1).last(), Some(&Wire::FileEnd));
+        assert_eq!(w.connections(), vec![1]);
+    }
+}
+
+#[test]
+fn a_whole_file_mismatch_at_the_receiver_ends_the_run() {
+    for path in [DataPath::Tcp, DataPath::Udp { explicit: false }] {
+        let mut cfg = Cfg::new(path, 3);
+        cfg.final_mismatch = true;
+        let mut w = World::new(cfg);
+        let r = w.run(STEPS).clone();
+        assert!(matches!(r, Err(SendError::FileMismatch(_))), "{r:?}");
+        assert!(w.at_sender(1).contains(&Wire::FileDone {
+            ok: false,
+            final_name: FILE_NAME.into()
+        }));
+        assert!(matches!(
+            outcome_of(&w, 1),
+            Some(trackshift_proto::session::RecvOutcome::Mismatch { .. })
+        ));
+        assert!(w.rcv.store.files.is_empty());
+        assert_eq!(w.connections(), vec![1]);
+    }
+}
+
 // -------------------------------------------------------------------------------------------------------------
 // Corruption, and a long final check
 

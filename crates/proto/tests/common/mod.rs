@@ -291,6 +291,8 @@ pub struct Cfg {
     pub busy_prob: f64,
     /// With `random`: chance that the source changed when the sender is restarted.
     pub change_source_prob: f64,
+    /// The receiver's whole-file check finds another hash than the sender announced.
+    pub final_mismatch: bool,
 }
 
 impl Cfg {
@@ -322,6 +324,7 @@ impl Cfg {
             chaos_budget: 0,
             busy_prob: 0.0,
             change_source_prob: 0.0,
+            final_mismatch: false,
         }
     }
 
@@ -1099,6 +1102,9 @@ impl World {
                     if self.snd.attempt.is_some() {
                         self.violation("Connect while an attempt is under way".into());
                     }
+                    if self.snd.conn.is_some() {
+                        self.violation("Connect while connected (no Disconnect first)".into());
+                    }
                     let delay = if self.cfg.unreachable {
                         Duration::from_secs(1)
                     } else if !self.rcv.up {
@@ -1125,6 +1131,9 @@ impl World {
                     };
                     if self.snd.reader.is_some() {
                         self.violation("StartData while a data path runs".into());
+                    }
+                    if self.snd.conn.is_none() {
+                        self.violation("StartData without a connection".into());
                     }
                     self.snd.reader = Some(Reader {
                         first_pass,
@@ -1901,7 +1910,10 @@ impl World {
             return self.recv_pump(id);
         }
         let bytes: Vec<u8> = rec.chunks.values().flat_map(|(_, b)| b.clone()).collect();
-        let sha = hashing::sha256(&bytes);
+        let mut sha = hashing::sha256(&bytes);
+        if self.cfg.final_mismatch {
+            sha[0] ^= 1;
+        }
         if sha == expected {
             let name = self.rcv.store.free_name(&rec.file_name);
             self.rcv.store.files.insert(name.clone(), bytes);
