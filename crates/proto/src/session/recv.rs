@@ -476,7 +476,10 @@ impl RecvSession {
     fn finish_file(&mut self) {
         if let Some(expected) = self.file_sha {
             self.state = State::Finishing;
-            self.timers.stop_all();
+            // The sender has nothing more to say, but over DCSP it takes a quiet control connection for a dead
+            // one within seconds: the keep-alives go on while the whole file is checked (which can take minutes).
+            self.timers.stop(Timer::Offer as usize);
+            self.timers.stop(Timer::Silence as usize);
             self.actions.push_back(RecvAction::FinishFile { expected });
         }
     }

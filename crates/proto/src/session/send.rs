@@ -29,10 +29,13 @@ pub const KEEPALIVE_EVERY: Duration = Duration::from_secs(5);
 /// connection that died under a changed address is replaced within seconds instead of when TCP gives up.
 pub const CONTROL_SILENCE: Duration = Duration::from_secs(8);
 /// Over TCP, how long to wait for the receiver's final word after `FileEnd`: it re-reads and hashes what it could
-/// not hash in order, which can take a while for a huge resumed file. Before `FileEnd` the sender is busy writing
-/// and the socket's `TCP_USER_TIMEOUT` catches a dead receiver (one chunk can legitimately take minutes on a slow
-/// link, so no silence limit applies there).
+/// not hash in order, which can take a while for a huge resumed file. While the first pass writes the file the
+/// socket's `TCP_USER_TIMEOUT` catches a dead receiver (one chunk can legitimately take minutes on a slow link,
+/// so no silence limit applies there); between the end of the first pass and `FileEnd`, `PEER_SILENCE` (60 s).
 pub const FINAL_WAIT: Duration = Duration::from_secs(3600);
+/// Over TCP, once the first pass is over and the sender waits for verdicts: the longest silence from the receiver
+/// before the connection counts as dead (PROTOCOL.md §3: 60 s while chunks are in flight), as the CLI driver had.
+const PEER_SILENCE: Duration = Duration::from_secs(60);
 /// How long the receiver has to answer `UdpStart` with `UdpReady` after its verified list.
 pub const UDP_READY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -494,6 +497,11 @@ impl SendSession {
         }
         if self.data.running {
             self.data.file_hash = Some(sha256);
+            if self.udp.is_none() {
+                // Over TCP the first pass is over: the sender now waits on the receiver, keeps saying KeepAlive
+                // (the receiver drops a sender silent for 120 s) and counts the receiver's silence.
+                self.heard(now);
+            }
             self.maybe_end_file(now);
         }
     }
@@ -591,6 +599,8 @@ impl SendSession {
             self.stats.bytes_skipped = base;
         }
         self.transfer = Some(transfer);
+        // What the receiver listed is confirmed too (it may be all of the file: no verdict will follow then).
+        self.stats.bytes_confirmed = base;
         self.event(SendEvent::Accepted {
             chunks_verified: skipped,
             bytes_verified: base,
@@ -704,6 +714,7 @@ impl SendSession {
         let limit = match self.data_path {
             DataPath::Udp { .. } => CONTROL_SILENCE,
             DataPath::Tcp if self.data.file_end_sent => FINAL_WAIT,
+            DataPath::Tcp if self.data.file_hash.is_some() => PEER_SILENCE,
             DataPath::Tcp => return,
         };
         self.timers.set(Timer::Silence as usize, now + limit);
@@ -716,11 +727,16 @@ impl SendSession {
 
     fn await_whole_hash(&mut self, final_name: &str, sha256: [u8; 32]) {
         self.stop_data();
+        // The receiver has said its last word (it closes the connection now): only our own hash is missing, and
+        // the connection is not needed for it. Losing it is no reason to reconnect (which would hear `FileDone`
+        // and start the hash over, forever when hashing takes longer than a reconnect).
+        self.timers.stop_all();
         self.conn = Conn::AwaitWholeHash {
             final_name: final_name.to_owned(),
             sha256,
         };
         self.actions.push_back(SendAction::HashWholeFile);
+        self.actions.push_back(SendAction::Disconnect);
     }
 
     /// An `Error` frame: busy or internal trouble at the receiver is worth a retry, the rest is final.
@@ -777,7 +793,10 @@ impl SendSession {
     }
 
     fn has_connection(&self) -> bool {
-        !matches!(self.conn, Conn::Down | Conn::Connecting | Conn::Finished)
+        !matches!(
+            self.conn,
+            Conn::Down | Conn::Connecting | Conn::AwaitWholeHash { .. } | Conn::Finished
+        )
     }
 
     fn connect(&mut self) {
@@ -818,6 +837,9 @@ impl SendSession {
     }
 
     fn finish(&mut self, result: Result<Delivered, SendError>) {
+        if result.is_ok() {
+            self.stats.bytes_confirmed = self.cfg.plan.file_size();
+        }
         self.stop_data();
         self.timers.stop_all();
         self.conn = Conn::Finished;
