@@ -15,13 +15,14 @@
 //! [`OutgoingTransfer`](crate::OutgoingTransfer) and the receiver's [`IncomingTransfer`](crate::IncomingTransfer).
 
 mod backoff;
+mod outbox;
 mod recv;
 mod send;
-mod timer;
 
 pub use backoff::Backoff;
 pub use recv::{
-    RecvAction, RecvConfig, RecvOutcome, RecvSession, DCSP_KEEPALIVE, OFFER_TIMEOUT, SENDER_SILENCE,
+    RecvAction, RecvConfig, RecvOutcome, RecvSession, OFFER_TIMEOUT, RECEIVER_KEEPALIVE,
+    SENDER_SILENCE,
 };
 pub use send::{
     DataPath, Delivered, SendAction, SendConfig, SendError, SendEvent, SendSession, SendStats,

@@ -8,10 +8,9 @@
 //! [`RecvSession::file_in_place`], [`RecvSession::file_mismatch`]). Both data paths share one chunk bookkeeping,
 //! [`IncomingTransfer`].
 
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::timer::TimerTable;
+use super::outbox::Outbox;
 use crate::frame::{encode_verified_entries, ErrorCode, Frame, MAX_VERIFIED_PER_FRAME};
 use crate::plan::{ChunkMap, ChunkPlan};
 use crate::transfer::{Incoming, IncomingTransfer};
@@ -22,10 +21,11 @@ pub const OFFER_TIMEOUT: Duration = Duration::from_secs(30);
 /// A sender silent for this long on the TCP data path (no data, no keep-alive), or before it chose a data path,
 /// is taken to be gone; its session stays resumable.
 pub const SENDER_SILENCE: Duration = Duration::from_secs(120);
-/// During a DCSP transfer the receiver says `KeepAlive` this often on the otherwise quiet control connection,
-/// so the sender can tell a dead control connection (its address changed) from a quiet one within seconds (see
-/// [`super::CONTROL_SILENCE`]).
-pub const DCSP_KEEPALIVE: Duration = Duration::from_secs(2);
+/// Once the data path is chosen the receiver says `KeepAlive` this often on the control connection: over DCSP it
+/// is otherwise quiet, and the sender tells a dead one (its address changed) from a quiet one within seconds (see
+/// [`super::CONTROL_SILENCE`]); over TCP the sender waits for verdicts after its first pass, and a chunk can take
+/// minutes on a slow link, so without these it could not tell a slow receiver from a frozen one.
+pub const RECEIVER_KEEPALIVE: Duration = Duration::from_secs(2);
 
 /// What a receiver speaks.
 #[derive(Debug, Clone, Copy)]
@@ -122,25 +122,21 @@ pub struct RecvSession {
     offer: Option<OfferedFile>,
     transfer: Option<IncomingTransfer>,
     file_sha: Option<[u8; 32]>,
-    timers: TimerTable<TIMERS>,
-    transmit: Vec<u8>,
-    actions: VecDeque<RecvAction>,
+    out: Outbox<RecvAction, TIMERS>,
 }
 
 impl RecvSession {
     /// A conversation on a connection that has just authenticated at `now`.
     pub fn new(cfg: RecvConfig, now: Instant) -> Self {
-        let mut timers = TimerTable::default();
-        timers.set(Timer::Offer as usize, now + OFFER_TIMEOUT);
+        let mut out = Outbox::default();
+        out.timers.set(Timer::Offer as usize, now + OFFER_TIMEOUT);
         Self {
             cfg,
             state: State::AwaitOffer,
             offer: None,
             transfer: None,
             file_sha: None,
-            timers,
-            transmit: Vec::new(),
-            actions: VecDeque::new(),
+            out,
         }
     }
 
@@ -159,33 +155,30 @@ impl RecvSession {
     }
 
     pub fn poll_action(&mut self) -> Option<RecvAction> {
-        self.actions.pop_front()
+        self.out.poll_action()
     }
 
     /// Appends the frames to write to `out`; false when there are none.
     pub fn poll_transmit(&mut self, out: &mut Vec<u8>) -> bool {
-        if self.transmit.is_empty() {
-            return false;
-        }
-        out.append(&mut self.transmit);
-        true
+        self.out.poll_transmit(out)
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.next()
+        self.out.poll_timeout()
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
-        if self.timers.expire(Timer::Offer as usize, now) {
+        if self.out.timers.expire(Timer::Offer as usize, now) {
             self.fail(ErrorCode::Protocol, "no offer within 30 s");
         }
-        if self.timers.expire(Timer::Silence as usize, now) {
+        if self.out.timers.expire(Timer::Silence as usize, now) {
             self.finish(RecvOutcome::Dropped);
         }
-        if self.timers.expire(Timer::KeepAlive as usize, now) {
+        if self.out.timers.expire(Timer::KeepAlive as usize, now) {
             self.send_frame(&Frame::KeepAlive);
-            self.timers
-                .set(Timer::KeepAlive as usize, now + DCSP_KEEPALIVE);
+            self.out
+                .timers
+                .set(Timer::KeepAlive as usize, now + RECEIVER_KEEPALIVE);
         }
     }
 
@@ -215,7 +208,7 @@ impl RecvSession {
                 &format!("expected Offer, got {}", frame.name()),
             );
         };
-        self.timers.stop(Timer::Offer as usize);
+        self.out.timers.stop(Timer::Offer as usize);
         let plan = match ChunkPlan::new(o.file_size, o.chunk_size) {
             Ok(p) => p,
             Err(e) => return self.fail(ErrorCode::Protocol, &e.to_string()),
@@ -225,7 +218,7 @@ impl RecvSession {
             file_name: o.file_name.to_owned(),
             plan,
         };
-        self.actions.push_back(RecvAction::Offered {
+        self.out.push(RecvAction::Offered {
             session_id: o.session_id,
             file_name: offer.file_name.clone(),
             plan,
@@ -258,7 +251,8 @@ impl RecvSession {
             });
         }
         self.state = State::AwaitDataPath;
-        self.timers
+        self.out
+            .timers
             .set(Timer::Silence as usize, now + SENDER_SILENCE);
     }
 
@@ -288,8 +282,9 @@ impl RecvSession {
         }
         self.send_frame(&Frame::UdpReady { port });
         self.state = State::Dcsp;
-        self.timers
-            .set(Timer::KeepAlive as usize, now + DCSP_KEEPALIVE);
+        self.out
+            .timers
+            .set(Timer::KeepAlive as usize, now + RECEIVER_KEEPALIVE);
     }
 
     fn on_data_path(&mut self, now: Instant, frame: &Frame<'_>) -> Incoming {
@@ -301,7 +296,7 @@ impl RecvSession {
                 dcsp_version,
                 streams,
             } => {
-                self.timers.stop(Timer::Silence as usize);
+                self.out.timers.stop(Timer::Silence as usize);
                 if *dcsp_version != self.cfg.dcsp_version {
                     self.fail(
                         ErrorCode::Version,
@@ -313,7 +308,7 @@ impl RecvSession {
                     return Incoming::Nothing;
                 }
                 self.state = State::DcspSetup;
-                self.actions.push_back(RecvAction::StartDcsp {
+                self.out.push(RecvAction::StartDcsp {
                     conn_id: *conn_id,
                     shard_size: *shard_size,
                     data_shards: *data_shards,
@@ -327,7 +322,10 @@ impl RecvSession {
             }
             _ => {
                 self.state = State::Tcp;
-                self.actions.push_back(RecvAction::StartTcp);
+                self.out.push(RecvAction::StartTcp);
+                self.out
+                    .timers
+                    .set(Timer::KeepAlive as usize, now + RECEIVER_KEEPALIVE);
                 self.on_tcp_frame(now, frame)
             }
         }
@@ -478,24 +476,25 @@ impl RecvSession {
             self.state = State::Finishing;
             // The sender has nothing more to say, but over DCSP it takes a quiet control connection for a dead
             // one within seconds: the keep-alives go on while the whole file is checked (which can take minutes).
-            self.timers.stop(Timer::Offer as usize);
-            self.timers.stop(Timer::Silence as usize);
-            self.actions.push_back(RecvAction::FinishFile { expected });
+            self.out.timers.stop(Timer::Offer as usize);
+            self.out.timers.stop(Timer::Silence as usize);
+            self.out.push(RecvAction::FinishFile { expected });
         }
     }
 
     fn heard(&mut self, now: Instant) {
-        self.timers
+        self.out
+            .timers
             .set(Timer::Silence as usize, now + SENDER_SILENCE);
     }
 
     fn finish(&mut self, outcome: RecvOutcome) {
         self.state = State::Done;
-        self.timers.stop_all();
-        self.actions.push_back(RecvAction::Finished(outcome));
+        self.out.timers.stop_all();
+        self.out.push(RecvAction::Finished(outcome));
     }
 
     fn send_frame(&mut self, f: &Frame<'_>) {
-        f.encode(&mut self.transmit);
+        self.out.frame(f);
     }
 }

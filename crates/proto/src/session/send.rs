@@ -15,7 +15,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::backoff::Backoff;
-use super::timer::TimerTable;
+use super::outbox::Outbox;
 use crate::frame::{verified_entries, ErrorCode, Frame, Offer};
 use crate::plan::ChunkPlan;
 use crate::transfer::{FirstPass, OutgoingTransfer};
@@ -25,7 +25,7 @@ use crate::SessionId;
 /// so NAT bindings stay fresh and the receiver's silence limit is never reached.
 pub const KEEPALIVE_EVERY: Duration = Duration::from_secs(5);
 /// With DCSP, how long the control connection may stay silent before the sender reconnects: the receiver says
-/// something at least every [`super::DCSP_KEEPALIVE`] (2 s), so 8 s is four missed keep-alives, and a control
+/// something at least every [`super::RECEIVER_KEEPALIVE`] (2 s), so 8 s is four missed keep-alives, and a control
 /// connection that died under a changed address is replaced within seconds instead of when TCP gives up.
 pub const CONTROL_SILENCE: Duration = Duration::from_secs(8);
 /// Over TCP, how long to wait for the receiver's final word after `FileEnd`: it re-reads and hashes what it could
@@ -267,9 +267,7 @@ pub struct SendSession {
     accepted_once: bool,
     stats: SendStats,
     rng: StdRng,
-    timers: TimerTable<TIMERS>,
-    transmit: Vec<u8>,
-    actions: VecDeque<SendAction>,
+    out: Outbox<SendAction, TIMERS>,
 }
 
 impl SendSession {
@@ -290,11 +288,9 @@ impl SendSession {
             retrying_since: now,
             accepted_once: false,
             stats: SendStats::default(),
-            timers: TimerTable::default(),
-            transmit: Vec::new(),
-            actions: VecDeque::new(),
+            out: Outbox::default(),
         };
-        s.actions.push_back(SendAction::Connect);
+        s.out.push(SendAction::Connect);
         s
     }
 
@@ -322,31 +318,27 @@ impl SendSession {
 
     /// The next thing the driver must do.
     pub fn poll_action(&mut self) -> Option<SendAction> {
-        self.actions.pop_front()
+        self.out.poll_action()
     }
 
     /// Appends the frames to write on the current connection to `out`; false when there are none.
     pub fn poll_transmit(&mut self, out: &mut Vec<u8>) -> bool {
-        if self.transmit.is_empty() {
-            return false;
-        }
-        out.append(&mut self.transmit);
-        true
+        self.out.poll_transmit(out)
     }
 
     /// When [`Self::handle_timeout`] is due next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.next()
+        self.out.poll_timeout()
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
-        if self.timers.expire(Timer::Retry as usize, now) && matches!(self.conn, Conn::Down) {
+        if self.out.timers.expire(Timer::Retry as usize, now) && matches!(self.conn, Conn::Down) {
             self.connect();
         }
-        if self.timers.expire(Timer::UdpReady as usize, now) {
+        if self.out.timers.expire(Timer::UdpReady as usize, now) {
             self.connection_lost(now, "timed out waiting for the receiver's UDP port");
         }
-        if self.timers.expire(Timer::Silence as usize, now) {
+        if self.out.timers.expire(Timer::Silence as usize, now) {
             let what = match self.data_path {
                 DataPath::Udp { .. } => {
                     "timed out waiting for the receiver on the control connection"
@@ -355,9 +347,10 @@ impl SendSession {
             };
             self.connection_lost(now, what);
         }
-        if self.timers.expire(Timer::KeepAlive as usize, now) {
+        if self.out.timers.expire(Timer::KeepAlive as usize, now) {
             self.send_frame(&Frame::KeepAlive);
-            self.timers
+            self.out
+                .timers
                 .set(Timer::KeepAlive as usize, now + KEEPALIVE_EVERY);
         }
     }
@@ -381,9 +374,7 @@ impl SendSession {
             chunk_size: plan.chunk_size(),
             mtime_ns: self.cfg.mtime_ns,
         });
-        let mut out = std::mem::take(&mut self.transmit);
-        offer.encode(&mut out);
-        self.transmit = out;
+        self.out.frame(&offer);
         if let Some(link) = self.udp {
             // `UdpStart` does not depend on the answer: it follows the offer at once (one round trip less).
             self.send_frame(&Frame::UdpStart {
@@ -499,8 +490,12 @@ impl SendSession {
             self.data.file_hash = Some(sha256);
             if self.udp.is_none() {
                 // Over TCP the first pass is over: the sender now waits on the receiver, keeps saying KeepAlive
-                // (the receiver drops a sender silent for 120 s) and counts the receiver's silence.
+                // (the receiver drops a sender silent for 120 s) and counts the receiver's silence (the receiver
+                // says KeepAlive every 2 s, so a slow chunk is not taken for a dead receiver).
                 self.heard(now);
+                self.out
+                    .timers
+                    .set(Timer::KeepAlive as usize, now + KEEPALIVE_EVERY);
             }
             self.maybe_end_file(now);
         }
@@ -607,7 +602,8 @@ impl SendSession {
         });
         if self.udp.is_some() {
             self.conn = Conn::AwaitUdpReady;
-            self.timers
+            self.out
+                .timers
                 .set(Timer::UdpReady as usize, now + UDP_READY_TIMEOUT);
         } else {
             self.start_streaming(now, None);
@@ -616,7 +612,7 @@ impl SendSession {
 
     /// The receiver is ready for the file's bytes (on DCSP at `udp_port`).
     fn start_streaming(&mut self, now: Instant, udp_port: Option<u16>) {
-        self.timers.stop(Timer::UdpReady as usize);
+        self.out.timers.stop(Timer::UdpReady as usize);
         let keep_early = udp_port.is_some() && self.data.early_port == udp_port;
         if !keep_early {
             self.stop_data();
@@ -629,9 +625,11 @@ impl SendSession {
         }
         self.conn = Conn::Streaming;
         if udp_port.is_some() {
-            self.timers
+            self.out
+                .timers
                 .set(Timer::KeepAlive as usize, now + KEEPALIVE_EVERY);
-            self.timers
+            self.out
+                .timers
                 .set(Timer::Silence as usize, now + CONTROL_SILENCE);
         }
         while let Some((index, sha)) = self.data.pending.pop_front() {
@@ -679,7 +677,7 @@ impl SendSession {
         if !ok {
             self.stats.chunks_resent += 1;
             self.event(SendEvent::ChunkFailed(index));
-            self.actions.push_back(SendAction::Resend(index));
+            self.out.push(SendAction::Resend(index));
         }
         self.event(SendEvent::Progress {
             bytes_verified: self.stats.bytes_confirmed,
@@ -703,9 +701,12 @@ impl SendSession {
         self.send_frame(&Frame::FileEnd { sha256 });
         self.data.file_end_sent = true;
         if self.udp.is_none() {
-            self.timers
+            self.out
+                .timers
                 .set(Timer::KeepAlive as usize, now + KEEPALIVE_EVERY);
-            self.timers.set(Timer::Silence as usize, now + FINAL_WAIT);
+            self.out
+                .timers
+                .set(Timer::Silence as usize, now + FINAL_WAIT);
         }
     }
 
@@ -717,12 +718,7 @@ impl SendSession {
             DataPath::Tcp if self.data.file_hash.is_some() => PEER_SILENCE,
             DataPath::Tcp => return,
         };
-        self.timers.set(Timer::Silence as usize, now + limit);
-        if self.udp.is_none() {
-            // Over TCP the keep-alive fills silences only.
-            self.timers
-                .set(Timer::KeepAlive as usize, now + KEEPALIVE_EVERY);
-        }
+        self.out.timers.set(Timer::Silence as usize, now + limit);
     }
 
     fn await_whole_hash(&mut self, final_name: &str, sha256: [u8; 32]) {
@@ -730,13 +726,13 @@ impl SendSession {
         // The receiver has said its last word (it closes the connection now): only our own hash is missing, and
         // the connection is not needed for it. Losing it is no reason to reconnect (which would hear `FileDone`
         // and start the hash over, forever when hashing takes longer than a reconnect).
-        self.timers.stop_all();
+        self.out.timers.stop_all();
         self.conn = Conn::AwaitWholeHash {
             final_name: final_name.to_owned(),
             sha256,
         };
-        self.actions.push_back(SendAction::HashWholeFile);
-        self.actions.push_back(SendAction::Disconnect);
+        self.out.push(SendAction::HashWholeFile);
+        self.out.push(SendAction::Disconnect);
     }
 
     /// An `Error` frame: busy or internal trouble at the receiver is worth a retry, the rest is final.
@@ -781,7 +777,7 @@ impl SendSession {
         match delay {
             Some(delay) => {
                 self.conn = Conn::Down;
-                self.timers.set(Timer::Retry as usize, now + delay);
+                self.out.timers.set(Timer::Retry as usize, now + delay);
                 self.event(SendEvent::Retry {
                     error: error.to_owned(),
                     delay,
@@ -801,7 +797,7 @@ impl SendSession {
 
     fn connect(&mut self) {
         self.conn = Conn::Connecting;
-        self.actions.push_back(SendAction::Connect);
+        self.out.push(SendAction::Connect);
     }
 
     fn start_data(&mut self, first_pass: Vec<FirstPass>, udp_port: Option<u16>) {
@@ -813,7 +809,7 @@ impl SendSession {
                 .count(),
             ..DataRun::default()
         };
-        self.actions.push_back(SendAction::StartData {
+        self.out.push(SendAction::StartData {
             first_pass,
             udp_port,
         });
@@ -821,7 +817,7 @@ impl SendSession {
 
     fn stop_data(&mut self) {
         if self.data.running {
-            self.actions.push_back(SendAction::StopData);
+            self.out.push(SendAction::StopData);
         }
         self.data = DataRun::default();
     }
@@ -829,11 +825,11 @@ impl SendSession {
     /// Stops the data path and closes the connection (frames not yet written are dropped with it).
     fn end_connection(&mut self) {
         self.stop_data();
-        self.transmit.clear();
-        self.timers.stop_all();
+        self.out.clear_frames();
+        self.out.timers.stop_all();
         self.transfer = None;
         self.conn = Conn::Down;
-        self.actions.push_back(SendAction::Disconnect);
+        self.out.push(SendAction::Disconnect);
     }
 
     fn finish(&mut self, result: Result<Delivered, SendError>) {
@@ -841,16 +837,16 @@ impl SendSession {
             self.stats.bytes_confirmed = self.cfg.plan.file_size();
         }
         self.stop_data();
-        self.timers.stop_all();
+        self.out.timers.stop_all();
         self.conn = Conn::Finished;
-        self.actions.push_back(SendAction::Finished(result));
+        self.out.push(SendAction::Finished(result));
     }
 
     fn event(&mut self, e: SendEvent) {
-        self.actions.push_back(SendAction::Event(e));
+        self.out.push(SendAction::Event(e));
     }
 
     fn send_frame(&mut self, f: &Frame<'_>) {
-        f.encode(&mut self.transmit);
+        self.out.frame(f);
     }
 }
