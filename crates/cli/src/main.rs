@@ -152,6 +152,7 @@ impl TransferArgs {
             retry_for: self.retry_for,
             connect_timeout: self.connect_timeout,
             state_dir,
+            rate_controllers: None,
         }
     }
 }

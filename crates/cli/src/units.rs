@@ -92,7 +92,6 @@ fn scaled(num: &str, mult: u64) -> Option<f64> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

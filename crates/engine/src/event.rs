@@ -240,6 +240,9 @@ pub struct ReceiveSummary {
     pub path_changes: Option<u64>,
 }
 
+/// Decimals of the figures in events (rates, loss, RTT): finer than anyone reads, coarse enough to be readable.
+pub(crate) const FIGURE_DECIMALS: i32 = 3;
+
 /// `x` rounded to `places` decimals, for figures people read (no `1.4e-62` loss).
 pub(crate) fn rounded(x: f64, places: i32) -> f64 {
     let f = 10f64.powi(places);

@@ -139,7 +139,6 @@ impl Deref for SharedBytes {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

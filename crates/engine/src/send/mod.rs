@@ -32,7 +32,9 @@ use trackshift_transport::{
 };
 
 use crate::error::EngineError;
-use crate::event::{mbps, rounded, DcspFigures, Event, EventSink, SendSummary, SummaryCore};
+use crate::event::{
+    mbps, rounded, DcspFigures, Event, EventSink, SendSummary, SummaryCore, FIGURE_DECIMALS,
+};
 use dcsp::{plane_queue_len, shard_size_for, DataPlane, PlaneFailure, PlaneSpec, Planes};
 use reader::{Outlet, ReadEvent, Reader, READ_AHEAD};
 
@@ -60,6 +62,9 @@ pub struct TransferOptions {
     pub retry_for: Duration,
     pub connect_timeout: Duration,
     pub state_dir: PathBuf,
+    /// Makes each DCSP stream's rate controller; `None`: `DelayRate` capped at `max_rate` split over the
+    /// streams. The seam an optimizer plugs into.
+    pub rate_controllers: Option<Arc<dyn RateControllerFactory>>,
 }
 
 /// Everything `send` needs.
@@ -484,7 +489,11 @@ impl Sender {
             .map_err(|e| EngineError::Failed(e.to_string()))?;
         let peer = std::net::SocketAddr::new(conn.peer.ip(), port);
         let (fail_tx, fail_rx) = mpsc::unbounded_channel();
-        let factory = DelayRateFactory::new(t.max_rate);
+        let delay_rate = DelayRateFactory::new(t.max_rate);
+        let factory: &dyn RateControllerFactory = match &t.rate_controllers {
+            Some(f) => &**f,
+            None => &delay_rate,
+        };
         let streams = t.streams.max(1);
         let mut queues = Vec::with_capacity(usize::from(streams));
         let mut planes = Vec::with_capacity(usize::from(streams));
@@ -801,10 +810,15 @@ impl Sender {
             packets_retransmitted: udp
                 .map(|u| u.packets_retransmitted + self.wire.earlier_packets.1),
             fec_recovered: udp.map(|u| u.fec_recovered),
-            loss_pct: udp.map(|u| rounded(u.loss * 100.0, 3)),
-            rtt_ms: udp.map(|u| rounded(u.srtt.unwrap_or_default().as_secs_f64() * 1e3, 3)),
+            loss_pct: udp.map(|u| rounded(u.loss * 100.0, FIGURE_DECIMALS)),
+            rtt_ms: udp.map(|u| {
+                rounded(
+                    u.srtt.unwrap_or_default().as_secs_f64() * 1e3,
+                    FIGURE_DECIMALS,
+                )
+            }),
             parity: udp.map(|u| format!("{}+{}", u.data_shards, u.parity)),
-            rate_mbps: udp.map(|u| rounded(u.rate as f64 * 8.0 / 1e6, 3)),
+            rate_mbps: udp.map(|u| rounded(u.rate as f64 * 8.0 / 1e6, FIGURE_DECIMALS)),
             chunks_total: self.plan.chunk_count(),
             chunks_sent: stats.chunks_sent,
             chunks_resent: stats.chunks_resent,
@@ -907,9 +921,12 @@ fn hash_source(source: &dyn ChunkSource) -> Result<[u8; 32], EngineError> {
 
 fn figures(u: &SenderStats) -> DcspFigures {
     DcspFigures {
-        rate_mbps: rounded(u.rate as f64 * 8.0 / 1e6, 3),
-        loss_pct: rounded(u.loss * 100.0, 3),
-        rtt_ms: rounded(u.srtt.unwrap_or_default().as_secs_f64() * 1e3, 3),
+        rate_mbps: rounded(u.rate as f64 * 8.0 / 1e6, FIGURE_DECIMALS),
+        loss_pct: rounded(u.loss * 100.0, FIGURE_DECIMALS),
+        rtt_ms: rounded(
+            u.srtt.unwrap_or_default().as_secs_f64() * 1e3,
+            FIGURE_DECIMALS,
+        ),
         parity: format!("{}+{}", u.data_shards, u.parity),
         packets_sent: u.packets_sent,
         packets_retransmitted: u.packets_retransmitted,
