@@ -98,7 +98,11 @@ pub struct Transmit {
 /// Counters for the summary and for tests.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReceiverStats {
+    /// Authentic datagrams taken (each packet number once).
     pub packets_received: u64,
+    /// Datagrams the sender numbered up to the highest one received (its largest packet number + 1): with
+    /// `packets_received`, the loss this receiver saw.
+    pub packets_numbered: u64,
     pub bytes_received: u64,
     pub blocks_completed: u64,
     pub fec_recovered: u64,
@@ -126,6 +130,15 @@ pub struct ReceiverStats {
 }
 
 impl ReceiverStats {
+    /// The share of the sender's numbered datagrams that never arrived (0 to 1).
+    pub fn loss(&self) -> f64 {
+        if self.packets_numbered == 0 {
+            return 0.0;
+        }
+        1.0 - (self.packets_received.min(self.packets_numbered) as f64
+            / self.packets_numbered as f64)
+    }
+
     /// Every datagram dropped for any reason.
     pub fn dropped(&self) -> u64 {
         self.dropped_malformed
@@ -147,6 +160,7 @@ impl AddAssign for ReceiverStats {
         // Destructured, so that a new field cannot be left out without a decision here.
         let Self {
             packets_received,
+            packets_numbered,
             bytes_received,
             blocks_completed,
             fec_recovered,
@@ -164,6 +178,7 @@ impl AddAssign for ReceiverStats {
             last_version_seen,
         } = rhs;
         self.packets_received += packets_received;
+        self.packets_numbered += packets_numbered;
         self.bytes_received += bytes_received;
         self.blocks_completed += blocks_completed;
         self.fec_recovered += fec_recovered;
@@ -382,6 +397,7 @@ impl DcspReceiver {
         // Authentic from here on.
         if self.replay.insert(pn) {
             self.largest_pn = Some((pn, now));
+            self.stats.packets_numbered = self.stats.packets_numbered.max(pn + 1);
             if self.peer != Some(from) {
                 if self.peer.is_some() {
                     self.stats.path_changes += 1;
@@ -625,6 +641,7 @@ mod tests {
     fn counters(k: u64, path_changes: u64) -> ReceiverStats {
         ReceiverStats {
             packets_received: k,
+            packets_numbered: 15 * k,
             bytes_received: 2 * k,
             blocks_completed: 3 * k,
             fec_recovered: 4 * k,
@@ -661,6 +678,18 @@ mod tests {
             ..ReceiverStats::default()
         };
         assert_eq!(versions.last_version_seen, Some(9));
+    }
+
+    #[test]
+    fn loss_is_the_share_of_numbered_datagrams_that_never_came() {
+        let none = ReceiverStats::default();
+        assert_eq!(none.loss(), 0.0);
+        let s = ReceiverStats {
+            packets_received: 90,
+            packets_numbered: 100,
+            ..ReceiverStats::default()
+        };
+        assert!((s.loss() - 0.1).abs() < 1e-12);
     }
 
     #[test]

@@ -232,12 +232,48 @@ pub struct ReceiveSummary {
     pub final_path: Option<String>,
     pub peer: String,
     pub bytes_received: u64,
+    /// The DCSP figures (all null over TCP).
+    #[serde(flatten)]
+    pub dcsp: ReceiverFigures,
+}
+
+/// What a receiver's DCSP connections counted, summed over the transfer's streams.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReceiverFigures {
+    /// The ACKs this receiver sent (it re-sends nothing, so `packets_retransmitted` is 0).
+    pub packets_sent: Option<u64>,
+    pub packets_retransmitted: Option<u64>,
+    /// The share of the sender's numbered datagrams that never arrived, in percent.
+    pub loss_pct: Option<f64>,
+    /// The round trip this receiver measured on the control connection (its authentication flight).
+    pub rtt_ms: Option<f64>,
     pub packets_received: Option<u64>,
     pub fec_recovered: Option<u64>,
     pub packets_dropped: Option<u64>,
     pub packets_unauthentic: Option<u64>,
     pub packets_replayed: Option<u64>,
     pub path_changes: Option<u64>,
+}
+
+impl ReceiverFigures {
+    /// The figures of `stats`, with `rtt` the control connection's round trip; all null without DCSP.
+    pub(crate) fn of(stats: Option<&trackshift_dcsp::ReceiverStats>, rtt: Duration) -> Self {
+        let Some(u) = stats else {
+            return Self::default();
+        };
+        Self {
+            packets_sent: Some(u.acks_sent),
+            packets_retransmitted: Some(0),
+            loss_pct: Some(rounded(u.loss() * 100.0, FIGURE_DECIMALS)),
+            rtt_ms: Some(rounded(rtt.as_secs_f64() * 1e3, FIGURE_DECIMALS)),
+            packets_received: Some(u.packets_received),
+            fec_recovered: Some(u.fec_recovered),
+            packets_dropped: Some(u.dropped()),
+            packets_unauthentic: Some(u.dropped_unauthentic),
+            packets_replayed: Some(u.dropped_replayed + u.dropped_stale),
+            path_changes: Some(u.path_changes),
+        }
+    }
 }
 
 /// Decimals of the figures in events (rates, loss, RTT): finer than anyone reads, coarse enough to be readable.

@@ -34,7 +34,8 @@ mod threads;
 
 pub use error::{EngineError, ErrorKind};
 pub use event::{
-    DcspFigures, Event, EventSink, NoEvents, ReceiveSummary, SendSummary, SummaryCore,
+    DcspFigures, Event, EventSink, NoEvents, ReceiveSummary, ReceiverFigures, SendSummary,
+    SummaryCore,
 };
 pub use receive::{receive, serve, ReceiveOptions};
 pub use send::{resume, send, SendOptions, SendReport, TransferOptions};

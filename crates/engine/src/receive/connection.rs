@@ -31,7 +31,7 @@ use super::tcp_writer::{self, TcpOp, TCP_WRITER_QUEUE};
 use super::verify::{Destination, WriterEvent, WriterJob};
 use super::{claim_session, BusyGuard, ConnOutcome, Ctx};
 use crate::error::{storage_code, ErrorKind, ErrorReply};
-use crate::event::{mbps, Event, ReceiveSummary, SummaryCore};
+use crate::event::{mbps, Event, ReceiveSummary, ReceiverFigures, SummaryCore};
 use crate::pool::{BufPool, PooledBuf};
 
 /// After a failure, how long to keep draining the sender's data so our `Error` frame reaches it before the
@@ -46,6 +46,12 @@ const FRAME_QUEUE: usize = 4;
 const FRAME_SLACK: usize = 64;
 /// Most bytes one transfer's DCSP receivers may hold in incomplete blocks (split over its streams).
 const MAX_ASSEMBLY_BYTES: usize = 96 * 1024 * 1024;
+/// Most DCSP streams one transfer may use: the most `send --streams` asks for.
+const MAX_DCSP_STREAMS: u8 = 64;
+/// Most block numbers, summed over a transfer's streams, its DCSP receivers keep one bit each for (16 MiB): a
+/// 1 TB file in the default 64-shard blocks of a 1500-byte path over 8 streams needs 93 million. Tiny blocks or
+/// hundreds of streams would make a sender with the secret cost the receiver gigabytes and minutes of CPU.
+const MAX_BLOCK_BITS: u64 = 1 << 27;
 
 type Writer = FrameWriter<WriteHalf<ServerTls>>;
 type FrameRead = Result<(u8, PooledBuf), TransportError>;
@@ -56,6 +62,7 @@ pub(super) async fn converse(
     tls: ServerTls,
     peer: SocketAddr,
     dcsp_secret: [u8; 32],
+    control_rtt: Duration,
 ) -> ConnOutcome {
     let (rd, wr) = split(tls);
     let (frames, reader_task) = spawn_reader(rd);
@@ -64,6 +71,7 @@ pub(super) async fn converse(
         ctx,
         peer,
         dcsp_secret,
+        control_rtt,
         session: RecvSession::new(
             RecvConfig {
                 dcsp_version: trackshift_dcsp::VERSION,
@@ -137,6 +145,8 @@ struct Connection<'a> {
     ctx: &'a Ctx,
     peer: SocketAddr,
     dcsp_secret: [u8; 32],
+    /// The round trip measured while authenticating (our flight out, the sender's `Confirm` back).
+    control_rtt: Duration,
     session: RecvSession,
     writer: Writer,
     frames: mpsc::Receiver<FrameRead>,
@@ -471,6 +481,17 @@ impl<'a> Connection<'a> {
             Ok(g) => g,
             Err(e) => return self.session.refuse(ErrorCode::Protocol, &e.to_string()),
         };
+        let bits = u64::from(streams) * u64::from(geometry.block_limit());
+        if streams > MAX_DCSP_STREAMS || bits > MAX_BLOCK_BITS {
+            return self.session.refuse(
+                ErrorCode::Protocol,
+                &format!(
+                    "{streams} streams of {} blocks of {} bytes are more than this receiver keeps track of (at most {MAX_DCSP_STREAMS} streams, {MAX_BLOCK_BITS} block numbers in all): use larger shards or fewer streams",
+                    geometry.block_limit(),
+                    geometry.block_bytes()
+                ),
+            );
+        }
         let skip_chunks: Vec<u32> = (0..t.plan.chunk_count())
             .filter(|c| t.verified.get(*c))
             .collect();
@@ -480,20 +501,20 @@ impl<'a> Connection<'a> {
         let mut stats = Vec::with_capacity(usize::from(streams));
         for s in 0..streams {
             let id = stream_conn_id(conn_id, s);
-            let receiver = DcspReceiver::new(
-                ReceiverConfig {
-                    conn_id: id,
-                    keys: DirectionKeys::derive(&self.dcsp_secret, id, Role::Receiver),
-                    geometry,
-                    skip_chunks: skip_chunks.clone(),
-                    max_assembly_bytes: MAX_ASSEMBLY_BYTES / usize::from(streams),
-                    stream: StreamShare {
-                        index: s,
-                        count: streams,
-                    },
+            let config = ReceiverConfig {
+                conn_id: id,
+                keys: DirectionKeys::derive(&self.dcsp_secret, id, Role::Receiver),
+                geometry,
+                skip_chunks: skip_chunks.clone(),
+                max_assembly_bytes: MAX_ASSEMBLY_BYTES / usize::from(streams),
+                stream: StreamShare {
+                    index: s,
+                    count: streams,
                 },
-                Instant::now(),
-            );
+            };
+            // Marking the blocks it need not wait for takes a moment on a huge file: off the async workers.
+            let receiver =
+                tokio::task::block_in_place(|| DcspReceiver::new(config, Instant::now()));
             let st = Arc::new(Mutex::new(ReceiverStats::default()));
             plane.register(id, receiver, msgs.clone(), st.clone(), spare.clone());
             stats.push(st);
@@ -656,12 +677,7 @@ impl<'a> Connection<'a> {
             final_path: completed.and(t.final_path.as_ref().map(|p| p.display().to_string())),
             peer,
             bytes_received: t.bytes_now,
-            packets_received: udp.as_ref().map(|u| u.packets_received),
-            fec_recovered: udp.as_ref().map(|u| u.fec_recovered),
-            packets_dropped: udp.as_ref().map(|u| u.dropped()),
-            packets_unauthentic: udp.as_ref().map(|u| u.dropped_unauthentic),
-            packets_replayed: udp.as_ref().map(|u| u.dropped_replayed + u.dropped_stale),
-            path_changes: udp.as_ref().map(|u| u.path_changes),
+            dcsp: ReceiverFigures::of(udp.as_ref(), self.control_rtt),
         };
         self.ctx
             .sink

@@ -14,7 +14,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Notify};
@@ -216,6 +216,9 @@ async fn handle_conn(ctx: &Ctx, tcp: TcpStream, peer: SocketAddr) -> ConnOutcome
         }
         Err(_) => return ConnOutcome::Dropped,
     };
+    // The sender's first flight came with its TLS Finished; ours goes out now and its `Confirm` answers it: the
+    // wait is one round trip (and two SPAKE2 computations, well under a millisecond).
+    let auth_started = Instant::now();
     let auth = async {
         let ekm = exporter_of(tls.get_ref().1)?;
         authenticate_server(&mut tls, ekm, &ctx.secret).await
@@ -244,7 +247,8 @@ async fn handle_conn(ctx: &Ctx, tcp: TcpStream, peer: SocketAddr) -> ConnOutcome
     let Ok(dcsp_secret) = dcsp_secret_of(tls.get_ref().1) else {
         return ConnOutcome::Dropped;
     };
-    connection::converse(ctx, tls, peer, dcsp_secret).await
+    let control_rtt = auth_started.elapsed();
+    connection::converse(ctx, tls, peer, dcsp_secret, control_rtt).await
 }
 
 /// Releases a session's busy mark when the connection ends (unless a newer connection already took it over).
