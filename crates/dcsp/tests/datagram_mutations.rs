@@ -404,3 +404,25 @@ proptest! {
         prop_assert_eq!((s.stats().acks_received, s.stats().packets_dropped), (1, 2), "a replayed ACK is dropped");
     }
 }
+
+/// Found by the `dcsp_receiver` fuzz target: resetting a chunk none of whose blocks this stream carries left
+/// the cumulative block at the chunk's start, so the receiver never reported complete again.
+#[test]
+fn resetting_a_chunk_without_blocks_of_this_stream_keeps_the_receiver_complete() {
+    // Three blocks of one chunk; stream 3 of 4 carries none of them.
+    let g = BlockGeometry::new(3 * 1000, 1 << 20, 500, 2).unwrap();
+    let mut r = DcspReceiver::new(
+        ReceiverConfig {
+            conn_id: 1,
+            keys: DirectionKeys::derive(&[1; 32], 1, Role::Receiver),
+            geometry: g,
+            skip_chunks: Vec::new(),
+            max_assembly_bytes: 1 << 20,
+            stream: trackshift_dcsp::StreamShare { index: 3, count: 4 },
+        },
+        Instant::now(),
+    );
+    assert!(r.is_complete());
+    r.reset_chunk(0);
+    assert!(r.is_complete());
+}
