@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: installs what the tests need, builds, then the whole workspace's tests under cargo-nextest
 # (one process per test; a test that hangs is killed and named, and the whole run has a time limit: see
-# .config/nextest.toml), then the doctests; ends with one line adding up all results.
+# .config/nextest.toml), then the doctests, then a short run of every fuzz target (scripts/fuzz.sh); ends with
+# one line adding up all results (each fuzz target counts as one test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh
@@ -19,8 +20,9 @@ cargo nextest run --workspace --no-fail-fast 2>&1 | tee "$log" || status=$?
 # nextest does not run doctests.
 cargo test --workspace --doc 2>&1 | tee -a "$log" || status=$?
 echo "test run took $((SECONDS - started)) s"
+bash scripts/fuzz.sh 2>&1 | tee -a "$log" || status=$?
 # nextest's closing line: "Summary [ 1.2s] 9 tests run: 7 passed (1 slow), 1 failed, 1 timed out, 2 skipped";
-# cargo test's (doctests): "test result: ok. 0 passed; 0 failed; ...".
+# cargo test's (doctests): "test result: ok. 0 passed; 0 failed; ..."; fuzz.sh's: "fuzz <target>: ok" or FAILED.
 awk '/^ *Summary \[/ || /^test result:/ {
        for (i = 1; i < NF; i++) {
          w = $(i + 1)
@@ -28,5 +30,6 @@ awk '/^ *Summary \[/ || /^test result:/ {
          if (w ~ /^failed/ || (w == "timed" && $(i + 2) ~ /^out/)) f += $i
        }
      }
+     /^fuzz [a-z_]+: ok/ { p++ } /^fuzz [a-z_]+: FAILED/ { f++ }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
 exit "$status"

@@ -339,6 +339,8 @@ impl DcspReceiver {
         self.cumulative = self
             .cumulative
             .min(self.geometry.blocks_of_chunk(chunk).start);
+        // Past the blocks that stay complete (other streams' blocks of the chunk, or a chunk with none of ours).
+        self.advance_cumulative();
         self.ack_now = true;
     }
 
