@@ -1,12 +1,12 @@
 //! A hostile receiver's answers against the sender's transfer state machine: the verified list it sends at
 //! the start (decoded from raw `VerifiedList` bodies or built from entries) and any `ChunkDone` verdicts, for
 //! chunks in flight or not. Checked against a model: a verdict is accepted exactly for a chunk in flight,
-//! failed chunks come back for re-sending in order, the verified byte count and completeness always agree with
+//! the verified byte count and completeness always agree with
 //! the chunks verified, and a list naming a chunk the file does not have is refused. Covers
 //! `OutgoingTransfer` and `verified_entries`.
 #![no_main]
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::BTreeSet;
 
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
@@ -28,7 +28,6 @@ enum Op {
     /// The receiver's verdict on chunk `i`.
     ChunkDone(u32, bool),
     ChunkDoneNear(u8, bool),
-    NextResend,
     /// The driver re-read a skipped chunk and got this hash.
     CheckSkipped(u8, Option<[u8; 32]>),
 }
@@ -89,7 +88,6 @@ fuzz_target!(|input: Input| {
     }
     let mut verified: BTreeSet<u32> = list.iter().map(|(i, _)| *i).collect();
     let mut in_flight = BTreeSet::new();
-    let mut resend = VecDeque::new();
     let pass = t.first_pass();
     assert_eq!(pass.len(), n as usize);
     for (i, p) in pass.iter().enumerate() {
@@ -108,14 +106,11 @@ fuzz_target!(|input: Input| {
                     in_flight.insert(i);
                 }
             }
-            Op::ChunkDone(i, ok) => {
-                verdict(&mut t, &mut in_flight, &mut verified, &mut resend, i, ok)
-            }
+            Op::ChunkDone(i, ok) => verdict(&mut t, &mut in_flight, &mut verified, i, ok),
             Op::ChunkDoneNear(d, ok) => {
                 let i = n.saturating_sub(2).wrapping_add(u32::from(d % 4));
-                verdict(&mut t, &mut in_flight, &mut verified, &mut resend, i, ok)
+                verdict(&mut t, &mut in_flight, &mut verified, i, ok)
             }
-            Op::NextResend => assert_eq!(t.next_resend(), resend.pop_front()),
             Op::CheckSkipped(i, sha) => {
                 let i = u32::from(i);
                 let actual = sha
@@ -140,17 +135,15 @@ fn verdict(
     t: &mut OutgoingTransfer,
     in_flight: &mut BTreeSet<u32>,
     verified: &mut BTreeSet<u32>,
-    resend: &mut VecDeque<u32>,
     i: u32,
     ok: bool,
 ) {
     let r = t.on_chunk_done(i, ok);
     if in_flight.remove(&i) {
         assert_eq!(r, Ok(()));
+        // A failed chunk is no longer in flight: the driver sends it again.
         if ok {
             verified.insert(i);
-        } else {
-            resend.push_back(i);
         }
     } else {
         assert_eq!(
