@@ -34,12 +34,11 @@ use crate::error::{storage_code, ErrorKind, ErrorReply};
 use crate::event::{mbps, Event, ReceiveSummary, ReceiverFigures, SummaryCore};
 use crate::pool::{BufPool, PooledBuf};
 
-/// After a failure, how long to keep draining the sender's data so our `Error` frame reaches it before the
-/// connection closes (closing with unread data would reset it).
-const ERROR_DRAIN: Duration = Duration::from_secs(3);
-/// After confirming a session that had completed before, how long to read on: a DCSP sender sent `UdpStart`
-/// right behind its offer, and closing before reading it would reset the connection under our answer.
-const CONFIRM_DRAIN: Duration = Duration::from_millis(500);
+/// After our last word (`FileDone`, or an `Error`), how long to keep reading what the sender still sends (a
+/// keep-alive, the `UdpStart` behind its offer) until it closes: closing with unread data would reset the
+/// connection, and a reset can destroy our last frame before the sender has read it (seen on the `lossy`
+/// profile: a `receive --once` that exited at once left its sender retrying a receiver that had the file).
+const CLOSE_DRAIN: Duration = Duration::from_secs(3);
 /// Frames read ahead of the conversation (each at most one 1 MiB piece).
 const FRAME_QUEUE: usize = 4;
 /// Room in a frame buffer beyond the largest piece: the `Data` frame's own header fields.
@@ -567,20 +566,18 @@ impl<'a> Connection<'a> {
         }
     }
 
-    /// After a failure, reads on (and discards) for a moment so the `Error` frame reaches the sender before the
-    /// connection closes; likewise after confirming a session that had completed before.
+    /// After our last word, closes our side and reads on (discarding) until the sender closes its side, for at
+    /// most [`CLOSE_DRAIN`], so the last frame reaches the sender before the connection goes.
     async fn drain(&mut self, outcome: &RecvOutcome) {
-        let linger = match outcome {
-            RecvOutcome::Failed { .. } => ERROR_DRAIN,
-            RecvOutcome::AlreadyComplete => CONFIRM_DRAIN,
-            _ => return,
-        };
-        if matches!(outcome, RecvOutcome::Failed { .. }) {
-            let _ = self.writer.shutdown().await;
+        if matches!(outcome, RecvOutcome::Dropped) {
+            return;
         }
+        let _ = self.writer.shutdown().await;
         let frames = &mut self.frames;
-        let _ =
-            tokio::time::timeout(linger, async { while frames.recv().await.is_some() {} }).await;
+        let _ = tokio::time::timeout(CLOSE_DRAIN, async {
+            while let Some(Ok(_)) = frames.recv().await {}
+        })
+        .await;
     }
 
     /// Stops the writer (and the DCSP streams) and waits for them; the DCSP counters, summed.
