@@ -288,7 +288,7 @@ impl NetBench {
 
     /// One tool run on a fresh link: up, congestion control, run, tear down. A failure becomes a `failed`
     /// row; only an interruption stops the benchmark.
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments)] // the run's coordinates, each a different thing; a struct would only name them again
     fn with_link(
         &mut self,
         profile: &str,

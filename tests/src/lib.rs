@@ -8,7 +8,7 @@
 //! The binary is the one `cargo build -p trackshift-cli` put next to the test executable
 //! (`target/<profile>/trackshift`); the tests do not build it themselves.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test support: failing loudly is its job
 
 use std::ffi::OsStr;
 use std::fs::{self, File};

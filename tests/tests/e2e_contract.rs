@@ -8,7 +8,7 @@
 //! The harness already fails any test whose `send`/`receive`/`resume --json` prints a line that is not one JSON
 //! object with an `event` (see `Proc` in `tests/src/lib.rs`); the tests here also check the raw stdout.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used)] // test code: an unwrap that fails is a failing test, with its message
 
 use std::time::Duration;
 

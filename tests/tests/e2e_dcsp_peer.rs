@@ -4,7 +4,7 @@
 //! gets a clear `Error` on the control channel; the second gets `ChunkDone(i, false)`, the chunk is written
 //! nowhere final, and the same chunk sent again with its true hash completes the file.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used)] // test code: an unwrap that fails is a failing test, with its message
 
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};

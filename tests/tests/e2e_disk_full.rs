@@ -3,7 +3,7 @@
 //! as root); the receiver's state dir stays on the normal disk. Both scenarios run over UDP (the default path)
 //! and TCP.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used)] // test code: an unwrap that fails is a failing test, with its message
 
 use trackshift_scenarios::*;
 

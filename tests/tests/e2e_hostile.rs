@@ -3,7 +3,7 @@
 //! oversized frame header. Each is refused or dropped, nothing is written where it should not be, and the
 //! receiver keeps serving a good transfer.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used)] // test code: an unwrap that fails is a failing test, with its message
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -29,7 +29,7 @@
 //! original). Datagrams that name no connection are only required not to disturb the transfer: the summary
 //! is per session and cannot count them. Everything is on loopback and bounded in time.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used)] // test code: an unwrap that fails is a failing test, with its message
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;

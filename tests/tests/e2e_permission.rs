@@ -5,7 +5,7 @@
 //!
 //! Needs root (CI always is), `chattr` (e2fsprogs) and a tmpfs that takes the immutable flag (Linux 6.0+).
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used)] // test code: an unwrap that fails is a failing test, with its message
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;

@@ -1,7 +1,7 @@
 //! Refusals with a clear one-line error and the contract's exit code: wrong or missing secret (3, over UDP and
 //! TCP), bad input (2), an unreachable receiver (1), an output dir that cannot be written (4) or is missing (2).
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used)] // test code: an unwrap that fails is a failing test, with its message
 
 use trackshift_scenarios::*;
 

@@ -5,7 +5,7 @@
 //! dir (`trackshift status`) shows chunks verified, so nothing depends on wall-clock timing. The two kills run
 //! over UDP (the default path) and TCP; the retry window and the takeover run on the default path.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used)] // test code: an unwrap that fails is a failing test, with its message
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! (each over UDP, the default path, and over TCP), three UDP streams, a name collision, and the informational
 //! commands (`version`, `completions`, `list`, `status`).
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used)] // test code: an unwrap that fails is a failing test, with its message
 
 use std::time::Duration;
 

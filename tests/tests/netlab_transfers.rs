@@ -6,7 +6,7 @@
 //!
 //! Needs root, /dev/net/tun and both binaries built (`cargo build -p trackshift-cli -p trackshift-netlab`,
 //! or a plain `cargo build` at the workspace root).
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used)] // test code: an unwrap that fails is a failing test, with its message
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
 //! The `trackshift` command-line tool: argument parsing, output and exit codes over `trackshift-engine`.
 //!
-//! Everything here is the edge: clap turns the command line into the engine's options, [`output::Reporter`]
-//! turns the engine's events into a progress bar, human lines or NDJSON, and [`exit`] turns its errors into the
+//! Everything here is the edge: clap turns the command line into the engine's options, [`output`]'s two sinks
+//! turn the engine's events into a progress bar and human lines, or NDJSON, and [`exit`] turns its errors into the
 //! contract's exit codes (`../shared/spec/cli-contract.md`). The transfer logic is all in the engine. Errors are
 //! the engine's typed `EngineError` to the end rather than an `anyhow` chain, because each must keep the
 //! [`trackshift_engine::ErrorKind`] its exit code comes from.
@@ -23,7 +23,7 @@ use trackshift_engine::{
     TransferOptions, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE,
 };
 
-use output::Reporter;
+use output::Output;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -245,17 +245,16 @@ fn init_logging(verbose: u8) {
         .try_init();
 }
 
-/// Logging, the reporter and the state dir of a command.
-fn setup(common: &Common) -> (Arc<Reporter>, PathBuf) {
+/// Logging, the output and the state dir of a command.
+fn setup(common: &Common) -> (Arc<dyn Output>, PathBuf) {
     init_logging(common.verbose);
-    let reporter = Arc::new(Reporter::new(common.json, common.quiet));
     (
-        reporter,
+        output::output(common.json, common.quiet),
         common.state_dir.clone().unwrap_or_else(default_state_dir),
     )
 }
 
-fn run(cli: Cli) -> Result<(), (EngineError, Option<Arc<Reporter>>)> {
+fn run(cli: Cli) -> Result<(), (EngineError, Option<Arc<dyn Output>>)> {
     match cli.command {
         Command::Send(a) => {
             let (reporter, state_dir) = setup(&a.common);
@@ -292,12 +291,12 @@ fn run(cli: Cli) -> Result<(), (EngineError, Option<Arc<Reporter>>)> {
             trackshift_engine::receive(opts, reporter).map_err(|e| (e, None))
         }
         Command::List(a) => {
-            let (reporter, state_dir) = setup(&a.common);
-            sessions::list(&state_dir, &reporter).map_err(|e| (e, None))
+            let (_, state_dir) = setup(&a.common);
+            sessions::list(&state_dir, a.common.json).map_err(|e| (e, None))
         }
         Command::Status(a) => {
-            let (reporter, state_dir) = setup(&a.common);
-            sessions::status(&state_dir, a.session_id, &reporter).map_err(|e| (e, None))
+            let (_, state_dir) = setup(&a.common);
+            sessions::status(&state_dir, a.session_id, a.common.json).map_err(|e| (e, None))
         }
         Command::Version => {
             println!(

@@ -2,7 +2,7 @@
 //! messages on stderr, nothing but errors with `--quiet`.
 
 use std::io::{IsTerminal, Write};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -11,58 +11,44 @@ use trackshift_engine::{Event, EventSink};
 /// How often a `progress` or `dcsp` event is printed with `--json`.
 const JSON_EVERY: Duration = Duration::from_secs(1);
 
-/// The command line's event sink.
-#[derive(Debug)]
-pub struct Reporter {
-    json: bool,
-    quiet: bool,
-    state: Mutex<State>,
+/// What the command line's sinks add to the engine's: the closing `error` object of a failed `send --json`.
+pub trait Output: EventSink {
+    /// A `send` failed with `message` and `exit_code` (printed only where the sink prints JSON).
+    fn error_event(&self, _message: &str, _exit_code: i32) {}
+}
+
+/// The sink for `--json`, `--quiet` and neither.
+pub fn output(json: bool, quiet: bool) -> Arc<dyn Output> {
+    if json {
+        Arc::new(Ndjson::default())
+    } else {
+        Arc::new(Terminal {
+            quiet,
+            bar: Mutex::default(),
+        })
+    }
+}
+
+/// `--json`: one object per line on stdout, `progress` and `dcsp` at most once a second.
+#[derive(Debug, Default)]
+struct Ndjson {
+    state: Mutex<JsonState>,
 }
 
 #[derive(Debug, Default)]
-struct State {
-    bar: Option<ProgressBar>,
-    /// The bar was started once (a reconnect does not start another).
-    bar_started: bool,
+struct JsonState {
     last_progress: Option<Instant>,
     last_dcsp: Option<Instant>,
     /// A `summary` was printed: it stays the last line of a `send`.
     summary_printed: bool,
 }
 
-impl Reporter {
-    pub fn new(json: bool, quiet: bool) -> Self {
-        Self {
-            json,
-            quiet,
-            state: Mutex::new(State::default()),
-        }
-    }
-
-    pub fn json(&self) -> bool {
-        self.json
-    }
-
-    /// The `error` object that ends a `send` with `--json` when it failed before its summary (a missing file, no
-    /// secret); after a summary, which already says why, nothing may follow it (cli-contract.md, `--json`).
-    pub fn error_event(&self, message: &str, exit_code: i32) {
-        if self.json && !self.state().summary_printed {
-            print_line(
-                &serde_json::json!({"event": "error", "message": message, "exit_code": exit_code}),
-            );
-        }
-    }
-
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// NDJSON: the event's object, `progress` and `dcsp` at most once a second.
-    fn print_json(&self, event: &Event) {
+impl EventSink for Ndjson {
+    fn event(&self, event: &Event) {
         if !event.in_ndjson() {
             return;
         }
-        let mut state = self.state();
+        let mut state = lock(&self.state);
         if matches!(event, Event::SendSummary(_)) {
             state.summary_printed = true;
         }
@@ -84,28 +70,65 @@ impl Reporter {
             Err(e) => eprintln!("trackshift: cannot print an event: {e}"),
         }
     }
+}
 
-    /// A human line on stderr, above the progress bar if there is one.
-    fn say(&self, message: &str) {
-        match &self.state().bar {
-            Some(bar) => bar.println(message),
-            None => eprintln!("{message}"),
+impl Output for Ndjson {
+    /// After a summary, which already says why, nothing may follow it (cli-contract.md, `--json`): the `error`
+    /// object is only for a failure before the summary (a missing file, no secret).
+    fn error_event(&self, message: &str, exit_code: i32) {
+        if !lock(&self.state).summary_printed {
+            print_line(
+                &serde_json::json!({"event": "error", "message": message, "exit_code": exit_code}),
+            );
         }
     }
+}
 
+/// A person's terminal: a progress bar (when stderr is one) and one-line messages on stderr; with `--quiet`,
+/// nothing.
+#[derive(Debug)]
+struct Terminal {
+    quiet: bool,
+    bar: Mutex<BarState>,
+}
+
+#[derive(Debug, Default)]
+struct BarState {
+    bar: Option<ProgressBar>,
+    /// The bar was started once (a reconnect does not start another).
+    started: bool,
+}
+
+impl EventSink for Terminal {
+    fn event(&self, event: &Event) {
+        if self.quiet || self.drive_bar(event) {
+            return;
+        }
+        if let Some(line) = human_line(event) {
+            match &lock(&self.bar).bar {
+                Some(bar) => bar.println(line),
+                None => eprintln!("{line}"),
+            }
+        }
+    }
+}
+
+impl Output for Terminal {}
+
+impl Terminal {
     /// The progress bar's part of an event; true when the event was only for the bar.
     fn drive_bar(&self, event: &Event) -> bool {
-        let mut state = self.state();
+        let mut state = lock(&self.bar);
         match event {
             Event::Accepted {
                 bytes_verified,
                 bytes_total,
                 ..
             } => {
-                if !state.bar_started && std::io::stderr().is_terminal() {
+                if !state.started && std::io::stderr().is_terminal() {
                     state.bar = Some(new_bar(*bytes_total, *bytes_verified));
                 }
-                state.bar_started = true;
+                state.started = true;
             }
             Event::Progress { bytes_done, .. } => {
                 if let Some(bar) = &state.bar {
@@ -139,18 +162,8 @@ impl Reporter {
     }
 }
 
-impl EventSink for Reporter {
-    fn event(&self, event: &Event) {
-        if self.json {
-            return self.print_json(event);
-        }
-        if self.quiet || self.drive_bar(event) {
-            return;
-        }
-        if let Some(line) = human_line(event) {
-            self.say(&line);
-        }
-    }
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn print_line(v: &serde_json::Value) {

@@ -6,8 +6,6 @@ use serde_json::Value;
 use trackshift_engine::sessions::SessionView;
 use trackshift_engine::{EngineError, SessionId};
 
-use crate::output::Reporter;
-
 fn to_json(v: &SessionView) -> Result<Value, EngineError> {
     serde_json::to_value(v).map_err(|e| EngineError::Failed(e.to_string()))
 }
@@ -29,12 +27,12 @@ fn line(v: &Value) -> String {
     )
 }
 
-pub fn list(state_dir: &Path, reporter: &Reporter) -> Result<(), EngineError> {
+pub fn list(state_dir: &Path, json: bool) -> Result<(), EngineError> {
     let all = trackshift_engine::sessions::list(state_dir)?
         .iter()
         .map(to_json)
         .collect::<Result<Vec<_>, _>>()?;
-    if reporter.json() {
+    if json {
         println!("{}", Value::Array(all));
     } else if all.is_empty() {
         println!("no sessions in {}", state_dir.display());
@@ -46,9 +44,9 @@ pub fn list(state_dir: &Path, reporter: &Reporter) -> Result<(), EngineError> {
     Ok(())
 }
 
-pub fn status(state_dir: &Path, id: SessionId, reporter: &Reporter) -> Result<(), EngineError> {
+pub fn status(state_dir: &Path, id: SessionId, json: bool) -> Result<(), EngineError> {
     let v = to_json(&trackshift_engine::sessions::status(state_dir, id)?)?;
-    if reporter.json() {
+    if json {
         println!("{v}");
     } else {
         println!("{}", line(&v));

@@ -6,7 +6,7 @@
 //! that follows it. An ACK body that still decodes after a mutation re-encodes to exactly its bytes. Each
 //! property runs `CASES` cases.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used)] // test code: an unwrap that fails is a failing test, with its message
 
 use std::net::SocketAddr;
 use std::time::Instant;

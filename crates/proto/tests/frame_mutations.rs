@@ -4,7 +4,7 @@
 //! that re-encodes to exactly the bytes that were read (so nothing is silently reinterpreted or dropped);
 //! nothing panics. Each property runs `CASES` cases.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used)] // test code: an unwrap that fails is a failing test, with its message
 
 use proptest::prelude::*;
 use trackshift_proto::frame::{
