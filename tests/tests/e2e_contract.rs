@@ -517,7 +517,10 @@ fn sigterm_of_receive_saves_state_exits_0_and_the_session_resumes() {
     let st = status(&id, &rs).expect("the session is in the receiver's state dir");
     let verified = field(&st, "chunks_done");
     assert!(verified >= seen && verified < 12, "{st}");
-    assert_ne!(st["state"], "completed", "{st}");
+    assert_eq!(
+        st["state"], "interrupted",
+        "a stopped receiver records the transfer under way as interrupted (resumable): {st}"
+    );
     assert!(!out.join("s.bin").exists());
     assert_eq!(
         part_files(&out).len(),
