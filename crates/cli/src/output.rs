@@ -146,7 +146,7 @@ impl Terminal {
                 if let Some(bar) = &state.bar {
                     bar.set_message(format!(
                         "sending · {:.0} Mbit/s, loss {:.1}%, rtt {:.0} ms, parity {}",
-                        f.rate_mbps, f.loss_pct, f.rtt_ms, f.parity
+                        f.sending_mbps, f.loss_pct, f.rtt_ms, f.parity
                     ));
                 }
             }

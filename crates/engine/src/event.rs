@@ -175,6 +175,9 @@ impl Event {
 /// The DCSP sender's live figures.
 #[derive(Debug, Clone, Serialize)]
 pub struct DcspFigures {
+    /// What the data planes sent over about the last second (datagrams, headers included), in megabits.
+    pub sending_mbps: f64,
+    /// The rate the controllers allow (under `--max-rate`, at most the cap).
     pub rate_mbps: f64,
     pub loss_pct: f64,
     pub rtt_ms: f64,

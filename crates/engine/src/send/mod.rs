@@ -162,6 +162,8 @@ struct DataRun {
 /// The DCSP data planes of a running UDP data path.
 struct PlaneSet {
     planes: Planes,
+    /// What the planes really send, as opposed to the rate they are allowed.
+    meter: RateMeter,
     failures: mpsc::UnboundedReceiver<PlaneFailure>,
     /// The receiver's DCSP socket.
     peer: std::net::SocketAddr,
@@ -513,6 +515,7 @@ impl Sender {
         }
         self.planes = Some(PlaneSet {
             planes: Planes(planes),
+            meter: RateMeter::default(),
             failures: fail_rx,
             peer,
             block_bytes: geometry.block_bytes(),
@@ -668,17 +671,18 @@ impl Sender {
     }
 
     /// The DCSP planes' live figures (and how much they got acknowledged, for progress displays).
-    fn report_figures(&self) {
-        let Some(set) = self.planes.as_ref() else {
+    fn report_figures(&mut self) {
+        let Some(set) = self.planes.as_mut() else {
             return;
         };
         let u = set.planes.stats();
         let acked =
             (u.blocks_acked * set.block_bytes).min(self.source.size().saturating_sub(self.base));
+        let sending_mbps = set.meter.sample(Instant::now(), u.bytes_sent);
         self.sink.event(&Event::Sending {
             bytes: self.base + acked,
         });
-        self.sink.event(&Event::Dcsp(figures(&u)));
+        self.sink.event(&Event::Dcsp(figures(&u, sending_mbps)));
     }
 
     fn on_session_event(&mut self, e: SendEvent) -> Result<(), EngineError> {
@@ -919,8 +923,34 @@ fn hash_source(source: &dyn ChunkSource) -> Result<[u8; 32], EngineError> {
     Ok(h.finish())
 }
 
-fn figures(u: &SenderStats) -> DcspFigures {
+/// Samples of a growing byte count a rate is measured over: about the last second.
+const METER_SAMPLES: usize = 5;
+
+/// The rate of a growing byte count over its last [`METER_SAMPLES`] samples.
+#[derive(Debug, Default)]
+struct RateMeter {
+    samples: std::collections::VecDeque<(Instant, u64)>,
+}
+
+impl RateMeter {
+    /// Adds the count `bytes` at `now`; the rate since the oldest sample kept, in megabits per second.
+    fn sample(&mut self, now: Instant, bytes: u64) -> f64 {
+        if self.samples.len() == METER_SAMPLES {
+            self.samples.pop_front();
+        }
+        self.samples.push_back((now, bytes));
+        match (self.samples.front(), self.samples.back()) {
+            (Some(&(t0, b0)), Some(&(t1, b1))) => {
+                mbps(b1.saturating_sub(b0), t1.duration_since(t0).as_secs_f64())
+            }
+            _ => 0.0,
+        }
+    }
+}
+
+fn figures(u: &SenderStats, sending_mbps: f64) -> DcspFigures {
     DcspFigures {
+        sending_mbps: rounded(sending_mbps, FIGURE_DECIMALS),
         rate_mbps: rounded(u.rate as f64 * 8.0 / 1e6, FIGURE_DECIMALS),
         loss_pct: rounded(u.loss * 100.0, FIGURE_DECIMALS),
         rtt_ms: rounded(
