@@ -624,6 +624,36 @@ mod tests {
     }
 
     #[test]
+    fn a_capped_window_holds_the_acks_cadence_on_a_short_path() {
+        // Loopback: 50 µs round trips, a 50 MB/s (400 Mbit/s) cap.
+        let cap = 50_000_000u64;
+        let mut c = DelayRate::new(Some(cap));
+        let start = Instant::now();
+        let rtt = Duration::from_micros(50);
+        let mut bytes = 0u64;
+        // Half a second of ACKs: startup's rounds are at least 20 ms.
+        for i in 0..10_000u32 {
+            bytes += 64 * 1024;
+            c.on_ack(&RateSample {
+                now: start + rtt * i,
+                rtt: Some(rtt),
+                srtt: rtt,
+                min_rtt: rtt,
+                receiver_time: rtt * i,
+                bytes_received: bytes,
+                packets_received: u64::from(i + 1) * 4,
+                packets_sent: u64::from(i + 1) * 4,
+            });
+        }
+        assert_eq!(c.rate(), cap);
+        let w = c.window().unwrap_or_default() as f64;
+        assert!(
+            w >= cap as f64 * CAPPED_WINDOW_SLACK_SECS,
+            "a window of {w} bytes makes the sender wait for the receiver's ACK timer"
+        );
+    }
+
+    #[test]
     fn queueing_delay_brings_the_rate_down() {
         let mut c = DelayRate::new(None);
         feed(&mut c, 10, 100, 100, 0.0, f64::MAX);
