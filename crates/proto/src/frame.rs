@@ -8,8 +8,13 @@ use crate::SessionId;
 
 /// First bytes of a `Hello`: lets a receiver tell a TrackShift peer from anything else on the port.
 pub const MAGIC: [u8; 4] = *b"TSHF";
-/// The control-channel protocol version this build speaks. See the versioning rules in PROTOCOL.md.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The newest control-channel protocol version this build speaks. See the versioning rules in PROTOCOL.md.
+/// Version 2 adds resuming inside a chunk: `PartialList` and `ChunkResume`.
+pub const PROTOCOL_VERSION: u16 = 2;
+/// The oldest version this build still speaks (without the newer frames).
+pub const MIN_PROTOCOL_VERSION: u16 = 1;
+/// The first version with `PartialList` and `ChunkResume`.
+pub const PARTIAL_CHUNKS_VERSION: u16 = 2;
 /// Most file bytes one `Data` frame carries: large enough that per-frame costs vanish, small enough to pool.
 pub const DATA_PIECE: usize = 1024 * 1024;
 /// Largest frame accepted (type byte + body). A `Data` frame of a piece that zstd could not shrink is the largest
@@ -25,6 +30,9 @@ const TYPE_FIELD: usize = 1;
 pub const HEADER_LEN: usize = LEN_FIELD + TYPE_FIELD;
 /// Most entries in one `VerifiedList` frame (each 36 bytes), keeping it under `MAX_FRAME_LEN`.
 pub const MAX_VERIFIED_PER_FRAME: usize = 16 * 1024;
+/// Most entries in the one `PartialList` frame (each 12 bytes): a receiver has only a few chunks under way at a
+/// time (the read-ahead of each stream), and lists the furthest along if it ever has more.
+pub const MAX_PARTIAL_ENTRIES: usize = 1024;
 /// Longest text field (names, messages) in bytes.
 pub const MAX_TEXT_LEN: usize = 4096;
 
@@ -118,8 +126,14 @@ pub enum Frame<'a> {
     Accept { verified_count: u32 },
     /// Receiver → sender: chunks already verified, with their SHA-256.
     VerifiedList { entries: &'a [u8] },
+    /// Receiver → sender (version 2, right after the verified list): chunks not verified of which a prefix is on
+    /// the receiver's disk, durable, with its length in bytes.
+    PartialList { entries: &'a [u8] },
     /// Sender → receiver: the bytes of chunk `index` follow in `Data` frames.
     ChunkBegin { index: u32 },
+    /// Sender → receiver (version 2): like `ChunkBegin`, but the receiver has the chunk's first `from` bytes
+    /// already; its bytes from there follow in `Data` frames.
+    ChunkResume { index: u32, from: u64 },
     /// A piece of the current chunk: `raw_len` file bytes, zstd-compressed when `compressed`.
     Data {
         raw_len: u32,
@@ -184,6 +198,7 @@ pub mod ty {
     pub const OFFER: u8 = 0x10;
     pub const ACCEPT: u8 = 0x11;
     pub const VERIFIED_LIST: u8 = 0x12;
+    pub const PARTIAL_LIST: u8 = 0x13;
     pub const CHUNK_BEGIN: u8 = 0x20;
     pub const DATA: u8 = 0x21;
     pub const CHUNK_END: u8 = 0x22;
@@ -195,6 +210,7 @@ pub mod ty {
     pub const UDP_START: u8 = 0x40;
     pub const UDP_READY: u8 = 0x41;
     pub const CHUNK_HASH: u8 = 0x24;
+    pub const CHUNK_RESUME: u8 = 0x25;
 }
 
 /// Reads the frame header: returns the body length (after the type byte) and the type.
@@ -238,7 +254,9 @@ impl<'a> Frame<'a> {
             Frame::Offer(_) => "Offer",
             Frame::Accept { .. } => "Accept",
             Frame::VerifiedList { .. } => "VerifiedList",
+            Frame::PartialList { .. } => "PartialList",
             Frame::ChunkBegin { .. } => "ChunkBegin",
+            Frame::ChunkResume { .. } => "ChunkResume",
             Frame::Data { .. } => "Data",
             Frame::ChunkEnd { .. } => "ChunkEnd",
             Frame::ChunkDone { .. } => "ChunkDone",
@@ -292,9 +310,18 @@ impl<'a> Frame<'a> {
                 out.extend_from_slice(entries);
                 ty::VERIFIED_LIST
             }
+            Frame::PartialList { entries } => {
+                out.extend_from_slice(entries);
+                ty::PARTIAL_LIST
+            }
             Frame::ChunkBegin { index } => {
                 out.extend_from_slice(&index.to_be_bytes());
                 ty::CHUNK_BEGIN
+            }
+            Frame::ChunkResume { index, from } => {
+                out.extend_from_slice(&index.to_be_bytes());
+                out.extend_from_slice(&from.to_be_bytes());
+                ty::CHUNK_RESUME
             }
             Frame::Data {
                 raw_len,
@@ -418,9 +445,26 @@ impl<'a> Frame<'a> {
                 }
                 Frame::VerifiedList { entries }
             }
+            ty::PARTIAL_LIST => {
+                r.what = "PartialList";
+                let entries = r.rest();
+                if !entries.len().is_multiple_of(PARTIAL_ENTRY_LEN)
+                    || entries.len() / PARTIAL_ENTRY_LEN > MAX_PARTIAL_ENTRIES
+                {
+                    return Err(WireError::Malformed("PartialList length"));
+                }
+                Frame::PartialList { entries }
+            }
             ty::CHUNK_BEGIN => {
                 r.what = "ChunkBegin";
                 Frame::ChunkBegin { index: r.u32()? }
+            }
+            ty::CHUNK_RESUME => {
+                r.what = "ChunkResume";
+                Frame::ChunkResume {
+                    index: r.u32()?,
+                    from: r.u64()?,
+                }
             }
             ty::DATA => {
                 r.what = "Data";
@@ -523,6 +567,30 @@ pub fn verified_entries(entries: &[u8]) -> impl Iterator<Item = (u32, [u8; 32])>
         let mut sha = [0u8; 32];
         sha.copy_from_slice(hash);
         (u32::from_be_bytes(idx), sha)
+    })
+}
+
+/// Bytes per `PartialList` entry: chunk index (u32) and the length of its prefix on disk (u64).
+pub const PARTIAL_ENTRY_LEN: usize = size_of::<u32>() + size_of::<u64>();
+
+/// Encodes `(index, bytes)` pairs as the body of a `PartialList` frame.
+pub fn encode_partial_entries(entries: &[(u32, u64)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(entries.len() * PARTIAL_ENTRY_LEN);
+    for (index, bytes) in entries {
+        out.extend_from_slice(&index.to_be_bytes());
+        out.extend_from_slice(&bytes.to_be_bytes());
+    }
+    out
+}
+
+/// Reads back the entries of a `PartialList` body (validated by `Frame::decode`).
+pub fn partial_entries(entries: &[u8]) -> impl Iterator<Item = (u32, u64)> + '_ {
+    entries.chunks_exact(PARTIAL_ENTRY_LEN).map(|e| {
+        let mut index = [0u8; 4];
+        index.copy_from_slice(&e[..4]);
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(&e[4..]);
+        (u32::from_be_bytes(index), u64::from_be_bytes(bytes))
     })
 }
 
@@ -647,7 +715,14 @@ mod tests {
             }),
             Frame::Accept { verified_count: 2 },
             Frame::VerifiedList { entries: &entries },
+            Frame::PartialList {
+                entries: &encode_partial_entries(&[(3, 7 << 20), (9, 1)]),
+            },
             Frame::ChunkBegin { index: 4 },
+            Frame::ChunkResume {
+                index: 4,
+                from: 3 << 20,
+            },
             Frame::Data {
                 raw_len: 3,
                 compressed: false,

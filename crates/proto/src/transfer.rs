@@ -19,6 +19,10 @@ pub enum ProtocolViolation {
     ShortChunk { index: u32, got: u64, len: u64 },
     #[error("acknowledgement for chunk {0}, which is not in flight")]
     NotInFlight(u32),
+    #[error(
+        "chunk {index} resumed at byte {from}, beyond the {have} bytes this receiver holds of it"
+    )]
+    ResumeBeyond { index: u32, from: u64, have: u64 },
 }
 
 /// What the sender does with a chunk on its first, in-order pass over the file.
@@ -29,6 +33,9 @@ pub enum FirstPass {
     /// The receiver verified it earlier with this SHA-256: read and hash only (for the whole-file hash), and
     /// check that the source still has the same bytes.
     Check { expected: [u8; 32] },
+    /// The receiver has the chunk's first `have` bytes on disk, unverified (protocol version 2): read and hash
+    /// it all, send from there on (the data path picks the exact point, at most `have`).
+    Resume { have: u64 },
 }
 
 /// The source no longer matches what the receiver verified in an earlier run.
@@ -46,6 +53,8 @@ pub struct OutgoingTransfer {
     verified: ChunkMap,
     /// Hashes the receiver reported for chunks verified before this run.
     earlier: Vec<Option<[u8; 32]>>,
+    /// Bytes of unverified chunks the receiver already holds (the start of each).
+    partial: BTreeMap<u32, u64>,
     /// Chunks put on the wire whose verdict has not come yet.
     in_flight: BTreeSet<u32>,
     verified_bytes: u64,
@@ -79,6 +88,7 @@ impl OutgoingTransfer {
             plan,
             verified,
             earlier,
+            partial: BTreeMap::new(),
             in_flight: BTreeSet::new(),
             chunks_skipped,
         })
@@ -88,15 +98,31 @@ impl OutgoingTransfer {
         &self.plan
     }
 
+    /// Adds the receiver's `PartialList`: chunks it holds the start of, unverified. Chunks it also listed as
+    /// verified, empty prefixes and prefixes as long as the chunk (nothing would be sent) are left out.
+    pub fn with_partial(mut self, partial: &[(u32, u64)]) -> Result<Self, ProtocolViolation> {
+        for &(index, have) in partial {
+            if !self.plan.contains(index) {
+                return Err(ProtocolViolation::NoSuchChunk(index));
+            }
+            if !self.verified.get(index) && have > 0 && have < self.plan.len(index) {
+                self.partial.insert(index, have);
+            }
+        }
+        Ok(self)
+    }
+
     /// The first pass over the file, in order: what to do with each chunk.
     pub fn first_pass(&self) -> Vec<FirstPass> {
         self.earlier
             .iter()
-            .map(|e| match e {
-                Some(expected) => FirstPass::Check {
+            .enumerate()
+            .map(|(i, e)| match (e, self.partial.get(&(i as u32))) {
+                (Some(expected), _) => FirstPass::Check {
                     expected: *expected,
                 },
-                None => FirstPass::Send,
+                (None, Some(&have)) => FirstPass::Resume { have },
+                (None, None) => FirstPass::Send,
             })
             .collect()
     }
@@ -149,6 +175,9 @@ impl OutgoingTransfer {
 pub enum Incoming {
     /// Chunk `index` starts at file offset `offset`.
     ChunkBegin { index: u32, offset: u64 },
+    /// Chunk `index` starts at file offset `offset`, and its first `from` bytes are on disk already: its
+    /// `Data` frames carry the rest.
+    ChunkResume { index: u32, offset: u64, from: u64 },
     /// A piece of the current chunk, to be written at `offset` after decompressing to `raw_len` bytes.
     Data { offset: u64, raw_len: u32 },
     /// The current chunk is complete; verify it against `expected`.
@@ -174,6 +203,8 @@ pub struct IncomingTransfer {
     current: Option<Current>,
     /// Chunks whose expected hash arrived and whose verdict has not been given yet.
     awaiting: BTreeMap<u32, [u8; 32]>,
+    /// What this receiver told the sender it holds of unverified chunks (`PartialList`).
+    partial: BTreeMap<u32, u64>,
 }
 
 impl IncomingTransfer {
@@ -183,7 +214,18 @@ impl IncomingTransfer {
             verified,
             current: None,
             awaiting: BTreeMap::new(),
+            partial: BTreeMap::new(),
         }
+    }
+
+    /// What the receiver lists in its `PartialList`: a `ChunkResume` may start at most that far in.
+    pub fn with_partial(mut self, partial: &[(u32, u64)]) -> Self {
+        self.partial = partial
+            .iter()
+            .filter(|(i, have)| self.plan.contains(*i) && !self.verified.get(*i) && *have > 0)
+            .copied()
+            .collect();
+        self
     }
 
     pub fn plan(&self) -> &ChunkPlan {
@@ -205,6 +247,24 @@ impl IncomingTransfer {
                 Ok(Incoming::ChunkBegin {
                     index,
                     offset: self.plan.offset(index),
+                })
+            }
+            (Frame::ChunkResume { index, from }, None) => {
+                if !self.plan.contains(index) {
+                    return Err(ProtocolViolation::NoSuchChunk(index));
+                }
+                let have = self.partial.get(&index).copied().unwrap_or(0);
+                if from > have {
+                    return Err(ProtocolViolation::ResumeBeyond { index, from, have });
+                }
+                self.current = Some(Current {
+                    index,
+                    received: from,
+                });
+                Ok(Incoming::ChunkResume {
+                    index,
+                    offset: self.plan.offset(index),
+                    from,
                 })
             }
             (Frame::Data { raw_len, .. }, Some(mut cur)) => {
@@ -315,6 +375,66 @@ mod tests {
         assert!(t.is_complete());
         assert_eq!(t.chunks_skipped, 1);
         assert_eq!(t.bytes_verified(), 12 * MIB);
+    }
+
+    #[test]
+    fn a_partial_chunk_is_resumed_where_the_receiver_has_it() {
+        let plan = ChunkPlan::new(12 * MIB, 5 * MIB).unwrap();
+        let t = OutgoingTransfer::new(plan, &[(0, [7; 32])])
+            .unwrap()
+            .with_partial(&[(0, MIB), (1, 3 * MIB), (2, 0)])
+            .unwrap();
+        assert_eq!(
+            t.first_pass(),
+            vec![
+                FirstPass::Check { expected: [7; 32] },
+                FirstPass::Resume { have: 3 * MIB },
+                FirstPass::Send
+            ],
+            "a verified chunk is checked, an empty prefix is sent whole"
+        );
+        assert!(OutgoingTransfer::new(plan, &[])
+            .unwrap()
+            .with_partial(&[(3, 1)])
+            .is_err());
+
+        let mut r = IncomingTransfer::new(plan, ChunkMap::new(3)).with_partial(&[(1, 3 * MIB)]);
+        assert_eq!(
+            r.on_frame(&Frame::ChunkResume {
+                index: 1,
+                from: 4 * MIB
+            }),
+            Err(ProtocolViolation::ResumeBeyond {
+                index: 1,
+                from: 4 * MIB,
+                have: 3 * MIB
+            })
+        );
+        assert_eq!(
+            r.on_frame(&Frame::ChunkResume {
+                index: 1,
+                from: 2 * MIB
+            })
+            .unwrap(),
+            Incoming::ChunkResume {
+                index: 1,
+                offset: 5 * MIB,
+                from: 2 * MIB
+            }
+        );
+        let piece = vec![0u8; MIB as usize];
+        for _ in 0..3 {
+            r.on_frame(&Frame::Data {
+                raw_len: MIB as u32,
+                compressed: false,
+                payload: &piece,
+            })
+            .unwrap();
+        }
+        assert!(matches!(
+            r.on_frame(&Frame::ChunkEnd { sha256: [0; 32] }),
+            Ok(Incoming::ChunkEnd { index: 1, .. })
+        ));
     }
 
     #[test]

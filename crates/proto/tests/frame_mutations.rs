@@ -8,8 +8,8 @@
 
 use proptest::prelude::*;
 use trackshift_proto::frame::{
-    encode_verified_entries, parse_header, verified_entries, DATA_PIECE, HEADER_LEN, MAX_FRAME_LEN,
-    MAX_TEXT_LEN, MAX_VERIFIED_PER_FRAME, VERIFIED_ENTRY_LEN,
+    encode_partial_entries, encode_verified_entries, parse_header, verified_entries, DATA_PIECE,
+    HEADER_LEN, MAX_FRAME_LEN, MAX_TEXT_LEN, MAX_VERIFIED_PER_FRAME, VERIFIED_ENTRY_LEN,
 };
 use trackshift_proto::{ErrorCode, Frame, Offer, SessionId};
 
@@ -25,7 +25,9 @@ enum Owned {
     Offer([u8; 16], u64, u64, i64, String),
     Accept(u32),
     VerifiedList(Vec<(u32, [u8; 32])>),
+    PartialList(Vec<(u32, u64)>),
     ChunkBegin(u32),
+    ChunkResume(u32, u64),
     Data(u32, bool, Vec<u8>),
     ChunkEnd([u8; 32]),
     ChunkDone(u32, bool),
@@ -39,7 +41,7 @@ enum Owned {
 }
 
 /// Every frame type the protocol defines: a new variant of `Frame` must be added here.
-const TYPES: usize = 17;
+const TYPES: usize = 19;
 
 impl Owned {
     fn frame<'a>(&'a self, entries: &'a [u8]) -> Frame<'a> {
@@ -60,7 +62,12 @@ impl Owned {
             }),
             Owned::Accept(n) => Frame::Accept { verified_count: *n },
             Owned::VerifiedList(_) => Frame::VerifiedList { entries },
+            Owned::PartialList(_) => Frame::PartialList { entries },
             Owned::ChunkBegin(i) => Frame::ChunkBegin { index: *i },
+            Owned::ChunkResume(i, from) => Frame::ChunkResume {
+                index: *i,
+                from: *from,
+            },
             Owned::Data(raw_len, compressed, payload) => Frame::Data {
                 raw_len: *raw_len,
                 compressed: *compressed,
@@ -96,12 +103,18 @@ impl Owned {
         }
     }
 
+    /// The body of a list frame (empty for the others).
+    fn entries(&self) -> Vec<u8> {
+        match self {
+            Owned::VerifiedList(e) => encode_verified_entries(e),
+            Owned::PartialList(e) => encode_partial_entries(e),
+            _ => Vec::new(),
+        }
+    }
+
     /// The whole frame on the wire, header included.
     fn encode(&self) -> Vec<u8> {
-        let entries = match self {
-            Owned::VerifiedList(e) => encode_verified_entries(e),
-            _ => Vec::new(),
-        };
+        let entries = self.entries();
         let mut out = Vec::new();
         self.frame(&entries).encode(&mut out);
         out
@@ -151,7 +164,9 @@ fn valid_frame() -> impl Strategy<Value = Owned> {
             .prop_map(|(id, s, c, m, n)| Owned::Offer(id, s, c, m, n)),
         any::<u32>().prop_map(Owned::Accept),
         proptest::collection::vec((any::<u32>(), sha()), 0..24).prop_map(Owned::VerifiedList),
+        proptest::collection::vec((any::<u32>(), any::<u64>()), 0..24).prop_map(Owned::PartialList),
         any::<u32>().prop_map(Owned::ChunkBegin),
+        (any::<u32>(), any::<u64>()).prop_map(|(i, f)| Owned::ChunkResume(i, f)),
         prop_oneof![
             proptest::collection::vec(any::<u8>(), 0..600).prop_map(|p| Owned::Data(
                 p.len() as u32,
@@ -349,10 +364,7 @@ proptest! {
         match read(&bytes) {
             Read::Frame(f, n) => {
                 prop_assert_eq!(n, bytes.len());
-                let entries = match &owned {
-                    Owned::VerifiedList(e) => encode_verified_entries(e),
-                    _ => Vec::new(),
-                };
+                let entries = owned.entries();
                 prop_assert_eq!(f, owned.frame(&entries));
                 if let (Frame::VerifiedList { entries }, Owned::VerifiedList(want)) = (f, &owned) {
                     prop_assert_eq!(&verified_entries(entries).collect::<Vec<_>>(), want);
@@ -392,10 +404,7 @@ proptest! {
         let stream: Vec<u8> = frames.iter().flat_map(Owned::encode).collect();
         let mut rest = &stream[..];
         for owned in &frames {
-            let entries = match owned {
-                Owned::VerifiedList(e) => encode_verified_entries(e),
-                _ => Vec::new(),
-            };
+            let entries = owned.entries();
             match read(rest) {
                 Read::Frame(f, n) => {
                     prop_assert_eq!(f, owned.frame(&entries));

@@ -16,8 +16,11 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use common::*;
-use trackshift_proto::session::{DataPath, RecvAction, SendAction, SendError, SendEvent};
-use trackshift_proto::{ErrorCode, FirstPass, SessionId};
+use trackshift_proto::session::{
+    DataPath, RecvAction, RecvConfig, RecvSession, SendAction, SendConfig, SendError, SendEvent,
+    SendSession,
+};
+use trackshift_proto::{ChunkPlan, ErrorCode, FirstPass, Frame, Incoming, SessionId};
 
 const STEPS: u64 = 100_000;
 
@@ -121,12 +124,13 @@ fn clean_transfer_over_tcp() {
     assert!(!frames.iter().any(|f| matches!(f, Wire::UdpStart { .. })));
     let answers = w.at_sender(1);
     assert_eq!(answers[0], Wire::Accept { verified_count: 0 });
+    assert_eq!(answers[1], Wire::PartialList { chunks: Vec::new() });
     let dones: Vec<Wire> = (0..4)
         .map(|index| Wire::ChunkDone { index, ok: true })
         .collect();
-    assert_eq!(answers[1..5], dones[..]);
+    assert_eq!(answers[2..6], dones[..]);
     assert_eq!(
-        answers[5],
+        answers[6],
         Wire::FileDone {
             ok: true,
             final_name: FILE_NAME.into()
@@ -528,6 +532,9 @@ fn receiver_restart(path: DataPath) {
                 assert_eq!(*expected, w.source.chunk_sha(i));
             }
             FirstPass::Send => assert!(!kept.contains(&i)),
+            FirstPass::Resume { .. } => {
+                panic!("chunk {i} resumed, but the store holds no prefixes")
+            }
         }
     }
     let out = w.chunks_out(id);
@@ -1301,4 +1308,118 @@ fn random_orders_never_lose_or_double_count_a_chunk() {
         failures[0].0,
         failures[0].1
     );
+}
+
+/// Decodes every frame of an encoded flight.
+fn frames_of(bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut rest = bytes;
+    while rest.len() >= trackshift_proto::frame::HEADER_LEN {
+        let mut header = [0u8; trackshift_proto::frame::HEADER_LEN];
+        header.copy_from_slice(&rest[..trackshift_proto::frame::HEADER_LEN]);
+        let (len, t) = trackshift_proto::frame::parse_header(header).unwrap();
+        let body =
+            &rest[trackshift_proto::frame::HEADER_LEN..trackshift_proto::frame::HEADER_LEN + len];
+        out.push((t, body.to_vec()));
+        rest = &rest[trackshift_proto::frame::HEADER_LEN + len..];
+    }
+    out
+}
+
+/// Protocol version 2: a receiver lists the durable prefix of an unverified chunk, the sender resumes that chunk
+/// there (`FirstPass::Resume`), and the receiver takes a `ChunkResume` within the prefix and refuses one beyond
+/// it. A version 1 peer hears no `PartialList` and is never asked to resume.
+#[test]
+fn a_partial_chunk_is_listed_and_resumed_over_version_2_only() {
+    use trackshift_proto::frame::PROTOCOL_VERSION;
+    const MIB: u64 = 1 << 20;
+    let plan = ChunkPlan::new(3 * 5 * MIB, 5 * MIB).unwrap();
+    for version in [1u16, PROTOCOL_VERSION] {
+        let now = std::time::Instant::now();
+        let mut r = RecvSession::new(
+            RecvConfig {
+                dcsp_version: 1,
+                protocol_version: version,
+            },
+            now,
+        );
+        let mut out = Vec::new();
+        let offer = Frame::Offer(trackshift_proto::Offer {
+            session_id: SessionId([3; 16]),
+            file_name: "p.bin",
+            file_size: plan.file_size(),
+            chunk_size: plan.chunk_size(),
+            mtime_ns: 0,
+        });
+        r.handle_frame(now, &offer);
+        assert!(matches!(r.poll_action(), Some(RecvAction::Offered { .. })));
+        r.accept(now, &[(0, [9; 32])], &[(0, MIB), (1, 3 * MIB), (2, 0)]);
+        r.poll_transmit(&mut out);
+        let answer = frames_of(&out);
+        let mut s = SendSession::new(
+            SendConfig {
+                plan,
+                file_name: "p.bin".into(),
+                mtime_ns: 0,
+                data_path: DataPath::Tcp,
+                streams: 1,
+                data_shards: 64,
+                dcsp_version: 1,
+                retry_for: Duration::from_secs(60),
+                connect_timeout: Duration::from_secs(30),
+                rng_seed: 1,
+            },
+            SessionId([3; 16]),
+            false,
+            now,
+        );
+        assert_eq!(s.poll_action(), Some(SendAction::Connect));
+        s.connected(now, 7700, None, version);
+        for (t, body) in &answer {
+            s.handle_frame(now, &Frame::decode(*t, body).unwrap());
+        }
+        let first_pass = std::iter::from_fn(|| s.poll_action())
+            .find_map(|a| match a {
+                SendAction::StartData { first_pass, .. } => Some(first_pass),
+                _ => None,
+            })
+            .expect("the sender starts its data");
+        if version < 2 {
+            assert_eq!(answer.len(), 2, "Accept and VerifiedList only");
+            assert_eq!(r.partial(), &[] as &[(u32, u64)]);
+            assert_eq!(first_pass[1], FirstPass::Send);
+            continue;
+        }
+        assert_eq!(answer.len(), 3, "Accept, VerifiedList, PartialList");
+        assert_eq!(
+            r.partial(),
+            &[(1, 3 * MIB)],
+            "verified and empty ones are not listed"
+        );
+        assert_eq!(
+            first_pass,
+            vec![
+                FirstPass::Check { expected: [9; 32] },
+                FirstPass::Resume { have: 3 * MIB },
+                FirstPass::Send
+            ]
+        );
+        // The receiver takes a resume within what it has, not beyond.
+        let within = r.handle_frame(
+            now,
+            &Frame::ChunkResume {
+                index: 1,
+                from: 2 * MIB,
+            },
+        );
+        assert_eq!(
+            within,
+            Incoming::ChunkResume {
+                index: 1,
+                offset: 5 * MIB,
+                from: 2 * MIB
+            }
+        );
+        assert!(matches!(r.poll_action(), Some(RecvAction::StartTcp)));
+    }
 }

@@ -20,12 +20,17 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The schema, created on every open if missing. `incoming` / `outgoing`: session id bytes → JSON of
 /// [`IncomingSession`] / [`OutgoingSession`] (`created` mirrors `created_unix`); `incoming_chunks`: verified
-/// chunks of incoming sessions, (session id bytes, chunk index) → SHA-256 of the chunk.
+/// chunks of incoming sessions, (session id bytes, chunk index) → SHA-256 of the chunk; `partial_chunks`: chunks
+/// not verified yet of which a prefix is durable in the partial file, (session id bytes, chunk index) → its
+/// length in bytes.
 const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS incoming (id BLOB PRIMARY KEY, created INTEGER, json TEXT);
     CREATE TABLE IF NOT EXISTS outgoing (id BLOB PRIMARY KEY, created INTEGER, json TEXT);
     CREATE TABLE IF NOT EXISTS incoming_chunks (
         id BLOB, idx INTEGER, sha256 BLOB, PRIMARY KEY (id, idx)
+    );
+    CREATE TABLE IF NOT EXISTS partial_chunks (
+        id BLOB, idx INTEGER, bytes INTEGER, PRIMARY KEY (id, idx)
     );
 ";
 
@@ -254,9 +259,63 @@ impl SessionStore {
             txn.execute(
                 "INSERT OR REPLACE INTO incoming_chunks (id, idx, sha256) VALUES (?1, ?2, ?3)",
                 params![&id.0[..], index, &sha256[..]],
+            )?;
+            // A verified chunk is no longer partial.
+            txn.execute(
+                "DELETE FROM partial_chunks WHERE id = ?1 AND idx = ?2",
+                params![&id.0[..], index],
             )
             .map(drop)
         })
+    }
+
+    /// Records that the first `bytes` bytes of chunk `index` of session `id` are durable in the partial file
+    /// (the caller synced them first), so a resume needs only the rest. `bytes` 0 forgets the chunk's prefix
+    /// (it failed verification and goes again whole).
+    pub fn set_partial_chunk(
+        &self,
+        id: &SessionId,
+        index: u32,
+        bytes: u64,
+    ) -> Result<(), StorageError> {
+        let bytes = i64::try_from(bytes).map_err(|_| self.bad_record(format!("{bytes} bytes")))?;
+        self.write(|txn| {
+            if bytes == 0 {
+                txn.execute(
+                    "DELETE FROM partial_chunks WHERE id = ?1 AND idx = ?2",
+                    params![&id.0[..], index],
+                )
+            } else {
+                txn.execute(
+                    "INSERT OR REPLACE INTO partial_chunks (id, idx, bytes) VALUES (?1, ?2, ?3)",
+                    params![&id.0[..], index, bytes],
+                )
+            }
+            .map(drop)
+        })
+    }
+
+    /// The chunks of session `id` with a durable prefix and no verdict yet, sorted by index.
+    pub fn partial_chunks(&self, id: &SessionId) -> Result<Vec<(u32, u64)>, StorageError> {
+        let conn = self.lock();
+        let rows = (|| -> rusqlite::Result<Vec<(i64, i64)>> {
+            let mut stmt = conn.prepare_cached(
+                "SELECT idx, bytes FROM partial_chunks WHERE id = ?1 ORDER BY idx",
+            )?;
+            let rows = stmt.query_map(params![&id.0[..]], |row| Ok((row.get(0)?, row.get(1)?)))?;
+            rows.collect()
+        })()
+        .map_err(|e| db_error(&self.path, e))?;
+        drop(conn);
+        rows.into_iter()
+            .map(|(idx, bytes)| {
+                let idx = u32::try_from(idx)
+                    .map_err(|_| self.bad_record(format!("chunk index {idx}")))?;
+                let bytes = u64::try_from(bytes)
+                    .map_err(|_| self.bad_record(format!("chunk {idx} has {bytes} bytes")))?;
+                Ok((idx, bytes))
+            })
+            .collect()
     }
 
     /// Verified chunks of session `id`, sorted by index.
@@ -289,6 +348,10 @@ impl SessionStore {
             txn.execute("DELETE FROM incoming WHERE id = ?1", params![&id.0[..]])?;
             txn.execute(
                 "DELETE FROM incoming_chunks WHERE id = ?1",
+                params![&id.0[..]],
+            )?;
+            txn.execute(
+                "DELETE FROM partial_chunks WHERE id = ?1",
                 params![&id.0[..]],
             )?;
             Ok(())
@@ -526,6 +589,33 @@ mod tests {
         store.put_outgoing(&o).unwrap();
         assert_eq!(store.outgoing(&o.id).unwrap().unwrap(), o);
         assert!(store.outgoing(&a).unwrap().is_none());
+    }
+
+    #[test]
+    fn partial_chunks_are_kept_until_verified_forgotten_or_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = StateDir::open(tmp.path()).unwrap();
+        let id = SessionId([7; 16]);
+        {
+            let store = SessionStore::open(&state).unwrap();
+            store.put_incoming(&incoming(id, 1)).unwrap();
+            store.set_partial_chunk(&id, 3, 1 << 20).unwrap();
+            store.set_partial_chunk(&id, 3, 2 << 20).unwrap();
+            store.set_partial_chunk(&id, 5, 7).unwrap();
+        }
+        // Durable: a new process (a restarted receiver) reads them back.
+        let store = SessionStore::open(&state).unwrap();
+        assert_eq!(
+            store.partial_chunks(&id).unwrap(),
+            vec![(3, 2 << 20), (5, 7)]
+        );
+        store.mark_chunk_verified(&id, 3, [1; 32]).unwrap();
+        assert_eq!(store.partial_chunks(&id).unwrap(), vec![(5, 7)]);
+        store.set_partial_chunk(&id, 5, 0).unwrap();
+        assert!(store.partial_chunks(&id).unwrap().is_empty());
+        store.set_partial_chunk(&id, 6, 9).unwrap();
+        store.remove_incoming(&id).unwrap();
+        assert!(store.partial_chunks(&id).unwrap().is_empty());
     }
 
     #[test]

@@ -11,7 +11,10 @@
 use std::time::{Duration, Instant};
 
 use super::outbox::Outbox;
-use crate::frame::{encode_verified_entries, ErrorCode, Frame, MAX_VERIFIED_PER_FRAME};
+use crate::frame::{
+    encode_partial_entries, encode_verified_entries, ErrorCode, Frame, MAX_PARTIAL_ENTRIES,
+    MAX_VERIFIED_PER_FRAME, PARTIAL_CHUNKS_VERSION,
+};
 use crate::plan::{ChunkMap, ChunkPlan};
 use crate::transfer::{Incoming, IncomingTransfer};
 use crate::SessionId;
@@ -32,6 +35,8 @@ pub const RECEIVER_KEEPALIVE: Duration = Duration::from_secs(2);
 pub struct RecvConfig {
     /// The DCSP wire version this receiver speaks (a sender naming another one is refused).
     pub dcsp_version: u8,
+    /// The control protocol version agreed with this sender in `Hello`.
+    pub protocol_version: u16,
 }
 
 /// How the conversation ended.
@@ -121,6 +126,8 @@ pub struct RecvSession {
     state: State,
     offer: Option<OfferedFile>,
     transfer: Option<IncomingTransfer>,
+    /// The unverified prefixes this receiver listed (`PartialList`, protocol version 2): what the sender may skip.
+    partial: Vec<(u32, u64)>,
     file_sha: Option<[u8; 32]>,
     out: Outbox<RecvAction, TIMERS>,
 }
@@ -135,6 +142,7 @@ impl RecvSession {
             state: State::AwaitOffer,
             offer: None,
             transfer: None,
+            partial: Vec::new(),
             file_sha: None,
             out,
         }
@@ -228,8 +236,15 @@ impl RecvSession {
         self.state = State::AwaitDecision;
     }
 
-    /// Accepts the offer; `verified` are the chunks the store holds for this session (with their SHA-256).
-    pub fn accept(&mut self, now: Instant, verified: &[(u32, [u8; 32])]) {
+    /// The prefixes of unverified chunks the sender was told this receiver holds (empty before protocol
+    /// version 2): a resumed chunk's data starts within them.
+    pub fn partial(&self) -> &[(u32, u64)] {
+        &self.partial
+    }
+
+    /// Accepts the offer; `verified` are the chunks the store holds for this session (with their SHA-256),
+    /// `partial` the durable prefixes of unverified ones (with their length).
+    pub fn accept(&mut self, now: Instant, verified: &[(u32, [u8; 32])], partial: &[(u32, u64)]) {
         let (State::AwaitDecision, Some(offer)) = (&self.state, &self.offer) else {
             return;
         };
@@ -241,7 +256,6 @@ impl RecvSession {
                 listed.push((index, sha));
             }
         }
-        self.transfer = Some(IncomingTransfer::new(plan, map));
         self.send_frame(&Frame::Accept {
             verified_count: listed.len() as u32,
         });
@@ -250,6 +264,13 @@ impl RecvSession {
                 entries: &encode_verified_entries(batch),
             });
         }
+        if self.cfg.protocol_version >= PARTIAL_CHUNKS_VERSION {
+            self.partial = listable_partial(&plan, &map, partial);
+            self.send_frame(&Frame::PartialList {
+                entries: &encode_partial_entries(&self.partial),
+            });
+        }
+        self.transfer = Some(IncomingTransfer::new(plan, map).with_partial(&self.partial));
         self.state = State::AwaitDataPath;
         self.out
             .timers
@@ -497,4 +518,24 @@ impl RecvSession {
     fn send_frame(&mut self, f: &Frame<'_>) {
         self.out.frame(f);
     }
+}
+
+/// The prefixes worth listing: of chunks of the file, not verified, neither empty nor whole; the furthest along
+/// first if there are more than one frame takes; in chunk order.
+fn listable_partial(
+    plan: &ChunkPlan,
+    verified: &ChunkMap,
+    partial: &[(u32, u64)],
+) -> Vec<(u32, u64)> {
+    let mut listed: Vec<(u32, u64)> = partial
+        .iter()
+        .filter(|&&(i, have)| {
+            plan.contains(i) && !verified.get(i) && have > 0 && have < plan.len(i)
+        })
+        .copied()
+        .collect();
+    listed.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    listed.truncate(MAX_PARTIAL_ENTRIES);
+    listed.sort();
+    listed
 }

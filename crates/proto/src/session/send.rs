@@ -16,7 +16,9 @@ use rand::{Rng, SeedableRng};
 
 use super::backoff::Backoff;
 use super::outbox::Outbox;
-use crate::frame::{verified_entries, ErrorCode, Frame, Offer};
+use crate::frame::{
+    partial_entries, verified_entries, ErrorCode, Frame, Offer, PARTIAL_CHUNKS_VERSION,
+};
 use crate::plan::ChunkPlan;
 use crate::transfer::{FirstPass, OutgoingTransfer};
 use crate::SessionId;
@@ -212,6 +214,10 @@ enum Conn {
         count: usize,
         verified: Vec<(u32, [u8; 32])>,
     },
+    /// Protocol version 2: the verified list is in, its `PartialList` follows.
+    AwaitPartial {
+        verified: Vec<(u32, [u8; 32])>,
+    },
     AwaitUdpReady,
     Streaming,
     /// The receiver holds the whole file already: waiting for our whole-file hash to compare with its.
@@ -257,6 +263,8 @@ pub struct SendSession {
     fresh: bool,
     data_path: DataPath,
     conn: Conn,
+    /// The control protocol version the current connection speaks.
+    peer_version: u16,
     udp: Option<UdpLink>,
     transfer: Option<OutgoingTransfer>,
     data: DataRun,
@@ -281,6 +289,7 @@ impl SendSession {
             session_id,
             fresh,
             conn: Conn::Connecting,
+            peer_version: crate::frame::MIN_PROTOCOL_VERSION,
             udp: None,
             transfer: None,
             data: DataRun::default(),
@@ -355,12 +364,20 @@ impl SendSession {
         }
     }
 
-    /// The connection asked for is up and authenticated; `control_port` is the port it reached, `udp` what
-    /// `UdpStart` announces (required on the DCSP path).
-    pub fn connected(&mut self, _now: Instant, control_port: u16, udp: Option<UdpLink>) {
+    /// The connection asked for is up and authenticated, speaking control protocol `version` (what both ends
+    /// agreed in `Hello`); `control_port` is the port it reached, `udp` what `UdpStart` announces (required on
+    /// the DCSP path).
+    pub fn connected(
+        &mut self,
+        _now: Instant,
+        control_port: u16,
+        udp: Option<UdpLink>,
+        version: u16,
+    ) {
         if !matches!(self.conn, Conn::Connecting) {
             return;
         }
+        self.peer_version = version;
         self.ever_connected = true;
         self.stats.connections += 1;
         self.transfer = None;
@@ -506,6 +523,7 @@ impl SendSession {
         match self.conn {
             Conn::AwaitAccept => self.on_accept(now, frame),
             Conn::AwaitVerified { .. } => self.on_verified_list(now, frame),
+            Conn::AwaitPartial { .. } => self.on_partial_list(now, frame),
             Conn::AwaitUdpReady => self.on_udp_ready(now, frame),
             Conn::Streaming => self.on_streaming_frame(now, frame),
             // Nothing is expected outside a live conversation (a late frame of a connection just closed).
@@ -529,7 +547,7 @@ impl SendSession {
                 }
                 if done {
                     let verified = std::mem::take(verified);
-                    self.on_verified(now, &verified);
+                    self.verified_listed(now, verified);
                 }
             }
             Frame::Error { code, message } => self.refused(now, *code, message),
@@ -555,7 +573,7 @@ impl SendSession {
             Frame::Accept { verified_count } => {
                 let count = *verified_count as usize;
                 if count == 0 {
-                    self.on_verified(now, &[]);
+                    self.verified_listed(now, Vec::new());
                 } else {
                     let cap = count.min(self.cfg.plan.chunk_count() as usize);
                     self.conn = Conn::AwaitVerified {
@@ -577,9 +595,38 @@ impl SendSession {
         }
     }
 
-    /// The receiver's list of verified chunks is complete: decide what goes.
-    fn on_verified(&mut self, now: Instant, verified: &[(u32, [u8; 32])]) {
-        let transfer = match OutgoingTransfer::new(self.cfg.plan, verified) {
+    /// The verified list is complete: over protocol version 2 the partial list follows, else that is all.
+    fn verified_listed(&mut self, now: Instant, verified: Vec<(u32, [u8; 32])>) {
+        if self.peer_version >= PARTIAL_CHUNKS_VERSION {
+            self.conn = Conn::AwaitPartial { verified };
+        } else {
+            self.on_verified(now, &verified, &[]);
+        }
+    }
+
+    fn on_partial_list(&mut self, now: Instant, frame: &Frame<'_>) {
+        match frame {
+            Frame::PartialList { entries } => {
+                let Conn::AwaitPartial { verified } = &mut self.conn else {
+                    return;
+                };
+                let verified = std::mem::take(verified);
+                let partial: Vec<(u32, u64)> = partial_entries(entries).collect();
+                self.on_verified(now, &verified, &partial);
+            }
+            Frame::Error { code, message } => self.refused(now, *code, message),
+            f => self.protocol(format!(
+                "receiver sent {} instead of its partial list",
+                f.name()
+            )),
+        }
+    }
+
+    /// The receiver said what it holds (verified chunks, and unverified prefixes): decide what goes.
+    fn on_verified(&mut self, now: Instant, verified: &[(u32, [u8; 32])], partial: &[(u32, u64)]) {
+        let transfer = match OutgoingTransfer::new(self.cfg.plan, verified)
+            .and_then(|t| t.with_partial(partial))
+        {
             Ok(t) => t,
             Err(e) => return self.protocol(format!("receiver's chunk list is invalid: {e}")),
         };

@@ -37,7 +37,9 @@ fn sha256(data: &[u8]) -> [u8; 32] {
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use trackshift_proto::frame::{self, verified_entries, ErrorCode, Frame, DATA_PIECE, HEADER_LEN};
+use trackshift_proto::frame::{
+    self, verified_entries, ErrorCode, Frame, DATA_PIECE, HEADER_LEN, PROTOCOL_VERSION,
+};
 use trackshift_proto::hashing::{self, Hasher};
 use trackshift_proto::plan::MIN_CHUNK_SIZE;
 use trackshift_proto::session::{
@@ -101,7 +103,9 @@ pub enum Wire {
     Offer { session: SessionId },
     Accept { verified_count: u32 },
     VerifiedList { indexes: Vec<u32> },
+    PartialList { chunks: Vec<(u32, u64)> },
     ChunkBegin { index: u32 },
+    ChunkResume { index: u32, from: u64 },
     Data { raw_len: u32, compressed: bool },
     ChunkEnd,
     ChunkDone { index: u32, ok: bool },
@@ -125,6 +129,10 @@ impl Wire {
             Frame::VerifiedList { entries } => Wire::VerifiedList {
                 indexes: verified_entries(entries).map(|(i, _)| i).collect(),
             },
+            Frame::PartialList { entries } => Wire::PartialList {
+                chunks: frame::partial_entries(entries).collect(),
+            },
+            Frame::ChunkResume { index, from } => Wire::ChunkResume { index, from },
             Frame::ChunkBegin { index } => Wire::ChunkBegin { index },
             Frame::Data {
                 raw_len,
@@ -1222,6 +1230,7 @@ impl World {
                 session: RecvSession::new(
                     RecvConfig {
                         dcsp_version: DCSP_VERSION,
+                        protocol_version: PROTOCOL_VERSION,
                     },
                     self.now,
                 ),
@@ -1248,7 +1257,7 @@ impl World {
         });
         self.snd
             .session
-            .connected(self.now, self.cfg.control_port, link);
+            .connected(self.now, self.cfg.control_port, link, PROTOCOL_VERSION);
         self.sender_pump();
     }
 
@@ -1582,7 +1591,7 @@ impl World {
             Some(rec) => {
                 let verified: Vec<(u32, [u8; 32])> =
                     rec.chunks.iter().map(|(&i, (sha, _))| (i, *sha)).collect();
-                c.session.accept(self.now, &verified);
+                c.session.accept(self.now, &verified, &[]);
             }
             None => {
                 self.rcv.store.sessions.insert(
@@ -1595,7 +1604,7 @@ impl World {
                         completed: None,
                     },
                 );
-                c.session.accept(self.now, &[]);
+                c.session.accept(self.now, &[], &[]);
             }
         }
     }
