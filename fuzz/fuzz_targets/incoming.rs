@@ -156,6 +156,15 @@ fn check(t: &mut IncomingTransfer, m: &mut Model, f: &Frame<'_>) -> bool {
                 offset: u64::from(index) * plan.chunk_size(),
             })
         }
+        // Nothing was listed as held (no `with_partial`): a resume may only start at the chunk's first byte.
+        (Frame::ChunkResume { index, from: 0 }, None) if index < plan.chunk_count() => {
+            m.current = Some((index, 0));
+            Some(Incoming::ChunkResume {
+                index,
+                offset: u64::from(index) * plan.chunk_size(),
+                from: 0,
+            })
+        }
         (Frame::Data { raw_len, .. }, Some((i, got)))
             if got + u64::from(raw_len) <= plan.len(i) =>
         {

@@ -40,7 +40,10 @@ struct Input {
     file_chunks: u8,
     udp: bool,
     accept: bool,
+    /// The control protocol version agreed (1 or 2 are real; others must not panic either).
+    version: u16,
     listed: Vec<(u8, [u8; 32])>,
+    partial: Vec<(u8, u64)>,
     recv_ops: Vec<Op>,
     send_ops: Vec<Op>,
 }
@@ -63,7 +66,7 @@ fn decoded(frame_type: u8, body: &[u8], f: impl FnOnce(&Frame<'_>)) {
 /// A well-formed frame of one of the kinds that name a chunk, encoded (type byte, body).
 fn chunk_frame(kind: u8, index: u8, sha: [u8; 32]) -> (u8, Vec<u8>) {
     let index = u32::from(index % 10);
-    let frame = match kind % 6 {
+    let frame = match kind % 7 {
         0 => Frame::ChunkBegin { index },
         1 => Frame::ChunkEnd { sha256: sha },
         2 => Frame::ChunkHash { index, sha256: sha },
@@ -81,7 +84,13 @@ fn chunk_frame(kind: u8, index: u8, sha: [u8; 32]) -> (u8, Vec<u8>) {
 
 fn receiver(input: &Input, plan: ChunkPlan) {
     let mut now = Instant::now();
-    let mut r = RecvSession::new(RecvConfig { dcsp_version: 1 }, now);
+    let mut r = RecvSession::new(
+        RecvConfig {
+            dcsp_version: 1,
+            protocol_version: input.version,
+        },
+        now,
+    );
     let mut out = Vec::new();
     let mut finished = false;
     let mut file_hash_announced = false;
@@ -114,7 +123,12 @@ fn receiver(input: &Input, plan: ChunkPlan) {
                         .iter()
                         .map(|(i, s)| (u32::from(*i), *s))
                         .collect();
-                    r.accept(now, &listed);
+                    let partial: Vec<(u32, u64)> = input
+                        .partial
+                        .iter()
+                        .map(|(i, b)| (u32::from(*i), *b))
+                        .collect();
+                    r.accept(now, &listed, &partial);
                 }
                 RecvAction::Offered { .. } => r.refuse(ErrorCode::Busy, "busy"),
                 RecvAction::StartDcsp { .. } => r.dcsp_ready(now, 7700),
@@ -167,6 +181,7 @@ fn sender(input: &Input, plan: ChunkPlan) {
                         conn_id: 9,
                         shard_size: 1400,
                     }),
+                    input.version,
                 ),
                 SendAction::HashWholeFile => s.file_hashed(now, [0; 32]),
                 SendAction::Finished(_) => finished = true,

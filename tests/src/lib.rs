@@ -624,6 +624,12 @@ impl ReceiverConfig {
         }
     }
 
+    /// More flags for `trackshift receive`.
+    pub fn extra(mut self, args: &[&str]) -> Self {
+        self.extra.extend(args.iter().map(|a| (*a).to_owned()));
+        self
+    }
+
     pub fn listen(mut self, addr: &str) -> Self {
         self.listen = addr.into();
         self

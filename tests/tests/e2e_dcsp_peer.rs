@@ -61,7 +61,7 @@ async fn offer_over_udp(
     (r, w, secret)
 }
 
-/// What the receiver said, owned, keep-alives skipped.
+/// What the receiver said, owned, keep-alives and the (empty) partial list skipped.
 #[derive(Debug, PartialEq)]
 enum Said {
     Accept(u32),
@@ -75,7 +75,7 @@ enum Said {
 async fn next_said<R: AsyncRead + Unpin>(r: &mut FrameReader<R>) -> Said {
     loop {
         return match r.next().await {
-            Ok(Frame::KeepAlive) => continue,
+            Ok(Frame::KeepAlive | Frame::PartialList { .. }) => continue,
             Ok(Frame::Accept { verified_count }) => Said::Accept(verified_count),
             Ok(Frame::UdpReady { port }) => Said::UdpReady(port),
             Ok(Frame::ChunkDone { index, ok }) => Said::ChunkDone(index, ok),

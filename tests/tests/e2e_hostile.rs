@@ -58,10 +58,16 @@ fn encode(frames: &[Frame<'_>]) -> Vec<u8> {
     out
 }
 
+/// The receiver's answer to a fresh session's offer: `Accept(0)`, then (protocol version 2) an empty
+/// `PartialList`.
 async fn expect_accept<R: tokio::io::AsyncRead + Unpin>(r: &mut FrameReader<R>) {
     match r.next().await {
         Ok(Frame::Accept { verified_count: 0 }) => {}
         other => panic!("expected Accept of a fresh session, got {other:?}"),
+    }
+    match r.next().await {
+        Ok(Frame::PartialList { entries: &[] }) => {}
+        other => panic!("expected the empty PartialList of a fresh session, got {other:?}"),
     }
 }
 

@@ -132,6 +132,19 @@ impl BlockGeometry {
         first..first + n
     }
 
+    /// Where chunk `chunk` starts in the file.
+    pub fn chunk_offset(&self, chunk: u32) -> u64 {
+        u64::from(chunk) * self.chunk_size
+    }
+
+    /// Where a resumed chunk's data starts again (bytes from the chunk's start) when the receiver holds its first
+    /// `have` bytes: the start of its first block not entirely within them. Sender and receiver both compute it,
+    /// so they agree on the blocks that are not sent again.
+    pub fn resume_point(&self, chunk: u32, have: u64) -> u64 {
+        let whole_blocks = have.min(self.chunk_len(chunk)) / self.block_bytes();
+        whole_blocks * self.block_bytes()
+    }
+
     /// Where block `block` sits, or `None` for an unused or out-of-range number.
     pub fn span(&self, block: u32) -> Option<BlockSpan> {
         let chunk = block / self.blocks_per_chunk;

@@ -274,6 +274,25 @@ impl DcspReceiver {
         r
     }
 
+    /// Chunks the receiver holds the start of (protocol version 2 resumes inside a chunk): `(chunk, restart)`
+    /// with `restart` from [`BlockGeometry::resume_point`]; the blocks before it will not come, and count as
+    /// complete.
+    pub fn resume_chunks(&mut self, resume: &[(u32, u64)]) {
+        for &(chunk, restart) in resume {
+            let start = self.geometry.chunk_offset(chunk);
+            for b in self.geometry.blocks_of_chunk(chunk) {
+                if self
+                    .geometry
+                    .span(b)
+                    .is_some_and(|s| s.offset < start + restart)
+                {
+                    self.set_done(b, true);
+                }
+            }
+        }
+        self.advance_cumulative();
+    }
+
     /// Gives back the buffer of a block the driver is done with, to assemble a later block in (saves
     /// allocating and zeroing one per block). Keeps at most [`MAX_SPARE`].
     pub fn recycle(&mut self, buf: Vec<u8>) {
@@ -692,6 +711,45 @@ mod tests {
             ..ReceiverStats::default()
         };
         assert!((s.loss() - 0.1).abs() < 1e-12);
+    }
+
+    #[test]
+    fn resume_points_fall_on_block_boundaries_and_those_blocks_count_as_complete() {
+        let plan = trackshift_proto::ChunkPlan::new(12 << 20, 5 << 20).unwrap();
+        let g = BlockGeometry::for_plan(&plan, 1024, 64).unwrap();
+        let block = g.block_bytes();
+        assert_eq!(g.resume_point(1, 0), 0);
+        assert_eq!(
+            g.resume_point(1, block - 1),
+            0,
+            "a block not whole goes again"
+        );
+        assert_eq!(g.resume_point(1, 3 * block + 5), 3 * block);
+        assert_eq!(
+            g.resume_point(2, u64::MAX),
+            (2 << 20) / block * block,
+            "never beyond the chunk"
+        );
+        let mut r = DcspReceiver::new(
+            ReceiverConfig {
+                conn_id: 1,
+                keys: DirectionKeys::derive(&[0; 32], 1, crate::Role::Receiver),
+                geometry: g,
+                skip_chunks: vec![0, 2],
+                max_assembly_bytes: 1 << 20,
+                stream: StreamShare { index: 0, count: 1 },
+            },
+            Instant::now(),
+        );
+        let first = g.blocks_of_chunk(1).start;
+        assert_eq!(r.cumulative, first, "chunk 1 is all to come");
+        r.resume_chunks(&[(1, g.resume_point(1, 3 * block + 5))]);
+        assert_eq!(
+            r.cumulative,
+            first + 3,
+            "its first 3 blocks are there already"
+        );
+        assert!(!r.is_complete());
     }
 
     #[test]

@@ -14,6 +14,8 @@ pub struct SessionView {
     #[serde(flatten)]
     pub record: SessionRecord,
     pub bytes_done: u64,
+    /// Incoming: bytes of unverified chunks already on disk (a resume sends only the rest).
+    pub bytes_partial: u64,
     pub percent: f64,
     pub chunks_done: u32,
     pub chunks_total: u32,
@@ -50,6 +52,10 @@ pub fn status(state_dir: &Path, id: SessionId) -> Result<SessionView, EngineErro
 }
 
 fn describe(store: &SessionStore, record: SessionRecord) -> Result<SessionView, EngineError> {
+    let bytes_partial = match &record {
+        SessionRecord::Incoming(s) => store.partial_chunks(&s.id)?.iter().map(|(_, b)| b).sum(),
+        SessionRecord::Outgoing(_) => 0,
+    };
     let (bytes_done, total, chunks_done, chunks_total) = match &record {
         SessionRecord::Incoming(s) => {
             let verified = store.verified_chunks(&s.id)?;
@@ -79,6 +85,7 @@ fn describe(store: &SessionStore, record: SessionRecord) -> Result<SessionView, 
     Ok(SessionView {
         record,
         bytes_done,
+        bytes_partial,
         percent,
         chunks_done,
         chunks_total,

@@ -1317,7 +1317,8 @@ fn frames_of(bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
     while rest.len() >= trackshift_proto::frame::HEADER_LEN {
         let mut header = [0u8; trackshift_proto::frame::HEADER_LEN];
         header.copy_from_slice(&rest[..trackshift_proto::frame::HEADER_LEN]);
-        let (len, t) = trackshift_proto::frame::parse_header(header).unwrap();
+        let (len, t) =
+            trackshift_proto::frame::parse_header(header).expect("a frame the session wrote");
         let body =
             &rest[trackshift_proto::frame::HEADER_LEN..trackshift_proto::frame::HEADER_LEN + len];
         out.push((t, body.to_vec()));

@@ -5,7 +5,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use spake2::{Ed25519Group, Identity as PakeIdentity, Password, Spake2};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use trackshift_proto::frame::PROTOCOL_VERSION;
+use trackshift_proto::frame::{MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
 use trackshift_proto::{ErrorCode, Frame};
 
 use crate::framed::{read_raw, write_frame, write_frames};
@@ -30,10 +30,16 @@ type HmacSha256 = Hmac<Sha256>;
 
 /// The `Hello` both sides send: the versions this build speaks.
 const OUR_HELLO: Frame<'static> = Frame::Hello {
-    min_version: PROTOCOL_VERSION,
+    min_version: MIN_PROTOCOL_VERSION,
     max_version: PROTOCOL_VERSION,
     software: SOFTWARE,
 };
+
+/// The version two peers speak: the newest both know, if their ranges meet.
+fn agreed_version(min_version: u16, max_version: u16) -> Option<u16> {
+    (min_version <= PROTOCOL_VERSION && max_version >= MIN_PROTOCOL_VERSION)
+        .then(|| max_version.min(PROTOCOL_VERSION))
+}
 
 fn confirmation(key: &[u8], role: &[u8], exporter: &[u8; 32]) -> [u8; 32] {
     // HMAC accepts keys of any length; the SPAKE2 key is 32 bytes.
@@ -98,18 +104,26 @@ impl ClientAuth {
         (Self { pake }, flight)
     }
 
-    /// Reads the receiver's flight and checks its confirmation; returns the `Confirm` frame to send next.
-    /// `exporter` is the TLS exporter value for `EXPORTER_LABEL`.
+    /// Reads the receiver's flight and checks its confirmation; returns the `Confirm` frame to send next and
+    /// the protocol version the connection speaks. `exporter` is the TLS exporter value for `EXPORTER_LABEL`.
     pub async fn finish<S: AsyncRead + AsyncWrite + Unpin>(
         self,
         s: &mut S,
         exporter: [u8; 32],
-    ) -> Result<Frame<'static>, TransportError> {
+    ) -> Result<(Frame<'static>, u16), TransportError> {
         let mut buf = Vec::new();
-        match expect(s, &mut buf).await? {
-            Frame::Hello { .. } => {}
+        let version = match expect(s, &mut buf).await? {
+            Frame::Hello {
+                min_version,
+                max_version,
+                ..
+            } => agreed_version(min_version, max_version).ok_or(TransportError::Version {
+                ours: PROTOCOL_VERSION,
+                min: min_version,
+                max: max_version,
+            })?,
             f => return Err(unexpected(&f, "Hello")),
-        }
+        };
         let key = match expect(s, &mut buf).await? {
             Frame::Pake { message } => self
                 .pake
@@ -121,9 +135,10 @@ impl ClientAuth {
             Frame::Confirm { mac }
                 if constant_time_eq(&mac, &confirmation(&key, b"receiver", &exporter)) =>
             {
-                Ok(Frame::Confirm {
+                let confirm = Frame::Confirm {
                     mac: confirmation(&key, b"sender", &exporter),
-                })
+                };
+                Ok((confirm, version))
             }
             Frame::Confirm { .. } => {
                 // Tell the receiver why we hang up, so it can report the refusal.
@@ -143,12 +158,12 @@ impl ClientAuth {
 }
 
 /// Sender side in one go, on a connection whose TLS did not carry the first flight: writes it, checks the
-/// receiver's flight, and writes and flushes our `Confirm`.
+/// receiver's flight, and writes and flushes our `Confirm`; the protocol version agreed.
 pub async fn authenticate_client<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
     exporter: [u8; 32],
     secret: &str,
-) -> Result<(), TransportError> {
+) -> Result<u16, TransportError> {
     let (auth, flight) = ClientAuth::start(secret);
     s.write_all(&flight)
         .await
@@ -156,29 +171,30 @@ pub async fn authenticate_client<S: AsyncRead + AsyncWrite + Unpin>(
     s.flush()
         .await
         .map_err(|e| TransportError::io("writing to peer", e))?;
-    let confirm = auth.finish(s, exporter).await?;
-    write_frame(s, &confirm).await
+    let (confirm, version) = auth.finish(s, exporter).await?;
+    write_frame(s, &confirm).await?;
+    Ok(version)
 }
 
 /// Receiver side: answers the sender's `Hello` + `Pake` with `Hello` + `Pake` + `Confirm` in one flight, then
 /// checks the sender's `Confirm`. On a wrong secret it tells the sender (an `Error` frame with code `Auth`)
 /// and fails. (Confirming first reveals nothing testable offline: SPAKE2 allows one password guess per run,
-/// whichever side confirms first.)
+/// whichever side confirms first.) Returns the protocol version agreed: the newest both speak.
 pub async fn authenticate_server<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
     exporter: [u8; 32],
     secret: &str,
-) -> Result<(), TransportError> {
+) -> Result<u16, TransportError> {
     let mut buf = Vec::new();
-    match expect(s, &mut buf).await? {
+    let version = match expect(s, &mut buf).await? {
         Frame::Hello {
             min_version,
             max_version,
             ..
         } => {
-            if !(min_version..=max_version).contains(&PROTOCOL_VERSION) {
+            let Some(version) = agreed_version(min_version, max_version) else {
                 let message = format!(
-                    "receiver speaks protocol version {PROTOCOL_VERSION}, sender {min_version}..={max_version}; upgrade the older side"
+                    "receiver speaks protocol versions {MIN_PROTOCOL_VERSION}..={PROTOCOL_VERSION}, sender {min_version}..={max_version}; upgrade the older side"
                 );
                 write_frame(
                     s,
@@ -193,10 +209,11 @@ pub async fn authenticate_server<S: AsyncRead + AsyncWrite + Unpin>(
                     min: min_version,
                     max: max_version,
                 });
-            }
+            };
+            version
         }
         f => return Err(unexpected(&f, "Hello")),
-    }
+    };
     let (pake, outbound) = Spake2::<Ed25519Group>::start_symmetric(
         &Password::new(secret.as_bytes()),
         &PakeIdentity::new(PAKE_IDENTITY),
@@ -222,7 +239,7 @@ pub async fn authenticate_server<S: AsyncRead + AsyncWrite + Unpin>(
         Ok(Frame::Confirm { mac })
             if constant_time_eq(&mac, &confirmation(&key, b"sender", &exporter)) =>
         {
-            Ok(())
+            Ok(version)
         }
         Ok(Frame::Confirm { .. }) => {
             write_frame(
@@ -262,7 +279,7 @@ mod tests {
         client_secret: &str,
         server_secret: &str,
         client_ekm: [u8; 32],
-    ) -> (Result<(), TransportError>, Result<(), TransportError>) {
+    ) -> (Result<u16, TransportError>, Result<u16, TransportError>) {
         let (mut a, mut b) = tokio::io::duplex(4096);
         let ss = server_secret.to_owned();
         let server = tokio::spawn(async move { authenticate_server(&mut b, [1; 32], &ss).await });
@@ -273,8 +290,24 @@ mod tests {
     #[tokio::test]
     async fn same_secret_authenticates_both_ways() {
         let (c, s) = run("hunter2", "hunter2", [1; 32]).await;
-        c.unwrap();
-        s.unwrap();
+        assert_eq!(
+            c.unwrap(),
+            PROTOCOL_VERSION,
+            "both speak the newest version"
+        );
+        assert_eq!(s.unwrap(), PROTOCOL_VERSION);
+    }
+
+    #[test]
+    fn the_newest_common_version_is_agreed() {
+        assert_eq!(
+            agreed_version(1, 1),
+            Some(1),
+            "an older peer speaks version 1"
+        );
+        assert_eq!(agreed_version(1, 9), Some(PROTOCOL_VERSION));
+        assert_eq!(agreed_version(PROTOCOL_VERSION + 1, 9), None);
+        assert_eq!(agreed_version(0, 0), None);
     }
 
     #[tokio::test]

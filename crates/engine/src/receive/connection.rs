@@ -3,6 +3,7 @@
 //! asks (look the offer up in the store, start a writer, finish the file), relays the writer's verdicts, and
 //! records and reports how the transfer ended.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::mpsc::SyncSender;
@@ -55,14 +56,26 @@ const MAX_BLOCK_BITS: u64 = 1 << 27;
 type Writer = FrameWriter<WriteHalf<ServerTls>>;
 type FrameRead = Result<(u8, PooledBuf), TransportError>;
 
+/// What authenticating established about a connection.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Link {
+    pub(super) peer: SocketAddr,
+    /// The secret this connection's DCSP keys derive from.
+    pub(super) dcsp_secret: [u8; 32],
+    /// The round trip measured while authenticating (our flight out, the sender's `Confirm` back).
+    pub(super) control_rtt: Duration,
+    /// The control protocol version agreed in `Hello`.
+    pub(super) version: u16,
+}
+
 /// Runs the conversation on an authenticated connection.
-pub(super) async fn converse(
-    ctx: &Ctx,
-    tls: ServerTls,
-    peer: SocketAddr,
-    dcsp_secret: [u8; 32],
-    control_rtt: Duration,
-) -> ConnOutcome {
+pub(super) async fn converse(ctx: &Ctx, tls: ServerTls, link: Link) -> ConnOutcome {
+    let Link {
+        peer,
+        dcsp_secret,
+        control_rtt,
+        version,
+    } = link;
     let (rd, wr) = split(tls);
     let (frames, reader_task) = spawn_reader(rd);
     let (events_tx, events) = mpsc::unbounded_channel();
@@ -74,6 +87,7 @@ pub(super) async fn converse(
         session: RecvSession::new(
             RecvConfig {
                 dcsp_version: trackshift_dcsp::VERSION,
+                protocol_version: version,
             },
             Instant::now(),
         ),
@@ -259,7 +273,16 @@ impl<'a> Connection<'a> {
         let sent = match (data, incoming) {
             (DataPath::Tcp { ops, .. }, incoming) => {
                 let op = match incoming {
-                    Incoming::ChunkBegin { offset, .. } => TcpOp::Begin { offset },
+                    Incoming::ChunkBegin { index, offset } => TcpOp::Begin { index, offset },
+                    Incoming::ChunkResume {
+                        index,
+                        offset,
+                        from,
+                    } => TcpOp::Resume {
+                        index,
+                        offset,
+                        from,
+                    },
                     Incoming::Data { offset, raw_len } => TcpOp::Data {
                         offset,
                         raw_len,
@@ -324,9 +347,10 @@ impl<'a> Connection<'a> {
             Ok(Opened::Resumable {
                 record,
                 verified,
+                partial,
                 part,
             }) => {
-                self.session.accept(Instant::now(), &verified);
+                self.session.accept(Instant::now(), &verified, &partial);
                 let mut map = ChunkMap::new(plan.chunk_count());
                 for (i, _) in &verified {
                     map.insert(*i);
@@ -407,9 +431,11 @@ impl<'a> Connection<'a> {
         record.updated_unix = unix_now();
         record.error = None;
         store.put_incoming(&record).map_err(store_err)?;
+        let partial = store.partial_chunks(&id).map_err(store_err)?;
         Ok(Opened::Resumable {
             record,
             verified,
+            partial,
             part,
         })
     }
@@ -439,13 +465,15 @@ impl<'a> Connection<'a> {
         }
     }
 
-    /// What a writer of the accepted transfer needs (the partial file moves into it).
-    fn writer_job(&mut self) -> Option<WriterJob> {
+    /// What a writer of the accepted transfer needs (the partial file moves into it); `resume`: the DCSP
+    /// chunks it picks up after their first bytes.
+    fn writer_job(&mut self, resume: BTreeMap<u32, u64>) -> Option<WriterJob> {
         let t = self.transfer.as_mut()?;
         Some(WriterJob {
             plan: t.plan,
             part: t.part.take()?,
             verified: t.verified.clone(),
+            resume,
             dest: Destination {
                 id: t.record.id,
                 output_dir: t.record.output_dir.clone(),
@@ -458,7 +486,9 @@ impl<'a> Connection<'a> {
     }
 
     fn start_tcp(&mut self) {
-        let Some(job) = self.writer_job() else { return };
+        let Some(job) = self.writer_job(BTreeMap::new()) else {
+            return;
+        };
         let (ops, rx) = mpsc::channel(TCP_WRITER_QUEUE);
         match tcp_writer::spawn(job, rx) {
             Ok(writer) => self.set_data(DataPath::Tcp { ops, writer }),
@@ -494,7 +524,18 @@ impl<'a> Connection<'a> {
         let skip_chunks: Vec<u32> = (0..t.plan.chunk_count())
             .filter(|c| t.verified.get(*c))
             .collect();
-        let Some(job) = self.writer_job() else { return };
+        // What the sender will not send again of the chunks this receiver holds the start of.
+        let resume: BTreeMap<u32, u64> = self
+            .session
+            .partial()
+            .iter()
+            .map(|&(c, have)| (c, geometry.resume_point(c, have)))
+            .filter(|&(_, restart)| restart > 0)
+            .collect();
+        let resume_list: Vec<(u32, u64)> = resume.iter().map(|(&c, &r)| (c, r)).collect();
+        let Some(job) = self.writer_job(resume) else {
+            return;
+        };
         let (msgs, rx) = dcsp_writer::writer_channel();
         let spare = crate::pool::SpareBufs::default();
         let mut stats = Vec::with_capacity(usize::from(streams));
@@ -512,8 +553,11 @@ impl<'a> Connection<'a> {
                 },
             };
             // Marking the blocks it need not wait for takes a moment on a huge file: off the async workers.
-            let receiver =
-                tokio::task::block_in_place(|| DcspReceiver::new(config, Instant::now()));
+            let receiver = tokio::task::block_in_place(|| {
+                let mut r = DcspReceiver::new(config, Instant::now());
+                r.resume_chunks(&resume_list);
+                r
+            });
             let st = Arc::new(Mutex::new(ReceiverStats::default()));
             plane.register(id, receiver, msgs.clone(), st.clone(), spare.clone());
             stats.push(st);
@@ -711,10 +755,12 @@ enum Opened {
         sha: Option<[u8; 32]>,
         final_name: String,
     },
-    /// New or resumable: its record, the chunks verified so far, the partial file.
+    /// New or resumable: its record, the chunks verified so far, the durable prefixes of others, the partial
+    /// file.
     Resumable {
         record: IncomingSession,
         verified: Vec<(u32, [u8; 32])>,
+        partial: Vec<(u32, u64)>,
         part: PartialFile,
     },
 }

@@ -175,6 +175,7 @@ fn run(
         for c in done_chunks {
             w.judge(c, &feed)?;
         }
+        w.record_progress()?;
     }
     w.stage.flush(&w.v.part).map_err(store_reply)?;
     w.v.close()
@@ -205,10 +206,57 @@ impl Writer {
         Ok(())
     }
 
+    /// Every [`super::verify::PROGRESS_EVERY`]: how far the chunk at the cursor got, written and (by the commit
+    /// thread) synced before it is recorded.
+    fn record_progress(&mut self) -> Result<(), ErrorReply> {
+        let Some((c, _)) = self.cur.chunk.as_ref() else {
+            return Ok(());
+        };
+        let c = *c;
+        if !self.v.progress_due() {
+            return Ok(());
+        }
+        self.stage.flush(&self.v.part).map_err(store_reply)?;
+        let bytes = self.cur.at - self.cur.plan.offset(c);
+        self.v.progress(c, bytes)
+    }
+
+    /// A chunk at the cursor whose first bytes the sender does not send again (they were on disk from an earlier
+    /// connection): they are read back into its hash and the whole-file hash.
+    fn resume_prefix(&mut self) -> Result<(), ErrorReply> {
+        let c = self.cur.chunk_of(self.cur.at);
+        if self.cur.chunk.is_some() || self.cur.at != self.cur.plan.offset(c) {
+            return Ok(());
+        }
+        let Some(restart) = self.v.resume.remove(&c) else {
+            return Ok(());
+        };
+        self.v.hash.send(HashOp::Mark)?;
+        let mut hasher = Hasher::new();
+        let end = self.cur.at + restart;
+        while self.cur.at < end {
+            let n = (end - self.cur.at).min(self.scratch.len() as u64) as usize;
+            self.v
+                .part
+                .read_at(self.cur.at, &mut self.scratch[..n])
+                .map_err(store_reply)?;
+            hasher.update(&self.scratch[..n]);
+            self.v
+                .hash
+                .send(HashOp::Bytes(self.pool.aligned_copy(&self.scratch[..n], 1)))?;
+            self.cur.at += n as u64;
+        }
+        self.cur.chunk = Some((c, hasher));
+        Ok(())
+    }
+
     /// Hashes what is now in order at the cursor; chunks hashed whole are added to `done`.
     fn hash_in_order(&mut self, done: &mut Vec<u32>) -> Result<(), ErrorReply> {
         loop {
             self.skip_verified()?;
+            if self.cur.at < self.cur.plan.file_size() {
+                self.resume_prefix()?;
+            }
             if self.cur.at >= self.cur.plan.file_size() {
                 return Ok(());
             }
@@ -270,8 +318,7 @@ impl Writer {
         }
         self.rollback(c)?;
         feed.reset_chunk(c);
-        self.v.failed(c);
-        Ok(())
+        self.v.failed(c)
     }
 
     /// Feeds the whole-file hash with chunks verified earlier (an earlier run, or before an earlier chunk failed)

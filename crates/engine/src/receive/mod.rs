@@ -223,8 +223,8 @@ async fn handle_conn(ctx: &Ctx, tcp: TcpStream, peer: SocketAddr) -> ConnOutcome
         let ekm = exporter_of(tls.get_ref().1)?;
         authenticate_server(&mut tls, ekm, &ctx.secret).await
     };
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, auth).await {
-        Ok(Ok(())) => {}
+    let version = match tokio::time::timeout(HANDSHAKE_TIMEOUT, auth).await {
+        Ok(Ok(version)) => version,
         Ok(Err(e @ (TransportError::PeerNotAuthentic | TransportError::Version { .. }))) => {
             let kind = if matches!(e, TransportError::PeerNotAuthentic) {
                 ErrorKind::Auth
@@ -243,12 +243,18 @@ async fn handle_conn(ctx: &Ctx, tcp: TcpStream, peer: SocketAddr) -> ConnOutcome
             return ConnOutcome::Dropped;
         }
         Err(_) => return ConnOutcome::Dropped,
-    }
+    };
     let Ok(dcsp_secret) = dcsp_secret_of(tls.get_ref().1) else {
         return ConnOutcome::Dropped;
     };
     let control_rtt = auth_started.elapsed();
-    connection::converse(ctx, tls, peer, dcsp_secret, control_rtt).await
+    let link = connection::Link {
+        peer,
+        dcsp_secret,
+        control_rtt,
+        version,
+    };
+    connection::converse(ctx, tls, link).await
 }
 
 /// Releases a session's busy mark when the connection ends (unless a newer connection already took it over).

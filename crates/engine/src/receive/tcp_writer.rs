@@ -12,7 +12,7 @@ use trackshift_storage::DIRECT_IO_ALIGN;
 
 use super::verify::{hash_from_disk, HashOp, Verifier, WriterEvent, WriterJob};
 use crate::error::{store_reply, ErrorReply};
-use crate::pool::{BufPool, PooledBuf};
+use crate::pool::{BufPool, PooledBuf, SharedBytes};
 use crate::threads;
 
 /// Pieces queued between the connection's task and the writer: bounds receiver memory to a few MiB per transfer.
@@ -22,7 +22,14 @@ pub(crate) const TCP_WRITER_QUEUE: usize = 8;
 #[derive(Debug)]
 pub(crate) enum TcpOp {
     Begin {
+        index: u32,
         offset: u64,
+    },
+    /// A chunk whose first `from` bytes are on disk already (`ChunkResume`).
+    Resume {
+        index: u32,
+        offset: u64,
+        from: u64,
     },
     /// A `Data` frame's body (the piece starts at `DATA_BODY_OFFSET`), for file offset `offset`.
     Data {
@@ -55,7 +62,10 @@ pub(crate) fn spawn(
 /// The chunk being written.
 #[derive(Debug)]
 struct Current {
+    index: u32,
     offset: u64,
+    /// Bytes of it written (or on disk from an earlier connection).
+    written: u64,
     hasher: Hasher,
     /// It continues the whole-file hash (else it is read back from disk at the end).
     in_order: bool,
@@ -90,7 +100,12 @@ fn run(job: WriterJob, mut ops: mpsc::Receiver<TcpOp>) -> Result<(), ErrorReply>
     };
     while let Some(op) = ops.blocking_recv() {
         match op {
-            TcpOp::Begin { offset } => w.begin(offset)?,
+            TcpOp::Begin { index, offset } => w.begin(index, offset)?,
+            TcpOp::Resume {
+                index,
+                offset,
+                from,
+            } => w.resume(index, offset, from)?,
             TcpOp::Data {
                 offset,
                 raw_len,
@@ -105,16 +120,50 @@ fn run(job: WriterJob, mut ops: mpsc::Receiver<TcpOp>) -> Result<(), ErrorReply>
 }
 
 impl TcpWriter {
-    fn begin(&mut self, offset: u64) -> Result<(), ErrorReply> {
+    fn begin(&mut self, index: u32, offset: u64) -> Result<(), ErrorReply> {
         let in_order = offset == self.v.hash.position();
         if in_order {
             self.v.hash.send(HashOp::Mark)?;
         }
         self.current = Some(Current {
+            index,
             offset,
+            written: 0,
             hasher: Hasher::new(),
             in_order,
         });
+        Ok(())
+    }
+
+    /// A chunk resumed at byte `from`: what is before is read back from disk into its hashes.
+    fn resume(&mut self, index: u32, offset: u64, from: u64) -> Result<(), ErrorReply> {
+        self.begin(index, offset)?;
+        let mut buf = vec![0u8; DATA_PIECE];
+        let mut done = 0u64;
+        while done < from {
+            let n = (from - done).min(DATA_PIECE as u64) as usize;
+            self.v
+                .part
+                .read_at(offset + done, &mut buf[..n])
+                .map_err(store_reply)?;
+            self.take(&buf[..n], None)?;
+            done += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Bytes of the current chunk, in order, into its hash and (in order) the whole-file hash: `shared` when
+    /// they are already in an aligned pooled buffer, else copied into one.
+    fn take(&mut self, bytes: &[u8], shared: Option<SharedBytes>) -> Result<(), ErrorReply> {
+        let Some(c) = self.current.as_mut() else {
+            return Ok(());
+        };
+        c.hasher.update(bytes);
+        c.written += bytes.len() as u64;
+        if c.in_order {
+            let b = shared.unwrap_or_else(|| self.aligned_pool.aligned_copy(bytes, 1));
+            self.v.hash.send(HashOp::Bytes(b))?;
+        }
         Ok(())
     }
 
@@ -139,13 +188,12 @@ impl TcpWriter {
         };
         drop(body);
         self.v.part.write_at(offset, &bytes).map_err(store_reply)?;
-        if let Some(c) = self.current.as_mut() {
-            c.hasher.update(&bytes);
-            if c.in_order {
-                self.v.hash.send(HashOp::Bytes(bytes))?;
-            }
+        let piece = bytes.clone();
+        self.take(&piece, Some(bytes))?;
+        match &self.current {
+            Some(c) => self.v.progress(c.index, c.written),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// The chunk is complete: commit it if it matches `expected`, else take back its part of the whole-file hash
@@ -164,8 +212,7 @@ impl TcpWriter {
         if ok {
             self.v.commit(index, actual)
         } else {
-            self.v.failed(index);
-            Ok(())
+            self.v.failed(index)
         }
     }
 }

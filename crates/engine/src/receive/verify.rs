@@ -1,9 +1,11 @@
 //! What both receiving writers (TCP and DCSP) share: the whole-file hash on a thread of its own, the commit of
 //! verified chunks off the write path, and the final check that puts a file in place.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self as std_mpsc, SyncSender};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use trackshift_proto::frame::DATA_PIECE;
@@ -29,6 +31,10 @@ pub(crate) enum WriterEvent {
 }
 
 pub(crate) type WriterEvents = mpsc::UnboundedSender<WriterEvent>;
+
+/// How often a writer records how far the unverified chunk it is writing got: about what a crash or a kill of
+/// either side costs at most (one fdatasync and one store commit each time, cheap next to half a second of data).
+pub(crate) const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 
 /// Queued ahead of the whole-file hashing thread: enough to ride over a slow moment, bounded in memory.
 const HASH_QUEUE: usize = 16;
@@ -127,37 +133,43 @@ pub(crate) fn hash_from_disk(
     Ok(())
 }
 
-/// Makes verified chunks durable off the writer's path, so writing and hashing the next chunk overlaps the
-/// previous chunk's fdatasync: data synced first, then the store's mark, then the sender is told.
+/// What the commit thread is asked, in the order the writer decided it.
+#[derive(Debug)]
+enum CommitOp {
+    /// Chunk `index` (`len` bytes) matched `sha`: durable, recorded, then the sender is told.
+    Verified { index: u32, sha: [u8; 32], len: u64 },
+    /// The first `bytes` bytes of unverified chunk `index` are written: durable, then recorded, so a resume needs
+    /// only the rest.
+    Progress { index: u32, bytes: u64 },
+    /// Chunk `index` failed its hash: its recorded prefix is forgotten (it goes again whole).
+    Forget(u32),
+}
+
+/// Makes verified chunks (and the written prefixes of unverified ones) durable off the writer's path, so
+/// writing and hashing the next chunk overlaps the previous chunk's fdatasync: data synced first, then the
+/// store's record, then the sender is told.
 #[derive(Debug)]
 struct Committer {
-    tx: Option<std_mpsc::Sender<(u32, [u8; 32], u64)>>,
+    tx: Option<std_mpsc::Sender<CommitOp>>,
     handle: Option<std::thread::JoinHandle<Result<(), ErrorReply>>>,
 }
 
 impl Committer {
-    pub(crate) fn start(
+    fn start(
         part: Arc<PartialFile>,
         store: Arc<SessionStore>,
         id: SessionId,
         events: WriterEvents,
     ) -> Result<Self, ErrorReply> {
-        let (tx, rx) = std_mpsc::channel::<(u32, [u8; 32], u64)>();
+        let (tx, rx) = std_mpsc::channel::<CommitOp>();
         let handle = threads::spawn("commit", move || {
             while let Ok(first) = rx.recv() {
-                // One fdatasync covers every chunk that finished meanwhile.
+                // One fdatasync covers everything that was asked meanwhile.
                 let mut batch = vec![first];
                 batch.extend(rx.try_iter());
                 part.sync_data().map_err(store_reply)?;
-                for (index, sha, len) in batch {
-                    store
-                        .mark_chunk_verified(&id, index, sha)
-                        .map_err(store_reply)?;
-                    let _ = events.send(WriterEvent::ChunkDone {
-                        index,
-                        ok: true,
-                        len,
-                    });
+                for op in batch {
+                    record(&store, &id, op, &events)?;
                 }
             }
             Ok(())
@@ -169,18 +181,18 @@ impl Committer {
         })
     }
 
-    /// Queues a verified chunk; fails with the commit thread's error if it has stopped.
-    pub(crate) fn commit(&mut self, index: u32, sha: [u8; 32], len: u64) -> Result<(), ErrorReply> {
+    /// Queues `op`; fails with the commit thread's error if it has stopped.
+    fn send(&mut self, op: CommitOp) -> Result<(), ErrorReply> {
         match &self.tx {
-            Some(tx) if tx.send((index, sha, len)).is_ok() => Ok(()),
+            Some(tx) if tx.send(op).is_ok() => Ok(()),
             _ => self
                 .finish()
                 .and(Err(internal("the commit thread stopped".into()))),
         }
     }
 
-    /// Waits until every queued chunk is durable and recorded.
-    pub(crate) fn finish(&mut self) -> Result<(), ErrorReply> {
+    /// Waits until everything queued is durable and recorded.
+    fn finish(&mut self) -> Result<(), ErrorReply> {
         self.tx = None;
         match self.handle.take() {
             Some(h) => h
@@ -189,6 +201,32 @@ impl Committer {
             None => Ok(()),
         }
     }
+}
+
+/// One synced operation into the store (and, for a verified chunk, the verdict to the connection's task).
+fn record(
+    store: &SessionStore,
+    id: &SessionId,
+    op: CommitOp,
+    events: &WriterEvents,
+) -> Result<(), ErrorReply> {
+    match op {
+        CommitOp::Verified { index, sha, len } => {
+            store
+                .mark_chunk_verified(id, index, sha)
+                .map_err(store_reply)?;
+            let _ = events.send(WriterEvent::ChunkDone {
+                index,
+                ok: true,
+                len,
+            });
+        }
+        CommitOp::Progress { index, bytes } => store
+            .set_partial_chunk(id, index, bytes)
+            .map_err(store_reply)?,
+        CommitOp::Forget(index) => store.set_partial_chunk(id, index, 0).map_err(store_reply)?,
+    }
+    Ok(())
 }
 
 impl Drop for Committer {
@@ -214,6 +252,8 @@ pub(crate) struct WriterJob {
     pub(crate) part: PartialFile,
     /// Chunks verified before this connection.
     pub(crate) verified: ChunkMap,
+    /// DCSP: chunks whose first bytes are on disk and will not come again, and how many (a block boundary).
+    pub(crate) resume: BTreeMap<u32, u64>,
     pub(crate) dest: Destination,
     pub(crate) store: Arc<SessionStore>,
     pub(crate) events: WriterEvents,
@@ -234,9 +274,11 @@ impl WriterJob {
             part,
             plan: self.plan,
             verified: self.verified,
+            resume: self.resume,
             store: self.store,
             dest: self.dest,
             events: self.events,
+            last_progress: Instant::now(),
         })
     }
 }
@@ -248,23 +290,44 @@ pub(crate) struct Verifier {
     pub(crate) plan: ChunkPlan,
     /// Chunks verified (before this connection, and committed since).
     pub(crate) verified: ChunkMap,
+    /// DCSP: chunks to pick up after their first bytes (see [`WriterJob::resume`]); taken when used.
+    pub(crate) resume: BTreeMap<u32, u64>,
     pub(crate) part: Arc<PartialFile>,
     pub(crate) hash: HashThread,
     committer: Committer,
     store: Arc<SessionStore>,
     dest: Destination,
     events: WriterEvents,
+    /// When the last prefix was recorded.
+    last_progress: Instant,
 }
 
 impl Verifier {
     /// Chunk `index` matched its hash `sha`: durable and recorded next, then the sender is told.
     pub(crate) fn commit(&mut self, index: u32, sha: [u8; 32]) -> Result<(), ErrorReply> {
         self.verified.insert(index);
-        self.committer.commit(index, sha, self.plan.len(index))
+        let len = self.plan.len(index);
+        self.committer.send(CommitOp::Verified { index, sha, len })
     }
 
-    /// Chunk `index` did not match its hash: the sender is told to send it again.
-    pub(crate) fn failed(&self, index: u32) {
+    /// The first `bytes` bytes of unverified chunk `index` are written (and will be durable before they are
+    /// recorded), at most every [`PROGRESS_EVERY`]: a resume after a crash or a kill then needs only the rest.
+    pub(crate) fn progress(&mut self, index: u32, bytes: u64) -> Result<(), ErrorReply> {
+        if bytes == 0 || !self.progress_due() {
+            return Ok(());
+        }
+        self.last_progress = Instant::now();
+        self.committer.send(CommitOp::Progress { index, bytes })
+    }
+
+    /// Whether [`Self::progress`] would record now (so a writer flushes what it buffers first).
+    pub(crate) fn progress_due(&self) -> bool {
+        self.last_progress.elapsed() >= PROGRESS_EVERY
+    }
+
+    /// Chunk `index` did not match its hash: its recorded prefix is forgotten, and the sender is told to send
+    /// it again.
+    pub(crate) fn failed(&mut self, index: u32) -> Result<(), ErrorReply> {
         tracing::warn!(
             "chunk {index} of session {} failed verification; asking for it again",
             self.dest.id
@@ -274,6 +337,7 @@ impl Verifier {
             ok: false,
             len: self.plan.len(index),
         });
+        self.committer.send(CommitOp::Forget(index))
     }
 
     /// The connection ended before the file: waits until every queued chunk is durable and recorded.

@@ -371,12 +371,12 @@ impl Sender {
             let (auth, flight) = ClientAuth::start(&self.secret);
             let (mut tls, fp) = connect(&to, expected.clone(), &known_file, &flight).await?;
             let ekm = exporter_of(tls.get_ref().1)?;
-            let confirm = tokio::time::timeout(AUTH_TIMEOUT, auth.finish(&mut tls, ekm))
+            let (confirm, version) = tokio::time::timeout(AUTH_TIMEOUT, auth.finish(&mut tls, ekm))
                 .await
                 .map_err(|_| TransportError::Timeout("authenticating"))??;
-            Ok::<_, TransportError>((tls, fp, confirm))
+            Ok::<_, TransportError>((tls, fp, confirm, version))
         };
-        let (tls, fp, confirm) = match attempt.await {
+        let (tls, fp, confirm, version) = match attempt.await {
             Ok(ok) => ok,
             Err(e) if e.is_transient() => {
                 self.session.connect_failed(Instant::now(), &e.to_string());
@@ -396,7 +396,7 @@ impl Sender {
             self.record.receiver_fingerprint = Some(fp);
             self.store.put_outgoing(&self.record)?;
         }
-        self.open_conn(tls, confirm).await
+        self.open_conn(tls, confirm, version).await
     }
 
     /// The authenticated connection: its frame pump, its writer (with our `Confirm` queued), and what
@@ -405,6 +405,7 @@ impl Sender {
         &mut self,
         tls: ClientTls,
         confirm: Frame<'static>,
+        version: u16,
     ) -> Result<(), EngineError> {
         let dcsp_secret = dcsp_secret_of(tls.get_ref().1)?;
         let peer = match tls.get_ref().0.peer_addr() {
@@ -440,7 +441,8 @@ impl Sender {
                 .max_rate
                 .map(|r| (r, tokio::time::Instant::now())),
         });
-        self.session.connected(Instant::now(), peer.port(), udp);
+        self.session
+            .connected(Instant::now(), peer.port(), udp, version);
         Ok(())
     }
 
@@ -598,6 +600,9 @@ impl Sender {
         };
         let written = match ev {
             ReadEvent::Begin(index) => self.write_frame(&Frame::ChunkBegin { index }).await,
+            ReadEvent::Resume(index, from) => {
+                self.write_frame(&Frame::ChunkResume { index, from }).await
+            }
             ReadEvent::Piece {
                 raw_len,
                 compressed,

@@ -31,6 +31,8 @@ const PACKED_SLACK: usize = DATA_PIECE / 64;
 pub(crate) enum ReadEvent {
     /// `Data` frames: chunk `index` begins.
     Begin(u32),
+    /// `Data` frames: chunk `index` goes on from byte `from` (the receiver holds what is before).
+    Resume(u32, u64),
     /// `Data` frames: the next piece of the current chunk, `raw_len` file bytes.
     Piece {
         raw_len: u32,
@@ -44,6 +46,32 @@ pub(crate) enum ReadEvent {
     /// The whole file has been read once: its SHA-256.
     FileHash([u8; 32]),
     Failed(String),
+}
+
+/// A piece of a chunk as the reader reads it.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    /// Its DCSP block number (planes only).
+    block: Option<u32>,
+    len: usize,
+    /// It goes to the data path (else it is only hashed).
+    send: bool,
+}
+
+/// `[from, to)` of a chunk in pieces of at most 1 MiB.
+fn pieces(from: u64, to: u64, send: bool) -> Vec<Span> {
+    let mut out = Vec::new();
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(DATA_PIECE as u64);
+        out.push(Span {
+            block: None,
+            len: n as usize,
+            send,
+        });
+        at += n;
+    }
+    out
 }
 
 /// Where the chunks that go are handed.
@@ -179,12 +207,15 @@ impl<'a> ReadJob<'a> {
         .map_err(Stop::Failed)?;
         for (index, what) in first_pass.iter().enumerate() {
             let index = index as u32;
-            let send = matches!(what, FirstPass::Send);
-            let sha = self.read_chunk(index, send, Some(&file_tx))?;
-            self.emit(if send {
-                ReadEvent::Sent(index, sha)
-            } else {
-                ReadEvent::Checked(index, sha)
+            let send_from = match what {
+                FirstPass::Send => Some(0),
+                FirstPass::Resume { have } => Some(*have),
+                FirstPass::Check { .. } => None,
+            };
+            let sha = self.read_chunk(index, send_from, Some(&file_tx))?;
+            self.emit(match send_from {
+                Some(_) => ReadEvent::Sent(index, sha),
+                None => ReadEvent::Checked(index, sha),
             })?;
         }
         drop(file_tx);
@@ -193,65 +224,78 @@ impl<'a> ReadJob<'a> {
             .map_err(|_| Stop::Failed("the hashing thread panicked".into()))?;
         self.emit(ReadEvent::FileHash(digest))?;
         while let Ok(index) = resend.recv() {
-            let sha = self.read_chunk(index, true, None)?;
+            let sha = self.read_chunk(index, Some(0), None)?;
             self.emit(ReadEvent::Sent(index, sha))?;
         }
         Ok(())
     }
 
-    /// Reads chunk `index` (sending it when `send`), feeding `whole` in file order; its SHA-256.
+    /// Reads chunk `index` whole, feeding `whole` in file order, and sends it from byte `send_from` on (the
+    /// receiver holds what is before; `None`: nothing is sent); its SHA-256.
     fn read_chunk(
         &mut self,
         index: u32,
-        send: bool,
+        send_from: Option<u64>,
         whole: Option<&SyncSender<Arc<PooledBuf>>>,
     ) -> Result<[u8; 32], Stop> {
         let (start, len) = (self.plan.offset(index), self.plan.len(index));
         let mut chunk = Hasher::new();
-        if send && matches!(self.outlet, Outlet::Frames { .. }) {
-            self.emit(ReadEvent::Begin(index))?;
+        if matches!(self.outlet, Outlet::Frames { .. }) {
+            match send_from {
+                Some(0) => self.emit(ReadEvent::Begin(index))?,
+                Some(from) => self.emit(ReadEvent::Resume(index, from))?,
+                None => {}
+            }
         }
         let mut compress: Option<bool> = None;
         let mut done = 0u64;
-        for (block, n) in self.spans(index, send)? {
+        for span in self.spans(index, send_from)? {
             let mut buf = self.pool.get();
-            buf.data_mut().resize(n, 0);
+            buf.data_mut().resize(span.len, 0);
             self.source.read_exact_at(start + done, buf.data_mut())?;
             chunk.update(&buf);
-            done += n as u64;
+            done += span.len as u64;
             let buf = Arc::new(buf);
             if let Some(w) = whole {
                 w.send(buf.clone()).map_err(|_| Stop::Stopped)?;
             }
-            if send {
-                self.hand_over(block, buf, &mut compress)?;
+            if span.send {
+                self.hand_over(span.block, buf, &mut compress)?;
             }
         }
         debug_assert_eq!(done, len);
         Ok(chunk.finish())
     }
 
-    /// The pieces chunk `index` is read in: its blocks when it goes to the DCSP planes, else 1 MiB pieces.
-    fn spans(&self, index: u32, send: bool) -> Result<Vec<(Option<u32>, usize)>, Stop> {
-        match &self.outlet {
-            Outlet::Planes { geometry, .. } if send => geometry
-                .blocks_of_chunk(index)
-                .map(|b| {
-                    let span = geometry
-                        .span(b)
-                        .ok_or_else(|| Stop::Failed("block layout mismatch".into()))?;
-                    Ok((Some(b), span.len as usize))
-                })
-                .collect(),
-            _ => {
-                let len = self.plan.len(index);
-                let pieces = len.div_ceil(DATA_PIECE as u64);
-                Ok((0..pieces)
-                    .map(|p| {
-                        let n = (len - p * DATA_PIECE as u64).min(DATA_PIECE as u64);
-                        (None, n as usize)
+    /// The pieces chunk `index` is read in, in order, and which of them go: its blocks when it goes to the DCSP
+    /// planes (those before the geometry's resume point stay home), else 1 MiB pieces (the bytes before
+    /// `send_from` in pieces of their own, which stay home).
+    fn spans(&self, index: u32, send_from: Option<u64>) -> Result<Vec<Span>, Stop> {
+        let len = self.plan.len(index);
+        match (&self.outlet, send_from) {
+            (Outlet::Planes { geometry, .. }, Some(have)) => {
+                let restart = geometry.chunk_offset(index) + geometry.resume_point(index, have);
+                geometry
+                    .blocks_of_chunk(index)
+                    .map(|b| {
+                        let s = geometry
+                            .span(b)
+                            .ok_or_else(|| Stop::Failed("block layout mismatch".into()))?;
+                        Ok(Span {
+                            block: Some(b),
+                            len: s.len as usize,
+                            send: s.offset >= restart,
+                        })
                     })
-                    .collect())
+                    .collect()
+            }
+            (_, from) => {
+                let from = from.map(|f| f.min(len));
+                let mut spans = pieces(0, from.unwrap_or(len), false);
+                if let Some(from) = from {
+                    spans.extend(pieces(from, len, true));
+                }
+                Ok(spans)
             }
         }
     }
