@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use trackshift_engine::{Event, EventSink};
 
-/// How often a `progress` or `dcsp` event is printed with `--json`.
+/// How often a `progress`, `sending` or `dcsp` event is printed with `--json`.
 const JSON_EVERY: Duration = Duration::from_secs(1);
 
 /// What the command line's sinks add to the engine's: the closing `error` object of a failed `send --json`.
@@ -29,7 +29,7 @@ pub fn output(json: bool, quiet: bool) -> Arc<dyn Output> {
     }
 }
 
-/// `--json`: one object per line on stdout, `progress` and `dcsp` at most once a second.
+/// `--json`: one object per line on stdout, `progress`, `sending` and `dcsp` each at most once a second.
 #[derive(Debug, Default)]
 struct Ndjson {
     state: Mutex<JsonState>,
@@ -38,6 +38,7 @@ struct Ndjson {
 #[derive(Debug, Default)]
 struct JsonState {
     last_progress: Option<Instant>,
+    last_sending: Option<Instant>,
     last_dcsp: Option<Instant>,
     /// A `summary` was printed: it stays the last line of a `send`.
     summary_printed: bool,
@@ -54,6 +55,7 @@ impl EventSink for Ndjson {
         }
         let last = match event {
             Event::Progress { .. } => Some(&mut state.last_progress),
+            Event::Sending { .. } => Some(&mut state.last_sending),
             Event::Dcsp(_) => Some(&mut state.last_dcsp),
             _ => None,
         };
@@ -97,6 +99,8 @@ struct BarState {
     bar: Option<ProgressBar>,
     /// The bar was started once (a reconnect does not start another).
     started: bool,
+    /// DCSP figures arrived: they, not `Sending`, write the bar's message.
+    dcsp: bool,
 }
 
 impl EventSink for Terminal {
@@ -135,14 +139,21 @@ impl Terminal {
                     bar.set_position(*bytes_done);
                 }
             }
-            Event::Sending { bytes } => {
+            Event::Sending {
+                bytes,
+                sending_mbps,
+            } => {
                 if let Some(bar) = &state.bar {
                     if *bytes > bar.position() {
                         bar.set_position((*bytes).min(bar.length().unwrap_or(*bytes)));
                     }
+                    if !state.dcsp {
+                        bar.set_message(format!("sending · {sending_mbps:.0} Mbit/s"));
+                    }
                 }
             }
             Event::Dcsp(f) => {
+                state.dcsp = true;
                 if let Some(bar) = &state.bar {
                     bar.set_message(format!(
                         "sending · {:.0} Mbit/s, loss {:.1}%, rtt {:.0} ms, parity {}",

@@ -82,8 +82,10 @@ pub enum Event {
         bytes_total: u64,
         goodput_mbps: f64,
     },
-    /// Bytes put on the wire so far (smoother than verified chunks; for progress displays).
-    Sending { bytes: u64 },
+    /// File bytes put on the wire so far (smoother than verified chunks; for progress displays), and what the
+    /// sender really sends over about the last second (TCP: frames; DCSP: datagrams), in megabits: under
+    /// `--max-rate`, the cap less the IP headers it counts.
+    Sending { bytes: u64, sending_mbps: f64 },
     /// The DCSP data plane's figures (every quarter second while it runs).
     Dcsp(DcspFigures),
     /// Chunk `index` failed verification at the receiver and is sent again.
@@ -153,6 +155,7 @@ impl Event {
                 | Event::Fallback { .. }
                 | Event::Accepted { .. }
                 | Event::Progress { .. }
+                | Event::Sending { .. }
                 | Event::Dcsp(_)
                 | Event::SendSummary(_)
                 | Event::Listening { .. }
@@ -175,7 +178,8 @@ impl Event {
 /// The DCSP sender's live figures.
 #[derive(Debug, Clone, Serialize)]
 pub struct DcspFigures {
-    /// What the data planes sent over about the last second (datagrams, headers included), in megabits.
+    /// What the data planes sent over about the last second (datagram bytes, without IP/UDP headers), in
+    /// megabits.
     pub sending_mbps: f64,
     /// The rate the controllers allow (under `--max-rate`, at most the cap).
     pub rate_mbps: f64,

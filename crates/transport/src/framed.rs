@@ -64,10 +64,14 @@ pub async fn write_frames<W: AsyncWrite + Unpin>(
     for f in frames {
         f.encode(&mut buf);
     }
-    w.write_all(&buf)
-        .await
-        .map_err(|e| TransportError::io("writing to peer", e))?;
+    write(w, &buf).await?;
     w.flush()
+        .await
+        .map_err(|e| TransportError::io("writing to peer", e))
+}
+
+async fn write<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> Result<(), TransportError> {
+    w.write_all(bytes)
         .await
         .map_err(|e| TransportError::io("writing to peer", e))
 }
@@ -147,18 +151,13 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     pub async fn send(&mut self, f: &Frame<'_>) -> Result<(), TransportError> {
         self.scratch.clear();
         f.encode(&mut self.scratch);
-        self.inner
-            .write_all(&self.scratch)
-            .await
-            .map_err(|e| TransportError::io("writing to peer", e))
+        let Self { inner, scratch } = self;
+        write(inner, scratch).await
     }
 
     /// Queues frames already encoded (`Frame::encode`), as a sans-IO session hands them over.
     pub async fn send_raw(&mut self, encoded: &[u8]) -> Result<(), TransportError> {
-        self.inner
-            .write_all(encoded)
-            .await
-            .map_err(|e| TransportError::io("writing to peer", e))
+        write(&mut self.inner, encoded).await
     }
 
     /// Queues a `Data` frame without copying `payload` into a frame buffer first.
@@ -168,15 +167,28 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         compressed: bool,
         payload: &[u8],
     ) -> Result<(), TransportError> {
-        let header = data_header(raw_len, compressed, payload.len());
-        self.inner
-            .write_all(&header)
-            .await
-            .map_err(|e| TransportError::io("writing to peer", e))?;
-        self.inner
-            .write_all(payload)
-            .await
-            .map_err(|e| TransportError::io("writing to peer", e))
+        self.start_data(raw_len, compressed, payload.len()).await?;
+        self.send_data_part(payload).await
+    }
+
+    /// The header of a `Data` frame whose `payload_len` bytes follow in [`FrameWriter::send_data_part`] calls
+    /// (exactly that many, before any other frame: the peer reads them as this frame's body).
+    pub async fn start_data(
+        &mut self,
+        raw_len: u32,
+        compressed: bool,
+        payload_len: usize,
+    ) -> Result<(), TransportError> {
+        write(
+            &mut self.inner,
+            &data_header(raw_len, compressed, payload_len),
+        )
+        .await
+    }
+
+    /// Part of the body of the `Data` frame [`FrameWriter::start_data`] began.
+    pub async fn send_data_part(&mut self, part: &[u8]) -> Result<(), TransportError> {
+        write(&mut self.inner, part).await
     }
 
     pub async fn flush(&mut self) -> Result<(), TransportError> {

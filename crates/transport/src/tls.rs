@@ -142,6 +142,11 @@ fn socket2_ref(stream: &TcpStream) -> socket2::SockRef<'_> {
     socket2::SockRef::from(stream)
 }
 
+/// The TCP payload of one full segment on `stream` (`TCP_MAXSEG`: 1448 on a 1500-byte path with timestamps).
+pub fn segment_payload(stream: &TcpStream) -> Option<usize> {
+    socket2_ref(stream).tcp_mss().ok().map(|m| m as usize)
+}
+
 /// Tunes an accepted connection like an outgoing one.
 pub fn tune_accepted(stream: &TcpStream) {
     tune(stream);

@@ -60,13 +60,17 @@ pub(crate) fn plane_queue_len(block_bytes: u64) -> usize {
 /// The largest shard whose datagram fits the path MTU towards `peer`.
 pub(crate) fn shard_size_for(peer: SocketAddr) -> u32 {
     let mtu = UdpEndpoint::path_mtu(peer).unwrap_or(DEFAULT_MTU);
-    let ip = if peer.is_ipv4() {
+    let room = mtu.saturating_sub(ip_udp_headers(peer) + DATA_OVERHEAD) as u32;
+    (room.min(MAX_SHARD) & !1).max(MIN_SHARD)
+}
+
+/// The IP and UDP headers of every datagram to `peer`.
+pub(crate) fn ip_udp_headers(peer: SocketAddr) -> usize {
+    if peer.is_ipv4() {
         IPV4_UDP_HEADERS
     } else {
         IPV6_UDP_HEADERS
-    };
-    let room = mtu.saturating_sub(ip + DATA_OVERHEAD) as u32;
-    (room.min(MAX_SHARD) & !1).max(MIN_SHARD)
+    }
 }
 
 /// The data-plane thread's handle: stop it, read its statistics, learn why it ended.

@@ -4,6 +4,7 @@
 //! DCSP data planes' failures ([`dcsp`]), and keeps the session store up to date.
 
 mod dcsp;
+mod pace;
 mod reader;
 
 use std::path::PathBuf;
@@ -14,7 +15,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{split, WriteHalf};
 use tokio::sync::mpsc;
 use trackshift_dcsp::{
-    stream_conn_id, BlockGeometry, DelayRateFactory, ParityMode, RateControllerFactory, SenderStats,
+    stream_conn_id, BlockGeometry, DelayRateFactory, ParityMode, RateControllerFactory,
+    SenderStats, DATA_OVERHEAD,
 };
 use trackshift_proto::compress::CompressMode;
 use trackshift_proto::frame::DATA_PIECE;
@@ -35,7 +37,9 @@ use crate::error::EngineError;
 use crate::event::{
     mbps, rounded, DcspFigures, Event, EventSink, SendSummary, SummaryCore, FIGURE_DECIMALS,
 };
-use dcsp::{plane_queue_len, shard_size_for, DataPlane, PlaneFailure, PlaneSpec, Planes};
+use dcsp::{
+    ip_udp_headers, plane_queue_len, shard_size_for, DataPlane, PlaneFailure, PlaneSpec, Planes,
+};
 use reader::{Outlet, ReadEvent, Reader, READ_AHEAD};
 
 /// How long authentication may take after the TLS handshake.
@@ -139,8 +143,8 @@ struct Conn {
     peer: std::net::SocketAddr,
     udp: Option<UdpLink>,
     dcsp_secret: [u8; 32],
-    /// `--max-rate` over TCP: when the next piece may go.
-    pace: Option<(u64, tokio::time::Instant)>,
+    /// `--max-rate` over TCP.
+    pace: Option<pace::Pacer>,
 }
 
 impl Drop for Conn {
@@ -157,6 +161,8 @@ struct DataRun {
     /// TCP: file bytes put on the wire by this run, and whether the current chunk was compressed.
     wire_progress: u64,
     chunk_compressed: bool,
+    /// TCP: what this run really puts on the wire (frames, headers included).
+    meter: RateMeter,
 }
 
 /// The DCSP data planes of a running UDP data path.
@@ -418,6 +424,7 @@ impl Sender {
                 return self.transport_failed(e);
             }
         };
+        let mss = trackshift_transport::segment_payload(tls.get_ref().0);
         let (rd, wr) = split(tls);
         let (frames, pump) = FrameReader::new(rd).pump();
         let mut writer = FrameWriter::new(wr);
@@ -439,7 +446,7 @@ impl Sender {
                 .opts
                 .transfer
                 .max_rate
-                .map(|r| (r, tokio::time::Instant::now())),
+                .map(|cap| pace::Pacer::new(pace::tcp_payload_rate(cap, mss, peer.is_ipv4()))),
         });
         self.session
             .connected(Instant::now(), peer.port(), udp, version);
@@ -474,6 +481,7 @@ impl Sender {
             reader_done: false,
             wire_progress: 0,
             chunk_compressed: false,
+            meter: RateMeter::default(),
         });
         Ok(())
     }
@@ -493,7 +501,11 @@ impl Sender {
             .map_err(|e| EngineError::Failed(e.to_string()))?;
         let peer = std::net::SocketAddr::new(conn.peer.ip(), port);
         let (fail_tx, fail_rx) = mpsc::unbounded_channel();
-        let delay_rate = DelayRateFactory::new(t.max_rate);
+        let datagram = link.shard_size as usize + DATA_OVERHEAD;
+        let delay_rate = DelayRateFactory::new(
+            t.max_rate
+                .map(|cap| pace::share_of_cap(cap, datagram, ip_udp_headers(peer))),
+        );
         let factory: &dyn RateControllerFactory = match &t.rate_controllers {
             Some(f) => &**f,
             None => &delay_rate,
@@ -655,21 +667,31 @@ impl Sender {
         let Some(conn) = self.conn.as_mut() else {
             return Ok(());
         };
-        if let Some((rate, next)) = &mut conn.pace {
-            tokio::time::sleep_until(*next).await;
-            *next = (*next).max(tokio::time::Instant::now() - PACE_SLACK)
-                + Duration::from_secs_f64(payload.len() as f64 / *rate as f64);
-        }
         // A receiver that stops acknowledging (gone without a reset) is caught by the socket's
         // TCP_USER_TIMEOUT (see trackshift-transport), not by timing this write: on a lossy link one MiB can
         // legitimately take minutes.
-        conn.writer.send_data(raw_len, compressed, payload).await?;
+        match &mut conn.pace {
+            None => conn.writer.send_data(raw_len, compressed, payload).await?,
+            Some(pacer) => {
+                conn.writer
+                    .start_data(raw_len, compressed, payload.len())
+                    .await?;
+                for part in payload.chunks(pacer.part_len()) {
+                    pacer.wait(part.len()).await;
+                    conn.writer.send_data_part(part).await?;
+                }
+            }
+        }
         self.wire.bytes_on_wire += payload.len() as u64 + DATA_FRAME_OVERHEAD;
         if let Some(d) = self.data.as_mut() {
             d.chunk_compressed |= compressed;
             d.wire_progress += u64::from(raw_len);
             self.sink.event(&Event::Sending {
                 bytes: self.base + d.wire_progress,
+                sending_mbps: rounded(
+                    d.meter.sample(Instant::now(), self.wire.bytes_on_wire),
+                    FIGURE_DECIMALS,
+                ),
             });
         }
         Ok(())
@@ -686,6 +708,7 @@ impl Sender {
         let sending_mbps = set.meter.sample(Instant::now(), u.bytes_sent);
         self.sink.event(&Event::Sending {
             bytes: self.base + acked,
+            sending_mbps: rounded(sending_mbps, FIGURE_DECIMALS),
         });
         self.sink.event(&Event::Dcsp(figures(&u, sending_mbps)));
     }
@@ -850,10 +873,6 @@ impl Sender {
     }
 }
 
-/// How far `--max-rate` pacing may lag behind before it stops catching up (so a stall is not followed by a
-/// burst at line rate).
-const PACE_SLACK: Duration = Duration::from_millis(50);
-
 /// The session to send: the unfinished one of the same source and receiver (or the one to resume), if the source
 /// is unchanged, else a new one. True when the session is new.
 fn find_session(
@@ -928,22 +947,27 @@ fn hash_source(source: &dyn ChunkSource) -> Result<[u8; 32], EngineError> {
     Ok(h.finish())
 }
 
-/// Samples of a growing byte count a rate is measured over: about the last second.
-const METER_SAMPLES: usize = 5;
+/// How far back [`RateMeter`] looks.
+const METER_WINDOW: Duration = Duration::from_secs(1);
 
-/// The rate of a growing byte count over its last [`METER_SAMPLES`] samples.
+/// The rate of a growing byte count over about the last [`METER_WINDOW`].
 #[derive(Debug, Default)]
 struct RateMeter {
+    /// The oldest sample is the newest one at least a window old (when there is one).
     samples: std::collections::VecDeque<(Instant, u64)>,
 }
 
 impl RateMeter {
-    /// Adds the count `bytes` at `now`; the rate since the oldest sample kept, in megabits per second.
+    /// Adds the count `bytes` at `now`; the rate over about the last second, in megabits per second.
     fn sample(&mut self, now: Instant, bytes: u64) -> f64 {
-        if self.samples.len() == METER_SAMPLES {
+        self.samples.push_back((now, bytes));
+        while self
+            .samples
+            .get(1)
+            .is_some_and(|&(t, _)| now.duration_since(t) >= METER_WINDOW)
+        {
             self.samples.pop_front();
         }
-        self.samples.push_back((now, bytes));
         match (self.samples.front(), self.samples.back()) {
             (Some(&(t0, b0)), Some(&(t1, b1))) => {
                 mbps(b1.saturating_sub(b0), t1.duration_since(t0).as_secs_f64())
