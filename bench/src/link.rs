@@ -1,6 +1,7 @@
 //! The link between namespace A (sender) and namespace B (receiver): the `trackshift-netlab` emulator
-//! (default) or a plain veth pair (debugging, no impairment). Dropping a `Link` kills every process left in
-//! either namespace and removes them.
+//! (default), a plain veth pair (debugging, no impairment), or one namespace's own loopback (A and B the same
+//! namespace, so its `lo` counters see only the run). Dropping a `Link` kills every process left in either
+//! namespace and removes them.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -19,8 +20,12 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
 pub enum LinkKind {
-    Netlab { bin: PathBuf },
+    Netlab {
+        bin: PathBuf,
+    },
     Veth,
+    /// 127.0.0.1 inside one fresh namespace.
+    Loopback,
 }
 
 #[derive(Debug)]
@@ -46,6 +51,18 @@ impl Link {
         max_duration: Duration,
         log_dir: &Path,
     ) -> Result<Link> {
+        Link::up_with(kind, name, profile, &[], max_duration, log_dir)
+    }
+
+    /// [`Link::up`] with more `trackshift-netlab up` flags after the profile (`--rate 1Gbit`, `--delay 5ms`).
+    pub fn up_with(
+        kind: &LinkKind,
+        name: &str,
+        profile: &str,
+        emulator_flags: &[String],
+        max_duration: Duration,
+        log_dir: &Path,
+    ) -> Result<Link> {
         let mut link = Link {
             name: name.to_string(),
             ns_a: format!("{name}-a"),
@@ -57,25 +74,31 @@ impl Link {
             counters: None,
             closed: false,
         };
+        if matches!(kind, LinkKind::Loopback) {
+            link.ns_b = link.ns_a.clone();
+            link.addr_a = "127.0.0.1".into();
+            link.addr_b = "127.0.0.1".into();
+        }
         link.remove_leftovers();
         match kind {
             LinkKind::Veth => link.veth_up()?,
+            LinkKind::Loopback => {
+                run(&["ip", "netns", "add", &link.ns_a])?;
+                run(&["ip", "-n", &link.ns_a, "link", "set", "lo", "up"])?;
+            }
             LinkKind::Netlab { bin } => {
-                let spec = Spec::new(
-                    "netlab",
-                    &[
-                        bin.display().to_string(),
-                        "up".into(),
-                        "--name".into(),
-                        name.into(),
-                        "--profile".into(),
-                        profile.into(),
-                        "--max-duration".into(),
-                        format!("{}s", max_duration.as_secs()),
-                    ],
-                )
-                .untimed()
-                .stdout_lines();
+                let mut argv = vec![
+                    bin.display().to_string(),
+                    "up".into(),
+                    "--name".into(),
+                    name.into(),
+                    "--profile".into(),
+                    profile.into(),
+                    "--max-duration".into(),
+                    format!("{}s", max_duration.as_secs()),
+                ];
+                argv.extend(emulator_flags.iter().cloned());
+                let spec = Spec::new("netlab", &argv).untimed().stdout_lines();
                 let mut p = Proc::spawn(&spec, log_dir)?;
                 let line = p
                     .wait_line(READY_TIMEOUT, |l| l.contains("\"ready\""))
@@ -161,7 +184,7 @@ impl Link {
                     .stderr(std::process::Stdio::null())
                     .status();
             }
-            LinkKind::Veth => {}
+            LinkKind::Veth | LinkKind::Loopback => {}
         }
         let existing = run(&["ip", "netns", "list"]).unwrap_or_default();
         for ns in [&self.ns_a, &self.ns_b] {

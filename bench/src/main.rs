@@ -7,6 +7,7 @@ mod linkcheck;
 mod local;
 mod net;
 mod procs;
+mod ratecap;
 mod report;
 mod setup;
 mod util;
@@ -39,6 +40,9 @@ enum Cmd {
     /// Each profile's emulated link measured in wall-clock time: UDP round trips and what a flood at twice the
     /// link rate gets through (what the emulator delivers on this machine, beside what the profile says).
     Link(LinkArgs),
+    /// Whether `--max-rate` holds: asked against delivered, each protocol and stream count, on loopback and
+    /// through the emulator, every 5 s window judged from outside TrackShift.
+    Ratecap(RateCapArgs),
     /// Install the peer tools from Debian's packages (done automatically by `net` too).
     Setup,
     /// (`link`'s far end, run in namespace B) echo probes, count the flood.
@@ -179,6 +183,48 @@ struct LocalArgs {
     common: Common,
 }
 
+#[derive(Debug, clap::Args)]
+struct RateCapArgs {
+    /// Caps on loopback.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "10Mbit,100Mbit,1Gbit,2Gbit,3Gbit,5Gbit"
+    )]
+    caps: Vec<String>,
+    /// Caps through the emulator (below its rate).
+    #[arg(long, value_delimiter = ',', default_value = "10Mbit,100Mbit,500Mbit")]
+    emulator_caps: Vec<String>,
+    /// The emulated link (`trackshift-netlab up` flags); `--no-emulator` skips it.
+    #[arg(
+        long,
+        default_value = "--rate 1Gbit --delay 10ms",
+        allow_hyphen_values = true
+    )]
+    emulator: String,
+    #[arg(long)]
+    no_emulator: bool,
+    #[arg(long, value_delimiter = ',', default_value = "udp,tcp")]
+    protocols: Vec<String>,
+    /// Stream counts (UDP only; TCP runs once).
+    #[arg(long, value_delimiter = ',', default_value = "1,4")]
+    streams: Vec<u8>,
+    /// How long each run sends.
+    #[arg(long, default_value = "14s", value_parser = util::parse_duration)]
+    seconds: std::time::Duration,
+    /// The file (a run that delivers it before the time is up ends there).
+    #[arg(long, default_value = "4GiB", value_parser = util::parse_size)]
+    size: u64,
+    /// The `trackshift-netlab` binary (default: target/release/trackshift-netlab).
+    #[arg(long)]
+    netlab: Option<PathBuf>,
+    /// Where the file and the receivers' outputs go (a temp dir is made inside and removed).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    #[command(flatten)]
+    common: Common,
+}
+
 fn results_dir(common: &Common, default_label: &str) -> PathBuf {
     let label = common
         .label
@@ -289,6 +335,43 @@ fn local(a: LocalArgs) -> Result<()> {
     Ok(())
 }
 
+fn ratecap(a: RateCapArgs) -> Result<()> {
+    for c in a.caps.iter().chain(&a.emulator_caps) {
+        ratecap::parse_rate_mbit(c)?;
+    }
+    let trackshift = setup::find_binary(a.common.trackshift.as_deref(), "trackshift")?;
+    let netlab = if a.no_emulator {
+        None
+    } else {
+        Some(setup::find_binary(
+            a.netlab.as_deref(),
+            "trackshift-netlab",
+        )?)
+    };
+    let flags: Vec<String> = a.emulator.split_whitespace().map(String::from).collect();
+    let links = ratecap::default_links(netlab.clone(), &a.caps, &a.emulator_caps, &flags)?;
+    let work = tempfile::Builder::new()
+        .prefix("trackshift-bench-ratecap-")
+        .tempdir_in(a.work_dir.clone().unwrap_or_else(local::default_dir))?;
+    let out_dir = results_dir(&a.common, "ratecap");
+    let mut machine = setup::machine_description(Some(&trackshift), netlab.as_deref(), false);
+    machine["command"] = serde_json::json!(std::env::args().collect::<Vec<_>>().join(" "));
+    let cfg = ratecap::RateCapConfig {
+        trackshift,
+        links,
+        protocols: a.protocols,
+        streams: a.streams,
+        seconds: a.seconds,
+        size: a.size,
+        work_dir: work.path().to_path_buf(),
+        out_dir: out_dir.clone(),
+    };
+    let md = ratecap::run_all(cfg, machine)?;
+    println!("{md}");
+    eprintln!("results written to {}", out_dir.display());
+    Ok(())
+}
+
 fn link_check(a: LinkArgs) -> Result<()> {
     let profiles: Vec<String> = if a.all {
         net::ALL_PROFILES.iter().map(|s| s.to_string()).collect()
@@ -330,6 +413,7 @@ fn main() -> Result<()> {
         Cmd::Net(a) => net(a),
         Cmd::Local(a) => local(a),
         Cmd::Link(a) => link_check(a),
+        Cmd::Ratecap(a) => ratecap(a),
         Cmd::Setup => setup::ensure_tools(setup::NET_TOOLS, true),
         Cmd::UdpPeer { bind, idle, max } => linkcheck::peer(bind, idle, max),
         Cmd::UdpProbe {

@@ -147,10 +147,11 @@ impl NetBench {
         let link_desc = match &self.cfg.link {
             LinkKind::Netlab { .. } => "trackshift-netlab".to_string(),
             LinkKind::Veth => "veth, no emulation".to_string(),
+            LinkKind::Loopback => "loopback, no emulation".to_string(),
         };
         let nominal = match self.cfg.link {
             LinkKind::Netlab { .. } => nominal(profile),
-            LinkKind::Veth => None,
+            LinkKind::Veth | LinkKind::Loopback => None,
         };
         let mut rows: Vec<Row> = Vec::new();
         let ccs = self.cfg.ccs.clone();
@@ -857,6 +858,7 @@ pub fn run_all(cfg: NetConfig, machine: Value) -> Result<String> {
         match cfg.link {
             LinkKind::Netlab { .. } => "trackshift-netlab emulator, restarted for every run",
             LinkKind::Veth => "plain veth pair (no emulation; debugging)",
+            LinkKind::Loopback => "one namespace's loopback (no emulation)",
         },
         fmt_size(cfg.size)
     );
