@@ -772,6 +772,24 @@ fn a_chunk_that_fails_its_hash_is_sent_again() {
     );
 }
 
+/// From the `dcsp_sender` fuzz target's first 10-minute run: at a cap of 1 kB/s a block of 18 shards takes
+/// seconds, longer than its fixed horizon; the sender was right, paced at the cap, and finished.
+#[test]
+fn a_sender_capped_at_a_kilobyte_a_second_paces_there_and_finishes() {
+    let mut s = base(11);
+    s.file_size = 8_680;
+    s.chunk_size = 6_000;
+    s.shard_size = 310;
+    s.parity = ParityMode::Fixed {
+        data: 14,
+        parity: 4,
+    };
+    s.max_rate = Some(1_000);
+    let o = run(&s).unwrap();
+    let rate = o.bytes as f64 / o.virtual_time.as_secs_f64();
+    assert!(rate <= 1_050.0, "{rate} B/s under a 1000 B/s cap: {o:?}");
+}
+
 #[test]
 fn fixed_ten_plus_three_survives_burst_loss() {
     let mut s = base(7);
