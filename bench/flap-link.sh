@@ -18,7 +18,8 @@ name=flap$$
 "$netlab" up --name "$name" --rate "$rate" --delay 10ms --outage "$outage" --max-duration 600s \
   > "$d/netlab.log" 2>&1 &
 lab=$!
-trap 'kill "$lab" 2>/dev/null; wait "$lab" 2>/dev/null; rm -rf "$d"' EXIT
+rx=
+trap '[ -n "$rx" ] && kill "$rx" 2>/dev/null; kill "$lab" 2>/dev/null; wait 2>/dev/null; rm -rf "$d"' EXIT
 for _ in $(seq 100); do grep -q '"ready"' "$d/netlab.log" && break; sleep 0.1; done
 ready=$(grep '"ready"' "$d/netlab.log") || { cat "$d/netlab.log" >&2; exit 1; }
 field() { python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$ready" "$1"; }
@@ -29,6 +30,7 @@ mkdir -p "$d/out" "$d/rs" "$d/ss"
 head -c "${size_mib}M" /dev/urandom > "$d/f.bin"
 ip netns exec "$ns_b" "$bin" receive --listen "$addr_b:17000" --output-dir "$d/out" --state-dir "$d/rs" \
   --secret flap --json > "$d/recv.log" 2>&1 &
+rx=$!
 sleep 1
 before=$(( $(tx "$ns_a") + $(tx "$ns_b") ))
 t0=$SECONDS

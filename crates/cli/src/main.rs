@@ -147,7 +147,7 @@ impl TransferArgs {
             streams: self
                 .streams
                 .unwrap_or_else(trackshift_engine::default_streams),
-            max_rate: self.max_rate,
+            max_rate: trackshift_engine::RateCap::new(self.max_rate),
             fingerprint: self.fingerprint,
             retry_for: self.retry_for,
             connect_timeout: self.connect_timeout,

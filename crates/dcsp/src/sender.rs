@@ -510,6 +510,12 @@ impl DcspSender {
         }
     }
 
+    /// A new `--max-rate` for this stream's controller (bytes per second of datagrams), while it runs.
+    pub fn set_max_rate(&mut self, max_rate: Option<u64>) {
+        self.controller.set_max_rate(max_rate);
+        self.stats.rate = self.controller.rate();
+    }
+
     /// Whether the controller's window keeps new datagrams (other than pings) back until more are acknowledged.
     fn window_full(&self) -> bool {
         self.controller

@@ -38,7 +38,7 @@ pub use event::{
     SummaryCore,
 };
 pub use receive::{receive, serve, ReceiveOptions};
-pub use send::{resume, send, SendOptions, SendReport, TransferOptions};
+pub use send::{resume, send, RateCap, SendOptions, SendReport, TransferOptions};
 pub use trackshift_dcsp::ParityMode;
 pub use trackshift_proto::compress::CompressMode;
 pub use trackshift_proto::frame::PROTOCOL_VERSION;

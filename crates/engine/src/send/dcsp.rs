@@ -15,6 +15,7 @@ use trackshift_dcsp::{
 };
 use trackshift_udp::{RecvBatch, UdpEndpoint};
 
+use super::pace::{share_of_cap, RateCap, WireBudget};
 use crate::pool::PooledBuf;
 use crate::threads;
 
@@ -47,6 +48,8 @@ const STATS_EVERY: Duration = Duration::from_millis(100);
 const MAX_WAIT: Duration = Duration::from_millis(5);
 /// How long a plane whose reader has not caught up waits before looking at its queue again.
 const STARVED_WAIT: Duration = Duration::from_micros(200);
+/// How far ahead of the shared `--max-rate` budget a plane may send, so that datagrams still leave in batches.
+const CAP_BURST: Duration = Duration::from_micros(500);
 /// A full socket buffer: how often, and how long apart, a batch is offered again before it counts as lost.
 const SEND_RETRIES: u32 = 100;
 const SEND_RETRY_PAUSE: Duration = Duration::from_micros(100);
@@ -73,6 +76,26 @@ pub(crate) fn ip_udp_headers(peer: SocketAddr) -> usize {
     }
 }
 
+/// `--max-rate` across a transfer's streams: the cap, the budget they all pay into, and what a datagram costs
+/// on the wire beyond its own bytes.
+#[derive(Debug, Clone)]
+pub(crate) struct SharedCap {
+    pub(crate) cap: RateCap,
+    pub(crate) budget: Arc<WireBudget>,
+    /// IP and UDP headers of each datagram.
+    pub(crate) headers: usize,
+    /// A whole data datagram (shard and DCSP overhead).
+    pub(crate) datagram: usize,
+}
+
+impl SharedCap {
+    /// What a wire cap leaves each stream's controller (datagram bytes per second): the whole of it, since the
+    /// budget holds the streams' sum.
+    pub(crate) fn controller_cap(&self, cap: Option<u64>) -> Option<u64> {
+        cap.map(|c| share_of_cap(c, self.datagram, self.headers))
+    }
+}
+
 /// The data-plane thread's handle: stop it, read its statistics, learn why it ended.
 #[derive(Debug)]
 pub(crate) struct DataPlane {
@@ -92,6 +115,7 @@ pub(crate) struct PlaneSpec<'a> {
     pub(crate) geometry: BlockGeometry,
     pub(crate) parity: ParityMode,
     pub(crate) controller: Box<dyn RateController>,
+    pub(crate) cap: SharedCap,
 }
 
 impl DataPlane {
@@ -127,10 +151,12 @@ impl DataPlane {
         );
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(Mutex::new(sender.stats()));
+        let cap = spec.cap;
         let handle = {
             let (stop, stats) = (stop.clone(), stats.clone());
             threads::spawn(&format!("dcsp-send-{stream}"), move || {
-                if let Err(f) = run_plane(endpoint, peer, sender, blocks, &stop, &stats) {
+                let l = SendLoop::new(endpoint, peer, sender, blocks, cap);
+                if let Err(f) = run_plane(l, &stop, &stats) {
                     let _ = failed.send(f);
                 }
             })?
@@ -209,31 +235,20 @@ struct SendLoop {
     batch: RecvBatch,
     packet: Vec<u8>,
     out: Vec<u8>,
+    cap: SharedCap,
+    /// The cap the controller was last given (wire bytes per second).
+    cap_seen: Option<u64>,
 }
 
 fn run_plane(
-    endpoint: UdpEndpoint,
-    peer: SocketAddr,
-    sender: DcspSender,
-    blocks: std_mpsc::Receiver<(u32, Arc<PooledBuf>)>,
+    mut l: SendLoop,
     stop: &AtomicBool,
     stats: &Mutex<SenderStats>,
 ) -> Result<(), PlaneFailure> {
-    let started = Instant::now();
-    let mut l = SendLoop {
-        endpoint,
-        peer,
-        sender,
-        blocks,
-        reader_done: false,
-        started,
-        batch: RecvBatch::new(),
-        packet: Vec::with_capacity(MAX_DATAGRAM),
-        out: Vec::with_capacity(BATCH_BYTES),
-    };
-    let mut last_stats = started;
+    let mut last_stats = l.started;
     while !stop.load(Ordering::Relaxed) {
         l.take_acks();
+        l.follow_cap();
         let now = Instant::now();
         l.sender.handle_timeout(now);
         l.check_peer(now)?;
@@ -256,6 +271,45 @@ fn run_plane(
 }
 
 impl SendLoop {
+    fn new(
+        endpoint: UdpEndpoint,
+        peer: SocketAddr,
+        sender: DcspSender,
+        blocks: std_mpsc::Receiver<(u32, Arc<PooledBuf>)>,
+        cap: SharedCap,
+    ) -> Self {
+        let cap_seen = cap.cap.get();
+        SendLoop {
+            endpoint,
+            peer,
+            sender,
+            blocks,
+            reader_done: false,
+            started: Instant::now(),
+            batch: RecvBatch::new(),
+            packet: Vec::with_capacity(MAX_DATAGRAM),
+            out: Vec::with_capacity(BATCH_BYTES),
+            cap,
+            cap_seen,
+        }
+    }
+
+    /// A cap changed while the transfer runs goes to the controller.
+    fn follow_cap(&mut self) {
+        let now = self.cap.cap.get();
+        if now != self.cap_seen {
+            self.cap_seen = now;
+            self.sender.set_max_rate(self.cap.controller_cap(now));
+        }
+    }
+
+    /// How long the shared budget holds this plane back, if it does.
+    fn held_by_cap(&self, now: Instant) -> Option<Duration> {
+        self.cap_seen?;
+        let free_at = self.cap.budget.ready_at().checked_sub(CAP_BURST)?;
+        (free_at > now).then(|| free_at - now)
+    }
+
     /// Every ACK waiting on the socket.
     fn take_acks(&mut self) {
         loop {
@@ -307,7 +361,14 @@ impl SendLoop {
         let mut sent = 0;
         let mut segment = 0;
         self.out.clear();
-        while sent < SEND_BATCH && self.sender.poll_transmit(now, &mut self.packet) {
+        while sent < SEND_BATCH
+            && self.held_by_cap(now).is_none()
+            && self.sender.poll_transmit(now, &mut self.packet)
+        {
+            if let Some(cap) = self.cap_seen {
+                let wire = self.packet.len() + self.cap.headers;
+                self.cap.budget.charge(now, wire, cap);
+            }
             if !self.out.is_empty() && (self.packet.len() != segment) {
                 flush(&mut self.endpoint, self.peer, &self.out, segment);
                 self.out.clear();
@@ -332,6 +393,9 @@ impl SendLoop {
             .min(MAX_WAIT);
         if starved {
             wait = wait.min(STARVED_WAIT);
+        }
+        if let Some(held) = self.held_by_cap(Instant::now()) {
+            wait = wait.max(held).min(MAX_WAIT);
         }
         if !wait.is_zero() {
             let _ = self.endpoint.wait_readable(Some(wait));

@@ -7,6 +7,8 @@ mod dcsp;
 mod pace;
 mod reader;
 
+pub use pace::RateCap;
+
 use std::path::PathBuf;
 use std::sync::mpsc::{self as std_mpsc};
 use std::sync::Arc;
@@ -39,6 +41,7 @@ use crate::event::{
 };
 use dcsp::{
     ip_udp_headers, plane_queue_len, shard_size_for, DataPlane, PlaneFailure, PlaneSpec, Planes,
+    SharedCap,
 };
 use reader::{Outlet, ReadEvent, Reader, READ_AHEAD};
 
@@ -59,15 +62,16 @@ pub struct TransferOptions {
     pub parity: ParityMode,
     /// DCSP streams (sockets, threads, rate controllers) to spread the data plane over.
     pub streams: u8,
-    /// Cap on the sending rate, bytes per second.
-    pub max_rate: Option<u64>,
+    /// Cap on the sending rate, bytes per second on the wire (IP headers included), for the whole transfer
+    /// whatever the streams; keep a clone to change it while the transfer runs.
+    pub max_rate: RateCap,
     /// The receiver's expected certificate fingerprint (`sha256:…`) instead of trust on first use.
     pub fingerprint: Option<String>,
     pub retry_for: Duration,
     pub connect_timeout: Duration,
     pub state_dir: PathBuf,
-    /// Makes each DCSP stream's rate controller; `None`: `DelayRate` capped at `max_rate` split over the
-    /// streams. The seam an optimizer plugs into.
+    /// Makes each DCSP stream's rate controller; `None`: `DelayRate`, each stream capped at `max_rate` (a
+    /// budget the streams share holds their sum to it). The seam an optimizer plugs into.
     pub rate_controllers: Option<Arc<dyn RateControllerFactory>>,
 }
 
@@ -144,7 +148,7 @@ struct Conn {
     udp: Option<UdpLink>,
     dcsp_secret: [u8; 32],
     /// `--max-rate` over TCP.
-    pace: Option<pace::Pacer>,
+    pace: pace::Pacer,
 }
 
 impl Drop for Conn {
@@ -442,11 +446,7 @@ impl Sender {
             peer,
             udp,
             dcsp_secret,
-            pace: self
-                .opts
-                .transfer
-                .max_rate
-                .map(|cap| pace::Pacer::new(pace::tcp_payload_rate(cap, mss, peer.is_ipv4()))),
+            pace: pace::Pacer::new(self.opts.transfer.max_rate.clone(), mss, peer.is_ipv4()),
         });
         self.session
             .connected(Instant::now(), peer.port(), udp, version);
@@ -501,11 +501,13 @@ impl Sender {
             .map_err(|e| EngineError::Failed(e.to_string()))?;
         let peer = std::net::SocketAddr::new(conn.peer.ip(), port);
         let (fail_tx, fail_rx) = mpsc::unbounded_channel();
-        let datagram = link.shard_size as usize + DATA_OVERHEAD;
-        let delay_rate = DelayRateFactory::new(
-            t.max_rate
-                .map(|cap| pace::share_of_cap(cap, datagram, ip_udp_headers(peer))),
-        );
+        let cap = SharedCap {
+            cap: t.max_rate.clone(),
+            budget: Arc::new(pace::WireBudget::new(pace::DCSP_SLACK)),
+            headers: ip_udp_headers(peer),
+            datagram: link.shard_size as usize + DATA_OVERHEAD,
+        };
+        let delay_rate = DelayRateFactory::new(cap.controller_cap(t.max_rate.get()));
         let factory: &dyn RateControllerFactory = match &t.rate_controllers {
             Some(f) => &**f,
             None => &delay_rate,
@@ -523,6 +525,7 @@ impl Sender {
                 geometry,
                 parity: t.parity,
                 controller: factory.build(s, streams),
+                cap: cap.clone(),
             };
             planes
                 .push(DataPlane::start(spec, s, rx, fail_tx.clone()).map_err(EngineError::Failed)?);
@@ -670,16 +673,17 @@ impl Sender {
         // A receiver that stops acknowledging (gone without a reset) is caught by the socket's
         // TCP_USER_TIMEOUT (see trackshift-transport), not by timing this write: on a lossy link one MiB can
         // legitimately take minutes.
-        match &mut conn.pace {
-            None => conn.writer.send_data(raw_len, compressed, payload).await?,
-            Some(pacer) => {
-                conn.writer
-                    .start_data(raw_len, compressed, payload.len())
-                    .await?;
-                for part in payload.chunks(pacer.part_len()) {
-                    pacer.wait(part.len()).await;
-                    conn.writer.send_data_part(part).await?;
-                }
+        let pacer = &mut conn.pace;
+        if pacer.part_len() >= payload.len() {
+            pacer.wait(payload.len()).await;
+            conn.writer.send_data(raw_len, compressed, payload).await?;
+        } else {
+            conn.writer
+                .start_data(raw_len, compressed, payload.len())
+                .await?;
+            for part in payload.chunks(pacer.part_len()) {
+                pacer.wait(part.len()).await;
+                conn.writer.send_data_part(part).await?;
             }
         }
         self.wire.bytes_on_wire += payload.len() as u64 + DATA_FRAME_OVERHEAD;
