@@ -17,6 +17,8 @@ const ADDR_A: &str = "198.18.0.1";
 const ADDR_B: &str = "198.18.1.1";
 /// How long `trackshift-netlab up` may take to print its ready line.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the emulator may take to move side A to a new address (a few `ip` commands).
+const ADDR_CHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub enum LinkKind {
@@ -156,6 +158,27 @@ impl Link {
             }
         }
         Ok(())
+    }
+
+    /// Moves side A to its next address (`trackshift-netlab`'s SIGUSR1) and returns it, once the emulator
+    /// says it is done.
+    pub fn addr_change(&mut self) -> Result<String> {
+        let p = self
+            .emulator
+            .as_mut()
+            .context("an address change needs the emulator (not --link veth)")?;
+        p.signal(Signal::SIGUSR1)?;
+        let line = p
+            .wait_line(ADDR_CHANGE_TIMEOUT, |l| l.contains("\"addr_change\""))
+            .context("trackshift-netlab address change")?;
+        let v: Value = serde_json::from_str(&line)
+            .with_context(|| format!("netlab addr_change line is not JSON: {line}"))?;
+        let addr = v["addr_a"]
+            .as_str()
+            .with_context(|| format!("no addr_a in {line}"))?
+            .to_string();
+        self.addr_a = addr.clone();
+        Ok(addr)
     }
 
     fn kill_namespace_processes(&self) {

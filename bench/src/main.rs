@@ -10,6 +10,7 @@ mod procs;
 mod ratecap;
 mod report;
 mod setup;
+mod soak;
 mod util;
 
 use std::path::PathBuf;
@@ -43,6 +44,10 @@ enum Cmd {
     /// Whether `--max-rate` holds: asked against delivered, each protocol and stream count, on loopback and
     /// through the emulator, every 5 s window judged from outside TrackShift.
     Ratecap(RateCapArgs),
+    /// One long transfer through the emulated link under a seeded schedule of faults (kills of either side,
+    /// link cuts, address changes, a full disk), with corruption, duplication and reordering throughout;
+    /// checks the end state and writes a table of what each fault cost.
+    Soak(SoakArgs),
     /// Install the peer tools from Debian's packages (done automatically by `net` too).
     Setup,
     /// (`link`'s far end, run in namespace B) echo probes, count the flood.
@@ -91,6 +96,64 @@ struct LinkArgs {
     #[arg(long)]
     netlab: Option<PathBuf>,
     /// Results root; each run writes <out>/<date>-<hostname>-<label>/.
+    #[arg(long, default_value_os_t = setup::workspace_root().join("bench/results"))]
+    out: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+struct SoakArgs {
+    /// Seed of the schedule, the file's bytes and the emulator: the same seed gives the same schedule.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// SIGKILLs (sender and receiver); link cuts, address changes and full disks come in proportion.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(2..=10_000))]
+    kills: u32,
+    /// Size of the random file.
+    #[arg(long, default_value = "2GiB", value_parser = util::parse_size)]
+    size: u64,
+    /// The schedule's gaps (time left to the transfer between recovering from a fault and the next one)
+    /// add up to this; the sender's rate cap makes the file last longer.
+    #[arg(long, default_value = "10m", value_parser = util::parse_duration)]
+    duration: std::time::Duration,
+    /// The session's chunk size.
+    #[arg(long, default_value = "50MiB")]
+    chunk_size: String,
+    /// Every sender run's `--max-rate` (default: 60% of the file over --duration).
+    #[arg(long)]
+    max_rate: Option<String>,
+    /// The emulator's profile (`trackshift-netlab profiles`).
+    #[arg(long, default_value = "wan")]
+    profile: String,
+    /// More `trackshift-netlab up` flags after the profile (the soak adds `--seed`).
+    #[arg(
+        long,
+        allow_hyphen_values = true,
+        default_value = "--corrupt 0.01% --fix-checksum --duplicate 0.5% --reorder 1%"
+    )]
+    link_flags: String,
+    /// Where the source file, the state dirs and the tmpfs mount point go (a fresh dir inside; default: the
+    /// system temp dir).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Keep that dir at the end (state dirs, and a copy of what the output dir held in `delivered/`).
+    #[arg(long)]
+    keep: bool,
+    /// The emulator's run name (namespaces NAME-a and NAME-b; default: soak and the process id).
+    #[arg(long)]
+    name: Option<String>,
+    /// Bound on the whole soak (default: three times --duration plus 10 minutes).
+    #[arg(long, value_parser = util::parse_duration)]
+    timeout: Option<std::time::Duration>,
+    /// Print the schedule as JSON and exit.
+    #[arg(long)]
+    dry_run: bool,
+    /// The `trackshift` binary (default: target/release/trackshift).
+    #[arg(long)]
+    trackshift: Option<PathBuf>,
+    /// The `trackshift-netlab` binary (default: target/release/trackshift-netlab).
+    #[arg(long)]
+    netlab: Option<PathBuf>,
+    /// Results root; the run writes <out>/<date>-<hostname>-soak-<seed>/.
     #[arg(long, default_value_os_t = setup::workspace_root().join("bench/results"))]
     out: PathBuf,
 }
@@ -403,6 +466,51 @@ fn link_check(a: LinkArgs) -> Result<()> {
     Ok(())
 }
 
+fn soak(a: SoakArgs) -> Result<()> {
+    if a.dry_run {
+        let plan = soak::plan::Plan::new(a.seed, a.kills, a.duration);
+        println!("{}", serde_json::to_string_pretty(&plan)?);
+        return Ok(());
+    }
+    let trackshift = setup::find_binary(a.trackshift.as_deref(), "trackshift")?;
+    let netlab = setup::find_binary(a.netlab.as_deref(), "trackshift-netlab")?;
+    let out_dir = a.out.join(format!(
+        "{}-{}-soak-{}",
+        util::utc_stamp(),
+        util::slug(&util::hostname()),
+        a.seed
+    ));
+    let mut machine = setup::machine_description(Some(&trackshift), Some(&netlab), false);
+    machine["command"] = serde_json::json!(std::env::args().collect::<Vec<_>>().join(" "));
+    let cfg = soak::SoakConfig {
+        seed: a.seed,
+        kills: a.kills,
+        size: a.size,
+        duration: a.duration,
+        chunk_size: a.chunk_size,
+        max_rate: a.max_rate,
+        profile: a.profile,
+        link_flags: a.link_flags.split_whitespace().map(String::from).collect(),
+        trackshift,
+        netlab,
+        work_dir: a.work_dir.unwrap_or_else(std::env::temp_dir),
+        keep: a.keep,
+        name: a
+            .name
+            .unwrap_or_else(|| format!("soak{}", std::process::id() % 100_000)),
+        out_dir: out_dir.clone(),
+        timeout: a
+            .timeout
+            .unwrap_or(a.duration * 3 + std::time::Duration::from_secs(600)),
+    };
+    let report = soak::run_soak(cfg, machine)?;
+    eprintln!("results written to {}", out_dir.display());
+    if !report.passed() {
+        bail!("the soak failed: see {}", out_dir.join("soak.md").display());
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     ctrlc::set_handler(|| {
@@ -414,6 +522,7 @@ fn main() -> Result<()> {
         Cmd::Local(a) => local(a),
         Cmd::Link(a) => link_check(a),
         Cmd::Ratecap(a) => ratecap(a),
+        Cmd::Soak(a) => soak(a),
         Cmd::Setup => setup::ensure_tools(setup::NET_TOOLS, true),
         Cmd::UdpPeer { bind, idle, max } => linkcheck::peer(bind, idle, max),
         Cmd::UdpProbe {

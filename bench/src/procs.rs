@@ -254,6 +254,12 @@ impl Proc {
         v
     }
 
+    /// Sends `sig` to the process itself (not its group).
+    pub fn signal(&self, sig: Signal) -> Result<()> {
+        nix::sys::signal::kill(Pid::from_raw(self.child.id() as i32), sig)
+            .with_context(|| format!("sending {sig} to {}", self.name))
+    }
+
     /// Sends `sig` to the whole process group.
     pub fn signal_group(&self, sig: Signal) {
         let _ = killpg(Pid::from_raw(self.child.id() as i32), sig);

@@ -10,6 +10,7 @@ use trackshift_scenarios::*;
 over_both_protocols!(
     not_enough_space_up_front_exits_4_and_resumes_after_the_fs_grows,
     the_disk_filling_up_mid_transfer_exits_4_keeps_state_and_resumes,
+    a_resume_with_room_for_just_the_file_is_not_refused,
 );
 
 fn not_enough_space_up_front_exits_4_and_resumes_after_the_fs_grows(p: Protocol) {
@@ -97,5 +98,47 @@ fn the_disk_filling_up_mid_transfer_exits_4_keeps_state_and_resumes(p: Protocol)
         "{s}"
     );
     assert_same_file(&src, &out.join("fortyeight.bin"));
+    assert!(part_files(&out).is_empty(), "{:?}", dir_names(&out));
+}
+
+/// The output dir has room for the file and 4 MiB more. A sender killed 16+ MiB into the first (40 MiB) chunk
+/// leaves that much of the partial file on disk, unverified; the resumed run must count it as already there
+/// (before, the receiver wanted room for everything not verified, 60 MiB, beside its own partial file, and
+/// refused with exit 4 on every run: found by the fault soak on a tmpfs of the file's size plus 32 MiB).
+fn a_resume_with_room_for_just_the_file_is_not_refused(p: Protocol) {
+    let t = Scratch::new(&format!("full-resume-{}", p.name()));
+    let (rs, ss) = (t.dir("rs"), t.dir("ss"));
+    let src = random_file(&t.file("sixty.bin"), 60 * MIB, 33);
+    let mnt = TmpfsMount::new(&t.file("out"), "size=64M");
+    let out = mnt.path().to_path_buf();
+    let rx = ReceiverConfig::new(&out, &rs)
+        .extra(&["--streams", "1"])
+        .start();
+    let chunk = ["--chunk-size", "40MiB", "--streams", "1"];
+    let mut slow = p.with(&chunk);
+    slow.extend_from_slice(&["--max-rate", "80Mbit"]);
+    let mut tx = spawn_send(&src, &rx.addr, &ss, &slow);
+    let id = session_id_of(&mut tx);
+    let partial = wait_until(
+        "16 MiB of the first chunk on the receiver's disk",
+        TRANSFER_TIMEOUT,
+        std::time::Duration::from_millis(100),
+        || {
+            let st = status(&id, &rs)?;
+            assert_eq!(st["chunks_done"], 0, "{st}");
+            let partial = st["bytes_partial"].as_u64()?;
+            (partial >= 16 * MIB).then_some(partial)
+        },
+    );
+    tx.kill();
+
+    let res = send(&src, &rx.addr, &ss, &p.with(&chunk));
+    assert_eq!(
+        res.code, 0,
+        "the resume was refused with {partial} bytes on disk: {}",
+        res.stderr
+    );
+    assert_eq!(res.summary()["session_id"], id.as_str());
+    assert_same_file(&src, &out.join("sixty.bin"));
     assert!(part_files(&out).is_empty(), "{:?}", dir_names(&out));
 }

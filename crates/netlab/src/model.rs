@@ -452,14 +452,17 @@ impl LinkModel {
 
 /// Flips one random bit in the IP payload of `packet`: in the TCP/UDP payload when there is one (so the
 /// packet still reaches the same socket), else anywhere after the IP header. With `fix_checksum`, the
-/// TCP/UDP checksum is recomputed afterwards (IPv4 and IPv6, unfragmented). Returns false if the packet
-/// has no payload to damage.
+/// TCP/UDP checksum is recomputed afterwards (IPv4 and IPv6, unfragmented), and only a TCP/UDP payload is
+/// damaged: a header with a flipped bit and a valid checksum is something no real link delivers, and it
+/// wedges the kernel's TCP (a flipped timestamp poisons PAWS, which then drops every later segment of the
+/// connection until TCP_USER_TIMEOUT). Returns false if the packet has nothing to damage.
 pub fn corrupt_packet<R: Rng>(packet: &mut [u8], rng: &mut R, fix_checksum: bool) -> bool {
     let Some(info) = parse_l4(packet) else {
         return false;
     };
     let (from, to) = match info.l4 {
         Some((_, payload_at)) if payload_at < info.end => (payload_at, info.end),
+        _ if fix_checksum => return false,
         _ => (info.ip_payload, info.end),
     };
     if from >= to {
@@ -1066,6 +1069,24 @@ mod tests {
         }
         assert_eq!(m.counters().corrupted, bad as u64);
         assert!((400..600).contains(&bad));
+    }
+
+    #[test]
+    fn with_the_checksum_fixed_only_payloads_are_corrupted() {
+        // A pure ACK (a TCP header, no payload) stays whole: with a valid checksum a flipped bit in its
+        // timestamp would poison the receiving kernel's PAWS check and wedge the connection. Without the fix
+        // the checksum catches the damage, as on a real link.
+        let mut rng = StdRng::seed_from_u64(5);
+        let ack = tcp_packet(&[]);
+        for _ in 0..100 {
+            let mut p = ack.clone();
+            assert!(!corrupt_packet(&mut p, &mut rng, true));
+            assert_eq!(p, ack);
+            assert!(corrupt_packet(&mut p, &mut rng, false));
+            assert_ne!(p, ack);
+            // Invalid, or (a flipped data offset) no longer parsed as TCP at all.
+            assert_ne!(l4_checksum_ok(&p), Some(true));
+        }
     }
 
     #[test]

@@ -34,6 +34,9 @@ pub struct PartialFile {
     path: PathBuf,
 }
 
+/// The unit of `st_blocks` (always 512 bytes, whatever the filesystem's block size).
+const STAT_BLOCK: u64 = 512;
+
 /// Offset, length and memory alignment a write needs to go through the `O_DIRECT` descriptor. 4096 covers the
 /// logical block size of every common disk and filesystem.
 pub const DIRECT_IO_ALIGN: usize = 4096;
@@ -50,6 +53,16 @@ impl PartialFile {
     /// `<output_dir>/.trackshift-<session hex>.part`.
     pub fn path_for(output_dir: &Path, id: &SessionId) -> PathBuf {
         output_dir.join(format!("{RESERVED_PREFIX}{}.part", id.to_hex()))
+    }
+
+    /// Bytes the partial file for `id` already occupies on disk (its allocated blocks, at most its length); 0
+    /// when there is none (or something else has its name). Writing the rest of the file needs only the space
+    /// beyond these.
+    pub fn bytes_on_disk(output_dir: &Path, id: &SessionId) -> u64 {
+        match fs::symlink_metadata(Self::path_for(output_dir, id)) {
+            Ok(m) if m.is_file() => m.blocks().saturating_mul(STAT_BLOCK).min(m.len()),
+            _ => 0,
+        }
     }
 
     /// Opens the partial file for `id`, creating it if absent and keeping its contents if present (resume),
@@ -305,6 +318,19 @@ mod tests {
         assert!(p.read_at((1 << 20) - 2, &mut past).is_err());
         p.remove().unwrap();
         assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn bytes_on_disk_counts_what_was_written() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert_eq!(PartialFile::bytes_on_disk(tmp.path(), &id(4)), 0);
+        let p = PartialFile::open(tmp.path(), &id(4), 64 << 20).unwrap();
+        // Sparse when new: (almost) nothing allocated.
+        assert!(PartialFile::bytes_on_disk(tmp.path(), &id(4)) < 1 << 20);
+        p.write_at(4 << 20, &vec![1u8; 8 << 20]).unwrap();
+        p.sync_data().unwrap();
+        let n = PartialFile::bytes_on_disk(tmp.path(), &id(4));
+        assert!((8 << 20..=64 << 20).contains(&n), "{n}");
     }
 
     #[test]

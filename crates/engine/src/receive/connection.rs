@@ -418,7 +418,11 @@ impl<'a> Connection<'a> {
             .filter(|(i, _)| plan.contains(*i))
             .collect();
         let verified_bytes: u64 = verified.iter().map(|(i, _)| plan.len(*i)).sum();
-        if let Err(e) = ensure_space(&record.output_dir, plan.file_size() - verified_bytes) {
+        // What the partial file holds already (verified chunks, and the prefixes of unfinished ones that a
+        // resume keeps) needs no new space; counting only the verified chunks refused a resume on a disk with
+        // just room for the file.
+        let on_disk = PartialFile::bytes_on_disk(&record.output_dir, &id).max(verified_bytes);
+        if let Err(e) = ensure_space(&record.output_dir, plan.file_size().saturating_sub(on_disk)) {
             record.state = SessionState::Interrupted;
             record.error = Some(e.to_string());
             let _ = store.put_incoming(&record);
