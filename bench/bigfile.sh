@@ -37,7 +37,7 @@ for gib in "${sizes[@]}"; do
     if [ -n "$id" ]; then
       done_bytes=$("$bin" status "$id" --state-dir "$d/rs" --json 2>/dev/null |
         python3 -c 'import json,sys; print(json.load(sys.stdin)["bytes_done"])' 2>/dev/null || echo 0)
-      [ "$((done_bytes * 100))" -ge "$((size * kill_at))" ] && { kill -9 "$tx"; killed=yes; break; }
+      [ "$((done_bytes * 100))" -ge "$((size * kill_at))" ] && { kill -9 "$tx" 2>/dev/null || true; killed=yes; break; }
     fi
     sleep 0.2
   done
