@@ -42,7 +42,7 @@ const UFTP_BUFFER: &str = "8388608";
 /// uftp's fixed rate as a fraction of the link rate ("near the link rate": just under, so queues drain).
 const UFTP_FIXED_FRACTION: f64 = 0.95;
 /// The shared secret for TrackShift runs (fresh state dirs each run, so nothing persists).
-const SECRET: &str = "trackshift-bench-secret";
+pub(crate) const SECRET: &str = "trackshift-bench-secret";
 
 /// Nominal per-direction rate (Mbit/s) and random loss of the named profiles (see crates/netlab).
 pub fn nominal(profile: &str) -> Option<(f64, f64)> {
@@ -432,25 +432,9 @@ impl NetBench {
         );
         let src = self.src.display().to_string();
         let t = Transfer {
-            server: Spec::new(
-                "trackshift-receive",
-                &[
-                    &bin,
-                    "receive",
-                    "--listen",
-                    &listen,
-                    "--output-dir",
-                    &dst,
-                    "--secret",
-                    SECRET,
-                    "--state-dir",
-                    &sb,
-                    "--once",
-                    "--json",
-                ],
-            )
-            .netns(&link.ns_b)
-            .stdout_lines(),
+            server: trackshift_receiver(&bin, &listen, &dst, &sb)
+                .netns(&link.ns_b)
+                .stdout_lines(),
             ready: Ready::Line("\"listening\""),
             server_exits: true,
             client: Spec::new(
@@ -885,4 +869,25 @@ pub fn run_all(cfg: NetConfig, machine: Value) -> Result<String> {
     )?;
     std::fs::write(out_dir.join("results.md"), &md)?;
     Ok(md)
+}
+
+/// `trackshift receive` for one transfer (`--once`, `--json`), with the bench's secret.
+pub(crate) fn trackshift_receiver(bin: &str, listen: &str, out_dir: &str, state_dir: &str) -> Spec {
+    Spec::new(
+        "trackshift-receive",
+        &[
+            bin,
+            "receive",
+            "--listen",
+            listen,
+            "--output-dir",
+            out_dir,
+            "--secret",
+            SECRET,
+            "--state-dir",
+            state_dir,
+            "--once",
+            "--json",
+        ],
+    )
 }

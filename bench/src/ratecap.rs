@@ -13,10 +13,10 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::link::{Link, LinkKind};
+use crate::net::{trackshift_receiver, SECRET};
 use crate::procs::{Proc, Spec};
 use crate::util::{check_interrupted, fmt_size, slug, tail};
 
-const SECRET: &str = "trackshift-bench-ratecap";
 const PORT: u16 = 47400;
 /// How often the counters are read.
 const SAMPLE_EVERY: Duration = Duration::from_millis(100);
@@ -191,26 +191,10 @@ fn measure(
         Ok(p.display().to_string())
     };
     let (dst, sb, sa) = (dir("dst")?, dir("state-b")?, dir("state-a")?);
-    let receiver = Spec::new(
-        "trackshift-receive",
-        &[
-            &bin,
-            "receive",
-            "--listen",
-            &listen,
-            "--output-dir",
-            &dst,
-            "--secret",
-            SECRET,
-            "--state-dir",
-            &sb,
-            "--once",
-            "--json",
-        ],
-    )
-    .netns(&net.ns_b)
-    .untimed()
-    .stdout_lines();
+    let receiver = trackshift_receiver(&bin, &listen, &dst, &sb)
+        .netns(&net.ns_b)
+        .untimed()
+        .stdout_lines();
     let mut receiver = Proc::spawn(&receiver, logs)?;
     receiver.wait_line(READY, |l| l.contains("\"listening\""))?;
     let mut argv = vec![
