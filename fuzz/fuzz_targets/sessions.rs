@@ -2,8 +2,9 @@
 //! `RecvSession` (what a sender may send a receiver) and `SendSession` (what a receiver may answer a sender),
 //! each driven by a minimal driver that answers its actions (accepts or refuses an offer, reports verdicts, data
 //! path failures and lost connections). Neither may panic, and each keeps the protocol's promises whatever it is
-//! fed: the receiver asks to finish the file only with every chunk verified and a whole-file hash announced, a
-//! session that finished stays finished, and the sender's confirmed bytes never exceed the file.
+//! fed: the receiver asks to finish the file only with every chunk verified and a whole-file hash (and, from
+//! version 3, a chunk list hash) announced, a session that finished stays finished, and the sender's confirmed
+//! bytes never exceed the file.
 #![no_main]
 
 use std::time::{Duration, Instant};
@@ -33,6 +34,8 @@ enum Op {
     Lost,
     /// The DCSP data path does not get through (sender).
     NoUdp,
+    /// The sender's first pass is over: the whole-file hash and the chunk list hash (sender).
+    Hashed([u8; 32]),
 }
 
 #[derive(Debug, Arbitrary)]
@@ -40,7 +43,7 @@ struct Input {
     file_chunks: u8,
     udp: bool,
     accept: bool,
-    /// The control protocol version agreed (1 or 2 are real; others must not panic either).
+    /// The control protocol version agreed (1 to 3 are real; others must not panic either).
     version: u16,
     listed: Vec<(u8, [u8; 32])>,
     partial: Vec<(u8, u64)>,
@@ -66,7 +69,7 @@ fn decoded(frame_type: u8, body: &[u8], f: impl FnOnce(&Frame<'_>)) {
 /// A well-formed frame of one of the kinds that name a chunk, encoded (type byte, body).
 fn chunk_frame(kind: u8, index: u8, sha: [u8; 32]) -> (u8, Vec<u8>) {
     let index = u32::from(index % 10);
-    let frame = match kind % 7 {
+    let frame = match kind % 8 {
         0 => Frame::ChunkBegin { index },
         1 => Frame::ChunkEnd { sha256: sha },
         2 => Frame::ChunkHash { index, sha256: sha },
@@ -75,6 +78,7 @@ fn chunk_frame(kind: u8, index: u8, sha: [u8; 32]) -> (u8, Vec<u8>) {
             ok: sha[0] & 1 == 0,
         },
         4 => Frame::FileEnd { sha256: sha },
+        5 => Frame::ChunkListHash { sha256: sha },
         _ => Frame::UdpReady { port: 7700 },
     };
     let mut buf = Vec::new();
@@ -113,6 +117,7 @@ fn receiver(input: &Input, plan: ChunkPlan) {
             }
             Op::Local { index, ok, .. } => r.chunk_verified(u32::from(*index % 10), *ok),
             Op::Lost | Op::NoUdp => r.connection_lost(),
+            Op::Hashed(_) => {}
         }
         while let Some(a) = r.poll_action() {
             assert!(!finished, "an action after Finished: {a:?}");
@@ -132,8 +137,16 @@ fn receiver(input: &Input, plan: ChunkPlan) {
                 }
                 RecvAction::Offered { .. } => r.refuse(ErrorCode::Busy, "busy"),
                 RecvAction::StartDcsp { .. } => r.dcsp_ready(now, 7700),
-                RecvAction::FinishFile { expected } => {
+                RecvAction::FinishFile {
+                    expected,
+                    chunk_list,
+                } => {
                     assert!(file_hash_announced, "FinishFile without FileEnd");
+                    assert_eq!(
+                        chunk_list.is_some(),
+                        input.version >= 3,
+                        "a chunk list hash from version 3 on only"
+                    );
                     let complete = r.verified().is_some_and(|m| m.is_complete());
                     assert!(complete, "FinishFile with chunks unverified");
                     r.file_in_place("f", expected);
@@ -183,7 +196,7 @@ fn sender(input: &Input, plan: ChunkPlan) {
                     }),
                     input.version,
                 ),
-                SendAction::HashWholeFile => s.file_hashed(now, [0; 32]),
+                SendAction::HashWholeFile => s.file_hashed(now, [0; 32], None),
                 SendAction::Finished(_) => finished = true,
                 _ => {}
             }
@@ -212,6 +225,7 @@ fn sender(input: &Input, plan: ChunkPlan) {
             } => s.chunk_checked(now, u32::from(*index % 10), *sha),
             Op::Lost => s.connection_lost(now, "lost"),
             Op::NoUdp => s.udp_unusable(now, "blocked"),
+            Op::Hashed(sha) => s.file_hashed(now, *sha, Some(*sha)),
         }
         s.poll_transmit(&mut out);
         assert!(s.stats().bytes_confirmed <= plan.file_size());

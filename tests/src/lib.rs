@@ -938,7 +938,9 @@ pub mod peer {
     use std::future::Future;
     use std::time::Duration;
 
-    use trackshift_transport::{authenticate_client, connect, exporter_of, ClientTls};
+    use trackshift_transport::{
+        authenticate_client, authenticate_client_up_to, connect, exporter_of, ClientTls,
+    };
 
     use crate::SECRET;
 
@@ -961,6 +963,20 @@ pub mod peer {
         authenticate_client(&mut tls, ekm, SECRET)
             .await
             .expect("authenticate");
+        tls
+    }
+
+    /// [`authed`] as a sender of an older build, which speaks control protocol versions up to `max_version`
+    /// (and the receiver must agree on that one).
+    pub async fn authed_up_to(addr: &str, max_version: u16) -> ClientTls {
+        let (mut tls, _fp) = connect(addr, None, "known", &[])
+            .await
+            .expect("TLS connect");
+        let ekm = exporter_of(tls.get_ref().1).expect("TLS exporter");
+        let agreed = authenticate_client_up_to(&mut tls, ekm, SECRET, max_version)
+            .await
+            .expect("authenticate");
+        assert_eq!(agreed, max_version, "the version agreed");
         tls
     }
 }

@@ -2,7 +2,9 @@
 //! control frames written by hand. It does what `trackshift send` never does: announce a DCSP version the
 //! receiver does not speak, and send a chunk whose bytes do not match the hash it claims for them. The first
 //! gets a clear `Error` on the control channel; the second gets `ChunkDone(i, false)`, the chunk is written
-//! nowhere final, and the same chunk sent again with its true hash completes the file.
+//! nowhere final, and the same chunk sent again with its true hash completes the file. A chunk list hash that
+//! does not match the verified chunks (protocol version 3) discards the session: every chunk verified, nothing
+//! final.
 
 #![allow(clippy::unwrap_used)] // test code: an unwrap that fails is a failing test, with its message
 
@@ -14,7 +16,8 @@ use tokio::io::{split, AsyncRead, ReadHalf, WriteHalf};
 use trackshift_dcsp::{
     BlockGeometry, DcspSender, DelayRate, DirectionKeys, ParityMode, Role, SenderConfig, VERSION,
 };
-use trackshift_proto::{ErrorCode, Frame, Offer, SessionId};
+use trackshift_proto::hashing::ChunkListHasher;
+use trackshift_proto::{ChunkPlan, ErrorCode, Frame, Offer, SessionId};
 use trackshift_scenarios::peer::{authed, block_on, NET_TIMEOUT};
 use trackshift_scenarios::*;
 use trackshift_transport::{dcsp_secret_of, ClientTls, FrameReader, FrameWriter};
@@ -59,6 +62,51 @@ async fn offer_over_udp(
     .unwrap();
     w.flush().await.unwrap();
     (r, w, secret)
+}
+
+/// A session offered over DCSP and accepted: the control channel, the sans-IO sender and its socket, and the
+/// receiver's DCSP address.
+struct UdpSession {
+    r: Reader,
+    w: Writer,
+    sender: DcspSender,
+    socket: UdpSocket,
+    to: SocketAddr,
+}
+
+fn udp_session(rt: &tokio::runtime::Runtime, addr: &str, name: &str, size: u64) -> UdpSession {
+    let conn_id: u64 = rand::random();
+    let (mut r, w, secret) = block_on(rt, "offer", async {
+        let (mut r, w, secret) = offer_over_udp(addr, name, size, conn_id, VERSION).await;
+        assert_eq!(next_said(&mut r).await, Said::Accept(0));
+        (r, w, secret)
+    });
+    let port = match block_on(rt, "UdpReady", next_said(&mut r)) {
+        Said::UdpReady(p) => p,
+        other => panic!("expected UdpReady, got {other:?}"),
+    };
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.set_nonblocking(true).unwrap();
+    let geometry = BlockGeometry::new(size, CHUNK, SHARD, DATA_SHARDS).unwrap();
+    let sender = DcspSender::new(
+        SenderConfig {
+            conn_id,
+            keys: DirectionKeys::derive(&secret, conn_id, Role::Sender),
+            geometry,
+            parity: ParityMode::Auto,
+            controller: Box::new(DelayRate::new(None)),
+            max_buffered: 8 << 20,
+        },
+        Instant::now(),
+    );
+    let to = format!("127.0.0.1:{port}").parse().unwrap();
+    UdpSession {
+        r,
+        w,
+        sender,
+        socket,
+        to,
+    }
 }
 
 /// What the receiver said, owned, keep-alives and the (empty) partial list skipped.
@@ -136,6 +184,26 @@ fn sha(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
+/// The end of the file as a version 3 sender says it: the chunk list hash of `file` (flipped when `lie`), then
+/// `FileEnd` with the whole file's SHA-256; what the receiver answers.
+async fn end_file(w: &mut Writer, r: &mut Reader, file: &[u8], lie: bool) -> Said {
+    let plan = ChunkPlan::new(file.len() as u64, CHUNK).unwrap();
+    let hashes: Vec<(u32, [u8; 32])> = (0..plan.chunk_count())
+        .map(|c| {
+            let start = plan.offset(c) as usize;
+            (c, sha(&file[start..start + plan.len(c) as usize]))
+        })
+        .collect();
+    let mut list = ChunkListHasher::digest(&plan, &hashes).unwrap();
+    list[0] ^= u8::from(lie);
+    w.send(&Frame::ChunkListHash { sha256: list })
+        .await
+        .unwrap();
+    w.send(&Frame::FileEnd { sha256: sha(file) }).await.unwrap();
+    w.flush().await.unwrap();
+    next_said(r).await
+}
+
 #[test]
 fn a_dcsp_version_the_receiver_does_not_speak_is_refused_on_the_control_channel() {
     let t = Scratch::new("dcsp-version");
@@ -179,32 +247,14 @@ fn a_dcsp_chunk_whose_hash_does_not_match_is_asked_again_and_never_finalised() {
     let src = random_file(&t.file("lie.bin"), size, 77);
     let file = std::fs::read(&src).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let conn_id: u64 = rand::random();
-
-    let (mut r, mut w, secret) = block_on(&rt, "offer", async {
-        let (mut r, w, secret) = offer_over_udp(&rx.addr, "lie.bin", size, conn_id, VERSION).await;
-        assert_eq!(next_said(&mut r).await, Said::Accept(0));
-        (r, w, secret)
-    });
-    let port = match block_on(&rt, "UdpReady", next_said(&mut r)) {
-        Said::UdpReady(p) => p,
-        other => panic!("expected UdpReady, got {other:?}"),
-    };
-    let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-    socket.set_nonblocking(true).unwrap();
-    let geometry = BlockGeometry::new(size, CHUNK, SHARD, DATA_SHARDS).unwrap();
-    let mut sender = DcspSender::new(
-        SenderConfig {
-            conn_id,
-            keys: DirectionKeys::derive(&secret, conn_id, Role::Sender),
-            geometry,
-            parity: ParityMode::Auto,
-            controller: Box::new(DelayRate::new(None)),
-            max_buffered: 8 << 20,
-        },
-        Instant::now(),
-    );
+    let UdpSession {
+        mut r,
+        mut w,
+        mut sender,
+        socket,
+        to,
+    } = udp_session(&rt, &rx.addr, "lie.bin", size);
+    let geometry = *sender.geometry();
     let chunk_bytes = |c: u64| &file[(c * CHUNK) as usize..((c + 1) * CHUNK).min(size) as usize];
 
     // Every byte arrives intact, but chunk 0 is announced with a hash its bytes do not have.
@@ -234,11 +284,7 @@ fn a_dcsp_chunk_whose_hash_does_not_match_is_asked_again_and_never_finalised() {
         send_chunk_hashes(&mut w, &[(0, sha(chunk_bytes(0)))]).await;
         let mut verdicts = vec![next_said(&mut r).await, next_said(&mut r).await];
         verdicts.sort_by_key(|s| format!("{s:?}"));
-        w.send(&Frame::FileEnd { sha256: sha(&file) })
-            .await
-            .unwrap();
-        w.flush().await.unwrap();
-        (verdicts, next_said(&mut r).await)
+        (verdicts, end_file(&mut w, &mut r, &file, false).await)
     });
     assert_eq!(
         verdicts,
@@ -246,5 +292,44 @@ fn a_dcsp_chunk_whose_hash_does_not_match_is_asked_again_and_never_finalised() {
     );
     assert_eq!(file_done, Said::FileDone(true, "lie.bin".into()));
     assert_same_file(&src, &out.join("lie.bin"));
+    rx.assert_running();
+}
+
+#[test]
+fn a_chunk_list_hash_that_does_not_match_discards_the_session() {
+    let t = Scratch::new("dcsp-wrong-list");
+    let (out, rs) = (t.dir("out"), t.dir("rs"));
+    let mut rx = Receiver::start(&out, &rs);
+    let size = CHUNK + 321; // two chunks
+    let src = random_file(&t.file("list.bin"), size, 78);
+    let file = std::fs::read(&src).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let UdpSession {
+        mut r,
+        mut w,
+        mut sender,
+        socket,
+        to,
+    } = udp_session(&rt, &rx.addr, "list.bin", size);
+    let geometry = *sender.geometry();
+    let all = (0..geometry.chunk_count()).flat_map(|c| geometry.blocks_of_chunk(c));
+    deliver(&mut sender, &socket, to, &file, all);
+    let chunk = |c: u64| &file[(c * CHUNK) as usize..((c + 1) * CHUNK).min(size) as usize];
+    let (mut verdicts, done) = block_on(&rt, "the file", async {
+        send_chunk_hashes(&mut w, &[(0, sha(chunk(0))), (1, sha(chunk(1)))]).await;
+        let verdicts = vec![next_said(&mut r).await, next_said(&mut r).await];
+        (verdicts, end_file(&mut w, &mut r, &file, true).await)
+    });
+    verdicts.sort_by_key(|s| format!("{s:?}"));
+    assert_eq!(
+        verdicts,
+        vec![Said::ChunkDone(0, true), Said::ChunkDone(1, true)]
+    );
+    assert_eq!(done, Said::FileDone(false, "list.bin".into()));
+    assert!(
+        !out.join("list.bin").exists(),
+        "a file whose chunk list does not match is never final: {:?}",
+        dir_names(&out)
+    );
     rx.assert_running();
 }

@@ -284,3 +284,53 @@ fn version_completions_list_and_status() {
     let unknown = status("00000000000000000000000000000000", &rs);
     assert!(unknown.is_none(), "an unknown session is an error");
 }
+
+/// Bytes a process read through `read`/`pread` so far (`rchar` of `/proc/PID/io`; DCSP's datagrams arrive by
+/// `recvmmsg`, which it does not count).
+fn bytes_read(pid: u32) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
+    let line = io.lines().find(|l| l.starts_with("rchar:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// A version 3 receiver checks the whole file by the chunk list hash, without reading it a second time;
+/// `--verify full` reads it back from disk after the last fsync and checks its SHA-256 before the rename. Both
+/// confirm the file's true SHA-256.
+#[test]
+fn verify_full_reads_the_file_back_and_the_default_does_not() {
+    let t = Scratch::new("verify-full");
+    let size = 64 * MIB + 99;
+    let src = random_file(&t.file("v.bin"), size, 12);
+    for (mode, reads_back) in [("chunks", false), ("full", true)] {
+        let out = t.dir(&format!("out-{mode}"));
+        let mut rcfg = ReceiverConfig::new(&out, &t.dir(&format!("rs-{mode}")));
+        rcfg.extra = vec!["--verify".into(), mode.into()];
+        let mut rx = rcfg.start();
+        let before = bytes_read(rx.proc.pid());
+        let ss = t.dir(&format!("ss-{mode}"));
+        let res = send(
+            &src,
+            &rx.addr,
+            &ss,
+            &["--protocol", "udp", "--chunk-size", "16MiB"],
+        );
+        assert_eq!(res.code, 0, "send failed: {}", res.stderr);
+        let s = res.summary();
+        let summary = rx.wait_summary(s["session_id"].as_str().unwrap(), Duration::from_secs(30));
+        assert_eq!(
+            summary["sha256"].as_str(),
+            Some(sha256_file(&src).as_str()),
+            "{summary}"
+        );
+        assert_same_file(&src, &out.join("v.bin"));
+        let read = bytes_read(rx.proc.pid()) - before;
+        match reads_back {
+            true => assert!(read >= size, "--verify full read {read} bytes of {size}"),
+            false => assert!(
+                read < size / 4,
+                "--verify chunks read {read} bytes of {size}"
+            ),
+        }
+        rx.assert_running();
+    }
+}

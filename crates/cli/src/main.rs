@@ -20,7 +20,7 @@ use std::time::Duration;
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use trackshift_engine::{
     CompressMode, DataPath, EngineError, ParityMode, ReceiveOptions, SendOptions, SessionId,
-    TransferOptions, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE,
+    TransferOptions, VerifyMode, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE,
 };
 
 use output::Output;
@@ -85,6 +85,24 @@ enum Compress {
     Auto,
     Zstd,
     None,
+}
+
+/// How `receive` checks a whole file once every chunk verified.
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum Verify {
+    /// Every chunk by its SHA-256 and the file by the hash of its chunk list
+    Chunks,
+    /// Also read the file back from disk after the final fsync and check its SHA-256 before the rename
+    Full,
+}
+
+impl From<Verify> for VerifyMode {
+    fn from(v: Verify) -> Self {
+        match v {
+            Verify::Chunks => VerifyMode::Chunks,
+            Verify::Full => VerifyMode::Full,
+        }
+    }
 }
 
 impl From<Compress> for CompressMode {
@@ -194,6 +212,9 @@ struct ReceiveArgs {
     /// (SO_REUSEPORT) [default: half the cores, 1 to 8]
     #[arg(long, value_parser = clap::value_parser!(u8).range(1..=64))]
     streams: Option<u8>,
+    /// How a finished file is checked before it is put in place
+    #[arg(long, value_enum, default_value = "chunks")]
+    verify: Verify,
     #[command(flatten)]
     common: Common,
 }
@@ -287,6 +308,7 @@ fn run(cli: Cli) -> Result<(), (EngineError, Option<Arc<dyn Output>>)> {
                 udp_sockets: usize::from(
                     a.streams.unwrap_or_else(trackshift_engine::default_streams),
                 ),
+                verify: a.verify.into(),
             };
             trackshift_engine::receive(opts, reporter).map_err(|e| (e, None))
         }

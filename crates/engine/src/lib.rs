@@ -37,7 +37,7 @@ pub use event::{
     DcspFigures, Event, EventSink, NoEvents, ReceiveSummary, ReceiverFigures, SendSummary,
     SummaryCore,
 };
-pub use receive::{receive, serve, ReceiveOptions};
+pub use receive::{receive, serve, ReceiveOptions, VerifyMode};
 pub use send::{resume, send, RateCap, SendOptions, SendReport, TransferOptions};
 pub use trackshift_dcsp::ParityMode;
 pub use trackshift_proto::compress::CompressMode;

@@ -9,12 +9,16 @@ use crate::SessionId;
 /// First bytes of a `Hello`: lets a receiver tell a TrackShift peer from anything else on the port.
 pub const MAGIC: [u8; 4] = *b"TSHF";
 /// The newest control-channel protocol version this build speaks. See the versioning rules in PROTOCOL.md.
-/// Version 2 adds resuming inside a chunk: `PartialList` and `ChunkResume`.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// Version 2 adds resuming inside a chunk: `PartialList` and `ChunkResume`; version 3 `ChunkListHash`, which
+/// lets the receiver check the whole file without hashing it a second time.
+pub const PROTOCOL_VERSION: u16 = 3;
 /// The oldest version this build still speaks (without the newer frames).
 pub const MIN_PROTOCOL_VERSION: u16 = 1;
 /// The first version with `PartialList` and `ChunkResume`.
 pub const PARTIAL_CHUNKS_VERSION: u16 = 2;
+/// The first version whose sender announces `ChunkListHash` before `FileEnd`, and whose receiver checks the
+/// whole file by its chunks' hashes instead of hashing its bytes a second time.
+pub const CHUNK_LIST_VERSION: u16 = 3;
 /// Most file bytes one `Data` frame carries: large enough that per-frame costs vanish, small enough to pool.
 pub const DATA_PIECE: usize = 1024 * 1024;
 /// Largest frame accepted (type byte + body). A `Data` frame of a piece that zstd could not shrink is the largest
@@ -146,6 +150,9 @@ pub enum Frame<'a> {
     ChunkDone { index: u32, ok: bool },
     /// Sender → receiver: every chunk was sent; the SHA-256 of the whole file.
     FileEnd { sha256: [u8; 32] },
+    /// Sender → receiver (version 3), right before `FileEnd`: the SHA-256 over the ordered list of every chunk's
+    /// SHA-256 (see [`crate::hashing::ChunkListHasher`]).
+    ChunkListHash { sha256: [u8; 32] },
     /// Receiver → sender: the whole file verified and is in place under `final_name` (or not, `ok` false).
     FileDone {
         ok: bool,
@@ -205,6 +212,7 @@ pub mod ty {
     pub const CHUNK_DONE: u8 = 0x23;
     pub const FILE_END: u8 = 0x30;
     pub const FILE_DONE: u8 = 0x31;
+    pub const CHUNK_LIST_HASH: u8 = 0x32;
     pub const ERROR: u8 = 0x7e;
     pub const KEEPALIVE: u8 = 0x7f;
     pub const UDP_START: u8 = 0x40;
@@ -261,6 +269,7 @@ impl<'a> Frame<'a> {
             Frame::ChunkEnd { .. } => "ChunkEnd",
             Frame::ChunkDone { .. } => "ChunkDone",
             Frame::FileEnd { .. } => "FileEnd",
+            Frame::ChunkListHash { .. } => "ChunkListHash",
             Frame::FileDone { .. } => "FileDone",
             Frame::Error { .. } => "Error",
             Frame::KeepAlive => "KeepAlive",
@@ -345,6 +354,10 @@ impl<'a> Frame<'a> {
             Frame::FileEnd { sha256 } => {
                 out.extend_from_slice(sha256);
                 ty::FILE_END
+            }
+            Frame::ChunkListHash { sha256 } => {
+                out.extend_from_slice(sha256);
+                ty::CHUNK_LIST_HASH
             }
             Frame::FileDone {
                 ok,
@@ -496,6 +509,10 @@ impl<'a> Frame<'a> {
             ty::FILE_END => {
                 r.what = "FileEnd";
                 Frame::FileEnd { sha256: r.array()? }
+            }
+            ty::CHUNK_LIST_HASH => {
+                r.what = "ChunkListHash";
+                Frame::ChunkListHash { sha256: r.array()? }
             }
             ty::FILE_DONE => {
                 r.what = "FileDone";
@@ -736,6 +753,7 @@ mod tests {
             Frame::ChunkEnd { sha256: [2; 32] },
             Frame::ChunkDone { index: 9, ok: true },
             Frame::FileEnd { sha256: [3; 32] },
+            Frame::ChunkListHash { sha256: [4; 32] },
             Frame::FileDone {
                 ok: true,
                 sha256: [5; 32],

@@ -1,4 +1,5 @@
-//! SHA-256 of chunks and of the whole file, computed while the bytes stream by.
+//! SHA-256 of chunks, of the ordered list of chunk hashes, and of the whole file, computed while the bytes stream
+//! by.
 //!
 //! `sha2` picks the SHA-NI (x86) or ARMv8 SHA instructions at run time when the CPU has them.
 
@@ -25,6 +26,57 @@ impl Hasher {
 
     pub fn finish(self) -> [u8; 32] {
         self.0.finalize().into()
+    }
+}
+
+/// Domain separation for [`ChunkListHasher`]: a chunk list digest is never the SHA-256 of any other message.
+const CHUNK_LIST_DOMAIN: &[u8] = b"trackshift chunk list v1\0";
+
+/// The SHA-256 over the ordered list of a file's chunk hashes (protocol version 3, the `ChunkListHash` frame):
+/// `SHA-256("trackshift chunk list v1\0" ‖ file_size: u64 BE ‖ chunk_size: u64 BE ‖ sha_0 ‖ … ‖ sha_{n−1})`.
+/// With every chunk verified by its own SHA-256, it binds the chunks to their places and their number, so the
+/// receiver checks the whole file from 32 bytes a chunk instead of hashing every byte a second time.
+#[derive(Debug, Clone)]
+pub struct ChunkListHasher {
+    hasher: Hasher,
+    next: u32,
+    count: u32,
+}
+
+impl ChunkListHasher {
+    pub fn new(plan: &crate::ChunkPlan) -> Self {
+        let mut hasher = Hasher::new();
+        hasher.update(CHUNK_LIST_DOMAIN);
+        hasher.update(&plan.file_size().to_be_bytes());
+        hasher.update(&plan.chunk_size().to_be_bytes());
+        Self {
+            hasher,
+            next: 0,
+            count: plan.chunk_count(),
+        }
+    }
+
+    /// The hash of the next chunk, in index order.
+    pub fn push(&mut self, sha256: &[u8; 32]) {
+        self.hasher.update(sha256);
+        self.next += 1;
+    }
+
+    /// The digest, once every chunk was pushed (`None` if there were fewer or more).
+    pub fn finish(self) -> Option<[u8; 32]> {
+        (self.next == self.count).then(|| self.hasher.finish())
+    }
+
+    /// The digest of `hashes` (index, SHA-256), which must be every chunk of `plan` in index order.
+    pub fn digest(plan: &crate::ChunkPlan, hashes: &[(u32, [u8; 32])]) -> Option<[u8; 32]> {
+        let mut h = Self::new(plan);
+        for (i, (index, sha)) in hashes.iter().enumerate() {
+            if *index as usize != i {
+                return None;
+            }
+            h.push(sha);
+        }
+        h.finish()
     }
 }
 
@@ -111,6 +163,35 @@ mod tests {
         h.mark();
         h.update(&data[50..]);
         assert_eq!(h.finish(), sha256(&data));
+    }
+
+    #[test]
+    fn the_chunk_list_digest_binds_every_chunk_to_its_place() {
+        let plan = crate::ChunkPlan::new(12 << 20, 5 << 20).unwrap();
+        let list = [(0, [1; 32]), (1, [2; 32]), (2, [3; 32])];
+        let d = ChunkListHasher::digest(&plan, &list).unwrap();
+        let mut h = ChunkListHasher::new(&plan);
+        for (_, sha) in &list {
+            h.push(sha);
+        }
+        assert_eq!(h.finish(), Some(d));
+        let swapped = [(0, [2; 32]), (1, [1; 32]), (2, [3; 32])];
+        assert_ne!(ChunkListHasher::digest(&plan, &swapped), Some(d));
+        assert_eq!(
+            ChunkListHasher::digest(&plan, &list[..2]),
+            None,
+            "a chunk missing"
+        );
+        assert_eq!(
+            ChunkListHasher::digest(&plan, &[list[0], list[2], list[1]]),
+            None
+        );
+        let other = crate::ChunkPlan::new((12 << 20) - 1, 5 << 20).unwrap();
+        assert_ne!(
+            ChunkListHasher::digest(&other, &list),
+            Some(d),
+            "the size counts"
+        );
     }
 
     #[test]

@@ -32,6 +32,7 @@ enum Owned {
     ChunkEnd([u8; 32]),
     ChunkDone(u32, bool),
     FileEnd([u8; 32]),
+    ChunkListHash([u8; 32]),
     FileDone(bool, [u8; 32], String),
     Error(ErrorCode, String),
     KeepAlive,
@@ -41,7 +42,7 @@ enum Owned {
 }
 
 /// Every frame type the protocol defines: a new variant of `Frame` must be added here.
-const TYPES: usize = 19;
+const TYPES: usize = 20;
 
 impl Owned {
     fn frame<'a>(&'a self, entries: &'a [u8]) -> Frame<'a> {
@@ -76,6 +77,7 @@ impl Owned {
             Owned::ChunkEnd(sha) => Frame::ChunkEnd { sha256: *sha },
             Owned::ChunkDone(i, ok) => Frame::ChunkDone { index: *i, ok: *ok },
             Owned::FileEnd(sha) => Frame::FileEnd { sha256: *sha },
+            Owned::ChunkListHash(sha) => Frame::ChunkListHash { sha256: *sha },
             Owned::FileDone(ok, sha, name) => Frame::FileDone {
                 ok: *ok,
                 sha256: *sha,
@@ -182,6 +184,7 @@ fn valid_frame() -> impl Strategy<Value = Owned> {
         sha().prop_map(Owned::ChunkEnd),
         (any::<u32>(), any::<bool>()).prop_map(|(i, ok)| Owned::ChunkDone(i, ok)),
         sha().prop_map(Owned::FileEnd),
+        sha().prop_map(Owned::ChunkListHash),
         (any::<bool>(), sha(), text()).prop_map(|(ok, s, n)| Owned::FileDone(ok, s, n)),
         (0..CODES.len(), text()).prop_map(|(c, m)| Owned::Error(CODES[c], m)),
         Just(Owned::KeepAlive),

@@ -975,6 +975,75 @@ fn a_whole_file_mismatch_at_the_receiver_ends_the_run() {
     }
 }
 
+/// Protocol version 3: the sender announces the hash of its chunk list right before `FileEnd`, and the receiver
+/// finishes by that (the world checks it against the verified chunks' hashes). An older peer hears no
+/// `ChunkListHash` and finishes by hashing the whole file, as before.
+#[test]
+fn the_chunk_list_hash_goes_before_file_end_from_version_3_only() {
+    for path in [DataPath::Tcp, DataPath::Udp { explicit: false }] {
+        for version in [2u16, 3] {
+            let mut cfg = Cfg::new(path, 3);
+            cfg.protocol_version = version;
+            let mut w = World::new(cfg);
+            let r = w.run(STEPS).clone();
+            assert!(r.is_ok(), "{path:?} v{version}: {r:?}");
+            let frames = w.at_receiver(1);
+            let end = frames.iter().position(|f| *f == Wire::FileEnd).unwrap();
+            let listed = frames.iter().position(|f| *f == Wire::ChunkListHash);
+            match version {
+                3 => assert_eq!(listed, Some(end - 1), "{path:?}: {frames:?}"),
+                _ => assert_eq!(listed, None, "{path:?}: {frames:?}"),
+            }
+            assert_eq!(w.rcv.store.files.len(), 1);
+        }
+    }
+}
+
+/// A version 3 receiver refuses a `FileEnd` without the chunk list hash before it, and a second one.
+#[test]
+fn a_version_3_file_end_without_its_chunk_list_hash_is_a_protocol_violation() {
+    const MIB: u64 = 1 << 20;
+    let plan = ChunkPlan::new(5 * MIB, 5 * MIB).unwrap();
+    for frames in [
+        vec![Frame::FileEnd { sha256: [1; 32] }],
+        vec![
+            Frame::ChunkListHash { sha256: [1; 32] },
+            Frame::ChunkListHash { sha256: [1; 32] },
+        ],
+    ] {
+        let now = std::time::Instant::now();
+        let mut r = RecvSession::new(
+            RecvConfig {
+                dcsp_version: 1,
+                protocol_version: 3,
+            },
+            now,
+        );
+        let offer = Frame::Offer(trackshift_proto::Offer {
+            session_id: SessionId([4; 16]),
+            file_name: "p.bin",
+            file_size: plan.file_size(),
+            chunk_size: plan.chunk_size(),
+            mtime_ns: 0,
+        });
+        r.handle_frame(now, &offer);
+        r.accept(now, &[], &[]);
+        for f in &frames {
+            r.handle_frame(now, f);
+        }
+        let failed = std::iter::from_fn(|| r.poll_action()).any(|a| {
+            matches!(
+                a,
+                RecvAction::Finished(trackshift_proto::session::RecvOutcome::Failed {
+                    code: ErrorCode::Protocol,
+                    ..
+                })
+            )
+        });
+        assert!(failed, "{frames:?}");
+    }
+}
+
 // -------------------------------------------------------------------------------------------------------------
 // Corruption, and a long final check
 

@@ -83,6 +83,8 @@ fn unexpected(f: &Frame<'_>, wanted: &str) -> TransportError {
 /// caller sends in front of its `Offer`, without waiting for anything after it.
 pub struct ClientAuth {
     pake: Spake2<Ed25519Group>,
+    /// The newest version this side offers (this build's, except for a test speaking as an older sender).
+    max_version: u16,
 }
 
 impl std::fmt::Debug for ClientAuth {
@@ -94,14 +96,26 @@ impl std::fmt::Debug for ClientAuth {
 impl ClientAuth {
     /// Starts SPAKE2 with `secret`; returns the first flight's bytes (frames `Hello` and `Pake`).
     pub fn start(secret: &str) -> (Self, Vec<u8>) {
+        Self::start_up_to(secret, PROTOCOL_VERSION)
+    }
+
+    /// Like [`Self::start`], offering versions only up to `max_version`: how a peer of an older build speaks
+    /// (the compatibility tests use it).
+    pub fn start_up_to(secret: &str, max_version: u16) -> (Self, Vec<u8>) {
         let (pake, outbound) = Spake2::<Ed25519Group>::start_symmetric(
             &Password::new(secret.as_bytes()),
             &PakeIdentity::new(PAKE_IDENTITY),
         );
         let mut flight = Vec::with_capacity(FLIGHT_CAPACITY);
-        OUR_HELLO.encode(&mut flight);
+        let max_version = max_version.clamp(MIN_PROTOCOL_VERSION, PROTOCOL_VERSION);
+        let hello = Frame::Hello {
+            min_version: MIN_PROTOCOL_VERSION,
+            max_version,
+            software: SOFTWARE,
+        };
+        hello.encode(&mut flight);
         Frame::Pake { message: &outbound }.encode(&mut flight);
-        (Self { pake }, flight)
+        (Self { pake, max_version }, flight)
     }
 
     /// Reads the receiver's flight and checks its confirmation; returns the `Confirm` frame to send next and
@@ -117,11 +131,13 @@ impl ClientAuth {
                 min_version,
                 max_version,
                 ..
-            } => agreed_version(min_version, max_version).ok_or(TransportError::Version {
-                ours: PROTOCOL_VERSION,
-                min: min_version,
-                max: max_version,
-            })?,
+            } => agreed_version(min_version, max_version)
+                .map(|v| v.min(self.max_version))
+                .ok_or(TransportError::Version {
+                    ours: self.max_version,
+                    min: min_version,
+                    max: max_version,
+                })?,
             f => return Err(unexpected(&f, "Hello")),
         };
         let key = match expect(s, &mut buf).await? {
@@ -164,7 +180,17 @@ pub async fn authenticate_client<S: AsyncRead + AsyncWrite + Unpin>(
     exporter: [u8; 32],
     secret: &str,
 ) -> Result<u16, TransportError> {
-    let (auth, flight) = ClientAuth::start(secret);
+    authenticate_client_up_to(s, exporter, secret, PROTOCOL_VERSION).await
+}
+
+/// [`authenticate_client`] offering versions only up to `max_version` (see [`ClientAuth::start_up_to`]).
+pub async fn authenticate_client_up_to<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    exporter: [u8; 32],
+    secret: &str,
+    max_version: u16,
+) -> Result<u16, TransportError> {
+    let (auth, flight) = ClientAuth::start_up_to(secret, max_version);
     s.write_all(&flight)
         .await
         .map_err(|e| TransportError::io("writing to peer", e))?;

@@ -21,7 +21,8 @@ mod identity;
 mod tls;
 
 pub use auth::{
-    authenticate_client, authenticate_server, dcsp_secret_of, exporter_of, ClientAuth, SOFTWARE,
+    authenticate_client, authenticate_client_up_to, authenticate_server, dcsp_secret_of,
+    exporter_of, ClientAuth, SOFTWARE,
 };
 
 pub use error::TransportError;

@@ -17,7 +17,7 @@ use trackshift_dcsp::{
     stream_conn_id, BlockGeometry, DcspReceiver, DirectionKeys, ReceiverConfig, ReceiverStats,
     Role, StreamShare,
 };
-use trackshift_proto::frame::DATA_PIECE;
+use trackshift_proto::frame::{CHUNK_LIST_VERSION, DATA_PIECE};
 use trackshift_proto::session::{RecvAction, RecvConfig, RecvOutcome, RecvSession};
 use trackshift_proto::{ChunkMap, ChunkPlan, ErrorCode, Frame, Incoming, SessionId};
 use trackshift_storage::{
@@ -29,7 +29,7 @@ use trackshift_transport::{FrameReader, FrameWriter, ServerTls, TransportError};
 use super::dcsp_plane::UdpPlane;
 use super::dcsp_writer::{self, DcspFeed, DcspWriterMsg};
 use super::tcp_writer::{self, TcpOp, TCP_WRITER_QUEUE};
-use super::verify::{Destination, WriterEvent, WriterJob};
+use super::verify::{Destination, FileClaim, WriterEvent, WriterJob};
 use super::{claim_session, BusyGuard, ConnOutcome, Ctx};
 use crate::error::{storage_code, ErrorKind, ErrorReply};
 use crate::event::{mbps, Event, ReceiveSummary, ReceiverFigures, SummaryCore};
@@ -84,6 +84,7 @@ pub(super) async fn converse(ctx: &Ctx, tls: ServerTls, link: Link) -> ConnOutco
         peer,
         dcsp_secret,
         control_rtt,
+        version,
         session: RecvSession::new(
             RecvConfig {
                 dcsp_version: trackshift_dcsp::VERSION,
@@ -160,6 +161,8 @@ struct Connection<'a> {
     dcsp_secret: [u8; 32],
     /// The round trip measured while authenticating (our flight out, the sender's `Confirm` back).
     control_rtt: Duration,
+    /// The control protocol version agreed in `Hello`.
+    version: u16,
     session: RecvSession,
     writer: Writer,
     frames: mpsc::Receiver<FrameRead>,
@@ -227,7 +230,16 @@ impl<'a> Connection<'a> {
                     data_shards,
                     streams,
                 } => self.start_dcsp(conn_id, shard_size, data_shards, streams),
-                RecvAction::FinishFile { expected } => self.finish_file(expected).await,
+                RecvAction::FinishFile {
+                    expected,
+                    chunk_list,
+                } => {
+                    let claim = FileClaim {
+                        sha256: expected,
+                        chunk_list,
+                    };
+                    self.finish_file(claim).await
+                }
                 RecvAction::Finished(outcome) => self.ended = Some(outcome),
                 _ => {}
             }
@@ -486,6 +498,8 @@ impl<'a> Connection<'a> {
             },
             store: self.ctx.store.clone(),
             events: self.events_tx.clone(),
+            whole_file_hash: self.version < CHUNK_LIST_VERSION,
+            verify: self.ctx.verify,
         })
     }
 
@@ -597,14 +611,14 @@ impl<'a> Connection<'a> {
         }
     }
 
-    async fn finish_file(&mut self, expected: [u8; 32]) {
+    async fn finish_file(&mut self, claim: FileClaim) {
         let Some(data) = self.transfer.as_ref().and_then(|t| t.data.as_ref()) else {
             return;
         };
         let sent = match data {
-            DataPath::Tcp { ops, .. } => ops.send(TcpOp::Finish { expected }).await.is_ok(),
+            DataPath::Tcp { ops, .. } => ops.send(TcpOp::Finish(claim)).await.is_ok(),
             DataPath::Dcsp { msgs, .. } => {
-                let msg = DcspWriterMsg::Finish(expected);
+                let msg = DcspWriterMsg::Finish(claim);
                 tokio::task::block_in_place(|| msgs.send(msg)).is_ok()
             }
         };

@@ -1,7 +1,8 @@
 //! The receiver's writer for the DCSP data path: one thread per transfer that writes complete blocks at their
-//! offsets (around the page cache when aligned), hashes the file in order as blocks arrive (chunk hashes here,
-//! the whole-file hash on its thread), verifies each chunk against the hash the sender announced, and finishes
-//! the file when the conversation says every chunk verified.
+//! offsets (around the page cache when aligned), hashes the file in order as blocks arrive (chunk hashes here;
+//! for a sender older than protocol version 3 also the whole-file hash, on its thread), verifies each chunk
+//! against the hash the sender announced, and finishes the file when the conversation says every chunk
+//! verified.
 //!
 //! Blocks mostly arrive in file order, so hashing follows one cursor through the file. A block ahead of the
 //! cursor waits in memory (at most [`MAX_HELD`] bytes), or only on disk beyond that and is read back when the
@@ -19,7 +20,7 @@ use trackshift_proto::{ChunkPlan, ErrorCode};
 use trackshift_storage::WriteStage;
 
 use super::dcsp_plane::UdpPlane;
-use super::verify::{HashOp, Verifier, WriterEvent, WriterJob};
+use super::verify::{FileClaim, HashOp, Verifier, WriterEvent, WriterJob};
 use crate::error::{store_reply, ErrorReply};
 use crate::pool::{BufPool, SharedBytes, SpareBufs};
 use crate::threads;
@@ -45,8 +46,8 @@ pub(crate) enum DcspWriterMsg {
     },
     /// From the conversation: the expected hash of a chunk.
     ChunkHash(u32, [u8; 32]),
-    /// From the conversation: every chunk verified; check the whole file against this.
-    Finish([u8; 32]),
+    /// From the conversation: every chunk verified; check the whole file against what the sender announced.
+    Finish(FileClaim),
 }
 
 /// The writer's queue: the plane threads and the connection's task both send to it.
@@ -241,9 +242,10 @@ impl Writer {
                 .read_at(self.cur.at, &mut self.scratch[..n])
                 .map_err(store_reply)?;
             hasher.update(&self.scratch[..n]);
-            self.v
-                .hash
-                .send(HashOp::Bytes(self.pool.aligned_copy(&self.scratch[..n], 1)))?;
+            if self.v.hash.is_on() {
+                let copy = self.pool.aligned_copy(&self.scratch[..n], 1);
+                self.v.hash.send(HashOp::Bytes(copy))?;
+            }
             self.cur.at += n as u64;
         }
         self.cur.chunk = Some((c, hasher));
@@ -331,6 +333,10 @@ impl Writer {
                 break;
             }
             let end = cur.chunk_end(c);
+            if !self.v.hash.is_on() {
+                cur.at = end;
+                continue;
+            }
             while cur.at < end {
                 let n = (end - cur.at).min(self.scratch.len() as u64) as usize;
                 self.v

@@ -53,6 +53,20 @@ pub struct ReceiveOptions {
     pub once: bool,
     /// UDP sockets (and plane threads) on the port.
     pub udp_sockets: usize,
+    /// How a finished file is checked before it is put in place.
+    pub verify: VerifyMode,
+}
+
+/// How a receiver checks a whole file once every chunk verified (each chunk is always checked by its SHA-256).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum VerifyMode {
+    /// By the sender's chunk list hash (protocol version 3; an older sender's file is hashed whole, in memory,
+    /// as it arrives): no second pass over the bytes.
+    #[default]
+    Chunks,
+    /// Also, after the final fsync, read the file back from disk and check its SHA-256 against the sender's
+    /// before the rename: an end-to-end check of what the disk holds.
+    Full,
 }
 
 /// Runs a receiver until SIGTERM or SIGINT (or, with `once`, until the first transfer ended), on a runtime of
@@ -87,6 +101,7 @@ struct Ctx {
     sink: Arc<dyn EventSink>,
     /// Sessions being received, each with a way to ask its connection to step aside.
     busy: Mutex<HashMap<SessionId, Arc<Notify>>>,
+    verify: VerifyMode,
 }
 
 /// How one connection ended, for `once`.
@@ -201,6 +216,7 @@ async fn set_up(
         acceptor: TlsAcceptor::from(config),
         sink,
         busy: Mutex::new(HashMap::new()),
+        verify: opts.verify,
     };
     Ok((ctx, listener))
 }

@@ -10,7 +10,7 @@ use trackshift_proto::hashing::{Hasher, OrderedFileHasher};
 use trackshift_proto::ErrorCode;
 use trackshift_storage::DIRECT_IO_ALIGN;
 
-use super::verify::{hash_from_disk, HashOp, Verifier, WriterEvent, WriterJob};
+use super::verify::{hash_from_disk, FileClaim, HashOp, Verifier, WriterEvent, WriterJob};
 use crate::error::{store_reply, ErrorReply};
 use crate::pool::{BufPool, PooledBuf, SharedBytes};
 use crate::threads;
@@ -42,9 +42,8 @@ pub(crate) enum TcpOp {
         index: u32,
         expected: [u8; 32],
     },
-    Finish {
-        expected: [u8; 32],
-    },
+    /// Every chunk verified: check the whole file against what the sender announced.
+    Finish(FileClaim),
 }
 
 pub(crate) fn spawn(
@@ -90,7 +89,9 @@ fn run(job: WriterJob, mut ops: mpsc::Receiver<TcpOp>) -> Result<(), ErrorReply>
     } else {
         plan.offset(prefix)
     };
-    hash_from_disk(&job.part, &mut hasher, prefix_end)?;
+    if job.whole_file_hash {
+        hash_from_disk(&job.part, &mut hasher, prefix_end)?;
+    }
     let mut w = TcpWriter {
         v: job.start(hasher)?,
         decompressor: PieceDecompressor::new().map_err(|e| (ErrorCode::Internal, e.to_string()))?,
@@ -113,7 +114,7 @@ fn run(job: WriterJob, mut ops: mpsc::Receiver<TcpOp>) -> Result<(), ErrorReply>
                 body,
             } => w.write(offset, raw_len, compressed, body)?,
             TcpOp::End { index, expected } => w.end(index, expected)?,
-            TcpOp::Finish { expected } => return w.v.finish(expected),
+            TcpOp::Finish(claim) => return w.v.finish(claim),
         }
     }
     w.v.close()
@@ -121,7 +122,7 @@ fn run(job: WriterJob, mut ops: mpsc::Receiver<TcpOp>) -> Result<(), ErrorReply>
 
 impl TcpWriter {
     fn begin(&mut self, index: u32, offset: u64) -> Result<(), ErrorReply> {
-        let in_order = offset == self.v.hash.position();
+        let in_order = self.v.hash.is_on() && offset == self.v.hash.position();
         if in_order {
             self.v.hash.send(HashOp::Mark)?;
         }

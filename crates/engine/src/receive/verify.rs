@@ -1,5 +1,6 @@
-//! What both receiving writers (TCP and DCSP) share: the whole-file hash on a thread of its own, the commit of
-//! verified chunks off the write path, and the final check that puts a file in place.
+//! What both receiving writers (TCP and DCSP) share: the commit of verified chunks off the write path, the final
+//! check that puts a file in place (by the sender's chunk list hash, or for an older sender by the whole-file hash
+//! on a thread of its own).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -9,10 +10,11 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use trackshift_proto::frame::DATA_PIECE;
-use trackshift_proto::hashing::OrderedFileHasher;
+use trackshift_proto::hashing::{ChunkListHasher, OrderedFileHasher};
 use trackshift_proto::{ChunkMap, ChunkPlan, ErrorCode, SessionId};
 use trackshift_storage::{unix_now, ChunkSink, PartialFile, SessionState, SessionStore};
 
+use super::VerifyMode;
 use crate::error::{store_reply, ErrorReply};
 use crate::pool::SharedBytes;
 use crate::threads;
@@ -52,13 +54,19 @@ pub(crate) enum HashOp {
 }
 
 /// The receiver's [`OrderedFileHasher`] on a thread of its own, so the whole-file hash does not slow the writer
-/// that writes and verifies chunks.
+/// that writes and verifies chunks; or, for a sender of protocol version 3 (which announces its chunk list
+/// hash), no whole-file hash at all ([`HashThread::off`]): then every operation is only counted.
 #[derive(Debug)]
 pub(crate) struct HashThread {
-    tx: SyncSender<HashOp>,
-    handle: std::thread::JoinHandle<Result<OrderedFileHasher, String>>,
+    worker: Option<HashWorker>,
     /// File offset the bytes sent so far reach.
     position: u64,
+}
+
+#[derive(Debug)]
+struct HashWorker {
+    tx: SyncSender<HashOp>,
+    handle: std::thread::JoinHandle<Result<OrderedFileHasher, String>>,
 }
 
 impl HashThread {
@@ -81,10 +89,22 @@ impl HashThread {
         })
         .map_err(internal)?;
         Ok(Self {
-            tx,
-            handle,
+            worker: Some(HashWorker { tx, handle }),
             position,
         })
+    }
+
+    /// No whole-file hash: the file is checked by its chunk list hash.
+    pub(crate) fn off() -> Self {
+        Self {
+            worker: None,
+            position: 0,
+        }
+    }
+
+    /// Whether bytes sent here are hashed (else the writers need not read or copy anything for it).
+    pub(crate) fn is_on(&self) -> bool {
+        self.worker.is_some()
     }
 
     /// Where the next bytes must start to be hashed in order.
@@ -98,18 +118,26 @@ impl HashThread {
             HashOp::Rollback(at) => self.position = *at,
             HashOp::Mark | HashOp::Release(_) => {}
         }
-        self.tx
-            .send(op)
-            .map_err(|_| internal("the hashing thread stopped".into()))
+        match &self.worker {
+            Some(w) => {
+                w.tx.send(op)
+                    .map_err(|_| internal("the hashing thread stopped".into()))
+            }
+            None => Ok(()),
+        }
     }
 
-    /// Everything sent so far hashed: the hasher, to finish from disk.
-    pub(crate) fn finish(self) -> Result<OrderedFileHasher, ErrorReply> {
-        drop(self.tx);
-        self.handle
+    /// Everything sent so far hashed: the hasher, to finish from disk (`None` when off).
+    pub(crate) fn finish(self) -> Result<Option<OrderedFileHasher>, ErrorReply> {
+        let Some(HashWorker { tx, handle }) = self.worker else {
+            return Ok(None);
+        };
+        drop(tx);
+        handle
             .join()
             .map_err(|_| internal("the hashing thread panicked".into()))?
             .map_err(internal)
+            .map(Some)
     }
 }
 
@@ -257,12 +285,21 @@ pub(crate) struct WriterJob {
     pub(crate) dest: Destination,
     pub(crate) store: Arc<SessionStore>,
     pub(crate) events: WriterEvents,
+    /// Hash the whole file as it arrives: the sender speaks a protocol version before
+    /// [`trackshift_proto::frame::CHUNK_LIST_VERSION`], so it announces no chunk list hash.
+    pub(crate) whole_file_hash: bool,
+    pub(crate) verify: VerifyMode,
 }
 
 impl WriterJob {
-    /// Starts the transfer's commit and whole-file hashing threads, the hash going on from `hasher`.
+    /// Starts the transfer's commit thread and, for an older sender, its whole-file hashing thread, the hash going
+    /// on from `hasher`.
     pub(crate) fn start(self, hasher: OrderedFileHasher) -> Result<Verifier, ErrorReply> {
         let part = Arc::new(self.part);
+        let hash = match self.whole_file_hash {
+            true => HashThread::start(hasher)?,
+            false => HashThread::off(),
+        };
         Ok(Verifier {
             committer: Committer::start(
                 part.clone(),
@@ -270,7 +307,8 @@ impl WriterJob {
                 self.dest.id,
                 self.events.clone(),
             )?,
-            hash: HashThread::start(hasher)?,
+            hash,
+            verify: self.verify,
             part,
             plan: self.plan,
             verified: self.verified,
@@ -294,6 +332,7 @@ pub(crate) struct Verifier {
     pub(crate) resume: BTreeMap<u32, u64>,
     pub(crate) part: Arc<PartialFile>,
     pub(crate) hash: HashThread,
+    verify: VerifyMode,
     committer: Committer,
     store: Arc<SessionStore>,
     dest: Destination,
@@ -345,17 +384,25 @@ impl Verifier {
         self.committer.finish()
     }
 
-    /// Every chunk verified: waits for the last commits and the hashing thread, hashes what could not be hashed
-    /// in order from disk, and puts the file in place if the whole matches `expected` (or discards the session).
-    pub(crate) fn finish(mut self, expected: [u8; 32]) -> Result<(), ErrorReply> {
+    /// Every chunk verified: waits for the last commits (and the hashing thread), checks the whole file against
+    /// what the sender announced, and puts it in place if it matches (or discards the session).
+    pub(crate) fn finish(mut self, claim: FileClaim) -> Result<(), ErrorReply> {
         self.committer.finish()?;
         drop(self.committer);
-        let mut hasher = self.hash.finish()?;
+        let hasher = self.hash.finish()?;
         let part =
             Arc::try_unwrap(self.part).map_err(|_| internal("partial file still shared".into()))?;
-        hash_from_disk(&part, &mut hasher, self.dest.size)?;
-        let sha = hasher.finish();
-        if sha != expected {
+        let check = WholeFileCheck {
+            part: &part,
+            store: &self.store,
+            dest: &self.dest,
+            plan: &self.plan,
+        };
+        let (sha, ok) = match hasher {
+            Some(hasher) => check.by_bytes(hasher, claim.sha256)?,
+            None => check.by_chunk_list(claim, self.verify)?,
+        };
+        if !ok {
             // Every chunk verified yet the whole does not: the partial data cannot be trusted.
             let _ = part.remove();
             let _ = self.store.remove_incoming(&self.dest.id);
@@ -368,6 +415,61 @@ impl Verifier {
         record_completed(&self.store, &self.dest.id, &final_path, sha)?;
         let _ = self.events.send(WriterEvent::FileDone { sha, final_path });
         Ok(())
+    }
+}
+
+/// What the sender announced the whole file to be: its SHA-256 and, from protocol version 3, the hash of its
+/// chunk list.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FileClaim {
+    pub(crate) sha256: [u8; 32],
+    pub(crate) chunk_list: Option<[u8; 32]>,
+}
+
+/// The final check of a file whose every chunk verified and is durable.
+struct WholeFileCheck<'a> {
+    part: &'a PartialFile,
+    store: &'a SessionStore,
+    dest: &'a Destination,
+    plan: &'a ChunkPlan,
+}
+
+impl WholeFileCheck<'_> {
+    /// An older sender: the whole-file hash, finished from disk where bytes could not be hashed in order. The
+    /// hash found, and whether it is `expected`.
+    fn by_bytes(
+        &self,
+        mut hasher: OrderedFileHasher,
+        expected: [u8; 32],
+    ) -> Result<([u8; 32], bool), ErrorReply> {
+        hash_from_disk(self.part, &mut hasher, self.dest.size)?;
+        let sha = hasher.finish();
+        Ok((sha, sha == expected))
+    }
+
+    /// Protocol version 3: the hash of the verified chunks' hashes, in order, against the sender's; with
+    /// [`VerifyMode::Full`] then the file read back from disk against the sender's SHA-256. The hash the
+    /// receiver vouches for (the sender's, once checked; else what it found), and whether it matched.
+    fn by_chunk_list(
+        &self,
+        claim: FileClaim,
+        verify: VerifyMode,
+    ) -> Result<([u8; 32], bool), ErrorReply> {
+        let verified = self
+            .store
+            .verified_chunks(&self.dest.id)
+            .map_err(store_reply)?;
+        let ours = ChunkListHasher::digest(self.plan, &verified).unwrap_or_default();
+        if Some(ours) != claim.chunk_list {
+            return Ok((ours, false));
+        }
+        if verify == VerifyMode::Full {
+            let mut hasher = OrderedFileHasher::new();
+            hash_from_disk(self.part, &mut hasher, self.dest.size)?;
+            let sha = hasher.finish();
+            return Ok((sha, sha == claim.sha256));
+        }
+        Ok((claim.sha256, true))
     }
 }
 

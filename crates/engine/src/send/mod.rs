@@ -568,7 +568,7 @@ impl Sender {
         let sha = tokio::task::spawn_blocking(move || hash_source(&*source))
             .await
             .map_err(|e| EngineError::Failed(e.to_string()))??;
-        self.session.file_hashed(Instant::now(), sha);
+        self.session.file_hashed(Instant::now(), sha, None);
         Ok(())
     }
 
@@ -640,8 +640,8 @@ impl Sender {
                 self.session.chunk_checked(now, index, sha);
                 Ok(())
             }
-            ReadEvent::FileHash(sha) => {
-                self.session.file_hashed(now, sha);
+            ReadEvent::FileHash { sha256, chunk_list } => {
+                self.session.file_hashed(now, sha256, chunk_list);
                 Ok(())
             }
             ReadEvent::Failed(e) => return Err(EngineError::BadInput(e)),

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use trackshift_dcsp::BlockGeometry;
 use trackshift_proto::compress::{CompressMode, PieceCompressor};
 use trackshift_proto::frame::DATA_PIECE;
-use trackshift_proto::hashing::Hasher;
+use trackshift_proto::hashing::{ChunkListHasher, Hasher};
 use trackshift_proto::{ChunkPlan, FirstPass};
 use trackshift_storage::ChunkSource;
 
@@ -43,8 +43,11 @@ pub(crate) enum ReadEvent {
     Sent(u32, [u8; 32]),
     /// A chunk the receiver verified earlier, read again: its SHA-256 now.
     Checked(u32, [u8; 32]),
-    /// The whole file has been read once: its SHA-256.
-    FileHash([u8; 32]),
+    /// The whole file has been read once: its SHA-256, and the digest of its chunks' hashes in order.
+    FileHash {
+        sha256: [u8; 32],
+        chunk_list: Option<[u8; 32]>,
+    },
     Failed(String),
 }
 
@@ -205,6 +208,7 @@ impl<'a> ReadJob<'a> {
             h.finish()
         })
         .map_err(Stop::Failed)?;
+        let mut chunk_list = ChunkListHasher::new(&self.plan);
         for (index, what) in first_pass.iter().enumerate() {
             let index = index as u32;
             let send_from = match what {
@@ -213,6 +217,7 @@ impl<'a> ReadJob<'a> {
                 FirstPass::Check { .. } => None,
             };
             let sha = self.read_chunk(index, send_from, Some(&file_tx))?;
+            chunk_list.push(&sha);
             self.emit(match send_from {
                 Some(_) => ReadEvent::Sent(index, sha),
                 None => ReadEvent::Checked(index, sha),
@@ -222,7 +227,10 @@ impl<'a> ReadJob<'a> {
         let digest = file_hash
             .join()
             .map_err(|_| Stop::Failed("the hashing thread panicked".into()))?;
-        self.emit(ReadEvent::FileHash(digest))?;
+        self.emit(ReadEvent::FileHash {
+            sha256: digest,
+            chunk_list: chunk_list.finish(),
+        })?;
         while let Ok(index) = resend.recv() {
             let sha = self.read_chunk(index, Some(0), None)?;
             self.emit(ReadEvent::Sent(index, sha))?;

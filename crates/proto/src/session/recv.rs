@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use super::outbox::Outbox;
 use crate::frame::{
-    encode_partial_entries, encode_verified_entries, ErrorCode, Frame, MAX_PARTIAL_ENTRIES,
-    MAX_VERIFIED_PER_FRAME, PARTIAL_CHUNKS_VERSION,
+    encode_partial_entries, encode_verified_entries, ErrorCode, Frame, CHUNK_LIST_VERSION,
+    MAX_PARTIAL_ENTRIES, MAX_VERIFIED_PER_FRAME, PARTIAL_CHUNKS_VERSION,
 };
 use crate::plan::{ChunkMap, ChunkPlan};
 use crate::transfer::{Incoming, IncomingTransfer};
@@ -83,8 +83,14 @@ pub enum RecvAction {
         streams: u8,
     },
     /// Every chunk verified and the sender's whole-file hash is known: check the whole file, put it in place and
-    /// answer with [`RecvSession::file_in_place`] or [`RecvSession::file_mismatch`].
-    FinishFile { expected: [u8; 32] },
+    /// answer with [`RecvSession::file_in_place`] or [`RecvSession::file_mismatch`]. From protocol version 3 the
+    /// sender also announced `chunk_list`, the digest of its chunks' hashes in order
+    /// ([`crate::hashing::ChunkListHasher`]): the whole file is checked against that (and, if the receiver was
+    /// asked to, read back and hashed against `expected`); before, the driver hashes the whole file.
+    FinishFile {
+        expected: [u8; 32],
+        chunk_list: Option<[u8; 32]>,
+    },
     /// The conversation is over: close the connection.
     Finished(RecvOutcome),
 }
@@ -129,6 +135,8 @@ pub struct RecvSession {
     /// The unverified prefixes this receiver listed (`PartialList`, protocol version 2): what the sender may skip.
     partial: Vec<(u32, u64)>,
     file_sha: Option<[u8; 32]>,
+    /// The sender's `ChunkListHash` (protocol version 3).
+    chunk_list: Option<[u8; 32]>,
     out: Outbox<RecvAction, TIMERS>,
 }
 
@@ -144,6 +152,7 @@ impl RecvSession {
             transfer: None,
             partial: Vec::new(),
             file_sha: None,
+            chunk_list: None,
             out,
         }
     }
@@ -356,6 +365,7 @@ impl RecvSession {
         self.heard(now);
         match frame {
             Frame::FileEnd { sha256 } => self.file_end(*sha256, true),
+            Frame::ChunkListHash { sha256 } => self.chunk_list_hash(*sha256),
             Frame::Error { message, .. } => self.fail_sender_error(message),
             _ => {
                 let Some(transfer) = self.transfer.as_mut() else {
@@ -385,6 +395,7 @@ impl RecvSession {
                 }
             }
             Frame::FileEnd { sha256 } => self.file_end(*sha256, false),
+            Frame::ChunkListHash { sha256 } => self.chunk_list_hash(*sha256),
             Frame::KeepAlive => {}
             Frame::Error { message, .. } => self.fail_sender_error(message),
             f => self.fail(
@@ -398,6 +409,12 @@ impl RecvSession {
     /// The sender is done sending. Over TCP it waits for every verdict first, so chunks still missing then are a
     /// protocol violation; over DCSP it does not wait, and the file is finished once the last chunk verified.
     fn file_end(&mut self, sha256: [u8; 32], tcp: bool) {
+        if self.cfg.protocol_version >= CHUNK_LIST_VERSION && self.chunk_list.is_none() {
+            return self.fail(
+                ErrorCode::Protocol,
+                "sender ended the file without announcing its chunk list hash",
+            );
+        }
         self.file_sha = Some(sha256);
         let complete = self
             .transfer
@@ -411,6 +428,14 @@ impl RecvSession {
                 "sender ended the file with chunks still missing",
             );
         }
+    }
+
+    /// Version 3: the digest of the sender's chunk hashes, announced right before `FileEnd` (once).
+    fn chunk_list_hash(&mut self, sha256: [u8; 32]) {
+        if self.cfg.protocol_version < CHUNK_LIST_VERSION || self.chunk_list.is_some() {
+            return self.fail(ErrorCode::Protocol, "unexpected ChunkListHash frame");
+        }
+        self.chunk_list = Some(sha256);
     }
 
     /// The writer's verdict on chunk `index`: verified and durable (`ok`), or failed (to be sent again).
@@ -499,7 +524,10 @@ impl RecvSession {
             // one within seconds: the keep-alives go on while the whole file is checked (which can take minutes).
             self.out.timers.stop(Timer::Offer as usize);
             self.out.timers.stop(Timer::Silence as usize);
-            self.out.push(RecvAction::FinishFile { expected });
+            self.out.push(RecvAction::FinishFile {
+                expected,
+                chunk_list: self.chunk_list,
+            });
         }
     }
 

@@ -17,7 +17,8 @@ use rand::{Rng, SeedableRng};
 use super::backoff::Backoff;
 use super::outbox::Outbox;
 use crate::frame::{
-    partial_entries, verified_entries, ErrorCode, Frame, Offer, PARTIAL_CHUNKS_VERSION,
+    partial_entries, verified_entries, ErrorCode, Frame, Offer, CHUNK_LIST_VERSION,
+    PARTIAL_CHUNKS_VERSION,
 };
 use crate::plan::ChunkPlan;
 use crate::transfer::{FirstPass, OutgoingTransfer};
@@ -114,7 +115,7 @@ pub enum SendError {
     #[error("{0}")]
     Protocol(String),
     /// Every chunk verified at the receiver but the whole file did not.
-    #[error("the receiver's whole-file SHA-256 {} does not match; the session was discarded, re-run to send again", hex::encode(.0))]
+    #[error("the receiver's whole-file check found {}, which does not match; the session was discarded, re-run to send again", hex::encode(.0))]
     FileMismatch([u8; 32]),
     /// The receiver confirmed a hash that is not the source's.
     #[error("receiver confirmed a different SHA-256 than the source's")]
@@ -251,6 +252,8 @@ struct DataRun {
     /// Chunks read before the conversation got to streaming (a new session's early data).
     pending: VecDeque<(u32, [u8; 32])>,
     file_hash: Option<[u8; 32]>,
+    /// The digest of the first pass's chunk hashes, in order (announced from protocol version 3).
+    chunk_list: Option<[u8; 32]>,
     file_end_sent: bool,
 }
 
@@ -488,8 +491,10 @@ impl SendSession {
         }
     }
 
-    /// The whole source has been read once: its SHA-256.
-    pub fn file_hashed(&mut self, now: Instant, sha256: [u8; 32]) {
+    /// The whole source has been read once: its SHA-256, and (after a first pass, not after
+    /// [`SendAction::HashWholeFile`]) the digest of its chunks' hashes in order
+    /// ([`crate::hashing::ChunkListHasher`]).
+    pub fn file_hashed(&mut self, now: Instant, sha256: [u8; 32], chunk_list: Option<[u8; 32]>) {
         if let Conn::AwaitWholeHash {
             final_name,
             sha256: theirs,
@@ -505,6 +510,7 @@ impl SendSession {
         }
         if self.data.running {
             self.data.file_hash = Some(sha256);
+            self.data.chunk_list = chunk_list;
             if self.udp.is_none() {
                 // Over TCP the first pass is over: the sender now waits on the receiver, keeps saying KeepAlive
                 // (the receiver drops a sender silent for 120 s) and counts the receiver's silence (the receiver
@@ -744,6 +750,12 @@ impl SendSession {
         let all_out = self.udp.is_some() && self.data.hashes_sent.len() >= self.data.to_send;
         if !(transfer.is_complete() || all_out) {
             return;
+        }
+        if self.peer_version >= CHUNK_LIST_VERSION {
+            let Some(list) = self.data.chunk_list else {
+                return self.protocol("the chunk list hash is missing".into());
+            };
+            self.send_frame(&Frame::ChunkListHash { sha256: list });
         }
         self.send_frame(&Frame::FileEnd { sha256 });
         self.data.file_end_sent = true;

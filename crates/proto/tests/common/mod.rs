@@ -40,7 +40,7 @@ use rand::{Rng, SeedableRng};
 use trackshift_proto::frame::{
     self, verified_entries, ErrorCode, Frame, DATA_PIECE, HEADER_LEN, PROTOCOL_VERSION,
 };
-use trackshift_proto::hashing::{self, Hasher};
+use trackshift_proto::hashing::{self, ChunkListHasher, Hasher};
 use trackshift_proto::plan::MIN_CHUNK_SIZE;
 use trackshift_proto::session::{
     DataPath, Delivered, RecvAction, RecvConfig, RecvOutcome, RecvSession, SendAction, SendConfig,
@@ -111,6 +111,7 @@ pub enum Wire {
     ChunkDone { index: u32, ok: bool },
     ChunkHash { index: u32 },
     FileEnd,
+    ChunkListHash,
     FileDone { ok: bool, final_name: String },
     Error { code: ErrorCode, message: String },
     KeepAlive,
@@ -146,6 +147,7 @@ impl Wire {
             Frame::ChunkDone { index, ok } => Wire::ChunkDone { index, ok },
             Frame::ChunkHash { index, .. } => Wire::ChunkHash { index },
             Frame::FileEnd { .. } => Wire::FileEnd,
+            Frame::ChunkListHash { .. } => Wire::ChunkListHash,
             Frame::FileDone { ok, final_name, .. } => Wire::FileDone {
                 ok,
                 final_name: final_name.to_owned(),
@@ -308,6 +310,8 @@ pub struct Cfg {
     pub change_source_prob: f64,
     /// The receiver's whole-file check finds another hash than the sender announced.
     pub final_mismatch: bool,
+    /// The control protocol version both ends agree on in `Hello`.
+    pub protocol_version: u16,
 }
 
 impl Cfg {
@@ -340,6 +344,7 @@ impl Cfg {
             busy_prob: 0.0,
             change_source_prob: 0.0,
             final_mismatch: false,
+            protocol_version: PROTOCOL_VERSION,
         }
     }
 
@@ -527,7 +532,8 @@ struct Reader {
     resend: VecDeque<u32>,
     cur: Option<TcpChunk>,
     /// Until the first pass is over.
-    hasher: Option<Hasher>,
+    /// The first pass's whole-file hash and chunk list hash, until the pass is over.
+    hasher: Option<(Hasher, ChunkListHasher)>,
     next_at: Instant,
 }
 
@@ -593,7 +599,8 @@ struct RecvConn {
     content: BTreeMap<u32, Vec<u8>>,
     hashes: BTreeMap<u32, [u8; 32]>,
     jobs: VecDeque<Job>,
-    finish: Option<(Instant, [u8; 32])>,
+    /// When the writer finishes the file, what the sender announced: its hash and (version 3) chunk list hash.
+    finish: Option<(Instant, [u8; 32], Option<[u8; 32]>)>,
     dcsp_ids: Vec<u64>,
 }
 
@@ -912,7 +919,7 @@ impl World {
             }
             if let Some(j) = c.jobs.front() {
                 t.push((j.due, Task::Job(id)));
-            } else if let Some((at, _)) = c.finish {
+            } else if let Some((at, _, _)) = c.finish {
                 t.push((at, Task::Finish(id)));
             }
         }
@@ -936,7 +943,7 @@ impl World {
             Task::Hash => {
                 self.snd.hash_job = None;
                 let sha = self.source.sha();
-                self.snd.session.file_hashed(self.now, sha);
+                self.snd.session.file_hashed(self.now, sha, None);
                 self.sender_pump();
             }
             Task::Probe => {
@@ -1156,7 +1163,10 @@ impl World {
                         udp,
                         resend: VecDeque::new(),
                         cur: None,
-                        hasher: Some(Hasher::new()),
+                        hasher: Some((
+                            Hasher::new(),
+                            ChunkListHasher::new(self.snd.session.plan()),
+                        )),
                         next_at: self.now,
                     });
                     if udp.is_some() && self.cfg.udp_blocked {
@@ -1230,7 +1240,7 @@ impl World {
                 session: RecvSession::new(
                     RecvConfig {
                         dcsp_version: DCSP_VERSION,
-                        protocol_version: PROTOCOL_VERSION,
+                        protocol_version: self.cfg.protocol_version,
                     },
                     self.now,
                 ),
@@ -1255,9 +1265,12 @@ impl World {
             conn: id,
             run: self.snd.run,
         });
-        self.snd
-            .session
-            .connected(self.now, self.cfg.control_port, link, PROTOCOL_VERSION);
+        self.snd.session.connected(
+            self.now,
+            self.cfg.control_port,
+            link,
+            self.cfg.protocol_version,
+        );
         self.sender_pump();
     }
 
@@ -1356,16 +1369,17 @@ impl World {
         } else if r.pos < r.first_pass.len() {
             let i = r.pos as u32;
             r.pos += 1;
-            if let Some(h) = r.hasher.as_mut() {
+            if let Some((h, list)) = r.hasher.as_mut() {
                 h.update(&source.content(i));
+                list.push(&source.chunk_sha(i));
             }
             (
                 i,
                 matches!(r.first_pass[i as usize], FirstPass::Send),
                 r.udp,
             )
-        } else if let Some(h) = r.hasher.take() {
-            self.snd.session.file_hashed(now, h.finish());
+        } else if let Some((h, list)) = r.hasher.take() {
+            self.snd.session.file_hashed(now, h.finish(), list.finish());
             self.sender_pump();
             return;
         } else {
@@ -1510,10 +1524,13 @@ impl World {
                 RecvAction::StartDcsp {
                     conn_id, streams, ..
                 } => self.start_dcsp(id, conn_id, streams),
-                RecvAction::FinishFile { expected } => {
+                RecvAction::FinishFile {
+                    expected,
+                    chunk_list,
+                } => {
                     let t = self.work(self.cfg.finish_time);
                     if let Some(c) = self.rcv.conns.get_mut(&id) {
-                        c.finish = Some((c.writer_free_at(self.now) + t, expected));
+                        c.finish = Some((c.writer_free_at(self.now) + t, expected, chunk_list));
                     }
                 }
                 RecvAction::Finished(_) => self.recv_close(id),
@@ -1911,7 +1928,7 @@ impl World {
         let Some(c) = self.rcv.conns.get_mut(&id) else {
             return;
         };
-        let (Some((_, expected)), Some(session)) = (c.finish.take(), c.offered) else {
+        let (Some((_, expected, chunk_list)), Some(session)) = (c.finish.take(), c.offered) else {
             return;
         };
         let Some(rec) = self.rcv.store.sessions.get(&session) else {
@@ -1926,11 +1943,27 @@ impl World {
             return self.recv_pump(id);
         }
         let bytes: Vec<u8> = rec.chunks.values().flat_map(|(_, b)| b.clone()).collect();
-        let mut sha = sha256(&bytes);
-        if self.cfg.final_mismatch {
-            sha[0] ^= 1;
-        }
-        if sha == expected {
+        // Version 3: the chunk list hash decides and the sender's whole-file hash is confirmed; before, the
+        // whole file is hashed.
+        let (sha, ok) = match chunk_list {
+            Some(announced) => {
+                let hashes: Vec<(u32, [u8; 32])> =
+                    rec.chunks.iter().map(|(&i, (sha, _))| (i, *sha)).collect();
+                let mut ours = ChunkListHasher::digest(&rec.plan, &hashes).unwrap_or_default();
+                if self.cfg.final_mismatch {
+                    ours[0] ^= 1;
+                }
+                (expected, ours == announced)
+            }
+            None => {
+                let mut sha = sha256(&bytes);
+                if self.cfg.final_mismatch {
+                    sha[0] ^= 1;
+                }
+                (sha, sha == expected)
+            }
+        };
+        if ok {
             let name = self.rcv.store.free_name(&rec.file_name);
             self.rcv.store.files.insert(name.clone(), bytes);
             if let Some(rec) = self.rcv.store.sessions.get_mut(&session) {
