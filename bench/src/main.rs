@@ -80,10 +80,10 @@ enum Cmd {
 
 #[derive(Debug, clap::Args)]
 struct LinkArgs {
-    /// Comma-separated profiles: clean, wan, lossy, sat, burst, flaky.
+    /// Comma-separated profiles: clean, clean-1g, fast, wan, lossy, sat, burst, flaky.
     #[arg(long, value_delimiter = ',', default_value = "wan,lossy,sat,burst")]
     profiles: Vec<String>,
-    /// All six named profiles (overrides --profiles).
+    /// All eight named profiles (overrides --profiles).
     #[arg(long)]
     all: bool,
     /// Round-trip probes, one every 5 ms.
@@ -184,10 +184,11 @@ struct Common {
 
 #[derive(Debug, clap::Args)]
 struct NetArgs {
-    /// Comma-separated profiles: clean, wan, lossy, sat, burst, flaky (or any custom name netlab accepts).
+    /// Comma-separated profiles: clean, clean-1g, fast, wan, lossy, sat, burst, flaky (or any custom name netlab
+    /// accepts).
     #[arg(long, value_delimiter = ',', default_value = "wan,lossy")]
     profiles: Vec<String>,
-    /// All six named profiles (overrides --profiles).
+    /// All eight named profiles (overrides --profiles).
     #[arg(long)]
     all: bool,
     /// Size of the random file.

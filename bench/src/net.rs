@@ -13,7 +13,9 @@ use crate::procs::{run, wait_listening, Proc, Spec};
 use crate::report::{Family, ProfileResult, Row, Status, MB};
 use crate::util::{bytes_on_disk, fmt_size, sha256_file, slug, tail};
 
-pub const ALL_PROFILES: &[&str] = &["clean", "wan", "lossy", "sat", "burst", "flaky"];
+pub const ALL_PROFILES: &[&str] = &[
+    "clean", "clean-1g", "fast", "wan", "lossy", "sat", "burst", "flaky",
+];
 pub const ALL_TOOLS: &[&str] = &[
     "trackshift-tcp",
     "trackshift-udp",
@@ -47,6 +49,8 @@ pub(crate) const SECRET: &str = "trackshift-bench-secret";
 /// Nominal per-direction rate (Mbit/s) and random loss of the named profiles (see crates/netlab).
 pub fn nominal(profile: &str) -> Option<(f64, f64)> {
     match profile {
+        "clean-1g" => Some((1000.0, 0.0)),
+        "fast" => Some((1000.0, 0.005)),
         "wan" => Some((200.0, 0.01)),
         "lossy" => Some((100.0, 0.05)),
         "sat" => Some((50.0, 0.02)),
