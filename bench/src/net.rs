@@ -340,6 +340,7 @@ impl NetBench {
             row.status = Status::Failed;
             row.note = format!("{e:#}");
         }
+        row.fill_cpu_per_gb();
         eprintln!(
             "[{profile}] {label}: {}{}{}",
             row.status.as_str(),
