@@ -36,7 +36,7 @@ struct Cli {
 enum Cmd {
     /// Each profile on the emulated link: TrackShift, iperf3, rsync, scp and uftp on the same file.
     Net(NetArgs),
-    /// cp against `trackshift send --protocol tcp` over loopback, on the same disk.
+    /// Over loopback, on the same disk: cp, TrackShift (udp and tcp), rsync (daemon) and scp, alternating.
     Local(LocalArgs),
     /// Each profile's emulated link measured in wall-clock time: UDP round trips and what a flood at twice the
     /// link rate gets through (what the emulator delivers on this machine, beside what the profile says).
@@ -237,10 +237,14 @@ struct LocalArgs {
     /// Drop the page cache before each copy (sync; echo 3 > /proc/sys/vm/drop_caches).
     #[arg(long)]
     drop_caches: bool,
-    /// TrackShift's data path for the comparison: tcp or udp.
-    #[arg(long, default_value = "tcp", value_parser = ["tcp", "udp"])]
-    protocol: String,
-    /// cp/TrackShift pairs per size (cp's rate here swings 3x between runs); verdicts use the median ratio.
+    /// Comma-separated tools: cp, trackshift-udp, trackshift-tcp, rsync, scp (one of each per run).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "cp,trackshift-udp,trackshift-tcp,rsync,scp"
+    )]
+    tools: Vec<String>,
+    /// Runs per size, one of each tool (cp's rate here swings 3x between runs); verdicts use the medians.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=20))]
     repeat: u16,
     #[command(flatten)]
@@ -362,6 +366,7 @@ fn net(a: NetArgs) -> Result<()> {
         trackshift,
         work_dir: work.path().to_path_buf(),
         out_dir: out_dir.clone(),
+        sync_delivered: false,
     };
     net::run_all(cfg, machine)?;
     eprintln!("results written to {}", out_dir.display());
@@ -369,6 +374,14 @@ fn net(a: NetArgs) -> Result<()> {
 }
 
 fn local(a: LocalArgs) -> Result<()> {
+    for t in &a.tools {
+        if !local::ALL_TOOLS.contains(&t.as_str()) {
+            bail!(
+                "unknown tool `{t}` (known: {})",
+                local::ALL_TOOLS.join(", ")
+            );
+        }
+    }
     setup::ensure_tools(setup::LOCAL_TOOLS, true)?;
     let sizes = a.size.map_or(a.sizes.clone(), |s| vec![s]);
     let trackshift = optional_trackshift(a.common.trackshift.as_deref())?;
@@ -381,7 +394,7 @@ fn local(a: LocalArgs) -> Result<()> {
             .join("-")
     );
     let out_dir = results_dir(&a.common, &label);
-    let mut machine = setup::machine_description(trackshift.as_deref(), None, false);
+    let mut machine = setup::machine_description(trackshift.as_deref(), None, true);
     machine["command"] = serde_json::json!(std::env::args().collect::<Vec<_>>().join(" "));
     let cfg = local::LocalConfig {
         sizes,
@@ -390,7 +403,7 @@ fn local(a: LocalArgs) -> Result<()> {
         timeout: a.common.timeout,
         trackshift,
         out_dir: out_dir.clone(),
-        protocol: a.protocol,
+        tools: a.tools,
         repeat: usize::from(a.repeat),
     };
     let md = local::run_local(cfg, machine)?;

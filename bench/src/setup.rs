@@ -20,7 +20,14 @@ pub const NET_TOOLS: &[(&str, &str)] = &[
     ("/usr/bin/uftpd", "uftp"),
     ("/usr/bin/ss", "iproute2"),
 ];
-pub const LOCAL_TOOLS: &[(&str, &str)] = &[("/usr/bin/time", "time")];
+pub const LOCAL_TOOLS: &[(&str, &str)] = &[
+    ("/usr/bin/time", "time"),
+    ("/usr/bin/rsync", "rsync"),
+    ("/usr/sbin/sshd", "openssh-server"),
+    ("/usr/bin/scp", "openssh-client"),
+    ("/usr/bin/ssh-keygen", "openssh-client"),
+    ("/usr/bin/ss", "iproute2"),
+];
 
 /// Installs the packages whose binaries are missing (`apt-get update` once, then `apt-get install -y`).
 pub fn ensure_tools(tools: &[(&str, &str)], allow_install: bool) -> Result<()> {
