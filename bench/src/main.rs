@@ -352,7 +352,8 @@ fn net(a: NetArgs) -> Result<()> {
         format!("net-{}", profiles.join("-"))
     };
     let out_dir = results_dir(&a.common, &label);
-    let mut machine = setup::machine_description(trackshift.as_deref(), netlab.as_deref(), true);
+    let mut machine =
+        setup::machine_description(trackshift.as_deref(), netlab.as_deref(), setup::NET_PEERS);
     machine["link"] = serde_json::json!(format!("{:?}", a.link).to_lowercase());
     machine["command"] = serde_json::json!(std::env::args().collect::<Vec<_>>().join(" "));
     let cfg = net::NetConfig {
@@ -394,7 +395,7 @@ fn local(a: LocalArgs) -> Result<()> {
             .join("-")
     );
     let out_dir = results_dir(&a.common, &label);
-    let mut machine = setup::machine_description(trackshift.as_deref(), None, true);
+    let mut machine = setup::machine_description(trackshift.as_deref(), None, setup::LOCAL_PEERS);
     machine["command"] = serde_json::json!(std::env::args().collect::<Vec<_>>().join(" "));
     let cfg = local::LocalConfig {
         sizes,
@@ -431,7 +432,7 @@ fn ratecap(a: RateCapArgs) -> Result<()> {
         .prefix("trackshift-bench-ratecap-")
         .tempdir_in(a.work_dir.clone().unwrap_or_else(local::default_dir))?;
     let out_dir = results_dir(&a.common, "ratecap");
-    let mut machine = setup::machine_description(Some(&trackshift), netlab.as_deref(), false);
+    let mut machine = setup::machine_description(Some(&trackshift), netlab.as_deref(), &[]);
     machine["command"] = serde_json::json!(std::env::args().collect::<Vec<_>>().join(" "));
     let cfg = ratecap::RateCapConfig {
         trackshift,
@@ -464,7 +465,7 @@ fn link_check(a: LinkArgs) -> Result<()> {
         util::slug(&profiles.join("-"))
     ));
     std::fs::create_dir_all(&out_dir)?;
-    let mut machine = setup::machine_description(None, Some(&bin), false);
+    let mut machine = setup::machine_description(None, Some(&bin), &[]);
     machine["command"] = serde_json::json!(std::env::args().collect::<Vec<_>>().join(" "));
     let md = linkcheck::run_all(
         &LinkKind::Netlab { bin },
@@ -494,7 +495,7 @@ fn soak(a: SoakArgs) -> Result<()> {
         util::slug(&util::hostname()),
         a.seed
     ));
-    let mut machine = setup::machine_description(Some(&trackshift), Some(&netlab), false);
+    let mut machine = setup::machine_description(Some(&trackshift), Some(&netlab), &[]);
     machine["command"] = serde_json::json!(std::env::args().collect::<Vec<_>>().join(" "));
     let cfg = soak::SoakConfig {
         seed: a.seed,
