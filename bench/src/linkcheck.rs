@@ -28,7 +28,8 @@ const PORT: u16 = 9911;
 /// One-way delay and jitter (ms) of the named profiles (see crates/netlab), for the table's "nominal" column.
 pub fn nominal_delay(profile: &str) -> Option<(f64, f64)> {
     match profile {
-        "clean" => Some((0.0, 0.0)),
+        "clean" | "clean-1g" => Some((0.0, 0.0)),
+        "fast" => Some((30.0, 0.0)),
         "wan" => Some((50.0, 0.0)),
         "lossy" => Some((100.0, 10.0)),
         "sat" => Some((300.0, 0.0)),

@@ -36,7 +36,7 @@ struct Cli {
 enum Cmd {
     /// Each profile on the emulated link: TrackShift, iperf3, rsync, scp and uftp on the same file.
     Net(NetArgs),
-    /// cp against `trackshift send --protocol tcp` over loopback, on the same disk.
+    /// Over loopback, on the same disk: cp, TrackShift (udp and tcp), rsync (daemon) and scp, alternating.
     Local(LocalArgs),
     /// Each profile's emulated link measured in wall-clock time: UDP round trips and what a flood at twice the
     /// link rate gets through (what the emulator delivers on this machine, beside what the profile says).
@@ -80,10 +80,10 @@ enum Cmd {
 
 #[derive(Debug, clap::Args)]
 struct LinkArgs {
-    /// Comma-separated profiles: clean, wan, lossy, sat, burst, flaky.
+    /// Comma-separated profiles: clean, clean-1g, fast, wan, lossy, sat, burst, flaky.
     #[arg(long, value_delimiter = ',', default_value = "wan,lossy,sat,burst")]
     profiles: Vec<String>,
-    /// All six named profiles (overrides --profiles).
+    /// All eight named profiles (overrides --profiles).
     #[arg(long)]
     all: bool,
     /// Round-trip probes, one every 5 ms.
@@ -184,10 +184,11 @@ struct Common {
 
 #[derive(Debug, clap::Args)]
 struct NetArgs {
-    /// Comma-separated profiles: clean, wan, lossy, sat, burst, flaky (or any custom name netlab accepts).
+    /// Comma-separated profiles: clean, clean-1g, fast, wan, lossy, sat, burst, flaky (or any custom name netlab
+    /// accepts).
     #[arg(long, value_delimiter = ',', default_value = "wan,lossy")]
     profiles: Vec<String>,
-    /// All six named profiles (overrides --profiles).
+    /// All eight named profiles (overrides --profiles).
     #[arg(long)]
     all: bool,
     /// Size of the random file.
@@ -236,10 +237,14 @@ struct LocalArgs {
     /// Drop the page cache before each copy (sync; echo 3 > /proc/sys/vm/drop_caches).
     #[arg(long)]
     drop_caches: bool,
-    /// TrackShift's data path for the comparison: tcp or udp.
-    #[arg(long, default_value = "tcp", value_parser = ["tcp", "udp"])]
-    protocol: String,
-    /// cp/TrackShift pairs per size (cp's rate here swings 3x between runs); verdicts use the median ratio.
+    /// Comma-separated tools: cp, trackshift-udp, trackshift-tcp, rsync, scp (one of each per run).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "cp,trackshift-udp,trackshift-tcp,rsync,scp"
+    )]
+    tools: Vec<String>,
+    /// Runs per size, one of each tool (cp's rate here swings 3x between runs); verdicts use the medians.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=20))]
     repeat: u16,
     #[command(flatten)]
@@ -347,7 +352,8 @@ fn net(a: NetArgs) -> Result<()> {
         format!("net-{}", profiles.join("-"))
     };
     let out_dir = results_dir(&a.common, &label);
-    let mut machine = setup::machine_description(trackshift.as_deref(), netlab.as_deref(), true);
+    let mut machine =
+        setup::machine_description(trackshift.as_deref(), netlab.as_deref(), setup::NET_PEERS);
     machine["link"] = serde_json::json!(format!("{:?}", a.link).to_lowercase());
     machine["command"] = serde_json::json!(std::env::args().collect::<Vec<_>>().join(" "));
     let cfg = net::NetConfig {
@@ -361,6 +367,7 @@ fn net(a: NetArgs) -> Result<()> {
         trackshift,
         work_dir: work.path().to_path_buf(),
         out_dir: out_dir.clone(),
+        sync_delivered: false,
     };
     net::run_all(cfg, machine)?;
     eprintln!("results written to {}", out_dir.display());
@@ -368,6 +375,14 @@ fn net(a: NetArgs) -> Result<()> {
 }
 
 fn local(a: LocalArgs) -> Result<()> {
+    for t in &a.tools {
+        if !local::ALL_TOOLS.contains(&t.as_str()) {
+            bail!(
+                "unknown tool `{t}` (known: {})",
+                local::ALL_TOOLS.join(", ")
+            );
+        }
+    }
     setup::ensure_tools(setup::LOCAL_TOOLS, true)?;
     let sizes = a.size.map_or(a.sizes.clone(), |s| vec![s]);
     let trackshift = optional_trackshift(a.common.trackshift.as_deref())?;
@@ -380,7 +395,7 @@ fn local(a: LocalArgs) -> Result<()> {
             .join("-")
     );
     let out_dir = results_dir(&a.common, &label);
-    let mut machine = setup::machine_description(trackshift.as_deref(), None, false);
+    let mut machine = setup::machine_description(trackshift.as_deref(), None, setup::LOCAL_PEERS);
     machine["command"] = serde_json::json!(std::env::args().collect::<Vec<_>>().join(" "));
     let cfg = local::LocalConfig {
         sizes,
@@ -389,7 +404,7 @@ fn local(a: LocalArgs) -> Result<()> {
         timeout: a.common.timeout,
         trackshift,
         out_dir: out_dir.clone(),
-        protocol: a.protocol,
+        tools: a.tools,
         repeat: usize::from(a.repeat),
     };
     let md = local::run_local(cfg, machine)?;
@@ -417,7 +432,7 @@ fn ratecap(a: RateCapArgs) -> Result<()> {
         .prefix("trackshift-bench-ratecap-")
         .tempdir_in(a.work_dir.clone().unwrap_or_else(local::default_dir))?;
     let out_dir = results_dir(&a.common, "ratecap");
-    let mut machine = setup::machine_description(Some(&trackshift), netlab.as_deref(), false);
+    let mut machine = setup::machine_description(Some(&trackshift), netlab.as_deref(), &[]);
     machine["command"] = serde_json::json!(std::env::args().collect::<Vec<_>>().join(" "));
     let cfg = ratecap::RateCapConfig {
         trackshift,
@@ -450,7 +465,7 @@ fn link_check(a: LinkArgs) -> Result<()> {
         util::slug(&profiles.join("-"))
     ));
     std::fs::create_dir_all(&out_dir)?;
-    let mut machine = setup::machine_description(None, Some(&bin), false);
+    let mut machine = setup::machine_description(None, Some(&bin), &[]);
     machine["command"] = serde_json::json!(std::env::args().collect::<Vec<_>>().join(" "));
     let md = linkcheck::run_all(
         &LinkKind::Netlab { bin },
@@ -480,7 +495,7 @@ fn soak(a: SoakArgs) -> Result<()> {
         util::slug(&util::hostname()),
         a.seed
     ));
-    let mut machine = setup::machine_description(Some(&trackshift), Some(&netlab), false);
+    let mut machine = setup::machine_description(Some(&trackshift), Some(&netlab), &[]);
     machine["command"] = serde_json::json!(std::env::args().collect::<Vec<_>>().join(" "));
     let cfg = soak::SoakConfig {
         seed: a.seed,

@@ -9,11 +9,13 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
 use crate::link::{Link, LinkKind};
-use crate::procs::{run, wait_listening, Proc, Spec};
+use crate::procs::{run, sync_file, wait_listening, Proc, Spec};
 use crate::report::{Family, ProfileResult, Row, Status, MB};
 use crate::util::{bytes_on_disk, fmt_size, sha256_file, slug, tail};
 
-pub const ALL_PROFILES: &[&str] = &["clean", "wan", "lossy", "sat", "burst", "flaky"];
+pub const ALL_PROFILES: &[&str] = &[
+    "clean", "clean-1g", "fast", "wan", "lossy", "sat", "burst", "flaky",
+];
 pub const ALL_TOOLS: &[&str] = &[
     "trackshift-tcp",
     "trackshift-udp",
@@ -47,6 +49,8 @@ pub(crate) const SECRET: &str = "trackshift-bench-secret";
 /// Nominal per-direction rate (Mbit/s) and random loss of the named profiles (see crates/netlab).
 pub fn nominal(profile: &str) -> Option<(f64, f64)> {
     match profile {
+        "clean-1g" => Some((1000.0, 0.0)),
+        "fast" => Some((1000.0, 0.005)),
         "wan" => Some((200.0, 0.01)),
         "lossy" => Some((100.0, 0.05)),
         "sat" => Some((50.0, 0.02)),
@@ -68,7 +72,21 @@ pub struct NetConfig {
     pub trackshift: Option<PathBuf>,
     pub work_dir: PathBuf,
     pub out_dir: PathBuf,
+    /// `sync` the delivered file after the sender exits, inside the measured time (`local`: like cp + sync).
+    pub sync_delivered: bool,
 }
+
+/// The order a profile's tools run in: iperf3 first (uftp's fixed rate may come from its rate).
+const RUN_ORDER: &[&str] = &[
+    "iperf3",
+    "trackshift-tcp",
+    "trackshift-udp",
+    "rsync",
+    "scp",
+    "uftp",
+];
+/// Tools that run once per congestion control.
+const TCP_TOOLS: &[&str] = &["iperf3", "trackshift-tcp", "rsync", "scp"];
 
 struct SshFiles {
     key: PathBuf,
@@ -122,6 +140,11 @@ impl NetBench {
             src.display()
         );
         let src_sha = crate::util::make_random_file(&src, cfg.size, 0x7ac5)?;
+        NetBench::for_file(cfg, src, src_sha)
+    }
+
+    /// A bench over an existing file of `cfg.size` bytes whose SHA-256 is `src_sha`.
+    pub fn for_file(cfg: NetConfig, src: PathBuf, src_sha: String) -> Result<NetBench> {
         let ssh = if cfg.tools.iter().any(|t| t == "scp") {
             Some(make_ssh_keys(&cfg.work_dir.join("ssh"))?)
         } else {
@@ -155,18 +178,19 @@ impl NetBench {
         };
         let mut rows: Vec<Row> = Vec::new();
         let ccs = self.cfg.ccs.clone();
-
-        if self.wants("iperf3") {
-            for cc in &ccs {
-                let row = self.with_link(
-                    profile,
-                    &format!("iperf3 (TCP {cc})"),
-                    "iperf3",
-                    Family::Reference,
-                    Some(cc),
-                    |b, l, d, r| b.iperf3(l, d, r),
-                )?;
-                rows.push(row);
+        let tools: Vec<&str> = RUN_ORDER
+            .iter()
+            .copied()
+            .filter(|t| self.wants(t))
+            .collect();
+        for tool in tools {
+            let ccs: Vec<Option<&str>> = if TCP_TOOLS.contains(&tool) {
+                ccs.iter().map(|c| Some(c.as_str())).collect()
+            } else {
+                vec![None]
+            };
+            for cc in ccs {
+                rows.push(self.run_tool(profile, tool, cc)?);
             }
         }
         let iperf_best = rows
@@ -174,67 +198,7 @@ impl NetBench {
             .filter(|r| r.family == Family::Reference && r.status == Status::Ok)
             .filter_map(|r| r.goodput_mbs)
             .fold(None, |m: Option<f64>, g| Some(m.map_or(g, |m| m.max(g))));
-
-        if self.wants("trackshift-tcp") {
-            for cc in &ccs {
-                let row = self.with_link(
-                    profile,
-                    &format!("trackshift tcp ({cc})"),
-                    "trackshift-tcp",
-                    Family::Trackshift,
-                    Some(cc),
-                    |b, l, d, r| b.trackshift(l, d, r, "tcp"),
-                )?;
-                rows.push(row);
-            }
-        }
-        if self.wants("trackshift-udp") {
-            let row = self.with_link(
-                profile,
-                "trackshift udp",
-                "trackshift-udp",
-                Family::Trackshift,
-                None,
-                |b, l, d, r| b.trackshift(l, d, r, "udp"),
-            )?;
-            rows.push(row);
-        }
-        if self.wants("rsync") {
-            for cc in &ccs {
-                let row = self.with_link(
-                    profile,
-                    &format!("rsync daemon ({cc})"),
-                    "rsync",
-                    Family::Peer,
-                    Some(cc),
-                    |b, l, d, r| b.rsync(l, d, r),
-                )?;
-                rows.push(row);
-            }
-        }
-        if self.wants("scp") {
-            for cc in &ccs {
-                let row = self.with_link(
-                    profile,
-                    &format!("scp aes128-gcm ({cc})"),
-                    "scp",
-                    Family::Peer,
-                    Some(cc),
-                    |b, l, d, r| b.scp(l, d, r),
-                )?;
-                rows.push(row);
-            }
-        }
         if self.wants("uftp") {
-            let row = self.with_link(
-                profile,
-                "uftp (tfmcc)",
-                "uftp",
-                Family::Peer,
-                None,
-                |b, l, d, r| b.uftp(l, d, r, None),
-            )?;
-            rows.push(row);
             let (kbps, why) = match (nominal, iperf_best) {
                 (Some((rate, _)), _) => (
                     (rate * 1000.0 * UFTP_FIXED_FRACTION) as u64,
@@ -287,6 +251,66 @@ impl NetBench {
         Ok(result)
     }
 
+    /// One run of `tool` (a name of [`ALL_TOOLS`]; uftp with its own congestion control) on a fresh link,
+    /// under `cc` for the TCP tools.
+    pub(crate) fn run_tool(&mut self, profile: &str, tool: &str, cc: Option<&str>) -> Result<Row> {
+        let label = |name: &str| cc.map_or(name.to_string(), |cc| format!("{name} ({cc})"));
+        match tool {
+            "iperf3" => self.with_link(
+                profile,
+                &format!(
+                    "iperf3 (TCP{})",
+                    cc.map(|c| format!(" {c}")).unwrap_or_default()
+                ),
+                tool,
+                Family::Reference,
+                cc,
+                |b, l, d, r| b.iperf3(l, d, r),
+            ),
+            "trackshift-tcp" => self.with_link(
+                profile,
+                &label("trackshift tcp"),
+                tool,
+                Family::Trackshift,
+                cc,
+                |b, l, d, r| b.trackshift(l, d, r, "tcp"),
+            ),
+            "trackshift-udp" => self.with_link(
+                profile,
+                "trackshift udp",
+                tool,
+                Family::Trackshift,
+                None,
+                |b, l, d, r| b.trackshift(l, d, r, "udp"),
+            ),
+            "rsync" => self.with_link(
+                profile,
+                &label("rsync daemon"),
+                tool,
+                Family::Peer,
+                cc,
+                |b, l, d, r| b.rsync(l, d, r),
+            ),
+            "scp" => self.with_link(
+                profile,
+                &label("scp aes128-gcm"),
+                tool,
+                Family::Peer,
+                cc,
+                |b, l, d, r| b.scp(l, d, r),
+            ),
+            "uftp" => self.with_link(
+                profile,
+                "uftp (tfmcc)",
+                tool,
+                Family::Peer,
+                None,
+                |b, l, d, r| b.uftp(l, d, r, None),
+            ),
+            other => bail!("unknown tool `{other}` (known: {})", ALL_TOOLS.join(", ")),
+        }
+    }
+
     /// One tool run on a fresh link: up, congestion control, run, tear down. A failure becomes a `failed`
     /// row; only an interruption stops the benchmark.
     #[allow(clippy::too_many_arguments)] // the run's coordinates, each a different thing; a struct would only name them again
@@ -336,6 +360,7 @@ impl NetBench {
             row.status = Status::Failed;
             row.note = format!("{e:#}");
         }
+        row.fill_cpu_per_gb();
         eprintln!(
             "[{profile}] {label}: {}{}{}",
             row.status.as_str(),
@@ -724,6 +749,10 @@ impl NetBench {
             Some(st) => {
                 row.seconds = client.elapsed();
                 if st.success() {
+                    if self.cfg.sync_delivered {
+                        row.sync_seconds = sync_file(&t.delivered, &d.logs, self.cfg.timeout)?;
+                        row.seconds += row.sync_seconds;
+                    }
                     self.verify(&t.delivered, row)?;
                 } else {
                     row.status = Status::Failed;

@@ -366,6 +366,20 @@ pub fn run(argv: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// `sync FILE` (its data and metadata to disk), in the run's logs; returns the seconds it took.
+pub fn sync_file(path: &Path, log_dir: &Path, timeout: Duration) -> Result<f64> {
+    let spec = Spec::new("sync", &["sync", &path.display().to_string()]).untimed();
+    let mut sync = Proc::spawn(&spec, log_dir)?;
+    let st = sync.wait_timeout(timeout)?;
+    anyhow::ensure!(
+        st.is_some_and(|s| s.success()),
+        "sync {} failed or timed out: {}",
+        path.display(),
+        crate::util::tail(&sync.stderr_log, 2)
+    );
+    Ok(sync.elapsed())
+}
+
 /// Like `run`, but inside a namespace.
 pub fn run_in(ns: &str, argv: &[&str]) -> Result<String> {
     let mut full = vec!["ip", "netns", "exec", ns];

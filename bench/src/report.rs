@@ -10,6 +10,57 @@ use crate::procs::Usage;
 
 /// Decimal megabyte: goodput is reported in MB/s = 10^6 bytes per second, like link rates.
 pub const MB: f64 = 1e6;
+/// Decimal gigabyte: CPU cost is reported in CPU seconds per GB = 10^9 bytes moved.
+pub const GB: f64 = 1e9;
+
+/// CPU seconds (user + system) per GB moved, of each end's process tree and of both together.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct CpuPerGb {
+    pub sender: Option<f64>,
+    pub receiver: Option<f64>,
+    /// Sender plus receiver; `None` unless both were measured (cp: its one process).
+    pub both: Option<f64>,
+}
+
+impl CpuPerGb {
+    /// `None` when nothing moved or neither end was measured.
+    pub fn of(sender: Option<Usage>, receiver: Option<Usage>, bytes: u64) -> Option<CpuPerGb> {
+        if bytes == 0 || (sender.is_none() && receiver.is_none()) {
+            return None;
+        }
+        let per_gb = |u: Option<Usage>| u.map(|u| u.cpu_s / (bytes as f64 / GB));
+        let (sender, receiver) = (per_gb(sender), per_gb(receiver));
+        let both = match (sender, receiver) {
+            (Some(s), Some(r)) => Some(s + r),
+            _ => None,
+        };
+        Some(CpuPerGb {
+            sender,
+            receiver,
+            both,
+        })
+    }
+}
+
+/// Two decimals, or `–` when there is no value (table cells).
+pub fn f2(v: Option<f64>) -> String {
+    v.map_or("–".to_string(), |v| format!("{v:.2}"))
+}
+
+/// One decimal, or `–`.
+pub fn f1(v: Option<f64>) -> String {
+    v.map_or("–".to_string(), |v| format!("{v:.1}"))
+}
+
+/// The three CPU-per-GB cells of a table row: sender, receiver, both.
+pub fn cpu_cells(c: Option<CpuPerGb>) -> String {
+    format!(
+        "{} | {} | {}",
+        f2(c.and_then(|c| c.sender)),
+        f2(c.and_then(|c| c.receiver)),
+        f2(c.and_then(|c| c.both))
+    )
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Status {
@@ -64,6 +115,10 @@ pub struct Row {
     pub sha256_ok: Option<bool>,
     pub sender: Option<Usage>,
     pub receiver: Option<Usage>,
+    /// Each end's CPU seconds per GB moved (filled with the ratios, once the row is final).
+    pub cpu_per_gb: Option<CpuPerGb>,
+    /// Seconds of the `sync` after the transfer, included in `seconds` (`local` only; 0 when not run).
+    pub sync_seconds: f64,
     pub note: String,
     pub link_counters: Option<Value>,
     pub logs: String,
@@ -77,6 +132,21 @@ impl Row {
             .get("cpu_seconds")?
             .as_f64()
             .filter(|s| *s > 0.0)
+    }
+
+    /// Bytes the CPU figures are divided by: the file for a delivered one, else what arrived (iperf3's
+    /// stream, a timed-out transfer's part); nothing for a failed row.
+    pub fn moved_bytes(&self) -> u64 {
+        match self.status {
+            Status::Ok if self.file_bytes > 0 => self.file_bytes,
+            Status::Ok | Status::TimedOut => self.bytes_arrived,
+            Status::Failed | Status::NotAvailable => 0,
+        }
+    }
+
+    /// Fills [`Row::cpu_per_gb`] from the two ends' usage and the bytes moved.
+    pub fn fill_cpu_per_gb(&mut self) {
+        self.cpu_per_gb = CpuPerGb::of(self.sender, self.receiver, self.moved_bytes());
     }
 
     pub fn new(label: &str, tool: &str, family: Family, cc: Option<&str>) -> Row {
@@ -95,6 +165,8 @@ impl Row {
             sha256_ok: None,
             sender: None,
             receiver: None,
+            cpu_per_gb: None,
+            sync_seconds: 0.0,
             note: String::new(),
             link_counters: None,
             logs: String::new(),
@@ -161,13 +233,11 @@ impl ProfileResult {
             self.timeout_s
         );
         s.push_str(
-            "| tool | status | goodput MB/s | × capacity | × best peer | time s | link CPU s | sender CPU s \
-             | sender peak RSS MiB | receiver CPU s | receiver peak RSS MiB | note |\n",
+            "| tool | status | goodput MB/s | × capacity | × best peer | time s | link CPU s | sender CPU s/GB \
+             | receiver CPU s/GB | both CPU s/GB | sender peak RSS MiB | receiver peak RSS MiB | note |\n",
         );
-        s.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
+        s.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
         for r in &self.rows {
-            let f2 = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.2}"));
-            let f1 = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.1}"));
             let goodput = match (r.status, r.goodput_mbs) {
                 (Status::TimedOut, Some(g)) => format!("≤ {g:.2}"),
                 (_, g) => f2(g),
@@ -179,7 +249,7 @@ impl ProfileResult {
             };
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 r.label,
                 r.status.as_str(),
                 goodput,
@@ -187,9 +257,8 @@ impl ProfileResult {
                 f2(r.ratio_best_peer),
                 secs,
                 f2(r.link_cpu_seconds()),
-                f2(r.sender.map(|u| u.cpu_s)),
+                cpu_cells(r.cpu_per_gb),
                 f1(r.sender.map(|u| u.rss_mib())),
-                f2(r.receiver.map(|u| u.cpu_s)),
                 f1(r.receiver.map(|u| u.rss_mib())),
                 r.note.replace('|', "/"),
             );
@@ -444,6 +513,41 @@ mod tests {
         );
     }
 
+    fn usage(cpu_s: f64) -> crate::procs::Usage {
+        crate::procs::Usage {
+            wall_s: 10.0,
+            cpu_s,
+            user_s: cpu_s,
+            sys_s: 0.0,
+            max_rss_kib: 1024,
+        }
+    }
+
+    #[test]
+    fn cpu_per_gb_is_per_end_and_summed() {
+        let mut r = row("ts", Family::Trackshift, Status::Ok, 100.0);
+        (r.file_bytes, r.sender, r.receiver) = (2_000_000_000, Some(usage(2.0)), Some(usage(3.0)));
+        r.fill_cpu_per_gb();
+        let c = r.cpu_per_gb.unwrap();
+        assert_eq!(
+            (c.sender, c.receiver, c.both),
+            (Some(1.0), Some(1.5), Some(2.5))
+        );
+        assert_eq!(cpu_cells(r.cpu_per_gb), "1.00 | 1.50 | 2.50");
+        // One end unmeasured: no sum; a failed row moved nothing.
+        r.receiver = None;
+        r.fill_cpu_per_gb();
+        assert_eq!(cpu_cells(r.cpu_per_gb), "1.00 | – | –");
+        r.status = Status::Failed;
+        r.fill_cpu_per_gb();
+        assert_eq!(r.cpu_per_gb, None);
+        // iperf3 moves no file: its stream's bytes count.
+        let mut i = row("iperf3", Family::Reference, Status::Ok, 100.0);
+        (i.bytes_arrived, i.sender, i.receiver) = (500_000_000, Some(usage(1.0)), Some(usage(1.0)));
+        i.fill_cpu_per_gb();
+        assert_eq!(i.cpu_per_gb.unwrap().both, Some(4.0));
+    }
+
     #[test]
     fn cpu_ceiling_adds_link_and_hash_cost_per_mb() {
         let mut ts = row("ts", Family::Trackshift, Status::Ok, 50.0);
@@ -470,13 +574,6 @@ mod tests {
         let mut iperf = row("iperf3", Family::Reference, Status::Ok, 100.0);
         iperf.seconds = 10.0;
         iperf.link_counters = Some(serde_json::json!({"cpu_seconds": 4.0}));
-        let usage = |cpu_s: f64| crate::procs::Usage {
-            wall_s: 10.0,
-            cpu_s,
-            user_s: cpu_s,
-            sys_s: 0.0,
-            max_rss_kib: 1024,
-        };
         (iperf.sender, iperf.receiver) = (Some(usage(1.0)), Some(usage(1.0)));
         p.rows.push(iperf);
         let md = p.markdown();

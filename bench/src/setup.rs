@@ -20,7 +20,14 @@ pub const NET_TOOLS: &[(&str, &str)] = &[
     ("/usr/bin/uftpd", "uftp"),
     ("/usr/bin/ss", "iproute2"),
 ];
-pub const LOCAL_TOOLS: &[(&str, &str)] = &[("/usr/bin/time", "time")];
+pub const LOCAL_TOOLS: &[(&str, &str)] = &[
+    ("/usr/bin/time", "time"),
+    ("/usr/bin/rsync", "rsync"),
+    ("/usr/sbin/sshd", "openssh-server"),
+    ("/usr/bin/scp", "openssh-client"),
+    ("/usr/bin/ssh-keygen", "openssh-client"),
+    ("/usr/bin/ss", "iproute2"),
+];
 
 /// Installs the packages whose binaries are missing (`apt-get update` once, then `apt-get install -y`).
 pub fn ensure_tools(tools: &[(&str, &str)], allow_install: bool) -> Result<()> {
@@ -161,11 +168,27 @@ fn meminfo_total_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// Peer tools whose versions `machine.json` records: `net` runs them all, `local` rsync and OpenSSH.
+pub const NET_PEERS: &[&str] = &["iperf3", "rsync", "openssh", "uftp"];
+pub const LOCAL_PEERS: &[&str] = &["rsync", "openssh"];
+
+fn peer_version(peer: &str) -> String {
+    match peer {
+        "iperf3" => version_of(&["iperf3", "--version"]),
+        "rsync" => version_of(&["rsync", "--version"]),
+        "openssh" => version_of(&["ssh", "-V"]),
+        "uftp" => run(&["dpkg-query", "-W", "-f", "${Version}", "uftp"])
+            .map(|v| format!("uftp {v} (Debian package)"))
+            .unwrap_or_else(|_| "unknown".into()),
+        other => format!("unknown peer {other}"),
+    }
+}
+
 /// CPU, memory, kernel, OS and tool versions, saved as `machine.json`.
 pub fn machine_description(
     trackshift: Option<&Path>,
     netlab: Option<&Path>,
-    net_tools: bool,
+    peers: &[&str],
 ) -> Value {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let cpu_model = cpuinfo
@@ -198,16 +221,8 @@ pub fn machine_description(
             json!(version_of(&[&n.display().to_string(), "--version"])),
         );
     }
-    if net_tools {
-        tools.insert("iperf3".into(), json!(version_of(&["iperf3", "--version"])));
-        tools.insert("rsync".into(), json!(version_of(&["rsync", "--version"])));
-        tools.insert("openssh".into(), json!(version_of(&["ssh", "-V"])));
-        tools.insert(
-            "uftp".into(),
-            json!(run(&["dpkg-query", "-W", "-f", "${Version}", "uftp"])
-                .map(|v| format!("uftp {v} (Debian package)"))
-                .unwrap_or_else(|_| "unknown".into())),
-        );
+    for peer in peers {
+        tools.insert(peer.to_string(), json!(peer_version(peer)));
     }
     tools.insert("cp".into(), json!(version_of(&["cp", "--version"])));
     let git = version_of(&[

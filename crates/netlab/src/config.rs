@@ -23,6 +23,14 @@ pub const PROFILES: &[Profile] = &[
         summary: "no rate limit, delay or loss: the emulator's own ceiling",
     },
     Profile {
+        name: "clean-1g",
+        summary: "1 Gbit/s, no delay, no loss: a clean gigabit link",
+    },
+    Profile {
+        name: "fast",
+        summary: "1 Gbit/s, 30 ms one-way, 0.5% random loss",
+    },
+    Profile {
         name: "wan",
         summary: "200 Mbit/s, 50 ms one-way, 1% random loss",
     },
@@ -55,6 +63,16 @@ pub fn profile(name: &str) -> Option<LinkConfig> {
     let mbit = |n: u64| Some(n * 1_000_000);
     Some(match name {
         "clean" => base,
+        "clean-1g" => LinkConfig {
+            rate_bps: mbit(1000),
+            ..base
+        },
+        "fast" => LinkConfig {
+            rate_bps: mbit(1000),
+            delay: ms(30),
+            loss: 0.005,
+            ..base
+        },
         "wan" => LinkConfig {
             rate_bps: mbit(200),
             delay: ms(50),
@@ -441,6 +459,13 @@ mod tests {
         let burst = profile("burst").unwrap();
         assert!((burst.burst.unwrap().mean_loss() - 0.03).abs() < 1e-9);
         assert!(profile("flaky").unwrap().outage.is_some());
+        let fast = profile("fast").unwrap();
+        assert_eq!(fast.rate_bps, Some(1_000_000_000));
+        assert_eq!(fast.delay, Duration::from_millis(30));
+        assert!((fast.loss - 0.005).abs() < 1e-12);
+        let clean_1g = profile("clean-1g").unwrap();
+        assert_eq!(clean_1g.rate_bps, Some(1_000_000_000));
+        assert_eq!((clean_1g.delay, clean_1g.loss), (Duration::ZERO, 0.0));
         assert_eq!(profile("clean").unwrap(), LinkConfig::default());
         assert!(resolve(Some("moon"), &LinkOverrides::default()).is_err());
     }

@@ -41,7 +41,7 @@ const EXIT_POLL: Duration = Duration::from_millis(20);
 /// How to start a [`Lab`]. `LabConfig::from("lossy")` is the `lossy` profile with defaults.
 #[derive(Debug, Clone)]
 pub struct LabConfig {
-    /// A named profile (`clean`, `wan`, `lossy`, `sat`, `burst`, `flaky`) or none (then only overrides).
+    /// A named profile (`clean`, `clean-1g`, `fast`, `wan`, `lossy`, `sat`, `burst`, `flaky`) or none (then only overrides).
     pub profile: Option<String>,
     /// Values on top of the profile.
     pub overrides: LinkOverrides,

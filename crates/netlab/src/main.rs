@@ -133,7 +133,12 @@ fn main() -> ExitCode {
         Cmd::Profiles => {
             for p in PROFILES {
                 let link = config::profile(p.name).unwrap_or_default();
-                println!("{:<6}  {}\n        {}", p.name, p.summary, describe(&link));
+                println!(
+                    "{:<8}  {}\n          {}",
+                    p.name,
+                    p.summary,
+                    describe(&link)
+                );
             }
             Ok(())
         }
