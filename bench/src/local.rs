@@ -224,7 +224,7 @@ pub struct HashCeiling {
     /// MB/s of one core hashing a warm in-memory buffer (sha2, the crate TrackShift uses).
     pub sha256_mbs: f64,
     pub cores: usize,
-    /// SHA-256 passes over the file a transfer needs: chunk and whole-file hash on each side (issue 2, item 3).
+    /// SHA-256 passes over the file a transfer needs ([`crate::util::TRANSFER_SHA256_PASSES`]).
     pub passes: usize,
     /// `cores × sha256_mbs / passes`: no same-machine transfer can go faster, whatever else it costs.
     pub ceiling_mbs: f64,

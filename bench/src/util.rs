@@ -125,8 +125,9 @@ pub fn sha256_core_mbs() -> f64 {
     (rounds * buf.len()) as f64 / t.elapsed().as_secs_f64() / crate::report::MB
 }
 
-/// SHA-256 passes over the file that a TrackShift transfer makes: chunk and whole-file hash, on each side.
-pub const TRANSFER_SHA256_PASSES: usize = 4;
+/// SHA-256 passes over the file that a TrackShift transfer makes (protocol version 3): the chunk and whole-file
+/// hashes at the sender, the chunk hashes at the receiver (which checks the whole file by its chunk list).
+pub const TRANSFER_SHA256_PASSES: usize = 3;
 
 pub fn sha256_file(path: &Path) -> Result<String> {
     let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
