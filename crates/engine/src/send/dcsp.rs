@@ -19,7 +19,10 @@ use super::pace::{share_of_cap, RateCap, WireBudget};
 use crate::pool::PooledBuf;
 use crate::threads;
 
-/// Largest shard: datagrams of up to ~16 KiB where the path allows (loopback), fewer per-packet costs.
+/// Largest shard: datagrams of up to ~16 KiB where the path allows (loopback), fewer per-packet costs. Larger
+/// ones gain nothing measurable: GSO and GRO already move three 16 KiB datagrams per syscall, and 60 KiB
+/// shards on loopback left the data planes' CPU per byte as it was (bench/results/2026-12-02-0700-vm-cpu-profile),
+/// while a block of 64 of them would hold 4 MiB on both ends.
 const MAX_SHARD: u32 = 16 * 1024;
 /// Smallest shard, whatever the path MTU says: below this per-datagram costs dominate.
 const MIN_SHARD: u32 = 256;
