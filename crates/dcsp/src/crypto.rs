@@ -81,13 +81,19 @@ impl PacketKey {
 
     /// Encrypts `datagram[header_len..]` in place and appends the tag; the header is the associated data.
     pub fn seal(&self, packet_number: u64, header_len: usize, datagram: &mut Vec<u8>) {
-        let (header, payload) = datagram.split_at_mut(header_len);
+        self.seal_at(packet_number, 0, header_len, datagram);
+    }
+
+    /// Like [`Self::seal`], for the datagram that starts at `buf[start]` and runs to the end of `buf`: the
+    /// newest of a batch built back to back, sealed in place in the buffer the batch is sent from.
+    pub fn seal_at(&self, packet_number: u64, start: usize, header_len: usize, buf: &mut Vec<u8>) {
+        let (header, payload) = buf[start..].split_at_mut(header_len);
         // Sealing only fails for payloads beyond GCM's limit (64 GiB), far above a datagram.
         let tag = self
             .key
             .seal_in_place_separate_tag(self.nonce(packet_number), Aad::from(&*header), payload)
             .unwrap_or_else(|_| unreachable!("AES-GCM seal of a datagram"));
-        datagram.extend_from_slice(tag.as_ref());
+        buf.extend_from_slice(tag.as_ref());
     }
 
     /// Checks and decrypts `datagram[header_len..]` in place; returns the plaintext's length (it starts at
@@ -252,6 +258,19 @@ mod tests {
         assert!(r.open.open(5, 6, &mut p).is_err());
         assert!(r.open.open(5, 6, &mut d[..d.len() - 1].to_vec()).is_err());
         assert!(s.open.open(5, 6, &mut d.clone()).is_err());
+    }
+
+    #[test]
+    fn sealing_behind_other_bytes_seals_the_same_datagram() {
+        let s = test_keys(Role::Sender);
+        let mut alone = b"headerpayload bytes".to_vec();
+        s.seal.seal(9, 6, &mut alone);
+        let mut batch = b"earlier datagram".to_vec();
+        let start = batch.len();
+        batch.extend_from_slice(b"headerpayload bytes");
+        s.seal.seal_at(9, start, 6, &mut batch);
+        assert_eq!(&batch[..start], b"earlier datagram");
+        assert_eq!(&batch[start..], &alone[..]);
     }
 
     #[test]

@@ -115,9 +115,13 @@ fn binomial_cdf(n: u32, p: f64, x: u32) -> f64 {
     sum.min(1.0)
 }
 
-/// A reusable Reed-Solomon encoder (its working space is kept between blocks).
+/// A reusable Reed-Solomon encoder (its working space is kept between blocks), with room for a block's
+/// zero-padded last shard.
 #[derive(Default)]
-pub struct ParityEncoder(Option<ReedSolomonEncoder>);
+pub struct ParityEncoder {
+    rs: Option<ReedSolomonEncoder>,
+    padded: Vec<u8>,
+}
 
 /// A reusable Reed-Solomon decoder.
 #[derive(Default)]
@@ -135,8 +139,9 @@ impl std::fmt::Debug for ParityDecoder {
     }
 }
 
-/// Computes `m` recovery shards of `shard_size` bytes for `data` (exactly `k × shard_size` bytes, the last
-/// shard zero-padded by the caller) into `out`, appended one after another.
+/// Computes `m` recovery shards of `shard_size` bytes for `data`, a block of `k` original shards, into `out`,
+/// appended one after another. `data` may stop short of `k × shard_size` bytes (a short last block): the
+/// missing bytes count as zeros, as on the wire.
 pub fn encode_parity(
     encoder: &mut ParityEncoder,
     data: &[u8],
@@ -150,21 +155,22 @@ pub fn encode_parity(
         return;
     }
     let (k, m) = (usize::from(k), usize::from(m));
+    let ParityEncoder { rs, padded } = encoder;
     // Reusing the working space only fails for shapes `new` refuses too.
-    let reused = encoder
-        .0
+    let reused = rs
         .as_mut()
         .is_some_and(|e| e.reset(k, m, shard_size).is_ok());
     if !reused {
         match ReedSolomonEncoder::new(k, m, shard_size) {
-            Ok(e) => encoder.0 = Some(e),
+            Ok(e) => *rs = Some(e),
             Err(_) => return,
         }
     }
-    let Some(enc) = encoder.0.as_mut() else {
+    let Some(enc) = rs.as_mut() else {
         return;
     };
-    for shard in data.chunks_exact(shard_size).take(k) {
+    for i in 0..k {
+        let shard = padded_shard(data, i, shard_size, padded);
         if enc.add_original_shard(shard).is_err() {
             return;
         }
@@ -174,6 +180,25 @@ pub fn encode_parity(
             out.extend_from_slice(shard);
         }
     }
+}
+
+/// Original shard `i` of `block` (`shard_size` bytes from `i × shard_size`): borrowed where the block holds it
+/// whole, else its bytes zero-padded in `scratch`.
+fn padded_shard<'a>(
+    block: &'a [u8],
+    i: usize,
+    shard_size: usize,
+    scratch: &'a mut Vec<u8>,
+) -> &'a [u8] {
+    let from = (i * shard_size).min(block.len());
+    let bytes = &block[from..block.len().min(from + shard_size)];
+    if bytes.len() == shard_size {
+        return bytes;
+    }
+    scratch.clear();
+    scratch.extend_from_slice(bytes);
+    scratch.resize(shard_size, 0);
+    scratch
 }
 
 /// The receiver's view of one incomplete block: original shards in place, recovery shards aside.
@@ -342,6 +367,20 @@ mod tests {
         assert!(a >= 1 && b > a, "{a} {b}");
         // Parity stays near the loss rate: 5% loss costs well under 15% redundancy.
         assert!(f64::from(b) / 64.0 < 0.15, "{b}");
+    }
+
+    #[test]
+    fn a_short_block_has_the_parity_of_its_zero_padded_bytes() {
+        let (k, m, s) = (4u8, 2u8, 64usize);
+        let short: Vec<u8> = (0..3 * s + 10).map(|i| (i * 13 + 1) as u8).collect();
+        let mut padded = short.clone();
+        padded.resize(usize::from(k) * s, 0);
+        let mut enc = ParityEncoder::default();
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        encode_parity(&mut enc, &short, k, m, s, &mut a);
+        encode_parity(&mut enc, &padded, k, m, s, &mut b);
+        assert_eq!(a.len(), usize::from(m) * s);
+        assert_eq!(a, b);
     }
 
     #[test]

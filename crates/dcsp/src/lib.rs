@@ -35,7 +35,7 @@ pub use receiver::{
     stream_conn_id, DcspReceiver, ReceiverConfig, ReceiverEvent, ReceiverStats, StreamShare,
     Transmit,
 };
-pub use sender::{DcspSender, SenderConfig, SenderStats};
+pub use sender::{DcspSender, SenderConfig, SenderStats, SharedBlock};
 
 /// A DCSP state machine refused what its driver asked.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -1,12 +1,14 @@
 //! The sending half of a DCSP connection.
 //!
-//! The driver pushes whole blocks of file bytes ([`DcspSender::push_block`], while [`DcspSender::wants_block`]
+//! The driver pushes whole blocks of file bytes ([`DcspSender::push_block`], or without a copy
+//! [`DcspSender::push_shared_block`], while [`DcspSender::wants_block`]
 //! says there is room), feeds it the receiver's datagrams and asks for datagrams to send. The sender computes
 //! parity, paces datagrams at the controller's rate, keeps every block until the receiver reports it complete,
 //! answers NACKs by re-sending the original shards the receiver lacks, and pings when ACKs stop coming.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::AddAssign;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::ack::Ack;
@@ -76,6 +78,10 @@ pub const INTERLEAVE_BLOCKS: usize = 16;
 /// its last shard arrives, and large blocks (16 KiB datagrams on loopback) need no spreading to survive a
 /// burst of a few datagrams.
 pub const INTERLEAVE_BYTES: u64 = 1536 * 1024;
+
+/// A block's file bytes, shared with the driver rather than copied: the sender only reads them, and drops its
+/// share once the receiver has the block (a driver's pooled buffer then goes home).
+pub type SharedBlock = Arc<dyn AsRef<[u8]> + Send + Sync>;
 
 /// What the sender needs.
 #[derive(Debug)]
@@ -260,11 +266,10 @@ impl ShardQueue {
     }
 }
 
-#[derive(Debug)]
 struct BlockState {
     span: BlockSpan,
-    /// `data_shards × shard_size` bytes, zero-padded.
-    data: Vec<u8>,
+    /// The block's `span.len` bytes; the wire pads its last shard with zeros.
+    data: SharedBlock,
     parity: Vec<u8>,
     parity_count: u8,
     first_pn: Option<u64>,
@@ -273,6 +278,37 @@ struct BlockState {
     /// Shards of the first transmission still queued.
     unsent: u16,
     repairs_pending: u16,
+}
+
+impl std::fmt::Debug for BlockState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockState")
+            .field("span", &self.span)
+            .field("parity_count", &self.parity_count)
+            .field("first_pn", &self.first_pn)
+            .field("last_pn", &self.last_pn)
+            .field("unsent", &self.unsent)
+            .field("repairs_pending", &self.repairs_pending)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BlockState {
+    /// Appends the `shard_size` bytes of `shard` (a short last data shard zero-padded, as the wire carries it).
+    fn append_shard(&self, shard: ShardRef, shard_size: usize, out: &mut Vec<u8>) {
+        let end = out.len() + shard_size;
+        match shard {
+            ShardRef::Data(i) => {
+                let data = (*self.data).as_ref();
+                let from = (usize::from(i) * shard_size).min(data.len());
+                out.extend_from_slice(&data[from..data.len().min(from + shard_size)]);
+            }
+            ShardRef::Parity(j) => {
+                out.extend_from_slice(&self.parity[usize::from(j) * shard_size..][..shard_size]);
+            }
+        }
+        out.resize(end, 0);
+    }
 }
 
 #[derive(Debug, Default)]
@@ -319,10 +355,9 @@ pub struct DcspSender {
     queue: ShardQueue,
     repairs: VecDeque<(u32, u8)>,
     buffered: usize,
-    /// Buffers of released blocks, reused for new ones (data and parity apart, as their sizes differ). They
-    /// only ever come from released blocks, so with the blocks in flight they never exceed the most blocks
-    /// ever in flight (bounded by `max_buffered`): allocating afresh per block costs page faults and zeroing.
-    free_data: Vec<Vec<u8>>,
+    /// Parity buffers of released blocks, reused for new ones. They only ever come from released blocks, so
+    /// with the blocks in flight they never exceed the most blocks ever in flight (bounded by `max_buffered`):
+    /// allocating afresh per block costs page faults and zeroing. (Data is the driver's, see [`SharedBlock`].)
     free_parity: Vec<Vec<u8>>,
     encoder: ParityEncoder,
 
@@ -361,7 +396,6 @@ impl DcspSender {
             queue: ShardQueue::new(cfg.geometry.block_bytes()),
             repairs: VecDeque::new(),
             buffered: 0,
-            free_data: Vec::new(),
             free_parity: Vec::new(),
             encoder: ParityEncoder::default(),
             next_pn: 0,
@@ -415,26 +449,28 @@ impl DcspSender {
         self.blocks.is_empty()
     }
 
-    /// Hands the sender one block of file bytes (exactly the block's length, see [`BlockGeometry::span`]).
-    /// Pushing a block again (the receiver found its chunk corrupt) sends it afresh.
+    /// Hands the sender a copy of one block of file bytes (exactly the block's length, see
+    /// [`BlockGeometry::span`]). Pushing a block again (the receiver found its chunk corrupt) sends it afresh.
     pub fn push_block(&mut self, block: u32, bytes: &[u8]) -> Result<(), DcspError> {
+        self.push_shared_block(block, Arc::new(bytes.to_vec()))
+    }
+
+    /// Like [`Self::push_block`], without a copy: the sender keeps a share of `bytes` until the receiver has
+    /// the block.
+    pub fn push_shared_block(&mut self, block: u32, bytes: SharedBlock) -> Result<(), DcspError> {
         let span = self.geometry.require(block)?;
-        if bytes.len() != span.len as usize {
+        let got = (*bytes).as_ref().len();
+        if got != span.len as usize {
             return Err(DcspError::BlockLength {
                 block,
                 expected: span.len as usize,
-                got: bytes.len(),
+                got,
             });
         }
         if let Some(old) = self.blocks.remove(&block) {
             self.release(old);
         }
-        let s = self.geometry.shard_size() as usize;
         let k = span.data_shards;
-        let mut data = self.free_data.pop().unwrap_or_default();
-        data.clear();
-        data.extend_from_slice(bytes);
-        data.resize(usize::from(k) * s, 0);
         let mut parity = self.free_parity.pop().unwrap_or_default();
         parity.clear();
         self.queue.push(block, k);
@@ -443,7 +479,7 @@ impl DcspSender {
             block,
             BlockState {
                 span,
-                data,
+                data: bytes,
                 parity,
                 parity_count: 0,
                 first_pn: None,
@@ -464,7 +500,8 @@ impl DcspSender {
         };
         let s = self.geometry.shard_size() as usize;
         let m = self.parity.parity_for(k, self.loss);
-        encode_parity(&mut self.encoder, &state.data, k, m, s, &mut state.parity);
+        let data = (*state.data).as_ref();
+        encode_parity(&mut self.encoder, data, k, m, s, &mut state.parity);
         let m = (state.parity.len() / s) as u8;
         state.parity_count = m;
         state.unsent += u16::from(m);
@@ -484,7 +521,6 @@ impl DcspSender {
 
     fn release(&mut self, b: BlockState) {
         self.buffered -= b.span.len as usize;
-        self.free_data.push(b.data);
         self.free_parity.push(b.parity);
     }
 
@@ -526,92 +562,115 @@ impl DcspSender {
     /// Writes the next datagram into `out` (cleared first) if one is due at `now`. Returns whether it did.
     pub fn poll_transmit(&mut self, now: Instant, out: &mut Vec<u8>) -> bool {
         out.clear();
+        self.poll_transmit_into(now, out).is_some()
+    }
+
+    /// Like [`Self::poll_transmit`], but appends the datagram to what `out` already holds: a driver builds a
+    /// batch back to back and sends it from there, each datagram sealed in place and its shard copied once.
+    /// Returns the datagram's length.
+    pub fn poll_transmit_into(&mut self, now: Instant, out: &mut Vec<u8>) -> Option<usize> {
         if self.next_pn > MAX_PACKET_NUMBER {
-            return false;
+            return None;
         }
-        if self.ping_pending {
-            self.ping_pending = false;
-            let pn = self.take_pn(now);
-            let header = Header {
-                packet_type: PacketType::Ping,
-                flags: 0,
-                conn_id: self.conn_id,
-                packet_number: pn,
-                shard: None,
-            };
-            header.encode(out);
-            self.keys.seal.seal(pn, header.len(), out);
-            self.stats.pings += 1;
-            self.count_sent(pn, out.len());
-            // A probe's bytes count against the pacing rate too: at a 1 kB/s cap a probe goes between most
-            // datagrams, and unpaced they added 12% to it.
-            self.pace_after(now, out.len());
-            return true;
-        }
-        if now < self.next_send || self.window_full() {
-            return false;
-        }
-        let s = self.geometry.shard_size() as usize;
+        let start = out.len();
+        let pn = if self.ping_pending {
+            self.write_ping(now, out)
+        } else if now < self.next_send || self.window_full() {
+            return None;
+        } else {
+            self.write_next_shard(now, out)?
+        };
+        let len = out.len() - start;
+        self.count_sent(pn, len);
+        // A probe's bytes count against the pacing rate too: at a 1 kB/s cap a probe goes between most
+        // datagrams, and unpaced they added 12% to it.
+        self.pace_after(now, len);
+        Some(len)
+    }
+
+    /// Appends a PING; its packet number.
+    fn write_ping(&mut self, now: Instant, out: &mut Vec<u8>) -> u64 {
+        self.ping_pending = false;
+        let pn = self.take_pn(now);
+        let start = out.len();
+        let header = Header {
+            packet_type: PacketType::Ping,
+            flags: 0,
+            conn_id: self.conn_id,
+            packet_number: pn,
+            shard: None,
+        };
+        header.encode(out);
+        self.keys.seal.seal_at(pn, start, header.len(), out);
+        self.stats.pings += 1;
+        pn
+    }
+
+    /// Appends the next shard due, a repair before any first transmission; its packet number, or None when
+    /// nothing is queued.
+    fn write_next_shard(&mut self, now: Instant, out: &mut Vec<u8>) -> Option<u64> {
         loop {
-            let (block, shard, repair) = if let Some((b, i)) = self.repairs.pop_front() {
-                (b, ShardRef::Data(i), true)
-            } else if let Some((b, r)) = self.next_first_transmission() {
-                (b, r, false)
-            } else {
-                return false;
-            };
-            let Some(state) = self.blocks.get(&block) else {
-                continue; // acknowledged meanwhile
-            };
-            let pn = self.next_pn;
-            let (packet_type, index, bytes) = match shard {
-                ShardRef::Data(i) => (
-                    PacketType::Data,
-                    i,
-                    &state.data[usize::from(i) * s..(usize::from(i) + 1) * s],
-                ),
-                ShardRef::Parity(j) => (
-                    PacketType::Parity,
-                    j,
-                    &state.parity[usize::from(j) * s..(usize::from(j) + 1) * s],
-                ),
-            };
-            let header = Header {
-                packet_type,
-                flags: 0,
-                conn_id: self.conn_id,
-                packet_number: pn,
-                shard: Some(ShardHeader {
-                    block,
-                    index,
-                    parity_count: state.parity_count,
-                }),
-            };
-            header.encode(out);
-            out.extend_from_slice(bytes);
-            self.keys.seal.seal(pn, header.len(), out);
-            self.take_pn(now);
-            self.last_shard_sent = Some(now);
-            self.tail_probed = false;
-            if let Some(state) = self.blocks.get_mut(&block) {
-                state.first_pn.get_or_insert(pn);
-                state.last_pn = Some(pn);
-                state.last_sent = Some(now);
-                if repair {
-                    state.repairs_pending = state.repairs_pending.saturating_sub(1);
-                } else {
-                    state.unsent = state.unsent.saturating_sub(1);
+            let (block, shard, repair) = match self.repairs.pop_front() {
+                Some((b, i)) => (b, ShardRef::Data(i), true),
+                None => {
+                    let (b, r) = self.next_first_transmission()?;
+                    (b, r, false)
                 }
+            };
+            // None: acknowledged meanwhile, on to the next.
+            if let Some(pn) = self.write_shard(now, block, shard, repair, out) {
+                return Some(pn);
             }
-            match (repair, packet_type) {
-                (true, _) => self.stats.packets_retransmitted += 1,
-                (false, PacketType::Parity) => self.stats.parity_packets += 1,
-                _ => self.stats.data_packets += 1,
-            }
-            self.count_sent(pn, out.len());
-            self.pace_after(now, out.len());
-            return true;
         }
+    }
+
+    /// Appends shard `shard` of `block`, sealed, if the sender still holds the block; its packet number.
+    fn write_shard(
+        &mut self,
+        now: Instant,
+        block: u32,
+        shard: ShardRef,
+        repair: bool,
+        out: &mut Vec<u8>,
+    ) -> Option<u64> {
+        let state = self.blocks.get_mut(&block)?;
+        let pn = self.next_pn;
+        let (packet_type, index) = match shard {
+            ShardRef::Data(i) => (PacketType::Data, i),
+            ShardRef::Parity(j) => (PacketType::Parity, j),
+        };
+        let header = Header {
+            packet_type,
+            flags: 0,
+            conn_id: self.conn_id,
+            packet_number: pn,
+            shard: Some(ShardHeader {
+                block,
+                index,
+                parity_count: state.parity_count,
+            }),
+        };
+        let start = out.len();
+        header.encode(out);
+        state.append_shard(shard, self.geometry.shard_size() as usize, out);
+        self.keys.seal.seal_at(pn, start, header.len(), out);
+        state.first_pn.get_or_insert(pn);
+        state.last_pn = Some(pn);
+        state.last_sent = Some(now);
+        if repair {
+            state.repairs_pending = state.repairs_pending.saturating_sub(1);
+        } else {
+            state.unsent = state.unsent.saturating_sub(1);
+        }
+        self.take_pn(now);
+        self.last_shard_sent = Some(now);
+        self.tail_probed = false;
+        match (repair, packet_type) {
+            (true, _) => self.stats.packets_retransmitted += 1,
+            (false, PacketType::Parity) => self.stats.parity_packets += 1,
+            _ => self.stats.data_packets += 1,
+        }
+        Some(pn)
     }
 
     /// `len` bytes went at `now`: the next datagram waits its share of the pacing rate.

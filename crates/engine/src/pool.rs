@@ -54,6 +54,13 @@ impl Deref for PooledBuf {
     }
 }
 
+/// What a DCSP sender holds of a block it shares rather than copies (`trackshift_dcsp::SharedBlock`).
+impl AsRef<[u8]> for PooledBuf {
+    fn as_ref(&self) -> &[u8] {
+        &self.data
+    }
+}
+
 impl Drop for PooledBuf {
     fn drop(&mut self) {
         let buf = std::mem::take(&mut self.data);

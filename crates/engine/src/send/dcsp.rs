@@ -19,7 +19,10 @@ use super::pace::{share_of_cap, RateCap, WireBudget};
 use crate::pool::PooledBuf;
 use crate::threads;
 
-/// Largest shard: datagrams of up to ~16 KiB where the path allows (loopback), fewer per-packet costs.
+/// Largest shard: datagrams of up to ~16 KiB where the path allows (loopback), fewer per-packet costs. Larger
+/// ones gain nothing measurable: GSO and GRO already move three 16 KiB datagrams per syscall, and 60 KiB
+/// shards on loopback left the data planes' CPU per byte as it was (bench/results/2026-12-02-0700-vm-cpu-profile),
+/// while a block of 64 of them would hold 4 MiB on both ends.
 const MAX_SHARD: u32 = 16 * 1024;
 /// Smallest shard, whatever the path MTU says: below this per-datagram costs dominate.
 const MIN_SHARD: u32 = 256;
@@ -221,8 +224,6 @@ pub(crate) enum PlaneFailure {
 
 /// Room for one batch of datagrams of a 1500-byte path (larger ones grow it once).
 const BATCH_BYTES: usize = SEND_BATCH * 1500;
-/// Largest datagram a plane builds: a 64 KiB UDP payload.
-const MAX_DATAGRAM: usize = 64 * 1024;
 
 /// One stream's sending loop: its socket, its `DcspSender`, and where its blocks come from.
 struct SendLoop {
@@ -233,7 +234,7 @@ struct SendLoop {
     reader_done: bool,
     started: Instant,
     batch: RecvBatch,
-    packet: Vec<u8>,
+    /// The datagrams of one batch back to back, built and sealed in place, sent from here.
     out: Vec<u8>,
     cap: SharedCap,
     /// The cap the controller was last given (wire bytes per second).
@@ -287,7 +288,6 @@ impl SendLoop {
             reader_done: false,
             started: Instant::now(),
             batch: RecvBatch::new(),
-            packet: Vec::with_capacity(MAX_DATAGRAM),
             out: Vec::with_capacity(BATCH_BYTES),
             cap,
             cap_seen,
@@ -344,7 +344,7 @@ impl SendLoop {
             match self.blocks.try_recv() {
                 Ok((b, bytes)) => self
                     .sender
-                    .push_block(b, &bytes)
+                    .push_shared_block(b, bytes)
                     .map_err(|e| PlaneFailure::Fatal(e.to_string()))?,
                 Err(TryRecvError::Empty) => return Ok(!self.reader_done),
                 Err(TryRecvError::Disconnected) => {
@@ -361,26 +361,31 @@ impl SendLoop {
         let mut sent = 0;
         let mut segment = 0;
         self.out.clear();
-        while sent < SEND_BATCH
-            && self.held_by_cap(now).is_none()
-            && self.sender.poll_transmit(now, &mut self.packet)
-        {
-            if let Some(cap) = self.cap_seen {
-                let wire = self.packet.len() + self.cap.headers;
-                self.cap.budget.charge(now, wire, cap);
+        while sent < SEND_BATCH && self.held_by_cap(now).is_none() {
+            let start = self.out.len();
+            let Some(len) = self.sender.poll_transmit_into(now, &mut self.out) else {
+                break;
+            };
+            self.charge_cap(now, len);
+            if start > 0 && len != segment {
+                // A datagram of another size (a PING) ends the batch before it and starts the next one.
+                flush(&mut self.endpoint, self.peer, &self.out[..start], segment);
+                self.out.drain(..start);
             }
-            if !self.out.is_empty() && (self.packet.len() != segment) {
-                flush(&mut self.endpoint, self.peer, &self.out, segment);
-                self.out.clear();
-            }
-            segment = self.packet.len();
-            self.out.extend_from_slice(&self.packet);
+            segment = len;
             sent += 1;
         }
         if !self.out.is_empty() {
             flush(&mut self.endpoint, self.peer, &self.out, segment);
         }
         sent
+    }
+
+    /// A datagram of `len` bytes pays into the shared `--max-rate` budget.
+    fn charge_cap(&self, now: Instant, len: usize) {
+        if let Some(cap) = self.cap_seen {
+            self.cap.budget.charge(now, len + self.cap.headers, cap);
+        }
     }
 
     /// Sleeps until the next datagram is due or an ACK arrives (briefly when the reader is behind).
