@@ -104,6 +104,18 @@ impl BufPool {
 }
 
 impl BufPool {
+    /// A buffer of exactly `len` bytes for the caller to overwrite whole (a read fills it): its bytes are what
+    /// its last user left there (zeros where it grew), so a buffer reused at the same length costs no memset.
+    pub fn get_len(&self, len: usize) -> PooledBuf {
+        let mut data = self.free.try_recv().unwrap_or_default();
+        data.reserve(self.capacity.max(len).saturating_sub(data.len()));
+        data.resize(len, 0);
+        PooledBuf {
+            data,
+            home: Home::Pool(self.home.clone()),
+        }
+    }
+
     /// Shares `data` without copying; it goes to `spare` when the last share drops.
     pub fn adopt(data: Vec<u8>, spare: &SpareBufs) -> SharedBytes {
         let home = Home::Spare(spare.clone());
@@ -163,6 +175,22 @@ mod tests {
         let again = pool.get();
         assert_eq!(again.as_ptr(), ptr);
         assert!(again.is_empty());
+    }
+
+    #[test]
+    fn a_buffer_of_a_length_is_reused_whole_and_sized_exactly() {
+        let pool = BufPool::new(64);
+        let mut b = pool.get_len(10);
+        assert_eq!(&*b, &[0; 10]);
+        b.data_mut().fill(7);
+        let ptr = b.as_ptr();
+        drop(b);
+        let again = pool.get_len(12);
+        assert_eq!(again.as_ptr(), ptr, "the same allocation");
+        assert_eq!(again.len(), 12);
+        assert_eq!(&again[10..], &[0, 0], "grown bytes are zero");
+        drop(again);
+        assert_eq!(pool.get_len(4).len(), 4);
     }
 
     #[test]

@@ -258,8 +258,8 @@ impl<'a> ReadJob<'a> {
         let mut compress: Option<bool> = None;
         let mut done = 0u64;
         for span in self.spans(index, send_from)? {
-            let mut buf = self.pool.get();
-            buf.data_mut().resize(span.len, 0);
+            // Read over whatever the reused buffer held: no memset of every byte first.
+            let mut buf = self.pool.get_len(span.len);
             self.source.read_exact_at(start + done, buf.data_mut())?;
             chunk.update(&buf);
             done += span.len as u64;
