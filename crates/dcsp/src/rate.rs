@@ -51,8 +51,13 @@
 //!   moving average) by 10 points ([`LOSS_SPIKE`]) reads as overflowing queues: the window becomes 0.9 × what
 //!   the path delivered over one `base` and the ACK clock, at most once every three rounds (counting from
 //!   startup's end).
-//! - **Timeouts.** Two probe timeouts in a row (no ACK at all) halve the window and rate, at most twice per
-//!   silence, and return to startup, so a path that comes back after an outage is measured afresh.
+//! - **Outages.** Two probe timeouts in a row (no ACK at all) tell the controller of a silence: it keeps its
+//!   window and phase from before, halves the window and rate (at most twice per silence) and measures in
+//!   startup until an ACK returns. If the first RTT sample after the silence is at most twice `base_mean`
+//!   plus 8 ms ([`RESUME_RTT_FACTOR`]), the path is the same and no queue stood behind the silence: the link
+//!   was down, not congested, and the window and phase from before come back at once (the sender, probing at
+//!   most 0.3 s apart once silent, is at its previous rate within that and a round trip of the link's
+//!   return). Otherwise the path is measured afresh from the cut window.
 
 use std::time::{Duration, Instant};
 
@@ -232,6 +237,9 @@ const USUAL_LOSS_GAIN: f64 = 0.2;
 const MAX_TIMEOUT_CUTS: u32 = 2;
 /// What each of those cuts keeps of the rate and window.
 const TIMEOUT_CUT: f64 = 0.5;
+/// The first RTT sample after a silence shows the same path if it is at most this many times the path's lowest
+/// round-mean RTT, plus [`STARTUP_QUEUE_LIMIT`].
+pub const RESUME_RTT_FACTOR: u32 = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -239,6 +247,15 @@ enum Phase {
     Steady,
 }
 
+/// What the controller had before a silence (see [`RateController::on_timeout`]), to go back to when the first
+/// ACK after it shows the same path.
+#[derive(Debug, Clone, Copy)]
+struct Resume {
+    window: Option<f64>,
+    phase: Phase,
+}
+
+#[derive(Debug, Clone, Copy)]
 struct RoundStart {
     at: Instant,
     receiver_time: Duration,
@@ -293,6 +310,8 @@ pub struct DelayRate {
     /// rate's bound.
     bw: [f64; BW_ROUNDS],
     bw_len: usize,
+    /// The state before the current silence, restored when it ends on the same path.
+    resume: Option<Resume>,
     /// When the previous ACK came, and the mean gap between ACKs (seconds): the window's room for the ACK clock.
     last_ack_at: Option<Instant>,
     ack_gap: f64,
@@ -330,6 +349,7 @@ impl DelayRate {
             recent_acks_len: 0,
             bw: [0.0; BW_ROUNDS],
             bw_len: 0,
+            resume: None,
             last_ack_at: None,
             ack_gap: 0.0,
         }
@@ -438,6 +458,23 @@ impl DelayRate {
         }
     }
 
+    /// The first RTT sample after a silence: if it is what the path had (no queue built up, no longer path),
+    /// the link was down, not congested, and the window and phase before the silence come back at once; else
+    /// the path is measured afresh from the cut window, in startup.
+    fn end_silence(&mut self, resume: Resume, rtt: Duration) {
+        let same_path = self
+            .base_mean()
+            .or(self.min_rtt())
+            .is_some_and(|b| rtt <= b * RESUME_RTT_FACTOR + STARTUP_QUEUE_LIMIT);
+        if same_path {
+            self.window = resume.window.or(self.window);
+            self.phase = resume.phase;
+            self.update_rate();
+        } else {
+            self.bw_len = 0;
+        }
+    }
+
     /// Keeps the window and rate within bounds and derives the pacing rate from the window.
     fn update_rate(&mut self) {
         let base = self
@@ -479,6 +516,9 @@ impl RateController for DelayRate {
         self.recent_acks[self.recent_acks_len % RECENT_ACKS] = (s.receiver_time, s.bytes_received);
         self.recent_acks_len += 1;
         if let Some(rtt) = s.rtt {
+            if let Some(resume) = self.resume.take() {
+                self.end_silence(resume, rtt);
+            }
             self.note_rtt(s.now, rtt);
             if self.window.is_none() {
                 // The first RTT: what has been in flight at the initial rate.
@@ -613,6 +653,12 @@ impl RateController for DelayRate {
 
     fn on_timeout(&mut self, _now: Instant) {
         self.timeouts += 1;
+        if self.resume.is_none() {
+            self.resume = Some(Resume {
+                window: self.window,
+                phase: self.phase,
+            });
+        }
         if self.timeouts <= MAX_TIMEOUT_CUTS {
             self.rate *= TIMEOUT_CUT;
             if let Some(w) = self.window.as_mut() {
@@ -620,7 +666,7 @@ impl RateController for DelayRate {
             }
             self.update_rate();
         }
-        // The path may come back different: measure it afresh.
+        // Until an ACK shows the path is the same (see `end_silence`), it is measured afresh.
         self.phase = Phase::Startup;
         self.max_delivered = 0.0;
         self.recent_len = 0;

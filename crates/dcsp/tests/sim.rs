@@ -229,6 +229,18 @@ struct Scenario {
     /// The harness fails this chunk's verification once (as a corrupt disk would), forcing a re-send.
     fail_chunk_once: Option<u32>,
     max_rate: Option<u64>,
+    /// Record the sender's pacing rate and the receiver's byte count this often (`Outcome::series`).
+    series_every: Option<Duration>,
+}
+
+/// One point of `Outcome::series`: time since the start, the sender's pacing rate (bytes/s) and phase, and the
+/// datagram bytes the receiver had taken.
+#[derive(Debug, Clone, Copy)]
+struct SeriesPoint {
+    at: Duration,
+    rate: u64,
+    phase: &'static str,
+    bytes_received: u64,
 }
 
 #[derive(Debug)]
@@ -257,6 +269,8 @@ struct Outcome {
     /// chunk the receiver delivered again afterwards.
     hash_failures_injected: u64,
     blocks_redelivered: u64,
+    /// Empty unless `Scenario::series_every` asked for it.
+    series: Vec<SeriesPoint>,
 }
 
 fn addr(s: &str) -> SocketAddr {
@@ -322,6 +336,8 @@ fn run(s: &Scenario) -> Result<Outcome, String> {
     let limit = Duration::from_secs(900);
     let trace = std::env::var_os("DCSP_SIM_TRACE").is_some();
     let mut next_trace = start;
+    let mut series = Vec::new();
+    let mut next_point = start;
     for _step in 0..20_000_000u64 {
         if let Some(at) = s.address_change {
             if !moved && now >= start + at {
@@ -415,7 +431,19 @@ fn run(s: &Scenario) -> Result<Outcome, String> {
                 dropped_as_replay: rs.dropped_replayed + rs.dropped_stale,
                 hash_failures_injected: u64::from(failed_once),
                 blocks_redelivered,
+                series,
             });
+        }
+        if let Some(every) = s.series_every {
+            while next_point <= now {
+                series.push(SeriesPoint {
+                    at: next_point - start,
+                    rate: sender.stats().rate,
+                    phase: sender.stats().phase,
+                    bytes_received: receiver.stats().bytes_received,
+                });
+                next_point += every;
+            }
         }
         if trace && now >= next_trace {
             next_trace = now + Duration::from_millis(50);
@@ -591,6 +619,7 @@ fn random_scenario(seed: u64) -> Scenario {
         max_rate: rng
             .gen_bool(0.1)
             .then(|| rng.gen_range(100_000..20_000_000)),
+        series_every: None,
     }
 }
 
@@ -649,6 +678,7 @@ fn base(seed: u64) -> Scenario {
         skip_chunks: Vec::new(),
         fail_chunk_once: None,
         max_rate: None,
+        series_every: None,
     }
 }
 
@@ -961,6 +991,7 @@ fn profile_efficiency() {
             skip_chunks: Vec::new(),
             fail_chunk_once: None,
             max_rate: None,
+            series_every: None,
         };
         let o = run(&s).unwrap();
         let loss = p.loss + p.burst.map_or(0.0, |(a, b, _)| a / (a + b));
@@ -1237,4 +1268,98 @@ fn two_transfers_share_a_bottleneck_fairly() {
         }
     }
     println!("{report}");
+}
+
+/// Issue 13's outages: `flaky`'s link (100 Mbit/s, 20 ms each way, 1% loss) goes down both ways for a while
+/// in the middle of a transfer (2.6, 3.0 and 3.4 s, so the link comes back at different points of the probe
+/// schedule). Within one round trip plus half a second of the link's return (virtual time) the sender paces at
+/// the rate it had before, and the receiver takes bytes at the rate it did. Prints the series around 3 s.
+#[test]
+fn after_an_outage_the_rate_is_back_within_a_round_trip_and_half_a_second() {
+    let secs = Duration::from_secs_f64;
+    let mut report = String::new();
+    for down in [2.6, 3.0, 3.4] {
+        let (line, series) = outage_run(secs(4.0), secs(4.0 + down)).unwrap();
+        report += &line;
+        if down == 3.0 {
+            println!("{series}");
+        }
+    }
+    println!("{report}");
+    assert!(!report.contains("SLOW"), "{report}");
+}
+
+/// One transfer of [`after_an_outage_the_rate_is_back_within_a_round_trip_and_half_a_second`]: its report line
+/// (with "SLOW" in it if the rate was not back in time) and its series from half a second before the outage.
+fn outage_run(from: Duration, to: Duration) -> Result<(String, String), String> {
+    let rate = 100e6 / 8.0;
+    let link = LinkCfg {
+        rate: Some(rate),
+        queue_bytes: (rate * 0.1) as usize,
+        delay: Duration::from_millis(20),
+        loss: 0.01,
+        outages: vec![(from, to)],
+        ..LinkCfg::default()
+    };
+    let mut s = base(14);
+    s.file_size = 96 << 20;
+    s.chunk_size = 8 << 20;
+    s.shard_size = 1432;
+    s.back = LinkCfg {
+        rate: None,
+        ..link.clone()
+    };
+    s.fwd = link;
+    let every = Duration::from_millis(50);
+    s.series_every = Some(every);
+    let o = run(&s)?;
+    let at = |t: Duration| o.series[(t.as_nanos() / every.as_nanos()) as usize];
+    // Mean pacing rate and delivery rate (bytes/s) over [a, b).
+    let mean = |a: Duration, b: Duration| {
+        let pts: Vec<&SeriesPoint> = o.series.iter().filter(|p| p.at >= a && p.at < b).collect();
+        let pacing = pts.iter().map(|p| p.rate as f64).sum::<f64>() / pts.len() as f64;
+        let got = (at(b).bytes_received - at(a).bytes_received) as f64;
+        (pacing, got / (b - a).as_secs_f64())
+    };
+    let second = Duration::from_secs(1);
+    let (rate_before, got_before) = mean(from - second, from);
+    let back = to + Duration::from_millis(40 + 500);
+    let (rate_after, got_after) = mean(back, back + second / 2);
+    // The first point after the return at 0.8 of the rate before (the series' resolution is 50 ms).
+    let regained = o
+        .series
+        .iter()
+        .find(|p| p.at >= to && p.rate as f64 >= 0.8 * rate_before)
+        .map_or(f64::NAN, |p| (p.at - to).as_secs_f64() * 1e3);
+    let slow = (at(back).rate as f64) < 0.8 * rate_before
+        || rate_after < 0.8 * rate_before
+        || got_after < 0.8 * got_before;
+    let line = format!(
+        "down {:.1}-{:.1} s: before {:.1} Mbit/s paced, {:.1} delivered; 0.8 of it again {regained:.0} ms after the return; {:.0} ms after it {:.1} paced, then {:.1} paced and {:.1} delivered over 0.5 s{}\n",
+        from.as_secs_f64(),
+        to.as_secs_f64(),
+        rate_before * 8e-6,
+        got_before * 8e-6,
+        (back - to).as_secs_f64() * 1e3,
+        at(back).rate as f64 * 8e-6,
+        rate_after * 8e-6,
+        got_after * 8e-6,
+        if slow { " SLOW" } else { "" }
+    );
+    let series = o
+        .series
+        .iter()
+        .filter(|p| p.at + second / 2 >= from && p.at < back + second)
+        .map(|p| {
+            format!(
+                "{:.2} s: {:.1} Mbit/s paced, {}, {} bytes received",
+                p.at.as_secs_f64(),
+                p.rate as f64 * 8e-6,
+                p.phase,
+                p.bytes_received
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    Ok((line, series))
 }
