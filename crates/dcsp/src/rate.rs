@@ -23,7 +23,9 @@
 //!   over the receiver's clock).
 //! - **Startup.** The window starts as what the first RTT held at the initial rate and grows ×1.5 a round
 //!   ([`STARTUP_GROWTH`]: the overshoot of the round that crosses the path's capacity mostly fits in a
-//!   100 ms queue), a startup round lasting at least 20 ms. Startup ends at once when the lowest of the last
+//!   100 ms queue), a startup round lasting at least 20 ms; on paths shorter than that ×2 a round
+//!   ([`SHORT_PATH_STARTUP_GROWTH`]: the queue check below ends startup within a few of the round's many
+//!   round trips, so the overshoot is the step alone). Startup ends at once when the lowest of the last
 //!   8 RTT samples exceeds `base_mean` by 8 ms (by `base_mean`, at least 1 ms, on shorter paths, whose
 //!   buffers may hold less) or by 3 × the samples' mean deviation if more (jitter does not end it), or at a
 //!   round's end on a loss spike; the window then becomes what the path delivered over one `base` and the
@@ -138,8 +140,22 @@ impl RateControllerFactory for DelayRateFactory {
 pub const MIN_RATE: f64 = 32_000.0;
 /// Rate of the first round trip, before any RTT is known: 16 Mbit/s.
 pub const INITIAL_RATE: f64 = 2_000_000.0;
-/// Startup's window growth per round trip.
+/// Startup's window growth per round trip...
 pub const STARTUP_GROWTH: f64 = 1.5;
+/// ...and per [`STARTUP_MIN_ROUND`] on paths shorter than that: there a round spans many RTT samples, and
+/// startup's queue check, made on every one, ends it within a few round trips of the queue's start, so a
+/// round's step overshoots the path by the step alone (a doubled window that held under 1 ms of queue adds
+/// about 1 ms more), not by a round trip's worth of growth as on long paths.
+pub const SHORT_PATH_STARTUP_GROWTH: f64 = 2.0;
+
+/// Startup's growth per round on a path whose smoothed RTT is `srtt`.
+fn startup_growth(srtt: Duration) -> f64 {
+    if srtt < STARTUP_MIN_ROUND {
+        SHORT_PATH_STARTUP_GROWTH
+    } else {
+        STARTUP_GROWTH
+    }
+}
 /// Startup ends when the lowest of the last few RTT samples exceeds the lowest mean RTT of a round by this
 /// much, or by [`STARTUP_JITTER_FACTOR`] times the samples' mean deviation if more (so jitter does not end it).
 pub const STARTUP_QUEUE_LIMIT: Duration = Duration::from_millis(8);
@@ -600,7 +616,7 @@ impl RateController for DelayRate {
                 if loss_spike {
                     self.leave_startup(delivered, base);
                 } else {
-                    self.window = Some(w * STARTUP_GROWTH);
+                    self.window = Some(w * startup_growth(s.srtt));
                 }
             }
             Phase::Steady => {

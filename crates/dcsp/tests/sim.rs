@@ -861,7 +861,8 @@ fn profile_efficiency() {
     }
     let profiles = [
         // Like the emulator's `clean` profile on this VM: no delay, ~3 Gbit/s, a queue of a few ms (1.5 MB).
-        // 63.0% at seed 11 while FAST kept 4.5 ms of queue in a 4 ms buffer; 75.2% with 2.5 ms (issue 13).
+        // 63.0% at seed 11 while FAST kept 4.5 ms of queue in a 4 ms buffer; 75.2% with 2.5 ms, 81.3% with
+        // startup's ×2 on short paths (issue 13).
         P {
             name: "fastclean",
             rate_mbit: 3000.0,
@@ -875,7 +876,8 @@ fn profile_efficiency() {
         },
         // The emulator's clean link capped at 1 Gbit/s (50 µs each way, a 100 ms drop-tail queue). 85.6% of the
         // rate at seed 11 when startup's exit left a window of `rate × base` (less than an ACK's worth); 91.7%
-        // (96.5% with 1 GiB) with the ACK clock (issue 13). The goodput is of file bytes: 1.028x on the wire.
+        // (96.5% with 1 GiB) with the ACK clock, 93.1% (96.7%) with startup's ×2 on short paths (issue 13).
+        // The goodput is of file bytes: 1.028x on the wire.
         P {
             name: "clean1g",
             rate_mbit: 1000.0,
