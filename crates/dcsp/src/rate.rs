@@ -8,41 +8,58 @@
 //! - **State.** A window `w` (bytes the sender may have in flight: sent after the newest acknowledged
 //!   packet), the minimum RTT `base` and the lowest mean RTT of a round `base_mean` (both over the last
 //!   10-20 s). The sender paces at `1.25 × w / base` ([`PACING_GAIN`]), so the window, clocked by ACKs, is
-//!   the real limit and a queue cannot grow past `w − rate × base`; before the first RTT sample there is no
-//!   window and the pacing rate is [`INITIAL_RATE`] (16 Mbit/s). `--max-rate` caps the pacing rate (and
+//!   the real limit and a queue cannot grow past `w − rate × base`, but at most at 1.25× ([`BW_PACING_GAIN`];
+//!   4× in startup, [`STARTUP_BW_PACING_GAIN`]) the highest delivery rate of the last 10 rounds (scaled up for
+//!   the usual loss): on a short path `w / base` is many times the link (6-32 Gbit/s over 1 Gbit/s and
+//!   0.1 ms), and the rate the sender reports should be the one it paces at. Before the first RTT sample there
+//!   is no window and the pacing rate is [`INITIAL_RATE`] (16 Mbit/s). `--max-rate` caps the pacing rate (and
 //!   the window at twice the capped rate's worth).
+//! - **ACK clock.** Every window derived from a delivery rate (startup's exit, a loss cut) holds that rate
+//!   over `base` plus twice the mean gap between ACKs, at most 4 ms ([`MAX_ACK_CLOCK`]): the window must last
+//!   from one ACK to the next, and where the hosts batch ACKs a millisecond apart `rate × base` is less than
+//!   one ACK's worth (a clean 1 Gbit/s link idled a quarter of the time).
 //! - **Rounds.** The controller acts once per smoothed RTT, on what the ACKs of that round showed: the mean
 //!   RTT, the loss (datagrams the receiver got against those sent) and the delivery rate (bytes received
 //!   over the receiver's clock).
 //! - **Startup.** The window starts as what the first RTT held at the initial rate and grows ×1.5 a round
 //!   ([`STARTUP_GROWTH`]: the overshoot of the round that crosses the path's capacity mostly fits in a
-//!   100 ms queue), a startup round lasting at least 20 ms. Startup ends at once when the lowest of the last
+//!   100 ms queue), a startup round lasting at least 20 ms; on paths shorter than that ×2 a round
+//!   ([`SHORT_PATH_STARTUP_GROWTH`]: the queue check below ends startup within a few of the round's many
+//!   round trips, so the overshoot is the step alone). Startup ends at once when the lowest of the last
 //!   8 RTT samples exceeds `base_mean` by 8 ms (by `base_mean`, at least 1 ms, on shorter paths, whose
 //!   buffers may hold less) or by 3 × the samples' mean deviation if more (jitter does not end it), or at a
-//!   round's end on a loss spike; the window then becomes what the path delivered over one `base`: `delivered / (1 − usual
-//!   loss) × base`, which drains the overshoot.
+//!   round's end on a loss spike; the window then becomes what the path delivered over one `base` and the
+//!   ACK clock, `delivered / (1 − usual loss) × (base + clock)`, which drains the overshoot, and the three
+//!   rounds after do not count as queue-less for the refill below (their empty queue is the drain's).
 //! - **Steady (FAST).** Every round, with `q = round mean RTT − base_mean` (jitter adds to both terms, so it
 //!   does not read as queue) and `rtt = base_mean + q`:
 //!   `w ← min(2w, (1 − γ)·w + γ·(w·base/rtt + α))`, `γ = 0.5` ([`GAMMA`]),
-//!   `α = 192 KiB + 4 ms × w/rtt` ([`ALPHA_BYTES`], [`ALPHA_DELAY`]). At equilibrium each flow keeps
-//!   `rate × q ≈ α` of its own bytes queued, i.e. `rate = 192 KiB / (q − 4 ms)`: all flows through one
+//!   `α = 192 KiB + 2 ms × w/rtt` ([`ALPHA_BYTES`], [`ALPHA_DELAY`]). At equilibrium each flow keeps
+//!   `rate × q ≈ α` of its own bytes queued, i.e. `rate = 192 KiB / (q − 2 ms)`: all flows through one
 //!   bottleneck see the same `q` and so converge to equal rates, and a single flow holds about
-//!   `4 ms + 192 KiB / capacity` of queue (12 ms at 200 Mbit/s, 36 ms at 50 Mbit/s), well inside a 100 ms
-//!   buffer. The fixed part sets how fast flows converge to fairness; the part that grows with the rate keeps
-//!   the standing queue measurable on fast links.
+//!   `2 ms + 192 KiB / capacity` of queue (10 ms at 200 Mbit/s, 34 ms at 50 Mbit/s, 3.6 ms at 1 Gbit/s,
+//!   2.5 ms at 3 Gbit/s), inside a 100 ms buffer and even a 4 ms one. The fixed part sets how fast flows
+//!   converge to fairness; the part that grows with the rate keeps the standing queue measurable on fast links.
 //! - **Drain.** When the minimum-RTT window rolls over (every 10 s), the next steady round sets
 //!   `w ← w·base/rtt`, the window that keeps none of this flow's queue, so the new window's samples see the
 //!   path's real RTT (otherwise the minimum creeps up by α every window, FAST's base-RTT drift, until the
 //!   buffer overflows); the three rounds after a drain do not count as queue-less for the refill below.
 //! - **Refill.** FAST adds only `γα` a round when the queue is empty, slow on long fat paths: after
-//!   [`EMPTY_ROUNDS`] (2) rounds in a row with `q` under 2 ms ([`QUEUE_EMPTY`]) the controller goes back to
-//!   startup, which grows the window ×1.5 a round until a queue shows.
+//!   [`EMPTY_ROUNDS`] (2) rounds in a row with `q` under 2 ms ([`QUEUE_EMPTY`]) the window also grows ×1.25
+//!   ([`REFILL_GROWTH`]) every further such round. (Going back to startup instead overshot at its exit and
+//!   drained again, over and over: 0.80 of a simulated 1 Gbit/s, 60 ms, 0.5% loss link against 0.90.)
 //! - **Loss.** Random loss is not a congestion signal at all, so 1-5% of random loss costs 1-5% of goodput
 //!   (FEC and NACKs repair it), not 90% as with TCP. Only a round whose loss exceeds the usual loss (its
 //!   moving average) by 10 points ([`LOSS_SPIKE`]) reads as overflowing queues: the window becomes 0.9 × what
-//!   the path delivered over one `base`, at most once every three rounds (counting from startup's end).
-//! - **Timeouts.** Two probe timeouts in a row (no ACK at all) halve the window and rate, at most twice per
-//!   silence, and return to startup, so a path that comes back after an outage is measured afresh.
+//!   the path delivered over one `base` and the ACK clock, at most once every three rounds (counting from
+//!   startup's end).
+//! - **Outages.** Two probe timeouts in a row (no ACK at all) tell the controller of a silence: it keeps its
+//!   window and phase from before, halves the window and rate (at most twice per silence) and measures in
+//!   startup until an ACK returns. If the first RTT sample after the silence is at most twice `base_mean`
+//!   plus 8 ms ([`RESUME_RTT_FACTOR`]), the path is the same and no queue stood behind the silence: the link
+//!   was down, not congested, and the window and phase from before come back at once (the sender, probing at
+//!   most 0.3 s apart once silent, is at its previous rate within that and a round trip of the link's
+//!   return). Otherwise the path is measured afresh from the cut window.
 
 use std::time::{Duration, Instant};
 
@@ -123,8 +140,22 @@ impl RateControllerFactory for DelayRateFactory {
 pub const MIN_RATE: f64 = 32_000.0;
 /// Rate of the first round trip, before any RTT is known: 16 Mbit/s.
 pub const INITIAL_RATE: f64 = 2_000_000.0;
-/// Startup's window growth per round trip.
+/// Startup's window growth per round trip...
 pub const STARTUP_GROWTH: f64 = 1.5;
+/// ...and per [`STARTUP_MIN_ROUND`] on paths shorter than that: there a round spans many RTT samples, and
+/// startup's queue check, made on every one, ends it within a few round trips of the queue's start, so a
+/// round's step overshoots the path by the step alone (a doubled window that held under 1 ms of queue adds
+/// about 1 ms more), not by a round trip's worth of growth as on long paths.
+pub const SHORT_PATH_STARTUP_GROWTH: f64 = 2.0;
+
+/// Startup's growth per round on a path whose smoothed RTT is `srtt`.
+fn startup_growth(srtt: Duration) -> f64 {
+    if srtt < STARTUP_MIN_ROUND {
+        SHORT_PATH_STARTUP_GROWTH
+    } else {
+        STARTUP_GROWTH
+    }
+}
 /// Startup ends when the lowest of the last few RTT samples exceeds the lowest mean RTT of a round by this
 /// much, or by [`STARTUP_JITTER_FACTOR`] times the samples' mean deviation if more (so jitter does not end it).
 pub const STARTUP_QUEUE_LIMIT: Duration = Duration::from_millis(8);
@@ -133,7 +164,7 @@ pub const STARTUP_JITTER_FACTOR: f64 = 3.0;
 /// The fixed part of α, the bytes of this transfer FAST keeps queued at the bottleneck.
 pub const ALPHA_BYTES: f64 = 192.0 * 1024.0;
 /// The part of α that grows with the rate: this much time's worth of data (bytes = rate × this).
-pub const ALPHA_DELAY: Duration = Duration::from_millis(4);
+pub const ALPHA_DELAY: Duration = Duration::from_millis(2);
 /// FAST's gain: the window moves this share of the way to its target every round.
 pub const GAMMA: f64 = 0.5;
 /// A round whose lowest RTT is within this of the minimum saw no standing queue.
@@ -141,10 +172,31 @@ pub const QUEUE_EMPTY: Duration = Duration::from_millis(2);
 /// Steady rounds in a row without a standing queue that send the controller back to startup (FAST alone
 /// adds only γα per round).
 pub const EMPTY_ROUNDS: u32 = 2;
+/// After [`EMPTY_ROUNDS`] without a standing queue, the window grows by this much each further such round.
+pub const REFILL_GROWTH: f64 = 1.25;
 /// Pacing rate over the window's rate (window / minimum RTT): keeps the pacer from being the limit.
 pub const PACING_GAIN: f64 = 1.25;
 /// A round's loss this far above the usual loss reads as congestion (overflowing queues), not noise.
 pub const LOSS_SPIKE: f64 = 0.10;
+/// What a window holds beyond one base RTT at the path's rate is twice the mean gap between ACKs (the window
+/// counts bytes sent after the newest acknowledged packet, so it must last from one ACK to the next), at most
+/// this: on a short path `rate × base` (12.5 KB at 1 Gbit/s over 0.1 ms) is less than one ACK's worth when
+/// hosts batch them, and the link idled between ACKs (a clean 1 Gbit/s link got 0.75 of its rate).
+pub const MAX_ACK_CLOCK: Duration = Duration::from_millis(4);
+/// See [`MAX_ACK_CLOCK`]: the window's room is this many mean ACK gaps.
+const ACK_CLOCK_GAPS: f64 = 2.0;
+/// Each gap between two ACKs moves the mean gap this share of the way.
+const ACK_GAP_GAIN: f64 = 1.0 / 16.0;
+/// Delivery rates of this many rounds (the highest of them) bound the pacing rate: about two seconds on long
+/// paths, 50-200 ms on short ones.
+const BW_ROUNDS: usize = 10;
+/// In steady state the pacing rate is at most this much above the highest recent delivery rate: room for FAST
+/// to grow the rate by a quarter a round, while the rate reported is the one paced (on a short path
+/// `PACING_GAIN × w / base` is many times the link).
+pub const BW_PACING_GAIN: f64 = 1.25;
+/// In startup, at most this much above it: startup doubles its window a round, and a round's delivery rate
+/// shows the rate of the round before.
+pub const STARTUP_BW_PACING_GAIN: f64 = 4.0;
 /// Smallest window, bytes: a few datagrams.
 pub const MIN_WINDOW_BYTES: f64 = 16.0 * 1024.0;
 /// How long a minimum RTT stays valid before newer samples replace it (a changed path).
@@ -201,11 +253,22 @@ const USUAL_LOSS_GAIN: f64 = 0.2;
 const MAX_TIMEOUT_CUTS: u32 = 2;
 /// What each of those cuts keeps of the rate and window.
 const TIMEOUT_CUT: f64 = 0.5;
+/// The first RTT sample after a silence shows the same path if it is at most this many times the path's lowest
+/// round-mean RTT, plus [`STARTUP_QUEUE_LIMIT`].
+pub const RESUME_RTT_FACTOR: u32 = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Startup,
     Steady,
+}
+
+/// What the controller had before a silence (see [`RateController::on_timeout`]), to go back to when the first
+/// ACK after it shows the same path.
+#[derive(Debug, Clone, Copy)]
+struct Resume {
+    window: Option<f64>,
+    phase: Phase,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -259,6 +322,15 @@ pub struct DelayRate {
     /// The receiver's clock and byte count of the last few ACKs: the delivery rate right now.
     recent_acks: [(Duration, u64); RECENT_ACKS],
     recent_acks_len: usize,
+    /// Delivery rates of the last [`BW_ROUNDS`] rounds (bytes/s, scaled up for the usual loss): the pacing
+    /// rate's bound.
+    bw: [f64; BW_ROUNDS],
+    bw_len: usize,
+    /// The state before the current silence, restored when it ends on the same path.
+    resume: Option<Resume>,
+    /// When the previous ACK came, and the mean gap between ACKs (seconds): the window's room for the ACK clock.
+    last_ack_at: Option<Instant>,
+    ack_gap: f64,
 }
 
 impl DelayRate {
@@ -291,6 +363,11 @@ impl DelayRate {
             max_delivered: 0.0,
             recent_acks: [(Duration::ZERO, 0); RECENT_ACKS],
             recent_acks_len: 0,
+            bw: [0.0; BW_ROUNDS],
+            bw_len: 0,
+            resume: None,
+            last_ack_at: None,
+            ack_gap: 0.0,
         }
     }
 
@@ -353,14 +430,64 @@ impl DelayRate {
         newest.1.saturating_sub(oldest.1) as f64 / dt.as_secs_f64()
     }
 
-    /// Ends startup: the window becomes what the path delivers in one minimum RTT.
+    /// The window that keeps a path that delivers `delivered` (bytes/s, after the usual loss) busy: one base
+    /// RTT of it, plus [`ACK_CLOCK`].
+    fn bdp(&self, delivered: f64, base: Duration) -> f64 {
+        let clock = (ACK_CLOCK_GAPS * self.ack_gap).min(MAX_ACK_CLOCK.as_secs_f64());
+        delivered / (1.0 - self.usual_loss).max(MIN_DELIVERED_SHARE) * (base.as_secs_f64() + clock)
+    }
+
+    /// Follows the mean gap between ACKs (seconds; gaps over a round trip, silences, left out).
+    fn note_ack_gap(&mut self, now: Instant, srtt: Duration) {
+        if let Some(last) = self.last_ack_at {
+            let gap = now.saturating_duration_since(last);
+            if gap <= srtt.max(MAX_ACK_CLOCK) {
+                self.ack_gap += ACK_GAP_GAIN * (gap.as_secs_f64() - self.ack_gap);
+            }
+        }
+        self.last_ack_at = Some(now);
+    }
+
+    /// Records a round's delivery rate for the pacing bound.
+    fn note_bw(&mut self, delivered: f64) {
+        let sent = delivered / (1.0 - self.usual_loss).max(MIN_DELIVERED_SHARE);
+        self.bw[self.bw_len % BW_ROUNDS] = sent;
+        self.bw_len += 1;
+    }
+
+    /// The highest delivery rate of the last [`BW_ROUNDS`] rounds, if a round has ended.
+    fn bw_max(&self) -> Option<f64> {
+        (self.bw_len > 0).then(|| self.bw.iter().copied().fold(0.0, f64::max))
+    }
+
+    /// Ends startup: the window becomes what the path delivers in one minimum RTT (plus the ACK clock).
     fn leave_startup(&mut self, delivered: f64, base: Duration) {
         self.phase = Phase::Steady;
         self.empty_rounds = 0;
         self.rounds_since_cut = 0;
-        let bdp = delivered / (1.0 - self.usual_loss).max(MIN_DELIVERED_SHARE) * base.as_secs_f64();
+        // The window just drained startup's queue, and a round's RTTs show the window of the round before: the
+        // next rounds' empty queue is the drain's, not room to probe for.
+        self.drain_rounds = DRAIN_ROUNDS;
+        let bdp = self.bdp(delivered, base);
         if let Some(w) = self.window.as_mut() {
             *w = w.min(bdp);
+        }
+    }
+
+    /// The first RTT sample after a silence: if it is what the path had (no queue built up, no longer path),
+    /// the link was down, not congested, and the window and phase before the silence come back at once; else
+    /// the path is measured afresh from the cut window, in startup.
+    fn end_silence(&mut self, resume: Resume, rtt: Duration) {
+        let same_path = self
+            .base_mean()
+            .or(self.min_rtt())
+            .is_some_and(|b| rtt <= b * RESUME_RTT_FACTOR + STARTUP_QUEUE_LIMIT);
+        if same_path {
+            self.window = resume.window.or(self.window);
+            self.phase = resume.phase;
+            self.update_rate();
+        } else {
+            self.bw_len = 0;
         }
     }
 
@@ -384,6 +511,13 @@ impl DelayRate {
             );
             self.rate = PACING_GAIN * *w / base;
         }
+        if let Some(bw) = self.bw_max() {
+            let gain = match self.phase {
+                Phase::Startup => STARTUP_BW_PACING_GAIN,
+                Phase::Steady => BW_PACING_GAIN,
+            };
+            self.rate = self.rate.min(gain * bw);
+        }
         self.rate = self.rate.max(MIN_RATE);
         if let Some(m) = self.max_rate {
             self.rate = self.rate.min(m);
@@ -394,9 +528,13 @@ impl DelayRate {
 impl RateController for DelayRate {
     fn on_ack(&mut self, s: &RateSample) {
         self.timeouts = 0;
+        self.note_ack_gap(s.now, s.srtt);
         self.recent_acks[self.recent_acks_len % RECENT_ACKS] = (s.receiver_time, s.bytes_received);
         self.recent_acks_len += 1;
         if let Some(rtt) = s.rtt {
+            if let Some(resume) = self.resume.take() {
+                self.end_silence(resume, rtt);
+            }
             self.note_rtt(s.now, rtt);
             if self.window.is_none() {
                 // The first RTT: what has been in flight at the initial rate.
@@ -465,6 +603,7 @@ impl RateController for DelayRate {
         let delivered =
             s.bytes_received.saturating_sub(round.bytes_received) as f64 / recv_dt.as_secs_f64();
         self.max_delivered = self.max_delivered.max(delivered);
+        self.note_bw(delivered);
         let got = s.packets_received.saturating_sub(round.packets_received);
         let loss = (1.0 - got as f64 / sent as f64).clamp(0.0, 1.0);
         // The round's mean RTT over the lowest round mean lately: jitter adds as much to both, so it does not
@@ -477,7 +616,7 @@ impl RateController for DelayRate {
                 if loss_spike {
                     self.leave_startup(delivered, base);
                 } else {
-                    self.window = Some(w * STARTUP_GROWTH);
+                    self.window = Some(w * startup_growth(s.srtt));
                 }
             }
             Phase::Steady => {
@@ -489,9 +628,7 @@ impl RateController for DelayRate {
                     // latest ACKs show it), then give the cut a few rounds to show. Losses of the round that
                     // ended startup arrive a round or two later and were already answered by its exit.
                     if self.rounds_since_cut >= CUT_ROUNDS {
-                        let delivered = self.bottleneck_rate(delivered);
-                        let bdp = delivered / (1.0 - self.usual_loss).max(MIN_DELIVERED_SHARE)
-                            * base.as_secs_f64();
+                        let bdp = self.bdp(self.bottleneck_rate(delivered), base);
                         self.window = Some(w.min(bdp) * LOSS_CUT);
                         self.rounds_since_cut = 0;
                     }
@@ -511,9 +648,9 @@ impl RateController for DelayRate {
                     } else if queueing < QUEUE_EMPTY {
                         self.empty_rounds += 1;
                         if self.empty_rounds >= EMPTY_ROUNDS {
-                            // The path has room FAST would take many rounds to fill: probe as in startup.
-                            self.phase = Phase::Startup;
-                            self.recent_len = 0;
+                            // The path has room FAST would take many rounds to fill: grow by a share a round
+                            // (with no startup exit to overshoot).
+                            self.window = self.window.map(|w| w * REFILL_GROWTH);
                         }
                     } else {
                         self.empty_rounds = 0;
@@ -532,6 +669,12 @@ impl RateController for DelayRate {
 
     fn on_timeout(&mut self, _now: Instant) {
         self.timeouts += 1;
+        if self.resume.is_none() {
+            self.resume = Some(Resume {
+                window: self.window,
+                phase: self.phase,
+            });
+        }
         if self.timeouts <= MAX_TIMEOUT_CUTS {
             self.rate *= TIMEOUT_CUT;
             if let Some(w) = self.window.as_mut() {
@@ -539,7 +682,7 @@ impl RateController for DelayRate {
             }
             self.update_rate();
         }
-        // The path may come back different: measure it afresh.
+        // Until an ACK shows the path is the same (see `end_silence`), it is measured afresh.
         self.phase = Phase::Startup;
         self.max_delivered = 0.0;
         self.recent_len = 0;

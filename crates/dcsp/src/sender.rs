@@ -30,6 +30,9 @@ const PACING_BURST: Duration = Duration::from_millis(1);
 const PTO_SLACK: Duration = Duration::from_millis(25);
 /// Longest wait between probes while the path is silent.
 const MAX_PTO: Duration = Duration::from_secs(1);
+/// Longest wait between probes once the silence has been reported to the controller (an outage): a ping of
+/// about 60 bytes three times a second, and the sender learns the link is back within this and one round trip.
+const OUTAGE_PROBE_INTERVAL: Duration = Duration::from_millis(300);
 /// Probe timeouts in a row that double the wait at most (64×); [`MAX_PTO`] caps it before that on most paths.
 const MAX_PTO_DOUBLINGS: u32 = 6;
 /// Probes in a row without an answer that tell the rate controller the path is down or badly congested: one
@@ -729,9 +732,17 @@ impl DcspSender {
         Some(since + self.pto())
     }
 
+    /// The probe timeout: the smoothed RTT and its deviations, doubled for each probe in a row unanswered, at
+    /// most [`MAX_PTO`]; once the controller has been told of the silence, at most [`OUTAGE_PROBE_INTERVAL`],
+    /// so a link that comes back is heard within that and a round trip.
     fn pto(&self) -> Duration {
         let base = self.rtt.srtt() + self.rtt.rttvar * RTTVAR_WEIGHT + PTO_SLACK;
-        (base * 2u32.saturating_pow(self.pto_count.min(MAX_PTO_DOUBLINGS))).min(MAX_PTO)
+        let pto = (base * 2u32.saturating_pow(self.pto_count.min(MAX_PTO_DOUBLINGS))).min(MAX_PTO);
+        if self.pto_count >= PTOS_FOR_TIMEOUT {
+            pto.min(OUTAGE_PROBE_INTERVAL)
+        } else {
+            pto
+        }
     }
 
     /// When the driver should call [`DcspSender::handle_timeout`] or [`DcspSender::poll_transmit`] next.

@@ -229,6 +229,18 @@ struct Scenario {
     /// The harness fails this chunk's verification once (as a corrupt disk would), forcing a re-send.
     fail_chunk_once: Option<u32>,
     max_rate: Option<u64>,
+    /// Record the sender's pacing rate and the receiver's byte count this often (`Outcome::series`).
+    series_every: Option<Duration>,
+}
+
+/// One point of `Outcome::series`: time since the start, the sender's pacing rate (bytes/s) and phase, and the
+/// datagram bytes the receiver had taken.
+#[derive(Debug, Clone, Copy)]
+struct SeriesPoint {
+    at: Duration,
+    rate: u64,
+    phase: &'static str,
+    bytes_received: u64,
 }
 
 #[derive(Debug)]
@@ -257,6 +269,8 @@ struct Outcome {
     /// chunk the receiver delivered again afterwards.
     hash_failures_injected: u64,
     blocks_redelivered: u64,
+    /// Empty unless `Scenario::series_every` asked for it.
+    series: Vec<SeriesPoint>,
 }
 
 fn addr(s: &str) -> SocketAddr {
@@ -322,6 +336,8 @@ fn run(s: &Scenario) -> Result<Outcome, String> {
     let limit = Duration::from_secs(900);
     let trace = std::env::var_os("DCSP_SIM_TRACE").is_some();
     let mut next_trace = start;
+    let mut series = Vec::new();
+    let mut next_point = start;
     for _step in 0..20_000_000u64 {
         if let Some(at) = s.address_change {
             if !moved && now >= start + at {
@@ -415,7 +431,19 @@ fn run(s: &Scenario) -> Result<Outcome, String> {
                 dropped_as_replay: rs.dropped_replayed + rs.dropped_stale,
                 hash_failures_injected: u64::from(failed_once),
                 blocks_redelivered,
+                series,
             });
+        }
+        if let Some(every) = s.series_every {
+            while next_point <= now {
+                series.push(SeriesPoint {
+                    at: next_point - start,
+                    rate: sender.stats().rate,
+                    phase: sender.stats().phase,
+                    bytes_received: receiver.stats().bytes_received,
+                });
+                next_point += every;
+            }
         }
         if trace && now >= next_trace {
             next_trace = now + Duration::from_millis(50);
@@ -591,6 +619,7 @@ fn random_scenario(seed: u64) -> Scenario {
         max_rate: rng
             .gen_bool(0.1)
             .then(|| rng.gen_range(100_000..20_000_000)),
+        series_every: None,
     }
 }
 
@@ -649,6 +678,7 @@ fn base(seed: u64) -> Scenario {
         skip_chunks: Vec::new(),
         fail_chunk_once: None,
         max_rate: None,
+        series_every: None,
     }
 }
 
@@ -819,7 +849,9 @@ fn profile_efficiency() {
     struct P {
         name: &'static str,
         rate_mbit: f64,
-        one_way_ms: u64,
+        one_way_us: u64,
+        /// The bottleneck's drop-tail queue, as time at its rate.
+        queue_ms: u64,
         loss: f64,
         jitter_ms: u64,
         burst: Option<(f64, f64, f64)>,
@@ -828,22 +860,54 @@ fn profile_efficiency() {
         max_wire: f64,
     }
     let profiles = [
-        // Like the emulator's `clean` profile on this VM: no delay, ~3 Gbit/s, a queue of a few ms. DCSP's
-        // weak spot today (it overshoots the short queue; see the issue notes): 63.0% at seed 11.
+        // Like the emulator's `clean` profile on this VM: no delay, ~3 Gbit/s, a queue of a few ms (1.5 MB).
+        // 63.0% at seed 11 while FAST kept 4.5 ms of queue in a 4 ms buffer; 75.2% with 2.5 ms, 81.3% with
+        // startup's ×2 on short paths (issue 13).
         P {
             name: "fastclean",
             rate_mbit: 3000.0,
-            one_way_ms: 0,
+            one_way_us: 0,
+            queue_ms: 4,
             loss: 0.0,
             jitter_ms: 0,
             burst: None,
-            min_goodput: 0.60,
+            min_goodput: 0.70,
             max_wire: 1.03,
+        },
+        // The emulator's clean link capped at 1 Gbit/s (50 µs each way, a 100 ms drop-tail queue). 85.6% of the
+        // rate at seed 11 when startup's exit left a window of `rate × base` (less than an ACK's worth); 91.7%
+        // (96.5% with 1 GiB) with the ACK clock, 93.1% (96.7%) with startup's ×2 on short paths (issue 13).
+        // The goodput is of file bytes: 1.028x on the wire.
+        P {
+            name: "clean1g",
+            rate_mbit: 1000.0,
+            one_way_us: 50,
+            queue_ms: 100,
+            loss: 0.0,
+            jitter_ms: 0,
+            burst: None,
+            min_goodput: 0.90,
+            max_wire: 1.03,
+        },
+        // The `fast` profile: 1 Gbit/s, 30 ms each way, 0.5% random loss. 128 MiB is mostly startup here: 58.1%
+        // at seed 11 (56.6% before issue 13); with 1 GiB (`SIM_MIB=1024`) 89.8% (80.5% while the refill went
+        // back to startup).
+        P {
+            name: "fast",
+            rate_mbit: 1000.0,
+            one_way_us: 30_000,
+            queue_ms: 100,
+            loss: 0.005,
+            jitter_ms: 0,
+            burst: None,
+            min_goodput: 0.55,
+            max_wire: 1.06,
         },
         P {
             name: "wan",
             rate_mbit: 200.0,
-            one_way_ms: 50,
+            one_way_us: 50_000,
+            queue_ms: 100,
             loss: 0.01,
             jitter_ms: 0,
             burst: None,
@@ -853,7 +917,8 @@ fn profile_efficiency() {
         P {
             name: "lossy",
             rate_mbit: 100.0,
-            one_way_ms: 100,
+            one_way_us: 100_000,
+            queue_ms: 100,
             loss: 0.05,
             jitter_ms: 10,
             burst: None,
@@ -863,7 +928,8 @@ fn profile_efficiency() {
         P {
             name: "sat",
             rate_mbit: 50.0,
-            one_way_ms: 300,
+            one_way_us: 300_000,
+            queue_ms: 100,
             loss: 0.02,
             jitter_ms: 0,
             burst: None,
@@ -873,7 +939,8 @@ fn profile_efficiency() {
         P {
             name: "burst",
             rate_mbit: 100.0,
-            one_way_ms: 40,
+            one_way_us: 40_000,
+            queue_ms: 100,
             loss: 0.0,
             jitter_ms: 0,
             burst: Some((0.00617, 0.2, 1.0)),
@@ -884,16 +951,20 @@ fn profile_efficiency() {
     ];
     let mut report = String::new();
     let mut missed = Vec::new();
+    // SIM_ONLY=name,name runs only those profiles when exploring by hand.
+    let only = std::env::var("SIM_ONLY").ok();
     for p in profiles {
+        if only
+            .as_ref()
+            .is_some_and(|o| !o.split(',').any(|n| n == p.name))
+        {
+            continue;
+        }
         let rate = p.rate_mbit * 1e6 / 8.0;
         let link = LinkCfg {
             rate: Some(rate),
-            queue_bytes: if p.one_way_ms == 0 {
-                1_500_000
-            } else {
-                (rate * 0.1) as usize
-            },
-            delay: Duration::from_millis(p.one_way_ms),
+            queue_bytes: (rate * p.queue_ms as f64 / 1e3) as usize,
+            delay: Duration::from_micros(p.one_way_us),
             jitter: Duration::from_millis(p.jitter_ms),
             loss: p.loss,
             burst: p.burst,
@@ -922,6 +993,7 @@ fn profile_efficiency() {
             skip_chunks: Vec::new(),
             fail_chunk_once: None,
             max_rate: None,
+            series_every: None,
         };
         let o = run(&s).unwrap();
         let loss = p.loss + p.burst.map_or(0.0, |(a, b, _)| a / (a + b));
@@ -1198,4 +1270,198 @@ fn two_transfers_share_a_bottleneck_fairly() {
         }
     }
     println!("{report}");
+}
+
+/// The `lossy` profile's link (100 Mbit/s, 100 ms each way, 5% random loss, 10 ms jitter, a 100 ms queue).
+fn lossy_link() -> LinkCfg {
+    let rate = 100e6 / 8.0;
+    LinkCfg {
+        rate: Some(rate),
+        queue_bytes: (rate * 0.1) as usize,
+        delay: Duration::from_millis(100),
+        jitter: Duration::from_millis(10),
+        loss: 0.05,
+        ..LinkCfg::default()
+    }
+}
+
+/// Issue 13's start: a 48 MiB file over `lossy` within 1.2x of (3.5 round trips + size / capacity), capacity
+/// being the link's rate less its loss. The simulator has no control channel, so its round trips are all
+/// startup and tail; through the emulator the handshake takes its share of them (seed 13: 5.72 s, 1.16x).
+#[test]
+fn a_short_transfer_over_lossy_is_not_mostly_ramp() {
+    let mut s = base(13);
+    s.file_size = 48 << 20;
+    s.chunk_size = 8 << 20;
+    s.shard_size = 1432;
+    s.fwd = lossy_link();
+    s.back = LinkCfg {
+        rate: None,
+        ..lossy_link()
+    };
+    s.series_every = Some(Duration::from_millis(100));
+    let o = run(&s).unwrap();
+    let capacity = 100e6 / 8.0 * (1.0 - 0.05);
+    let ideal = 3.5 * 0.2 + s.file_size as f64 / capacity;
+    let took = o.virtual_time.as_secs_f64();
+    let ramp: Vec<String> = o
+        .series
+        .iter()
+        .take(12)
+        .map(|p| format!("{:.1}s {:.1}", p.at.as_secs_f64(), p.rate as f64 * 8e-6))
+        .collect();
+    println!(
+        "48 MiB over lossy: {took:.2} s, {:.2}x of 3.5 RTT + size/capacity ({ideal:.2} s); pacing Mbit/s: {}",
+        took / ideal,
+        ramp.join(", ")
+    );
+    assert!(took <= 1.2 * ideal, "{took} s against {ideal} s: {o:?}");
+}
+
+/// Issue 13's outages: `flaky`'s link (100 Mbit/s, 20 ms each way, 1% loss) goes down both ways for a while
+/// in the middle of a transfer (2.6, 3.0 and 3.4 s, so the link comes back at different points of the probe
+/// schedule). Within one round trip plus half a second of the link's return (virtual time) the sender paces at
+/// the rate it had before, and the receiver takes bytes at the rate it did. Prints the series around 3 s.
+#[test]
+fn after_an_outage_the_rate_is_back_within_a_round_trip_and_half_a_second() {
+    let secs = Duration::from_secs_f64;
+    let mut report = String::new();
+    for down in [2.6, 3.0, 3.4] {
+        let (line, series) = outage_run(secs(4.0), secs(4.0 + down)).unwrap();
+        report += &line;
+        if down == 3.0 {
+            println!("{series}");
+        }
+    }
+    println!("{report}");
+    assert!(!report.contains("SLOW"), "{report}");
+}
+
+/// One transfer of [`after_an_outage_the_rate_is_back_within_a_round_trip_and_half_a_second`]: its report line
+/// (with "SLOW" in it if the rate was not back in time) and its series from half a second before the outage.
+fn outage_run(from: Duration, to: Duration) -> Result<(String, String), String> {
+    let rate = 100e6 / 8.0;
+    let link = LinkCfg {
+        rate: Some(rate),
+        queue_bytes: (rate * 0.1) as usize,
+        delay: Duration::from_millis(20),
+        loss: 0.01,
+        outages: vec![(from, to)],
+        ..LinkCfg::default()
+    };
+    let mut s = base(14);
+    s.file_size = 96 << 20;
+    s.chunk_size = 8 << 20;
+    s.shard_size = 1432;
+    s.back = LinkCfg {
+        rate: None,
+        ..link.clone()
+    };
+    s.fwd = link;
+    let every = Duration::from_millis(50);
+    s.series_every = Some(every);
+    let o = run(&s)?;
+    let at = |t: Duration| o.series[(t.as_nanos() / every.as_nanos()) as usize];
+    // Mean pacing rate and delivery rate (bytes/s) over [a, b).
+    let mean = |a: Duration, b: Duration| {
+        let pts: Vec<&SeriesPoint> = o.series.iter().filter(|p| p.at >= a && p.at < b).collect();
+        let pacing = pts.iter().map(|p| p.rate as f64).sum::<f64>() / pts.len() as f64;
+        let got = (at(b).bytes_received - at(a).bytes_received) as f64;
+        (pacing, got / (b - a).as_secs_f64())
+    };
+    let second = Duration::from_secs(1);
+    let (rate_before, got_before) = mean(from - second, from);
+    let back = to + Duration::from_millis(40 + 500);
+    let (rate_after, got_after) = mean(back, back + second / 2);
+    // The first point after the return at 0.8 of the rate before (the series' resolution is 50 ms).
+    let regained = o
+        .series
+        .iter()
+        .find(|p| p.at >= to && p.rate as f64 >= 0.8 * rate_before)
+        .map_or(f64::NAN, |p| (p.at - to).as_secs_f64() * 1e3);
+    let slow = (at(back).rate as f64) < 0.8 * rate_before
+        || rate_after < 0.8 * rate_before
+        || got_after < 0.8 * got_before;
+    let line = format!(
+        "down {:.1}-{:.1} s: before {:.1} Mbit/s paced, {:.1} delivered; 0.8 of it again {regained:.0} ms after the return; {:.0} ms after it {:.1} paced, then {:.1} paced and {:.1} delivered over 0.5 s{}\n",
+        from.as_secs_f64(),
+        to.as_secs_f64(),
+        rate_before * 8e-6,
+        got_before * 8e-6,
+        (back - to).as_secs_f64() * 1e3,
+        at(back).rate as f64 * 8e-6,
+        rate_after * 8e-6,
+        got_after * 8e-6,
+        if slow { " SLOW" } else { "" }
+    );
+    let series = o
+        .series
+        .iter()
+        .filter(|p| p.at + second / 2 >= from && p.at < back + second)
+        .map(|p| {
+            format!(
+                "{:.2} s: {:.1} Mbit/s paced, {}, {} bytes received",
+                p.at.as_secs_f64(),
+                p.rate as f64 * 8e-6,
+                p.phase,
+                p.bytes_received
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    Ok((line, series))
+}
+
+/// Issue 13 D (and issue point 6's bound): eight transfers through one `wan` bottleneck (25 MB/s, 50 ms each
+/// way, 1% random loss, a 100 ms queue), started 100 ms apart, each get within ±50% of an eighth of what the
+/// link delivers while all are active, and together at least 0.85 of the link. Seed 31: shares 10.8-18.1%
+/// (the two started last highest), together 97.5% (before issue 13's changes: 11.0-16.7%, 96.5%).
+#[test]
+fn eight_transfers_share_a_lossy_bottleneck() {
+    let rate = 25_000_000.0;
+    let fwd = LinkCfg {
+        rate: Some(rate),
+        queue_bytes: (rate * 0.1) as usize,
+        delay: Duration::from_millis(50),
+        loss: 0.01,
+        ..LinkCfg::default()
+    };
+    let back = LinkCfg {
+        delay: Duration::from_millis(50),
+        loss: 0.01,
+        ..LinkCfg::default()
+    };
+    let flows: Vec<(Duration, usize)> = (0..8)
+        .map(|i| (Duration::from_millis(100 * i), 24 << 20))
+        .collect();
+    let out = run_shared(31, fwd, back, &flows).unwrap();
+    let from = Duration::from_secs(2);
+    let to = out.iter().map(|(_, done)| *done).min().unwrap_or_default();
+    let bytes: Vec<f64> = out
+        .iter()
+        .map(|(d, _)| {
+            d.iter()
+                .filter(|(t, _)| *t >= from && *t < to)
+                .map(|(_, n)| *n as f64)
+                .sum()
+        })
+        .collect();
+    let total: f64 = bytes.iter().sum();
+    let secs = (to - from).as_secs_f64();
+    let shares: Vec<String> = bytes
+        .iter()
+        .map(|b| format!("{:.1}%", 100.0 * b / total))
+        .collect();
+    let report = format!(
+        "eight flows: shares {} over {secs:.1} s, together {:.1}% of the link",
+        shares.join(" "),
+        100.0 * total / secs / rate
+    );
+    println!("{report}");
+    assert!(secs > 2.0, "{report}");
+    for b in &bytes {
+        let share = b / total;
+        assert!((0.5 / 8.0..=1.5 / 8.0).contains(&share), "{report}");
+    }
+    assert!(total / secs / rate >= 0.85, "{report}");
 }
