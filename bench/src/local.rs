@@ -407,7 +407,7 @@ fn markdown(rows: &[LocalRow], cfg: &LocalConfig, ceiling: &HashCeiling) -> Stri
     let _ = writeln!(
         s,
         "\nHashing ceiling: SHA-256 runs at {:.0} MB/s on one core here. A transfer hashes the file {} times \
-         (chunk and whole-file hash, on each side), so on {} cores shared by sender and receiver no TrackShift \
+         (chunk and whole-file hash at the sender, chunk hash at the receiver), so on {} cores shared by sender and receiver no TrackShift \
          transfer can exceed {} × {:.0} / {} = **{:.0} MB/s**.\n\n#### Every run\n",
         ceiling.sha256_mbs,
         ceiling.passes,
