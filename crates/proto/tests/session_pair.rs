@@ -1012,21 +1012,7 @@ fn a_version_3_file_end_without_its_chunk_list_hash_is_a_protocol_violation() {
         ],
     ] {
         let now = std::time::Instant::now();
-        let mut r = RecvSession::new(
-            RecvConfig {
-                dcsp_version: 1,
-                protocol_version: 3,
-            },
-            now,
-        );
-        let offer = Frame::Offer(trackshift_proto::Offer {
-            session_id: SessionId([4; 16]),
-            file_name: "p.bin",
-            file_size: plan.file_size(),
-            chunk_size: plan.chunk_size(),
-            mtime_ns: 0,
-        });
-        r.handle_frame(now, &offer);
+        let mut r = offered_receiver(now, 3, plan, SessionId([4; 16]));
         r.accept(now, &[], &[]);
         for f in &frames {
             r.handle_frame(now, f);
@@ -1396,6 +1382,31 @@ fn frames_of(bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
     out
 }
 
+/// A receiver speaking control protocol `version` that was just offered session `id` of "p.bin" with `plan`.
+fn offered_receiver(
+    now: std::time::Instant,
+    version: u16,
+    plan: ChunkPlan,
+    id: SessionId,
+) -> RecvSession {
+    let mut r = RecvSession::new(
+        RecvConfig {
+            dcsp_version: 1,
+            protocol_version: version,
+        },
+        now,
+    );
+    let offer = Frame::Offer(trackshift_proto::Offer {
+        session_id: id,
+        file_name: "p.bin",
+        file_size: plan.file_size(),
+        chunk_size: plan.chunk_size(),
+        mtime_ns: 0,
+    });
+    r.handle_frame(now, &offer);
+    r
+}
+
 /// Protocol version 2: a receiver lists the durable prefix of an unverified chunk, the sender resumes that chunk
 /// there (`FirstPass::Resume`), and the receiver takes a `ChunkResume` within the prefix and refuses one beyond
 /// it. A version 1 peer hears no `PartialList` and is never asked to resume.
@@ -1406,22 +1417,8 @@ fn a_partial_chunk_is_listed_and_resumed_over_version_2_only() {
     let plan = ChunkPlan::new(3 * 5 * MIB, 5 * MIB).unwrap();
     for version in [1u16, PROTOCOL_VERSION] {
         let now = std::time::Instant::now();
-        let mut r = RecvSession::new(
-            RecvConfig {
-                dcsp_version: 1,
-                protocol_version: version,
-            },
-            now,
-        );
+        let mut r = offered_receiver(now, version, plan, SessionId([3; 16]));
         let mut out = Vec::new();
-        let offer = Frame::Offer(trackshift_proto::Offer {
-            session_id: SessionId([3; 16]),
-            file_name: "p.bin",
-            file_size: plan.file_size(),
-            chunk_size: plan.chunk_size(),
-            mtime_ns: 0,
-        });
-        r.handle_frame(now, &offer);
         assert!(matches!(r.poll_action(), Some(RecvAction::Offered { .. })));
         r.accept(now, &[(0, [9; 32])], &[(0, MIB), (1, 3 * MIB), (2, 0)]);
         r.poll_transmit(&mut out);
