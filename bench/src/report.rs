@@ -567,7 +567,7 @@ mod tests {
             sha256_mbs: 1000.0,
         };
         p.compute_ratios();
-        // Link 1 s / 100 MB = 10 ms/MB; 4 passes at 1000 MB/s = 4 ms/MB; 2 cores / 14 ms per MB.
+        // Link 1 s / 100 MB = 10 ms/MB; 3 passes at 1000 MB/s = 3 ms/MB; 2 cores / 13 ms per MB.
         let md = p.markdown();
         assert!(!md.contains("in all"), "no iperf3 row, no budget: {md}");
         // iperf3: 100 MB/s for 10 s = 1000 MB; emulator 4 s and ends 1 + 1 s: 6 ms/MB in all; / 0.9 = 6.67.
@@ -578,11 +578,11 @@ mod tests {
         p.rows.push(iperf);
         let md = p.markdown();
         assert!(
-            md.contains("iperf3 used 6.00 CPU ms per MB in all (emulator 4.00, its two ends 2.00); 90% of its rate on the same cores leaves TrackShift 6.67 ms per MB, **-7.33 ms**"),
+            md.contains("iperf3 used 6.00 CPU ms per MB in all (emulator 4.00, its two ends 2.00); 90% of its rate on the same cores leaves TrackShift 6.67 ms per MB, **-6.33 ms**"),
             "{md}"
         );
         assert!(
-            md.contains("**142.9 MB/s**, 1.43 × the payload capacity"),
+            md.contains("**153.8 MB/s**, 1.54 × the payload capacity"),
             "{md}"
         );
         assert!(
