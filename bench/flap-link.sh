@@ -5,6 +5,7 @@
 # included) per byte of the file. Usage: bench/flap-link.sh [tcp|udp] [SIZE_MiB] [RATE] [DOWN/EVERY]
 # (RATE is the emulated link's rate; defaults: tcp 256 100Mbit 1s/3s, with 10 ms of one-way delay).
 set -euo pipefail
+. "$(dirname "$0")/netlab-ready.sh"
 cd "$(dirname "$0")/.."
 proto=${1:-tcp}; size_mib=${2:-256}; rate=${3:-100Mbit}; outage=${4:-1s/3s}
 bin=$PWD/target/release/trackshift
@@ -20,10 +21,7 @@ name=flap$$
 lab=$!
 rx=
 trap '[ -n "$rx" ] && kill "$rx" 2>/dev/null; kill "$lab" 2>/dev/null; wait 2>/dev/null; rm -rf "$d"' EXIT
-for _ in $(seq 100); do grep -q '"ready"' "$d/netlab.log" && break; sleep 0.1; done
-ready=$(grep '"ready"' "$d/netlab.log") || { cat "$d/netlab.log" >&2; exit 1; }
-field() { python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$ready" "$1"; }
-ns_a=$(field ns_a); ns_b=$(field ns_b); addr_b=$(field addr_b)
+netlab_ready "$d/netlab.log"
 # Bytes sent by every interface but lo in namespace $1.
 tx() { ip netns exec "$1" awk 'NR > 2 { sub(":", " "); if ($1 != "lo") s += $10 } END { print s + 0 }' /proc/net/dev; }
 mkdir -p "$d/out" "$d/rs" "$d/ss"

@@ -12,6 +12,7 @@
 # Needs root, /dev/net/tun and the release binaries. OUT_DIR gets send.jsonl (stamped events), recv.log,
 # netlab.log and result.txt.
 set -euo pipefail
+. "$(dirname "$0")/netlab-ready.sh"
 cd "$(dirname "$0")/.."
 out=$1; size_mib=$2; shift 2
 bin=${TS_BIN:-$PWD/target/release/trackshift}
@@ -30,10 +31,7 @@ lab=$!
 rx=
 sampler=
 trap '[ -n "$sampler" ] && kill "$sampler" 2>/dev/null; [ -n "$rx" ] && kill "$rx" 2>/dev/null; kill "$lab" 2>/dev/null; wait 2>/dev/null; rm -rf "$d"' EXIT
-for _ in $(seq 100); do grep -q '"ready"' "$out/netlab.log" && break; sleep 0.1; done
-ready=$(grep '"ready"' "$out/netlab.log") || { cat "$out/netlab.log" >&2; exit 1; }
-field() { python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$ready" "$1"; }
-ns_a=$(field ns_a); ns_b=$(field ns_b); addr_b=$(field addr_b)
+netlab_ready "$out/netlab.log"
 mkdir -p "$d/out" "$d/rs" "$d/ss"
 head -c "${size_mib}M" /dev/urandom > "$d/f.bin"
 ip netns exec "$ns_b" "$bin" receive --listen "$addr_b:17100" --output-dir "$d/out" --state-dir "$d/rs" \
