@@ -1041,6 +1041,19 @@ fn a_seed_replays_exactly() {
 /// finished.
 type FlowOutcome = (Vec<(Duration, usize)>, Duration);
 
+/// Per flow, the bytes its receiver delivered in `[from, to)`.
+fn bytes_between(out: &[FlowOutcome], from: Duration, to: Duration) -> Vec<f64> {
+    out.iter()
+        .map(|(delivered, _)| {
+            delivered
+                .iter()
+                .filter(|(t, _)| *t >= from && *t < to)
+                .map(|(_, n)| *n as f64)
+                .sum()
+        })
+        .collect()
+}
+
 /// Several transfers, each its own sender and receiver (and connection id), through one shared link each way.
 /// Returns, per flow, the virtual times at which its receiver delivered bytes (time since the start, bytes)
 /// and when it finished.
@@ -1244,15 +1257,7 @@ fn two_transfers_share_a_bottleneck_fairly() {
         // Both active: from the later start (plus a second to settle in) until the first finishes.
         let from = second_at + Duration::from_secs(1);
         let to = out[0].1.min(out[1].1);
-        let bytes: Vec<f64> = out
-            .iter()
-            .map(|(d, _)| {
-                d.iter()
-                    .filter(|(t, _)| *t >= from && *t < to)
-                    .map(|(_, n)| *n as f64)
-                    .sum()
-            })
-            .collect();
+        let bytes = bytes_between(&out, from, to);
         let total: f64 = bytes.iter().sum();
         let shares: Vec<f64> = bytes.iter().map(|b| b / total).collect();
         let secs = (to - from).as_secs_f64();
@@ -1437,15 +1442,7 @@ fn eight_transfers_share_a_lossy_bottleneck() {
     let out = run_shared(31, fwd, back, &flows).unwrap();
     let from = Duration::from_secs(2);
     let to = out.iter().map(|(_, done)| *done).min().unwrap_or_default();
-    let bytes: Vec<f64> = out
-        .iter()
-        .map(|(d, _)| {
-            d.iter()
-                .filter(|(t, _)| *t >= from && *t < to)
-                .map(|(_, n)| *n as f64)
-                .sum()
-        })
-        .collect();
+    let bytes = bytes_between(&out, from, to);
     let total: f64 = bytes.iter().sum();
     let secs = (to - from).as_secs_f64();
     let shares: Vec<String> = bytes
