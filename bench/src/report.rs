@@ -47,6 +47,11 @@ pub fn f2(v: Option<f64>) -> String {
     v.map_or("–".to_string(), |v| format!("{v:.2}"))
 }
 
+/// Three decimals, or `–`.
+pub fn f3(v: Option<f64>) -> String {
+    v.map_or("–".to_string(), |v| format!("{v:.3}"))
+}
+
 /// One decimal, or `–`.
 pub fn f1(v: Option<f64>) -> String {
     v.map_or("–".to_string(), |v| format!("{v:.1}"))
@@ -132,6 +137,21 @@ impl Row {
             .get("cpu_seconds")?
             .as_f64()
             .filter(|s| *s > 0.0)
+    }
+
+    /// IP bytes the sending side put on the emulated link (its `a_to_b.bytes_in`: dropped packets, headers,
+    /// parity, retransmissions and ACK-less overhead included) per byte of the file, for a delivered file.
+    pub fn wire_per_file_byte(&self) -> Option<f64> {
+        if self.status != Status::Ok || self.file_bytes == 0 {
+            return None;
+        }
+        let sent = self
+            .link_counters
+            .as_ref()?
+            .get("a_to_b")?
+            .get("bytes_in")?
+            .as_f64()?;
+        Some(sent / self.file_bytes as f64).filter(|r| *r > 0.0)
     }
 
     /// Bytes the CPU figures are divided by: the file for a delivered one, else what arrived (iperf3's
@@ -233,10 +253,10 @@ impl ProfileResult {
             self.timeout_s
         );
         s.push_str(
-            "| tool | status | goodput MB/s | × capacity | × best peer | time s | link CPU s | sender CPU s/GB \
+            "| tool | status | goodput MB/s | × capacity | × best peer | time s | wire × file | link CPU s | sender CPU s/GB \
              | receiver CPU s/GB | both CPU s/GB | sender peak RSS MiB | receiver peak RSS MiB | note |\n",
         );
-        s.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
+        s.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
         for r in &self.rows {
             let goodput = match (r.status, r.goodput_mbs) {
                 (Status::TimedOut, Some(g)) => format!("≤ {g:.2}"),
@@ -249,13 +269,14 @@ impl ProfileResult {
             };
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 r.label,
                 r.status.as_str(),
                 goodput,
                 f2(r.ratio_capacity),
                 f2(r.ratio_best_peer),
                 secs,
+                f3(r.wire_per_file_byte()),
                 f2(r.link_cpu_seconds()),
                 cpu_cells(r.cpu_per_gb),
                 f1(r.sender.map(|u| u.rss_mib())),
@@ -549,6 +570,23 @@ mod tests {
     }
 
     #[test]
+    fn wire_bytes_are_what_the_sender_put_on_the_link_per_file_byte() {
+        let mut r = row("ts", Family::Trackshift, Status::Ok, 50.0);
+        r.file_bytes = 1_000_000;
+        assert_eq!(r.wire_per_file_byte(), None, "no emulator, no figure");
+        r.link_counters =
+            Some(serde_json::json!({"a_to_b": {"bytes_in": 1_050_000}, "cpu_seconds": 1.0}));
+        assert_eq!(r.wire_per_file_byte(), Some(1.05));
+        assert_eq!(f3(r.wire_per_file_byte()), "1.050");
+        r.status = Status::Failed;
+        assert_eq!(
+            r.wire_per_file_byte(),
+            None,
+            "a failed row delivered no file to divide by"
+        );
+    }
+
+    #[test]
     fn cpu_ceiling_adds_link_and_hash_cost_per_mb() {
         let mut ts = row("ts", Family::Trackshift, Status::Ok, 50.0);
         ts.link_counters = Some(serde_json::json!({"event": "counters", "cpu_seconds": 1.0}));
@@ -586,7 +624,7 @@ mod tests {
             "{md}"
         );
         assert!(
-            md.contains("| ts | ok | 50.00 | 0.50 | – | – | 1.00 |"),
+            md.contains("| ts | ok | 50.00 | 0.50 | – | – | – | 1.00 |"),
             "{md}"
         );
     }

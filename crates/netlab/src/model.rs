@@ -270,6 +270,10 @@ pub struct Counters {
     pub forwarded: u64,
     /// IP bytes of the forwarded packets.
     pub bytes: u64,
+    /// IP bytes of every packet read from the sending side, dropped ones included: what the sender put on
+    /// the wire.
+    #[serde(default)]
+    pub bytes_in: u64,
     pub dropped_random: u64,
     pub dropped_burst: u64,
     pub dropped_queue: u64,
@@ -355,6 +359,7 @@ impl LinkModel {
     /// Decides the fate of `packet` (a whole IP packet) arriving at `now`. May flip a bit in it.
     pub fn process(&mut self, packet: &mut [u8], now: Instant) -> Verdict {
         self.counters.packets_in += 1;
+        self.counters.bytes_in += packet.len() as u64;
         let v = self.decide(packet, now);
         match v {
             Verdict::Forward(f) => {
