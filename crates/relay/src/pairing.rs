@@ -140,8 +140,8 @@ impl<T> Pairing<T> {
             self.forwards,
         )?;
         let session = admission.session;
+        self.check_stream_room(&session)?;
         if let Some(token) = admission.next {
-            self.check_stream_room(&session)?;
             return Ok(Offer::Forward { token, session });
         }
         if let Some(peer) = self.take_waiting(&session, hello.role.peer()) {

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use trackshift_grid::datagram::{is_relay_datagram, RelayDatagram};
 use trackshift_grid::{PeerRole, RefusalCode, TokenVerifier};
@@ -203,7 +203,7 @@ impl RelayTable {
                 token,
             } => self.handle_bind(now, unix, from, role, conn_id, token),
             // The next hop's answers and notices go back to the end that bound through us.
-            other => match self.from_next_hop(from, other.conn_id()) {
+            other => match self.downstream_of_hop(from, other.conn_id()) {
                 Some(to) => Action::Forward(to),
                 None => Action::Drop(DropReason::UnexpectedRelayDatagram),
             },
@@ -211,7 +211,7 @@ impl RelayTable {
     }
 
     /// The downstream end's address, if `from` is our next hop and is bound as one end of `conn_id`.
-    fn from_next_hop(&self, from: SocketAddr, conn_id: u64) -> Option<SocketAddr> {
+    fn downstream_of_hop(&self, from: SocketAddr, conn_id: u64) -> Option<SocketAddr> {
         if self.forward != Some(from) {
             return None;
         }
@@ -367,7 +367,12 @@ impl RelayTable {
 
     /// Forgets bindings idle past the limit or whose admissions all expired, and sessions left with none.
     pub fn expire(&mut self, now: Instant, unix: u64) {
-        let idle = self.limits.idle_timeout;
+        self.expire_idle(now, unix, self.limits.idle_timeout);
+    }
+
+    /// Like [`Self::expire`] with a shorter idle time (a drain counts a binding quiet that long as moved).
+    pub fn expire_idle(&mut self, now: Instant, unix: u64, idle: Duration) {
+        let idle = idle.min(self.limits.idle_timeout);
         let sessions = &mut self.sessions;
         self.bindings.retain(|_, b| {
             let live = now.saturating_duration_since(b.last_active) <= idle
