@@ -39,7 +39,8 @@ pub use event::{
     SummaryCore,
 };
 pub use receive::{
-    receive, receive_relayed, serve, serve_relayed, ReceiveOptions, RelayFeed, VerifyMode,
+    receive, receive_relayed, serve, serve_relayed, PathSender, ReceiveOptions, RelayFeed,
+    VerifyMode,
 };
 pub use relay::{PathUpdates, RelayHop, RelayPath, RelayRoute};
 pub use send::{resume, send, RateCap, SendOptions, SendReport, TransferOptions};

@@ -30,7 +30,7 @@ use crate::error::{EngineError, ErrorKind, ErrorReply};
 use crate::event::{Event, EventSink};
 use crate::secret::load_or_create_secret;
 use dcsp_plane::UdpPlane;
-pub use relayed::RelayFeed;
+pub use relayed::{PathSender, RelayFeed};
 
 /// A TLS handshake plus authentication must finish within this, or the connection is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);

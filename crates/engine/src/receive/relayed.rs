@@ -35,6 +35,26 @@ pub struct RelayFeed {
     pub updates: Option<Arc<dyn PathUpdates>>,
 }
 
+impl RelayFeed {
+    /// A feed, and the handle that hands it sessions from any thread (a caller without a tokio runtime of its
+    /// own, such as a thread long-polling an orchestrator).
+    pub fn new(updates: Option<Arc<dyn PathUpdates>>) -> (PathSender, Self) {
+        let (tx, paths) = mpsc::unbounded_channel();
+        (PathSender(tx), Self { paths, updates })
+    }
+}
+
+/// Hands a [`RelayFeed`] the sessions to serve.
+#[derive(Debug, Clone)]
+pub struct PathSender(mpsc::UnboundedSender<RelayPath>);
+
+impl PathSender {
+    /// Serve `path`'s session (again, with a changed path); false once the receiver has stopped.
+    pub fn send(&self, path: RelayPath) -> bool {
+        self.0.send(path).is_ok()
+    }
+}
+
 impl std::fmt::Debug for RelayFeed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RelayFeed")
