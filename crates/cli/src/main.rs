@@ -10,6 +10,7 @@
 
 mod exit;
 mod output;
+mod relay;
 mod sessions;
 mod units;
 
@@ -65,6 +66,8 @@ enum Command {
     List(ListArgs),
     /// Show one session's state and progress
     Status(StatusArgs),
+    /// Forward sessions between senders and receivers that both dial out to it (edge grid)
+    Relay(relay::RelayArgs),
     /// Print the version
     Version,
     /// Print a shell completion script
@@ -320,6 +323,7 @@ fn run(cli: Cli) -> Result<(), (EngineError, Option<Arc<dyn Output>>)> {
             let (_, state_dir) = setup(&a.common);
             sessions::status(&state_dir, a.session_id, a.common.json).map_err(|e| (e, None))
         }
+        Command::Relay(a) => std::process::exit(relay::run(a)),
         Command::Version => {
             println!(
                 "trackshift {} (control protocol v{})",
