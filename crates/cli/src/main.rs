@@ -11,6 +11,7 @@
 mod exit;
 mod grid;
 mod output;
+mod relay;
 mod sessions;
 mod units;
 
@@ -66,6 +67,8 @@ enum Command {
     List(ListArgs),
     /// Show one session's state and progress
     Status(StatusArgs),
+    /// Forward sessions between senders and receivers that both dial out to it (edge grid)
+    Relay(relay::RelayArgs),
     /// Print the version
     Version,
     /// Print a shell completion script
@@ -338,6 +341,7 @@ fn run(cli: Cli) -> Result<(), (EngineError, Option<Arc<dyn Output>>)> {
             let (_, state_dir) = setup(&a.common);
             sessions::status(&state_dir, a.session_id, a.common.json).map_err(|e| (e, None))
         }
+        Command::Relay(a) => std::process::exit(relay::run(a)),
         Command::Version => {
             println!(
                 "trackshift {} (control protocol v{})",

@@ -118,6 +118,18 @@ impl Shared {
     }
 }
 
+/// A cheap handle on a running relay, for other threads.
+#[derive(Clone)]
+pub struct RelayHandle {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for RelayHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RelayHandle").finish_non_exhaustive()
+    }
+}
+
 /// A running relay. Dropping it stops the UDP thread and the accept task.
 pub struct Relay {
     local_addr: SocketAddr,
@@ -180,6 +192,25 @@ impl Relay {
         self.local_addr
     }
 
+    /// A handle for another thread (the orchestrator link): stats and the key.
+    pub fn handle(&self) -> RelayHandle {
+        RelayHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Swaps the admission key (a re-registration may bring a new one).
+    pub fn set_verifier(&self, verifier: TokenVerifier) {
+        self.handle().set_verifier(verifier);
+    }
+
+    /// Counters and load now.
+    pub fn stats(&self) -> RelayStats {
+        self.handle().stats()
+    }
+}
+
+impl RelayHandle {
     /// Swaps the admission key (a re-registration may bring a new one).
     pub fn set_verifier(&self, verifier: TokenVerifier) {
         self.shared.lock_table().set_verifier(verifier.clone());
@@ -203,7 +234,9 @@ impl Relay {
             draining: table.draining(),
         }
     }
+}
 
+impl Relay {
     /// Drains: refuses new binds and hellos with `Draining`, sends a Drain notice to every bound end, answers
     /// waiting streams `Draining`, then waits until no binding is active and no stream is copied, or `wait`.
     /// Returns whether everything left in time.
