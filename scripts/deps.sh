@@ -10,12 +10,14 @@ declare -A NEED=(
   [time]=/usr/bin/time   # peak RSS in benchmarks
   [iptables]=iptables    # blocking UDP in a namespace (the TCP fallback test)
   [e2fsprogs]=chattr     # an immutable output dir (the permission-denied test as root)
+  [postgresql]=initdb    # the orchestrator's API suite against a real PostgreSQL (Debian: /usr/lib/postgresql/<ver>/bin)
 )
 
 missing=()
 for pkg in "${!NEED[@]}"; do
   cmd=${NEED[$pkg]}
-  if ! command -v "$cmd" >/dev/null 2>&1 && [ ! -x "$cmd" ]; then
+  # Debian keeps PostgreSQL's programs off PATH, in /usr/lib/postgresql/<version>/bin.
+  if ! command -v "$cmd" >/dev/null 2>&1 && [ ! -x "$cmd" ] && ! compgen -G "/usr/lib/postgresql/*/bin/$cmd" >/dev/null; then
     missing+=("$pkg")
   fi
 done

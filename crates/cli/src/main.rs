@@ -9,7 +9,9 @@
 #![forbid(unsafe_code)]
 
 mod exit;
+mod grid;
 mod output;
+mod relay;
 mod sessions;
 mod units;
 
@@ -65,6 +67,8 @@ enum Command {
     List(ListArgs),
     /// Show one session's state and progress
     Status(StatusArgs),
+    /// Forward sessions between senders and receivers that both dial out to it (edge grid)
+    Relay(relay::RelayArgs),
     /// Print the version
     Version,
     /// Print a shell completion script
@@ -179,9 +183,14 @@ impl TransferArgs {
 struct SendArgs {
     /// The file to send
     path: PathBuf,
-    /// The receiver, HOST:PORT
-    #[arg(long, value_name = "HOST:PORT")]
+    /// The receiver, HOST:PORT; with --orchestrator, its registered name
+    #[arg(long, value_name = "HOST:PORT|NAME")]
     to: String,
+    /// With --orchestrator: stripe the transfer's streams over this many relays
+    #[arg(long, default_value = "1", value_parser = clap::value_parser!(u8).range(1..=16), value_name = "N")]
+    relays: u8,
+    #[command(flatten)]
+    grid: grid::GridArgs,
     /// Chunk size: the unit of verification and resume (5MiB to 200MiB)
     #[arg(long, value_parser = chunk_size, default_value = "50MiB", value_name = "SIZE")]
     chunk_size: u64,
@@ -196,9 +205,18 @@ struct SendArgs {
 
 #[derive(Args, Debug)]
 struct ReceiveArgs {
-    /// Address to listen on, ADDR:PORT (TCP control channel; UDP on the same port)
-    #[arg(long, value_name = "ADDR:PORT")]
-    listen: String,
+    /// Address to listen on, ADDR:PORT (TCP control channel; UDP on the same port); optional with --orchestrator
+    #[arg(
+        long,
+        value_name = "ADDR:PORT",
+        required_unless_present = "orchestrator"
+    )]
+    listen: Option<String>,
+    /// With --orchestrator: the name this receiver registers, which senders give as --to
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+    #[command(flatten)]
+    grid: grid::GridArgs,
     /// Where finished files go
     #[arg(long, value_name = "DIR")]
     output_dir: PathBuf,
@@ -285,9 +303,10 @@ fn run(cli: Cli) -> Result<(), (EngineError, Option<Arc<dyn Output>>)> {
                 chunk_size: a.chunk_size,
                 compress: a.compress.into(),
                 transfer: a.transfer.into_options(state_dir),
+                relay: None,
             };
-            trackshift_engine::send(opts, reporter.clone())
-                .map(drop)
+            grid::send(opts.clone(), &a.grid, a.relays, reporter.clone())
+                .unwrap_or_else(|| trackshift_engine::send(opts, reporter.clone()).map(drop))
                 .map_err(|e| (e, Some(reporter)))
         }
         Command::Resume(a) => {
@@ -300,7 +319,7 @@ fn run(cli: Cli) -> Result<(), (EngineError, Option<Arc<dyn Output>>)> {
         Command::Receive(a) => {
             let (reporter, state_dir) = setup(&a.common);
             let opts = ReceiveOptions {
-                listen: a.listen,
+                listen: a.listen.unwrap_or_default(),
                 output_dir: a.output_dir,
                 secret: a.secret,
                 state_dir,
@@ -310,7 +329,9 @@ fn run(cli: Cli) -> Result<(), (EngineError, Option<Arc<dyn Output>>)> {
                 ),
                 verify: a.verify.into(),
             };
-            trackshift_engine::receive(opts, reporter).map_err(|e| (e, None))
+            grid::receive(opts.clone(), &a.grid, a.name, reporter.clone())
+                .unwrap_or_else(|| trackshift_engine::receive(opts, reporter))
+                .map_err(|e| (e, None))
         }
         Command::List(a) => {
             let (_, state_dir) = setup(&a.common);
@@ -320,6 +341,7 @@ fn run(cli: Cli) -> Result<(), (EngineError, Option<Arc<dyn Output>>)> {
             let (_, state_dir) = setup(&a.common);
             sessions::status(&state_dir, a.session_id, a.common.json).map_err(|e| (e, None))
         }
+        Command::Relay(a) => std::process::exit(relay::run(a)),
         Command::Version => {
             println!(
                 "trackshift {} (control protocol v{})",

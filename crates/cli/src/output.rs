@@ -222,6 +222,12 @@ fn send_line(event: &Event) -> Option<String> {
         } => format!("connection lost ({error}); reconnecting in {delay_s:.1}s"),
         Event::Retry { error, delay_s, .. } => format!("{error}; retrying in {delay_s:.1}s"),
         Event::Fallback { reason, .. } => format!("{reason}; falling back to TCP"),
+        Event::RelayFailover {
+            lost,
+            moved,
+            reason,
+            ..
+        } => format!("relay {lost} lost ({reason}): its streams move {moved}"),
         Event::SourceChanged { index, path } => format!(
             "chunk {index} of {path} differs from what the receiver verified earlier: starting a fresh session"
         ),

@@ -103,6 +103,17 @@ pub enum Event {
     },
     /// `resume` of a session that completed already.
     AlreadyCompleted { session_id: String },
+    /// The receiver verified chunk `index` (for progress reports to an orchestrator; not in `--json`).
+    ChunkVerified { index: u32 },
+    /// Through relays: relay `lost` died, drains or stopped forwarding; its streams moved (`moved` says
+    /// where), the control connection now goes through `control`, the streams through `stripes`.
+    RelayFailover {
+        lost: String,
+        moved: String,
+        control: String,
+        stripes: Vec<String>,
+        reason: String,
+    },
 
     // ---- receive ----
     /// The receiver is up.
@@ -153,6 +164,7 @@ impl Event {
             Event::Start { .. }
                 | Event::Retry { .. }
                 | Event::Fallback { .. }
+                | Event::RelayFailover { .. }
                 | Event::Accepted { .. }
                 | Event::Progress { .. }
                 | Event::Sending { .. }
@@ -229,6 +241,9 @@ pub struct SendSummary {
     pub compressed_chunks: u32,
     pub bytes_on_wire: u64,
     pub connections: u32,
+    /// Through relays: the ids of the relays that carried part of the transfer (absent when direct).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relays: Option<Vec<String>>,
 }
 
 /// How one transfer ended at the receiver.

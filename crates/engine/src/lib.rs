@@ -27,6 +27,7 @@ mod error;
 mod event;
 mod pool;
 mod receive;
+mod relay;
 mod secret;
 mod send;
 pub mod sessions;
@@ -37,7 +38,11 @@ pub use event::{
     DcspFigures, Event, EventSink, NoEvents, ReceiveSummary, ReceiverFigures, SendSummary,
     SummaryCore,
 };
-pub use receive::{receive, serve, ReceiveOptions, VerifyMode};
+pub use receive::{
+    receive, receive_relayed, serve, serve_relayed, PathSender, ReceiveOptions, RelayFeed,
+    VerifyMode,
+};
+pub use relay::{PathUpdates, RelayHop, RelayPath, RelayRoute};
 pub use send::{resume, send, RateCap, SendOptions, SendReport, TransferOptions};
 pub use trackshift_dcsp::ParityMode;
 pub use trackshift_proto::compress::CompressMode;

@@ -29,6 +29,6 @@ pub use error::TransportError;
 pub use framed::{FrameReader, FrameWriter, PumpedFrame};
 pub use identity::{fingerprint_of, normalize_fingerprint, Identity};
 pub use tls::{
-    client_config, connect, segment_payload, server_config, tune_accepted, ClientTls, ServerTls,
-    TlsAcceptor,
+    client_config, connect, connect_over, segment_payload, server_config, tune_accepted, ClientTls,
+    ServerTls, TlsAcceptor,
 };

@@ -161,8 +161,6 @@ pub async fn connect(
     known_file: &str,
     first_flight: &[u8],
 ) -> Result<(ClientTls, String), TransportError> {
-    let seen = Arc::new(Mutex::new(None));
-    let config = client_config(expected.clone(), seen.clone())?;
     let attempt = async {
         let tcp = TcpStream::connect(addr)
             .await
@@ -170,6 +168,26 @@ pub async fn connect(
                 addr: addr.to_owned(),
                 source,
             })?;
+        connect_over(tcp, addr, expected, known_file, first_flight).await
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, attempt)
+        .await
+        .map_err(|_| TransportError::Timeout("connecting"))?
+}
+
+/// The TLS handshake of [`connect`] on a TCP connection the caller opened (a relay's, once it paired this
+/// connection with the receiver's: from then on its bytes are the receiver's). `addr` names the receiver in
+/// errors.
+pub async fn connect_over(
+    tcp: TcpStream,
+    addr: &str,
+    expected: Option<String>,
+    known_file: &str,
+    first_flight: &[u8],
+) -> Result<(ClientTls, String), TransportError> {
+    let seen = Arc::new(Mutex::new(None));
+    let config = client_config(expected.clone(), seen.clone())?;
+    let attempt = async {
         tune(&tcp);
         let name = ServerName::try_from("trackshift")
             .map_err(|e| TransportError::Protocol(e.to_string()))?;

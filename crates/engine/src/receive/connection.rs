@@ -28,6 +28,7 @@ use trackshift_transport::{FrameReader, FrameWriter, ServerTls, TransportError};
 
 use super::dcsp_plane::UdpPlane;
 use super::dcsp_writer::{self, DcspFeed, DcspWriterMsg};
+use super::relayed::RelaySession;
 use super::tcp_writer::{self, TcpOp, TCP_WRITER_QUEUE};
 use super::verify::{Destination, FileClaim, WriterEvent, WriterJob};
 use super::{claim_session, BusyGuard, ConnOutcome, Ctx};
@@ -57,7 +58,7 @@ type Writer = FrameWriter<WriteHalf<ServerTls>>;
 type FrameRead = Result<(u8, PooledBuf), TransportError>;
 
 /// What authenticating established about a connection.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(super) struct Link {
     pub(super) peer: SocketAddr,
     /// The secret this connection's DCSP keys derive from.
@@ -66,6 +67,8 @@ pub(super) struct Link {
     pub(super) control_rtt: Duration,
     /// The control protocol version agreed in `Hello`.
     pub(super) version: u16,
+    /// Dialled through a relay of this session's path (`peer` is then the relay).
+    pub(super) relay: Option<Arc<RelaySession>>,
 }
 
 /// Runs the conversation on an authenticated connection.
@@ -75,6 +78,7 @@ pub(super) async fn converse(ctx: &Ctx, tls: ServerTls, link: Link) -> ConnOutco
         dcsp_secret,
         control_rtt,
         version,
+        relay,
     } = link;
     let (rd, wr) = split(tls);
     let (frames, reader_task) = spawn_reader(rd);
@@ -85,6 +89,7 @@ pub(super) async fn converse(ctx: &Ctx, tls: ServerTls, link: Link) -> ConnOutco
         dcsp_secret,
         control_rtt,
         version,
+        relay,
         session: RecvSession::new(
             RecvConfig {
                 dcsp_version: trackshift_dcsp::VERSION,
@@ -163,6 +168,7 @@ struct Connection<'a> {
     control_rtt: Duration,
     /// The control protocol version agreed in `Hello`.
     version: u16,
+    relay: Option<Arc<RelaySession>>,
     session: RecvSession,
     writer: Writer,
     frames: mpsc::Receiver<FrameRead>,
@@ -347,6 +353,13 @@ impl<'a> Connection<'a> {
     async fn offered(&mut self, id: SessionId, name: String, plan: ChunkPlan, mtime_ns: i64) {
         if let Err(e) = validate_file_name(&name) {
             return self.session.refuse(ErrorCode::BadName, &e.to_string());
+        }
+        if let Some(r) = self.relay.as_ref().filter(|r| r.session_id != id) {
+            let message = format!(
+                "this connection came through the relays of session {}, not {id}",
+                r.session_id
+            );
+            return self.session.refuse(ErrorCode::Protocol, &message);
         }
         let guard = match claim_session(self.ctx, id).await {
             Ok(g) => g,
@@ -557,6 +570,7 @@ impl<'a> Connection<'a> {
         let (msgs, rx) = dcsp_writer::writer_channel();
         let spare = crate::pool::SpareBufs::default();
         let mut stats = Vec::with_capacity(usize::from(streams));
+        let binds = self.relay.as_ref().map(|r| r.binds()).unwrap_or_default();
         for s in 0..streams {
             let id = stream_conn_id(conn_id, s);
             let config = ReceiverConfig {
@@ -577,7 +591,14 @@ impl<'a> Connection<'a> {
                 r
             });
             let st = Arc::new(Mutex::new(ReceiverStats::default()));
-            plane.register(id, receiver, msgs.clone(), st.clone(), spare.clone());
+            plane.register(
+                id,
+                receiver,
+                msgs.clone(),
+                st.clone(),
+                spare.clone(),
+                binds.clone(),
+            );
             stats.push(st);
         }
         let feed = DcspFeed {
@@ -586,7 +607,11 @@ impl<'a> Connection<'a> {
             streams,
             spare,
         };
-        let port = plane.port();
+        // Through a relay the sender's datagrams go to the relay's port: the one this connection came from.
+        let port = match self.relay {
+            Some(_) => self.peer.port(),
+            None => plane.port(),
+        };
         match dcsp_writer::spawn(job, feed, rx) {
             Ok(writer) => {
                 self.set_data(DataPath::Dcsp {

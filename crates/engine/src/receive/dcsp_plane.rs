@@ -16,7 +16,10 @@ use trackshift_udp::{steered_index, RecvBatch, UdpEndpoint};
 
 use super::dcsp_writer::DcspWriterMsg;
 use crate::pool::SpareBufs;
+use crate::relay::timers::BindTimer;
+use crate::relay::{bind_datagram, RelayBind, RelayNotice};
 use crate::threads;
+use trackshift_grid::PeerRole;
 
 /// Longest the plane thread sleeps before looking at its commands again.
 const IDLE_WAIT: Duration = Duration::from_millis(5);
@@ -34,6 +37,9 @@ enum PlaneCmd {
         writer: std_mpsc::SyncSender<DcspWriterMsg>,
         stats: Arc<Mutex<ReceiverStats>>,
         spare: SpareBufs,
+        /// Through relays: where to bind the connection id (every relay of the session's path, so the
+        /// sender's streams find this receiver at whichever relay they use).
+        binds: Vec<RelayBind>,
     },
     /// Forget a connection; its final counters are in its stats when `done` hears back.
     Unregister(u64, std_mpsc::Sender<()>),
@@ -105,6 +111,7 @@ impl UdpPlane {
         writer: std_mpsc::SyncSender<DcspWriterMsg>,
         stats: Arc<Mutex<ReceiverStats>>,
         spare: SpareBufs,
+        binds: Vec<RelayBind>,
     ) {
         self.send(
             conn_id,
@@ -114,6 +121,7 @@ impl UdpPlane {
                 writer,
                 stats,
                 spare,
+                binds,
             },
         );
     }
@@ -205,6 +213,15 @@ struct Plane {
     out: Vec<u8>,
     early: EarlyDatagrams,
     last_stats: Instant,
+    /// Through relays: each connection id's binding at each relay of its session.
+    binds: Vec<Binding>,
+}
+
+/// One connection id bound at one relay.
+struct Binding {
+    conn_id: u64,
+    relay: RelayBind,
+    timer: BindTimer,
 }
 
 fn plane_thread(endpoint: UdpEndpoint, cmds: std_mpsc::Receiver<PlaneCmdBox>) {
@@ -215,9 +232,11 @@ fn plane_thread(endpoint: UdpEndpoint, cmds: std_mpsc::Receiver<PlaneCmdBox>) {
         out: Vec::with_capacity(ACK_BUFFER),
         early: EarlyDatagrams::default(),
         last_stats: Instant::now(),
+        binds: Vec::new(),
     };
     while plane.take_commands(&cmds) {
         plane.receive();
+        plane.keep_bound();
         let next = plane.transmit();
         plane.publish_stats();
         let wait = next
@@ -241,7 +260,14 @@ impl Plane {
                     writer,
                     stats,
                     spare,
+                    binds,
                 })) => {
+                    let now = Instant::now();
+                    self.binds.extend(binds.into_iter().map(|relay| Binding {
+                        conn_id,
+                        relay,
+                        timer: BindTimer::new(now),
+                    }));
                     let mut s = Session {
                         receiver,
                         spare,
@@ -249,7 +275,6 @@ impl Plane {
                         stats,
                         writer_gone: false,
                     };
-                    let now = Instant::now();
                     for (from, mut datagram) in self.early.claim(conn_id) {
                         s.receiver.handle_datagram(now, from, &mut datagram);
                         drain_events(&mut s);
@@ -257,6 +282,7 @@ impl Plane {
                     self.sessions.insert(conn_id, s);
                 }
                 Ok(PlaneCmdBox(PlaneCmd::Unregister(id, done))) => {
+                    self.binds.retain(|b| b.conn_id != id);
                     if let Some(s) = self.sessions.remove(&id) {
                         *lock(&s.stats) = s.receiver.stats().clone();
                     }
@@ -280,6 +306,10 @@ impl Plane {
                 Ok(_) => {
                     let now = Instant::now();
                     for (from, datagram) in self.batch.iter_mut() {
+                        if let Some(notice) = RelayNotice::of(datagram) {
+                            relay_notice(&mut self.binds, now, from, notice);
+                            continue;
+                        }
                         let Some(id) = peek_conn_id(datagram) else {
                             self.early.unclaimed += 1;
                             continue;
@@ -298,6 +328,20 @@ impl Plane {
                     tracing::debug!("UDP receive error: {e}");
                     return;
                 }
+            }
+        }
+    }
+
+    /// Through relays: the `Bind`s that are due (until `Bound`, then as keep-alives).
+    fn keep_bound(&mut self) {
+        let now = Instant::now();
+        for b in &mut self.binds {
+            if b.timer.poll(now) {
+                let datagram = bind_datagram(PeerRole::Receiver, b.conn_id, &b.relay.token);
+                // A lost Bind is sent again by its timer.
+                let _ = self
+                    .endpoint
+                    .send_batch(b.relay.addr, &datagram, datagram.len());
             }
         }
     }
@@ -339,6 +383,33 @@ impl Plane {
                 self.early.unclaimed
             );
         }
+    }
+}
+
+/// What a relay said about a binding. A refusal or a drain ends the binding at that relay (the sender's streams
+/// move to another relay of the path, where this receiver is bound too); nothing here touches a connection.
+fn relay_notice(
+    binds: &mut Vec<Binding>,
+    now: Instant,
+    from: SocketAddr,
+    notice: Option<RelayNotice>,
+) {
+    let at = |id: u64, b: &Binding| b.conn_id == id && b.relay.addr == from;
+    match notice {
+        Some(RelayNotice::Bound(id)) => {
+            for b in binds.iter_mut().filter(|b| at(id, b)) {
+                b.timer.bound(now);
+            }
+        }
+        Some(RelayNotice::Refused(id, code)) => {
+            tracing::warn!("relay at {from} refused DCSP connection {id:016x} ({code:?})");
+            binds.retain(|b| !at(id, b));
+        }
+        Some(RelayNotice::Drain(id)) => {
+            tracing::info!("relay at {from} drains: DCSP connection {id:016x} moves on");
+            binds.retain(|b| !at(id, b));
+        }
+        None => {}
     }
 }
 

@@ -6,6 +6,7 @@
 mod connection;
 mod dcsp_plane;
 mod dcsp_writer;
+mod relayed;
 mod tcp_writer;
 mod verify;
 
@@ -29,6 +30,7 @@ use crate::error::{EngineError, ErrorKind, ErrorReply};
 use crate::event::{Event, EventSink};
 use crate::secret::load_or_create_secret;
 use dcsp_plane::UdpPlane;
+pub use relayed::{PathSender, RelayFeed};
 
 /// A TLS handshake plus authentication must finish within this, or the connection is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -42,7 +44,8 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Everything `receive` needs.
 #[derive(Debug, Clone)]
 pub struct ReceiveOptions {
-    /// `ADDR:PORT` for the control channel (TCP); DCSP listens on UDP at the same port.
+    /// `ADDR:PORT` for the control channel (TCP); DCSP listens on UDP at the same port. Empty: no listening
+    /// port (a receiver served only through relays; its UDP sockets take a free port).
     pub listen: String,
     /// Where finished files go.
     pub output_dir: PathBuf,
@@ -72,9 +75,18 @@ pub enum VerifyMode {
 /// Runs a receiver until SIGTERM or SIGINT (or, with `once`, until the first transfer ended), on a runtime of
 /// its own. Partial transfers stay in the state dir and resume when their senders run again.
 pub fn receive(opts: ReceiveOptions, sink: Arc<dyn EventSink>) -> Result<(), EngineError> {
+    receive_relayed(opts, sink, None)
+}
+
+/// [`receive`], also serving the sessions `relays` hands over through their relays.
+pub fn receive_relayed(
+    opts: ReceiveOptions,
+    sink: Arc<dyn EventSink>,
+    relays: Option<RelayFeed>,
+) -> Result<(), EngineError> {
     crate::runtime()?.block_on(async {
         let stop = terminate_signal()?;
-        serve(opts, sink, stop).await
+        serve_relayed(opts, sink, stop, relays).await
     })
 }
 
@@ -120,18 +132,31 @@ pub async fn serve(
     sink: Arc<dyn EventSink>,
     stop: impl Future<Output = ()>,
 ) -> Result<(), EngineError> {
+    serve_relayed(opts, sink, stop, None).await
+}
+
+/// [`serve`], also serving the sessions `relays` hands over: for each, a connection waits at every relay of
+/// its path until a sender arrives, and is then handled exactly as an accepted one.
+pub async fn serve_relayed(
+    opts: ReceiveOptions,
+    sink: Arc<dyn EventSink>,
+    stop: impl Future<Output = ()>,
+    relays: Option<RelayFeed>,
+) -> Result<(), EngineError> {
     let (ctx, listener) = set_up(&opts, sink).await?;
     let ctx = Arc::new(ctx);
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<ConnOutcome>();
+    let dialler =
+        relays.map(|feed| tokio::spawn(relayed::serve_paths(ctx.clone(), feed, done_tx.clone())));
     tokio::pin!(stop);
     let result = loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
+            accepted = accept(listener.as_ref()) => match accepted {
                 Ok((tcp, peer)) => {
                     let ctx = ctx.clone();
                     let done_tx = done_tx.clone();
                     tokio::spawn(async move {
-                        let _ = done_tx.send(handle_conn(&ctx, tcp, peer).await);
+                        let _ = done_tx.send(handle_conn(&ctx, tcp, peer, None).await);
                     });
                 }
                 Err(e) => {
@@ -147,9 +172,20 @@ pub async fn serve(
             },
         }
     };
+    if let Some(d) = dialler {
+        d.abort();
+    }
     interrupt_active(&ctx);
     ctx.sink.event(&Event::Stopped);
     result
+}
+
+/// The next connection on the listening port; never, without one.
+async fn accept(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The receiver stops with transfers under way: their sessions are recorded as interrupted (resumable), not left
@@ -174,7 +210,7 @@ fn interrupt_active(ctx: &Ctx) {
 async fn set_up(
     opts: &ReceiveOptions,
     sink: Arc<dyn EventSink>,
-) -> Result<(Ctx, TcpListener), EngineError> {
+) -> Result<(Ctx, Option<TcpListener>), EngineError> {
     check_output_dir(&opts.output_dir)?;
     let state = StateDir::open(&opts.state_dir)?;
     let store = SessionStore::open(&state)?;
@@ -185,12 +221,7 @@ async fn set_up(
         None => load_or_create_secret(&state)?,
     };
     let config = server_config(&identity).map_err(|e| EngineError::Failed(e.to_string()))?;
-    let listener = TcpListener::bind(&opts.listen)
-        .await
-        .map_err(|e| EngineError::Failed(format!("cannot listen on {}: {e}", opts.listen)))?;
-    let local = listener
-        .local_addr()
-        .map_err(|e| EngineError::Failed(e.to_string()))?;
+    let (listener, local) = listen(&opts.listen).await?;
     let udp = match UdpPlane::start(local, opts.udp_sockets) {
         Ok(p) => Some(p),
         Err(e) => {
@@ -221,8 +252,29 @@ async fn set_up(
     Ok((ctx, listener))
 }
 
-/// One connection: TLS, authentication, then the conversation.
-async fn handle_conn(ctx: &Ctx, tcp: TcpStream, peer: SocketAddr) -> ConnOutcome {
+/// The listening socket on `addr` and its address; without an address, none, and the address UDP takes a
+/// free port on.
+async fn listen(addr: &str) -> Result<(Option<TcpListener>, SocketAddr), EngineError> {
+    if addr.is_empty() {
+        return Ok((None, SocketAddr::from(([0, 0, 0, 0], 0))));
+    }
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| EngineError::Failed(format!("cannot listen on {addr}: {e}")))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| EngineError::Failed(e.to_string()))?;
+    Ok((Some(listener), local))
+}
+
+/// One connection (accepted, or paired through a relay of `relay`'s session): TLS, authentication, then the
+/// conversation.
+async fn handle_conn(
+    ctx: &Ctx,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    relay: Option<Arc<relayed::RelaySession>>,
+) -> ConnOutcome {
     tune_accepted(&tcp);
     let mut tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, ctx.acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
@@ -269,6 +321,7 @@ async fn handle_conn(ctx: &Ctx, tcp: TcpStream, peer: SocketAddr) -> ConnOutcome
         dcsp_secret,
         control_rtt,
         version,
+        relay,
     };
     connection::converse(ctx, tls, link).await
 }

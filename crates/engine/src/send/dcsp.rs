@@ -13,10 +13,13 @@ use trackshift_dcsp::{
     BlockGeometry, DcspSender, DirectionKeys, ParityMode, RateController, Role, SenderConfig,
     SenderStats, DATA_OVERHEAD,
 };
+use trackshift_grid::PeerRole;
 use trackshift_udp::{RecvBatch, UdpEndpoint};
 
 use super::pace::{share_of_cap, RateCap, WireBudget};
 use crate::pool::PooledBuf;
+use crate::relay::timers::{BindTimer, SilenceWatch};
+use crate::relay::{bind_datagram, RelayBind, RelayNotice};
 use crate::threads;
 
 /// Largest shard: datagrams of up to ~16 KiB where the path allows (loopback), fewer per-packet costs. Larger
@@ -119,6 +122,8 @@ pub(crate) struct PlaneSpec<'a> {
     pub(crate) parity: ParityMode,
     pub(crate) controller: Box<dyn RateController>,
     pub(crate) cap: SharedCap,
+    /// Through a relay (`peer` is then the relay's address): where the stream binds its connection id.
+    pub(crate) relay: Option<RelayBind>,
 }
 
 impl DataPlane {
@@ -155,10 +160,18 @@ impl DataPlane {
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(Mutex::new(sender.stats()));
         let cap = spec.cap;
+        let relay = spec.relay.map(|bind| RelayLink {
+            bind,
+            conn_id: spec.conn_id,
+            timer: BindTimer::new(Instant::now()),
+            watch: SilenceWatch::default(),
+            lost: None,
+        });
         let handle = {
             let (stop, stats) = (stop.clone(), stats.clone());
             threads::spawn(&format!("dcsp-send-{stream}"), move || {
-                let l = SendLoop::new(endpoint, peer, sender, blocks, cap);
+                let mut l = SendLoop::new(endpoint, peer, sender, blocks, cap);
+                l.relay = relay;
                 if let Err(f) = run_plane(l, &stop, &stats) {
                     let _ = failed.send(f);
                 }
@@ -219,7 +232,22 @@ pub(crate) enum PlaneFailure {
     NoAnswer,
     /// The receiver went silent mid-transfer.
     Silent,
+    /// The stream's relay refused it, drains, or stopped forwarding: its streams should move.
+    RelayLost {
+        relay_id: String,
+        why: String,
+    },
     Fatal(String),
+}
+
+/// A stream's relay: its binding, and whether it still forwards.
+struct RelayLink {
+    bind: RelayBind,
+    conn_id: u64,
+    timer: BindTimer,
+    watch: SilenceWatch,
+    /// Why the relay is lost, once it is (a refusal or a drain notice).
+    lost: Option<String>,
 }
 
 /// Room for one batch of datagrams of a 1500-byte path (larger ones grow it once).
@@ -239,6 +267,8 @@ struct SendLoop {
     cap: SharedCap,
     /// The cap the controller was last given (wire bytes per second).
     cap_seen: Option<u64>,
+    /// Through a relay: its binding.
+    relay: Option<RelayLink>,
 }
 
 fn run_plane(
@@ -253,6 +283,7 @@ fn run_plane(
         let now = Instant::now();
         l.sender.handle_timeout(now);
         l.check_peer(now)?;
+        l.keep_bound(now);
         let starved = l.take_blocks()?;
         let sent = l.transmit(now);
         if now.duration_since(last_stats) >= STATS_EVERY {
@@ -291,6 +322,7 @@ impl SendLoop {
             out: Vec::with_capacity(BATCH_BYTES),
             cap,
             cap_seen,
+            relay: None,
         }
     }
 
@@ -317,7 +349,14 @@ impl SendLoop {
                 Ok(_) => {
                     let now = Instant::now();
                     for (_, d) in self.batch.iter_mut() {
-                        self.sender.handle_datagram(now, d);
+                        match RelayNotice::of(d) {
+                            None => self.sender.handle_datagram(now, d),
+                            Some(notice) => {
+                                if let (Some(relay), Some(n)) = (self.relay.as_mut(), notice) {
+                                    relay.heard(now, n);
+                                }
+                            }
+                        }
                     }
                 }
                 // ICMP errors (port unreachable) surface here too; the silence checks decide.
@@ -327,7 +366,7 @@ impl SendLoop {
     }
 
     /// No ACK ever (UDP blocked), or none for too long (the receiver is gone): the plane gives up.
-    fn check_peer(&self, now: Instant) -> Result<(), PlaneFailure> {
+    fn check_peer(&mut self, now: Instant) -> Result<(), PlaneFailure> {
         let heard = self.sender.heard_from_peer();
         if !heard && now.duration_since(self.started) > UDP_PROBE {
             return Err(PlaneFailure::NoAnswer);
@@ -335,7 +374,35 @@ impl SendLoop {
         if heard && self.sender.silence(now) > UDP_SILENCE {
             return Err(PlaneFailure::Silent);
         }
+        if let Some(relay) = self.relay.as_mut() {
+            let in_flight = self.sender.blocks_in_flight() > 0;
+            if heard && relay.watch.lost(now, in_flight, self.sender.silence(now)) {
+                relay.lost.get_or_insert_with(|| {
+                    "no acknowledgement came through it with blocks in flight".into()
+                });
+            }
+            if let Some(why) = relay.lost.take() {
+                return Err(PlaneFailure::RelayLost {
+                    relay_id: relay.bind.relay_id.clone(),
+                    why,
+                });
+            }
+        }
         Ok(())
+    }
+
+    /// Through a relay: the stream's `Bind` when one is due (until `Bound`, then as a keep-alive).
+    fn keep_bound(&mut self, now: Instant) {
+        let Some(relay) = self.relay.as_mut() else {
+            return;
+        };
+        if relay.timer.poll(now) {
+            let datagram = bind_datagram(PeerRole::Sender, relay.conn_id, &relay.bind.token);
+            // A lost Bind is sent again by the timer.
+            let _ = self
+                .endpoint
+                .send_batch(relay.bind.addr, &datagram, datagram.len());
+        }
     }
 
     /// New blocks, while the sender has room; true when it wanted more than the reader had ready.
@@ -421,6 +488,22 @@ fn flush(endpoint: &mut UdpEndpoint, peer: SocketAddr, data: &[u8], segment: usi
             // Anything else (e.g. an ICMP error from an earlier datagram): these datagrams count as lost;
             // NACKs and probes take it from there.
             Err(_) => return,
+        }
+    }
+}
+
+impl RelayLink {
+    /// What the relay said about this stream's connection (about another one: nothing to do).
+    fn heard(&mut self, now: Instant, notice: RelayNotice) {
+        match notice {
+            RelayNotice::Bound(id) if id == self.conn_id => self.timer.bound(now),
+            RelayNotice::Refused(id, code) if id == self.conn_id => {
+                self.lost = Some(format!("it refused the stream ({code:?})"));
+            }
+            RelayNotice::Drain(id) if id == self.conn_id => {
+                self.lost = Some("it drains (shutting down)".into());
+            }
+            _ => {}
         }
     }
 }

@@ -6,6 +6,7 @@
 mod dcsp;
 mod pace;
 mod reader;
+mod relayed;
 
 pub use pace::RateCap;
 
@@ -31,8 +32,8 @@ use trackshift_storage::{
     ChunkSource, FileSource, KnownReceivers, OutgoingSession, SessionState, SessionStore, StateDir,
 };
 use trackshift_transport::{
-    connect, dcsp_secret_of, exporter_of, normalize_fingerprint, ClientAuth, ClientTls,
-    FrameReader, FrameWriter, PumpedFrame, TransportError,
+    connect, connect_over, dcsp_secret_of, exporter_of, normalize_fingerprint, ClientAuth,
+    ClientTls, FrameReader, FrameWriter, PumpedFrame, TransportError,
 };
 
 use crate::error::EngineError;
@@ -79,11 +80,13 @@ pub struct TransferOptions {
 #[derive(Debug, Clone)]
 pub struct SendOptions {
     pub path: PathBuf,
-    /// The receiver, `HOST:PORT`.
+    /// The receiver, `HOST:PORT` (through relays: its name, for messages and certificate pinning).
     pub to: String,
     pub chunk_size: u64,
     pub compress: CompressMode,
     pub transfer: TransferOptions,
+    /// Through the edge grid's relays instead of to `to` directly; the session id is the path's.
+    pub relay: Option<crate::relay::RelayRoute>,
 }
 
 /// A send that the receiver confirmed.
@@ -123,6 +126,7 @@ pub fn resume(
         chunk_size: rec.chunk_size,
         compress: CompressMode::from_name(&rec.compress),
         transfer,
+        relay: None,
     };
     crate::runtime()?
         .block_on(run(opts, Some(rec.id), sink))
@@ -210,6 +214,8 @@ struct Sender {
     base: u64,
     last_saved: Instant,
     out: Vec<u8>,
+    /// Through relays: the route and who to ask for a new one.
+    relay: Option<relayed::Relayed>,
 }
 
 impl Sender {
@@ -238,6 +244,8 @@ impl Sender {
         let state = StateDir::open(&opts.transfer.state_dir)?;
         let store = SessionStore::open(&state)?;
         let known = KnownReceivers::open(&state)?;
+        let relay = relayed::Relayed::new(opts.relay.clone())?;
+        let resume_id = resume_id.or(relay.as_ref().map(relayed::Relayed::session_id));
         let (record, fresh) = find_session(&store, &source, plan, &opts, resume_id, &*sink)?;
         store.put_outgoing(&record)?;
         sink.event(&Event::Start {
@@ -284,6 +292,7 @@ impl Sender {
             base: 0,
             last_saved: now,
             out: Vec::new(),
+            relay,
             opts,
             sink,
         })
@@ -305,7 +314,7 @@ impl Sender {
             tokio::select! {
                 biased;
                 frame = next_frame(&mut self.conn) => self.on_frame(frame)?,
-                failure = next_failure(&mut self.planes) => self.on_plane_failure(failure)?,
+                failure = next_failure(&mut self.planes) => self.on_plane_failure(failure).await?,
                 ev = next_read(&mut self.data) => self.on_read(ev).await?,
                 _ = crate::sleep_until(deadline) => self.session.handle_timeout(Instant::now()),
                 _ = figures.tick(), if planes_up => self.report_figures(),
@@ -376,10 +385,18 @@ impl Sender {
         let to = self.opts.to.clone();
         let expected = self.pinned.clone().or_else(|| self.known.get(&to));
         let known_file = self.known.path().display().to_string();
+        let relayed = match self.dial_relay().await? {
+            relayed::Dialled::Direct => None,
+            relayed::Dialled::Relay(tcp) => Some(tcp),
+            relayed::Dialled::Retry => return Ok(()),
+        };
         let attempt = async {
             // Our first authentication flight rides with TLS's Finished, our `Confirm` with the offer.
             let (auth, flight) = ClientAuth::start(&self.secret);
-            let (mut tls, fp) = connect(&to, expected.clone(), &known_file, &flight).await?;
+            let (mut tls, fp) = match relayed {
+                Some(tcp) => connect_over(tcp, &to, expected.clone(), &known_file, &flight).await?,
+                None => connect(&to, expected.clone(), &known_file, &flight).await?,
+            };
             let ekm = exporter_of(tls.get_ref().1)?;
             let (confirm, version) = tokio::time::timeout(AUTH_TIMEOUT, auth.finish(&mut tls, ekm))
                 .await
@@ -499,7 +516,10 @@ impl Sender {
         let t = &self.opts.transfer;
         let geometry = BlockGeometry::for_plan(&self.plan, link.shard_size, t.parity.data_shards())
             .map_err(|e| EngineError::Failed(e.to_string()))?;
-        let peer = std::net::SocketAddr::new(conn.peer.ip(), port);
+        let streams = t.streams.max(1);
+        let targets =
+            self.stream_targets(std::net::SocketAddr::new(conn.peer.ip(), port), streams)?;
+        let peer = targets[0].0;
         let (fail_tx, fail_rx) = mpsc::unbounded_channel();
         let cap = SharedCap {
             cap: t.max_rate.clone(),
@@ -512,14 +532,15 @@ impl Sender {
             Some(f) => &**f,
             None => &delay_rate,
         };
-        let streams = t.streams.max(1);
         let mut queues = Vec::with_capacity(usize::from(streams));
         let mut planes = Vec::with_capacity(usize::from(streams));
         for s in 0..streams {
             let (tx, rx) = std_mpsc::sync_channel(plane_queue_len(geometry.block_bytes()));
             queues.push(tx);
+            let (peer, relay) = targets[usize::from(s)].clone();
             let spec = PlaneSpec {
                 peer,
+                relay,
                 conn_id: stream_conn_id(link.conn_id, s),
                 dcsp_secret: &conn.dcsp_secret,
                 geometry,
@@ -578,11 +599,14 @@ impl Sender {
             Err(e) => return self.transport_failed(e),
         };
         let frame = Frame::decode(frame_type, &body).map_err(TransportError::from)?;
+        if let Frame::ChunkDone { index, ok: true } = frame {
+            self.sink.event(&Event::ChunkVerified { index });
+        }
         self.session.handle_frame(Instant::now(), &frame);
         Ok(())
     }
 
-    fn on_plane_failure(&mut self, failure: Option<PlaneFailure>) -> Result<(), EngineError> {
+    async fn on_plane_failure(&mut self, failure: Option<PlaneFailure>) -> Result<(), EngineError> {
         let now = Instant::now();
         match failure {
             Some(PlaneFailure::NoAnswer) => {
@@ -598,6 +622,11 @@ impl Sender {
                 now,
                 "timed out waiting for the receiver's UDP acknowledgements",
             ),
+            Some(PlaneFailure::RelayLost { relay_id, why }) => {
+                let why = format!("relay {relay_id}: {why}");
+                self.relay_lost(&relay_id, &why).await;
+                self.session.connection_lost(Instant::now(), &why);
+            }
             Some(PlaneFailure::Fatal(e)) => return Err(EngineError::Failed(format!("DCSP: {e}"))),
             None => {}
         }
@@ -862,6 +891,7 @@ impl Sender {
             compressed_chunks: self.wire.compressed_chunks,
             bytes_on_wire: self.wire.bytes_on_wire,
             connections: stats.connections,
+            relays: self.relay.as_ref().map(relayed::Relayed::used),
         };
         self.sink
             .event(&Event::SendSummary(Box::new(summary.clone())));
@@ -912,7 +942,11 @@ fn find_session(
                 });
             }
             let record = OutgoingSession {
-                id: SessionId::random(),
+                // Through relays the session's id is the path's: the admission tokens name it.
+                id: opts
+                    .relay
+                    .as_ref()
+                    .map_or_else(SessionId::random, |r| r.path.session_id),
                 source: source.path().to_path_buf(),
                 to: opts.to.clone(),
                 receiver_fingerprint: None,

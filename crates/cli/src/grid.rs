@@ -1,0 +1,303 @@
+//! `send` and `receive` through the edge grid (cli-contract.md, "`receive` and `send` through the grid"): the
+//! orchestrator's calls around the engine's relay mode. The engine moves the file through the relays it is
+//! given; this asks the orchestrator for them, for a new path when one fails, and tells it the chunks verified.
+//!
+//! Threads: `trackshift-grid-poll` (`receive`: the long poll of the receiver's new sessions) and
+//! `trackshift-grid-chunks` (`send`: chunk progress, fed by the engine's events through an unbounded queue, so
+//! a slow orchestrator never holds the transfer back).
+
+use std::path::PathBuf;
+use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use trackshift_engine::{
+    EngineError, Event, EventSink, PathSender, PathUpdates, ReceiveOptions, RelayFeed, RelayHop,
+    RelayPath, RelayRoute, SendOptions, SessionId,
+};
+use trackshift_grid::api::{
+    ChunkStatus, CreateSession, PathReport, ReceiverRegistration, SessionPath,
+};
+use trackshift_grid_client::{ClientError, OrchestratorClient};
+
+use crate::output::Output;
+
+/// The long poll's wait: the orchestrator answers at once when a session is there, else after this.
+const POLL_WAIT: Duration = Duration::from_secs(25);
+/// After a failed poll (the orchestrator restarting, say), a pause before the next, unless it asked for more.
+const POLL_RETRY: Duration = Duration::from_secs(2);
+/// After a send, how long the last chunk updates may take before the command ends anyway.
+const CHUNK_FLUSH: Duration = Duration::from_secs(5);
+
+/// Flags of `send` and `receive` that put them on the grid.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct GridArgs {
+    /// The orchestrator's URL (http://HOST:PORT or https://HOST:PORT): send and receive through its relays
+    #[arg(long, env = "TRACKSHIFT_ORCHESTRATOR", value_name = "URL")]
+    pub(crate) orchestrator: Option<String>,
+    /// The bearer token (JWT) for the orchestrator, from `trackshift orchestrator token`
+    #[arg(
+        long,
+        env = "TRACKSHIFT_TOKEN",
+        hide_env_values = true,
+        value_name = "JWT"
+    )]
+    token: Option<String>,
+    /// Trust this CA certificate (PEM) for the orchestrator's HTTPS
+    #[arg(long, value_name = "FILE")]
+    orchestrator_ca: Option<PathBuf>,
+}
+
+impl GridArgs {
+    /// The orchestrator's client, if `--orchestrator` was given.
+    fn client(&self) -> Result<Option<OrchestratorClient>, EngineError> {
+        let Some(url) = &self.orchestrator else {
+            return Ok(None);
+        };
+        let token = self.token.as_deref().unwrap_or_default();
+        if token.is_empty() {
+            return Err(EngineError::BadInput(
+                "--orchestrator needs --token (or TRACKSHIFT_TOKEN): get one with `trackshift orchestrator token`"
+                    .into(),
+            ));
+        }
+        OrchestratorClient::new(url, token, self.orchestrator_ca.as_deref())
+            .map(Some)
+            .map_err(api_error)
+    }
+}
+
+/// An orchestrator error as the engine's, so it keeps its exit code: a refused token is 3, an unknown
+/// receiver or a refused request 2, the rest (unreachable, timeouts) 1.
+fn api_error(e: ClientError) -> EngineError {
+    match e.status() {
+        Some(401 | 403) => EngineError::Auth(e.to_string()),
+        Some(400..=499) => EngineError::BadInput(e.to_string()),
+        _ => match e {
+            ClientError::BadUrl { .. } | ClientError::CaFile { .. } => {
+                EngineError::BadInput(e.to_string())
+            }
+            e => EngineError::Failed(e.to_string()),
+        },
+    }
+}
+
+/// The engine's path from the orchestrator's.
+fn relay_path(session_id: &str, path: SessionPath) -> Result<RelayPath, EngineError> {
+    let session_id: SessionId = session_id.parse().map_err(|_| {
+        EngineError::Failed(format!(
+            "the orchestrator's session id `{session_id}` is not 32 hex digits"
+        ))
+    })?;
+    let hop = |r: trackshift_grid::api::PathRelay| RelayHop {
+        relay_id: r.relay_id,
+        addr: r.addr,
+        token: r.token,
+    };
+    Ok(RelayPath {
+        session_id,
+        stripes: path.stripes.into_iter().map(hop).collect(),
+        standby: path.standby.map(hop),
+    })
+}
+
+/// A new path from the orchestrator when a relay fails.
+struct Orchestrated(Arc<OrchestratorClient>);
+
+impl PathUpdates for Orchestrated {
+    fn failed(&self, session: SessionId, failed_relay: &str) -> Option<RelayPath> {
+        let report = PathReport {
+            failed_relay: failed_relay.to_owned(),
+        };
+        let id = session.to_hex();
+        match self.0.report_path(&id, &report) {
+            Ok(path) => relay_path(&id, path).ok(),
+            Err(e) => {
+                tracing::warn!("{e}; going on with the standby relay");
+                None
+            }
+        }
+    }
+
+    fn current(&self, session: SessionId, _failed_relay: &str) -> Option<RelayPath> {
+        let id = session.to_hex();
+        match self.0.session(&id) {
+            Ok(record) => relay_path(&id, record.path).ok(),
+            Err(e) => {
+                tracing::warn!("{e}");
+                None
+            }
+        }
+    }
+}
+
+/// `send --orchestrator`: the session and its path from the orchestrator, then the engine's send through it,
+/// the chunks verified reported as they come. `None` without `--orchestrator` (a direct send).
+pub(crate) fn send(
+    mut opts: SendOptions,
+    grid: &GridArgs,
+    relays: u8,
+    out: Arc<dyn Output>,
+) -> Option<Result<(), EngineError>> {
+    let client = match grid.client() {
+        Ok(Some(c)) => Arc::new(c),
+        Ok(None) => return None,
+        Err(e) => return Some(Err(e)),
+    };
+    Some(send_through(&mut opts, client, relays, out))
+}
+
+fn send_through(
+    opts: &mut SendOptions,
+    client: Arc<OrchestratorClient>,
+    relays: u8,
+    out: Arc<dyn Output>,
+) -> Result<(), EngineError> {
+    let meta = std::fs::metadata(&opts.path)
+        .map_err(|e| EngineError::BadInput(format!("cannot read {}: {e}", opts.path.display())))?;
+    let file_name = opts
+        .path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let created = client
+        .create_session(&CreateSession {
+            receiver: opts.to.clone(),
+            file_name,
+            file_size: meta.len(),
+            chunk_size: opts.chunk_size,
+            streams: opts.transfer.streams.max(1),
+            relays: relays.max(1),
+            relay_costs: Vec::new(),
+        })
+        .map_err(api_error)?;
+    let session = created.session_id.clone();
+    opts.relay = Some(RelayRoute {
+        path: relay_path(&created.session_id, created.path)?,
+        updates: Some(Arc::new(Orchestrated(client.clone()))),
+    });
+    let (chunks, reporter) = start_chunk_reporter(client, session)?;
+    let sink = Arc::new(Tee { out, chunks });
+    let result = trackshift_engine::send(opts.clone(), sink);
+    // The sink (and with it the queue's sender) is gone with the engine: the reporter ends once it is empty.
+    let _ = reporter.recv_timeout(CHUNK_FLUSH);
+    result.map(drop)
+}
+
+/// The engine's events to the command line's output, and each verified chunk to the reporter.
+struct Tee {
+    out: Arc<dyn Output>,
+    chunks: std_mpsc::Sender<u32>,
+}
+
+impl EventSink for Tee {
+    fn event(&self, event: &Event) {
+        if let Event::ChunkVerified { index } = event {
+            let _ = self.chunks.send(*index);
+        }
+        self.out.event(event);
+    }
+}
+
+/// A thread that tells the orchestrator each chunk the receiver verified, in the order they come; what it
+/// returns hears once the queue closed and emptied.
+fn start_chunk_reporter(
+    client: Arc<OrchestratorClient>,
+    session: String,
+) -> Result<(std_mpsc::Sender<u32>, std_mpsc::Receiver<()>), EngineError> {
+    let (tx, rx) = std_mpsc::channel::<u32>();
+    let (done_tx, done) = std_mpsc::channel();
+    std::thread::Builder::new()
+        .name("trackshift-grid-chunks".into())
+        .spawn(move || {
+            for index in rx {
+                report_chunk(&client, &session, index);
+            }
+            let _ = done_tx.send(());
+        })
+        .map_err(|e| EngineError::Failed(format!("cannot start a thread: {e}")))?;
+    Ok((tx, done))
+}
+
+/// One chunk update, waiting out one 429 (the orchestrator's rate limit); other failures are logged: the
+/// chunk map is a view, the receiver's store is what counts.
+fn report_chunk(client: &OrchestratorClient, session: &str, index: u32) {
+    let mut r = client.update_chunk(session, index, ChunkStatus::Verified);
+    if let Err(wait) = r.as_ref().map_err(ClientError::retry_after) {
+        if let Some(wait) = wait {
+            std::thread::sleep(wait.min(CHUNK_FLUSH));
+            r = client.update_chunk(session, index, ChunkStatus::Verified);
+        }
+    }
+    if let Err(e) = r {
+        tracing::warn!("chunk {index}: {e}");
+    }
+}
+
+/// `receive --orchestrator`: registers `name`, long-polls its new sessions and serves each through its
+/// relays. `None` without `--orchestrator` (a plain listening receiver).
+pub(crate) fn receive(
+    opts: ReceiveOptions,
+    grid: &GridArgs,
+    name: Option<String>,
+    out: Arc<dyn Output>,
+) -> Option<Result<(), EngineError>> {
+    let client = match grid.client() {
+        Ok(Some(c)) => Arc::new(c),
+        Ok(None) => return None,
+        Err(e) => return Some(Err(e)),
+    };
+    let Some(name) = name.filter(|n| !n.is_empty()) else {
+        return Some(Err(EngineError::BadInput(
+            "receive --orchestrator needs --name: the name senders use with --to".into(),
+        )));
+    };
+    Some(receive_through(opts, client, name, out))
+}
+
+fn receive_through(
+    opts: ReceiveOptions,
+    client: Arc<OrchestratorClient>,
+    name: String,
+    out: Arc<dyn Output>,
+) -> Result<(), EngineError> {
+    client
+        .register_receiver(&ReceiverRegistration {
+            name: name.clone(),
+            relay_costs: Vec::new(),
+        })
+        .map_err(api_error)?;
+    let (paths, feed) = RelayFeed::new(Some(Arc::new(Orchestrated(client.clone()))));
+    std::thread::Builder::new()
+        .name("trackshift-grid-poll".into())
+        .spawn(move || poll_sessions(&client, &name, &paths))
+        .map_err(|e| EngineError::Failed(format!("cannot start a thread: {e}")))?;
+    trackshift_engine::receive_relayed(opts, out, Some(feed))
+}
+
+/// Hands the receiver every new session to `name`, until the receiver stops.
+fn poll_sessions(client: &OrchestratorClient, name: &str, paths: &PathSender) {
+    let mut after = 0;
+    loop {
+        match client.receiver_sessions(name, after, POLL_WAIT) {
+            Ok(answer) => {
+                for record in answer.sessions {
+                    match relay_path(&record.session_id, record.path) {
+                        Ok(path) => {
+                            if !paths.send(path) {
+                                return;
+                            }
+                        }
+                        Err(e) => tracing::warn!("{e}"),
+                    }
+                }
+                after = answer.next.max(after);
+            }
+            Err(e) => {
+                tracing::warn!("{e}");
+                std::thread::sleep(e.retry_after().unwrap_or(POLL_RETRY));
+            }
+        }
+    }
+}
