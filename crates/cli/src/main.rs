@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 mod exit;
+mod orchestrator;
 mod output;
 mod sessions;
 mod units;
@@ -65,6 +66,8 @@ enum Command {
     List(ListArgs),
     /// Show one session's state and progress
     Status(StatusArgs),
+    /// Run the edge grid's orchestrator (REST API), or issue a token with `orchestrator token`
+    Orchestrator(orchestrator::OrchestratorArgs),
     /// Print the version
     Version,
     /// Print a shell completion script
@@ -320,6 +323,7 @@ fn run(cli: Cli) -> Result<(), (EngineError, Option<Arc<dyn Output>>)> {
             let (_, state_dir) = setup(&a.common);
             sessions::status(&state_dir, a.session_id, a.common.json).map_err(|e| (e, None))
         }
+        Command::Orchestrator(a) => std::process::exit(orchestrator::run(a)),
         Command::Version => {
             println!(
                 "trackshift {} (control protocol v{})",
