@@ -10,6 +10,7 @@
 
 mod exit;
 mod grid;
+mod orchestrator;
 mod output;
 mod relay;
 mod sessions;
@@ -69,6 +70,8 @@ enum Command {
     Status(StatusArgs),
     /// Forward sessions between senders and receivers that both dial out to it (edge grid)
     Relay(relay::RelayArgs),
+    /// Run the edge grid's orchestrator (REST API), or issue a token with `orchestrator token`
+    Orchestrator(orchestrator::OrchestratorArgs),
     /// Print the version
     Version,
     /// Print a shell completion script
@@ -342,6 +345,7 @@ fn run(cli: Cli) -> Result<(), (EngineError, Option<Arc<dyn Output>>)> {
             sessions::status(&state_dir, a.session_id, a.common.json).map_err(|e| (e, None))
         }
         Command::Relay(a) => std::process::exit(relay::run(a)),
+        Command::Orchestrator(a) => std::process::exit(orchestrator::run(a)),
         Command::Version => {
             println!(
                 "trackshift {} (control protocol v{})",
