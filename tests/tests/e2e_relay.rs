@@ -3,6 +3,8 @@
 //! (register, heartbeat) until the real orchestrator is merged. SIGTERM: Drain notices, a draining heartbeat,
 //! exit 0.
 
+#![allow(clippy::unwrap_used)] // test code: an unwrap that fails is a failing test, with its message
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::{Arc, Mutex};

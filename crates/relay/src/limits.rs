@@ -104,6 +104,18 @@ impl TokenBucket {
         self.tokens >= amount as f64
     }
 
+    /// Takes `amount` at `now` even past empty (a stream cannot be dropped like a datagram), and returns how
+    /// long the caller should wait before its next use so the rate holds; zero while there is credit.
+    pub fn debit(&mut self, amount: u64, now: Instant) -> Duration {
+        self.refill(now);
+        self.tokens -= amount as f64;
+        if self.tokens >= 0.0 || self.rate <= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / self.rate)
+        }
+    }
+
     fn refill(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
@@ -126,6 +138,16 @@ mod tests {
         // Idle for long: never more than the burst.
         assert!(!bucket.take(101, t0 + Duration::from_secs(10)));
         assert!(bucket.take(100, t0 + Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn a_debit_past_empty_says_how_long_to_wait() {
+        let t0 = Instant::now();
+        let mut bucket = TokenBucket::new(1000.0, 100.0, t0);
+        assert_eq!(bucket.debit(100, t0), Duration::ZERO);
+        assert_eq!(bucket.debit(500, t0), Duration::from_millis(500));
+        assert!(!bucket.take(1, t0 + Duration::from_millis(400)));
+        assert!(bucket.take(1, t0 + Duration::from_millis(502)));
     }
 
     #[test]

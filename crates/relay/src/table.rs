@@ -365,6 +365,14 @@ impl RelayTable {
         Action::Send(to, RelayDatagram::Refused { conn_id, code }.encode())
     }
 
+    /// Charges `len` bytes of a paired stream to the relay's rate cap (`--max-rate` covers streams and
+    /// datagrams together); returns how long the stream should pause before it reads again.
+    pub fn charge_stream(&mut self, len: u64, now: Instant) -> Duration {
+        self.global
+            .as_mut()
+            .map_or(Duration::ZERO, |bucket| bucket.debit(len, now))
+    }
+
     /// Forgets bindings idle past the limit or whose admissions all expired, and sessions left with none.
     pub fn expire(&mut self, now: Instant, unix: u64) {
         self.expire_idle(now, unix, self.limits.idle_timeout);

@@ -373,3 +373,33 @@ async fn two_hops_carry_datagrams_and_streams() {
         Some(HelloAnswer::Refused)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rate_cap_holds_streams_back() {
+    let key = TokenKey::generate().unwrap();
+    let mut cfg = config(&key, "r1");
+    cfg.limits.max_rate = Some(2_000_000);
+    let relay = Relay::start(cfg).await.unwrap();
+    let at = relay.local_addr();
+    let t = token(&key, "r1");
+    let (mut rx, _) = hello(at, PeerRole::Receiver, &t).await;
+    let (mut tx, answer) = hello(at, PeerRole::Sender, &t).await;
+    assert_eq!(answer, Some(HelloAnswer::Paired));
+    assert_eq!(read_answer(&mut rx, WAIT).await, Some(HelloAnswer::Paired));
+    let data = vec![7u8; 3_000_000];
+    let started = std::time::Instant::now();
+    let writer = tokio::spawn(async move {
+        tx.write_all(&data).await.unwrap();
+        tx
+    });
+    let mut got = vec![0u8; 3_000_000];
+    timeout(Duration::from_secs(20), rx.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    let took = started.elapsed();
+    // 3 MB at 2 MB/s with a 256 KiB burst: about 1.4 s.
+    assert!(took >= Duration::from_millis(1100), "took {took:?}");
+    assert!(took < Duration::from_secs(6), "took {took:?}");
+    drop(writer.await.unwrap());
+}

@@ -276,6 +276,11 @@ where
             break;
         }
         total += n as u64;
+        // Over the relay's cap: stop reading for a while, and TCP pushes back on the sender.
+        let pause = shared.lock_table().charge_stream(n as u64, Instant::now());
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
     }
     let _ = to.shutdown().await;
     total
