@@ -466,11 +466,14 @@ fn the_long_poll_wakes_on_a_new_session(server: &TestServer) {
         .assert_client_error("after -1");
 }
 
+/// A raw request's body: its content type and bytes.
+type Body<'a> = Option<(&'a str, &'a [u8])>;
+
 fn bad_input_is_a_4xx_never_a_500(server: &TestServer, session: &str) {
     let sender = server.token(Role::Sender, "alice");
     let admin = server.token(Role::Admin, "ops");
     let json = |b: &'static [u8]| Some(("application/json", b));
-    let cases: Vec<(&str, String, Option<(&str, &[u8])>, &str)> = vec![
+    let cases: Vec<(&str, String, Body<'_>, &str)> = vec![
         ("POST", "/api/v1/session".into(), json(b"{not json"), "malformed JSON"),
         ("POST", "/api/v1/session".into(), json(b"[]"), "JSON of the wrong shape"),
         ("POST", "/api/v1/session".into(), Some(("text/plain", b"{}")), "wrong content type"),
@@ -533,7 +536,7 @@ fn metrics_and_audit(server: &TestServer) {
     assert!(metrics.relays_healthy >= 4);
     assert!(metrics.receivers_online >= 1);
     assert!(metrics.chunk_updates_total >= 5);
-    assert!(metrics.bytes_verified_total >= 3 * 5_242_880 + 1);
+    assert!(metrics.bytes_verified_total > 3 * 5_242_880);
     // The audit log holds who changed what (written in the background: give it a moment).
     let url = match &server.db {
         Db::Sqlite => trackshift_orchestrator::Store::sqlite_url(
