@@ -140,12 +140,19 @@ pub(crate) fn send(
     relays: u8,
     out: Arc<dyn Output>,
 ) -> Option<Result<(), EngineError>> {
-    let client = match grid.client() {
-        Ok(Some(c)) => Arc::new(c),
-        Ok(None) => return None,
-        Err(e) => return Some(Err(e)),
-    };
-    Some(send_through(&mut opts, client, relays, out))
+    with_client(grid, |client| send_through(&mut opts, client, relays, out))
+}
+
+/// `f` with the orchestrator's client; `None` without `--orchestrator`.
+fn with_client(
+    grid: &GridArgs,
+    f: impl FnOnce(Arc<OrchestratorClient>) -> Result<(), EngineError>,
+) -> Option<Result<(), EngineError>> {
+    match grid.client() {
+        Ok(Some(client)) => Some(f(Arc::new(client))),
+        Ok(None) => None,
+        Err(e) => Some(Err(e)),
+    }
 }
 
 fn send_through(
@@ -243,17 +250,14 @@ pub(crate) fn receive(
     name: Option<String>,
     out: Arc<dyn Output>,
 ) -> Option<Result<(), EngineError>> {
-    let client = match grid.client() {
-        Ok(Some(c)) => Arc::new(c),
-        Ok(None) => return None,
-        Err(e) => return Some(Err(e)),
-    };
-    let Some(name) = name.filter(|n| !n.is_empty()) else {
-        return Some(Err(EngineError::BadInput(
-            "receive --orchestrator needs --name: the name senders use with --to".into(),
-        )));
-    };
-    Some(receive_through(opts, client, name, out))
+    with_client(grid, |client| {
+        let name = name.filter(|n| !n.is_empty()).ok_or_else(|| {
+            EngineError::BadInput(
+                "receive --orchestrator needs --name: the name senders use with --to".into(),
+            )
+        })?;
+        receive_through(opts, client, name, out)
+    })
 }
 
 fn receive_through(
