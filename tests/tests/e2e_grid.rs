@@ -1,0 +1,297 @@
+//! `send` and `receive` through the edge grid with the real binaries: `trackshift relay` processes, a
+//! `trackshift receive --orchestrator` with no listening port and a `trackshift send --orchestrator`, on
+//! loopback. The orchestrator runs in this process through its library (`trackshift_orchestrator::start`)
+//! until the `trackshift orchestrator` command is merged. Each test has its own relays, names and dirs.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+use trackshift_grid::{Role, TokenKey};
+use trackshift_scenarios::{assert_same_file, random_file, trackshift, Proc, Scratch};
+
+const SECRET: &str = "grid e2e secret";
+const WAIT: Duration = Duration::from_secs(120);
+
+fn unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// An orchestrator on a loopback port, on a runtime of its own.
+struct Orchestrator {
+    _runtime: tokio::runtime::Runtime,
+    url: String,
+    key: TokenKey,
+}
+
+impl Orchestrator {
+    fn start(state_dir: &Path) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut config = trackshift_orchestrator::Config::new("127.0.0.1:0", state_dir);
+        config.heartbeat_interval = Duration::from_secs(1);
+        let running = runtime
+            .block_on(trackshift_orchestrator::start(config))
+            .unwrap();
+        let url = running.url();
+        // Runs until the runtime is dropped with the test.
+        runtime.spawn(async move {
+            let _ = running.wait().await;
+        });
+        let key = trackshift_orchestrator::signing_key(state_dir).unwrap();
+        Self {
+            _runtime: runtime,
+            url,
+            key,
+        }
+    }
+
+    fn token(&self, role: Role, subject: &str) -> String {
+        self.key.sign_api(subject, role, unix(), 3600).unwrap()
+    }
+
+    /// A `trackshift relay` registered here; with `capture`, everything it forwards is written there.
+    fn relay(&self, id: &str, capture: Option<&Path>) -> Proc {
+        let token = self.token(Role::Relay, id);
+        let mut cmd = trackshift([
+            "relay",
+            "--listen",
+            "127.0.0.1:0",
+            "--orchestrator",
+            &self.url,
+            "--token",
+            &token,
+            "--relay-id",
+            id,
+            "--json",
+        ]);
+        if let Some(path) = capture {
+            cmd.env("TRACKSHIFT_RELAY_CAPTURE", path);
+        }
+        let mut relay = Proc::spawn(id, cmd);
+        relay.wait_event("relay_ready", WAIT, |v| v["event"] == "relay_ready");
+        relay
+    }
+
+    /// `trackshift receive --orchestrator --name NAME --once`, no `--listen`, once it is registered.
+    fn receiver(&self, scratch: &Scratch, name: &str) -> Proc {
+        let token = self.token(Role::Receiver, name);
+        let out = scratch.dir("out");
+        let state = scratch.dir("recv-state");
+        let mut receiver = Proc::spawn(
+            "receiver",
+            trackshift([
+                "receive",
+                "--orchestrator",
+                &self.url,
+                "--token",
+                &token,
+                "--name",
+                name,
+                "--output-dir",
+                out.to_str().unwrap(),
+                "--state-dir",
+                state.to_str().unwrap(),
+                "--secret",
+                SECRET,
+                "--once",
+                "--json",
+            ]),
+        );
+        receiver.wait_event("listening", WAIT, |v| v["event"] == "listening");
+        receiver
+    }
+
+    /// `trackshift send FILE --to NAME --orchestrator …`, started.
+    fn sender(&self, scratch: &Scratch, file: &Path, to: &str, extra: &[&str]) -> Proc {
+        let token = self.token(Role::Sender, "alice");
+        let state = scratch.dir("send-state");
+        let mut args = vec![
+            "send".to_owned(),
+            file.to_str().unwrap().to_owned(),
+            "--to".into(),
+            to.into(),
+            "--orchestrator".into(),
+            self.url.clone(),
+            "--token".into(),
+            token,
+            "--secret".into(),
+            SECRET.into(),
+            "--state-dir".into(),
+            state.to_str().unwrap().to_owned(),
+            "--chunk-size".into(),
+            "5MiB".into(),
+            "--json".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Proc::spawn("sender", trackshift(args))
+    }
+}
+
+fn relays_of(summary: &Value) -> Vec<String> {
+    summary["relays"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A file with `marker` written into it again and again.
+fn marked_file(path: PathBuf, len: usize, marker: &[u8]) -> PathBuf {
+    let mut data = Vec::with_capacity(len);
+    let mut i: u32 = 0;
+    while data.len() < len {
+        data.extend_from_slice(marker);
+        data.extend_from_slice(&i.to_le_bytes().repeat(64));
+        i = i.wrapping_mul(2_654_435_761).wrapping_add(1);
+    }
+    data.truncate(len);
+    std::fs::write(&path, &data).unwrap();
+    path
+}
+
+const MARKER: &[u8] = b"GRID-E2E-MARKER-4c1d7e";
+
+#[test]
+fn a_file_arrives_through_one_relay_that_never_sees_its_bytes() {
+    let scratch = Scratch::new("grid-one-relay");
+    let orch = Orchestrator::start(&scratch.dir("orch"));
+    let capture = scratch.file("relay-capture.bin");
+    let mut relay = orch.relay("grid1-r1", Some(&capture));
+    let mut receiver = orch.receiver(&scratch, "grid1-rx");
+    let file = marked_file(scratch.file("marked.bin"), 24 << 20, MARKER);
+    let out = orch
+        .sender(&scratch, &file, "grid1-rx", &["--streams", "1"])
+        .wait(WAIT);
+    assert_eq!(out.code, 0, "send failed: {}", out.stderr);
+    assert_eq!(relays_of(out.summary()), ["grid1-r1"]);
+    let received = receiver.wait(WAIT);
+    assert_eq!(received.code, 0, "receive failed: {}", received.stderr);
+    assert_same_file(&file, &scratch.dir("out").join("marked.bin"));
+    relay.terminate(WAIT);
+    let seen = std::fs::read(&capture).unwrap();
+    assert!(
+        seen.len() > 24 << 20,
+        "the capture holds the transfer ({} bytes)",
+        seen.len()
+    );
+    let hits = seen.windows(MARKER.len()).filter(|w| *w == MARKER).count();
+    assert_eq!(hits, 0, "the relay forwarded the marker in clear");
+}
+
+#[test]
+fn a_file_is_striped_over_two_relays() {
+    let scratch = Scratch::new("grid-striped");
+    let orch = Orchestrator::start(&scratch.dir("orch"));
+    let _r1 = orch.relay("grid2-r1", None);
+    let _r2 = orch.relay("grid2-r2", None);
+    let mut receiver = orch.receiver(&scratch, "grid2-rx");
+    let file = random_file(&scratch.file("striped.bin"), 32 << 20, 2);
+    let out = orch
+        .sender(
+            &scratch,
+            &file,
+            "grid2-rx",
+            &["--streams", "2", "--relays", "2"],
+        )
+        .wait(WAIT);
+    assert_eq!(out.code, 0, "send failed: {}", out.stderr);
+    let mut relays = relays_of(out.summary());
+    relays.sort();
+    assert_eq!(relays, ["grid2-r1", "grid2-r2"], "both stripes carried it");
+    assert_eq!(receiver.wait(WAIT).code, 0);
+    assert_same_file(&file, &scratch.dir("out").join("striped.bin"));
+}
+
+/// A relay goes away (`kill`: SIGKILL; else SIGTERM, its drain) once 10 MiB of a 60 MiB transfer at 20 MB/s
+/// verified: the sender moves to the standby and the file arrives whole.
+fn fail_over(test: &str, kill: bool) {
+    let scratch = Scratch::new(test);
+    let orch = Orchestrator::start(&scratch.dir("orch"));
+    let ids = [format!("{test}-a"), format!("{test}-b")];
+    let mut relays = [orch.relay(&ids[0], None), orch.relay(&ids[1], None)];
+    let rx = format!("{test}-rx");
+    let mut receiver = orch.receiver(&scratch, &rx);
+    let file = random_file(&scratch.file("big.bin"), 60 << 20, 3);
+    let mut sender = orch.sender(
+        &scratch,
+        &file,
+        &rx,
+        &["--streams", "1", "--max-rate", "20MB/s"],
+    );
+    let start = sender.wait_event("start", WAIT, |v| v["event"] == "start");
+    assert!(start["session_id"].is_string());
+    let before = sender.wait_event("10 MiB verified", WAIT, |v| {
+        v["event"] == "progress" && v["bytes_done"].as_u64().unwrap_or(0) >= 10 << 20
+    });
+    let before = before["bytes_done"].as_u64().unwrap();
+    // The relay the session goes through now: its path's first stripe, as the orchestrator chose it.
+    let admin = trackshift_grid_client::OrchestratorClient::new(
+        &orch.url,
+        &orch.token(Role::Admin, "test"),
+        None,
+    )
+    .unwrap();
+    let record = admin
+        .session(start["session_id"].as_str().unwrap())
+        .unwrap();
+    let first = &record.path.stripes[0].relay_id;
+    let busy = ids.iter().position(|id| id == first).unwrap();
+    let went = Instant::now();
+    let victim = &mut relays[busy];
+    if kill {
+        victim.kill();
+    } else {
+        // SIGTERM without waiting: the relay drains while the sender moves, and exits once it has.
+        let pid = victim.pid().to_string();
+        let st = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    let failover = sender.wait_event("relay_failover", WAIT, |v| v["event"] == "relay_failover");
+    let moved = went.elapsed();
+    sender.wait_event("progress through the standby", WAIT, |v| {
+        v["event"] == "progress" && v["bytes_done"].as_u64().unwrap_or(0) > before
+    });
+    let stall = went.elapsed();
+    eprintln!(
+        "{test}: moved {:.2} s after the relay went ({}), progress again after {:.2} s (progress lines come once a second)",
+        moved.as_secs_f64(),
+        failover["reason"],
+        stall.as_secs_f64()
+    );
+    let out = sender.wait(WAIT);
+    assert_eq!(out.code, 0, "send failed: {}", out.stderr);
+    assert_eq!(
+        relays_of(out.summary()).len(),
+        2,
+        "both relays carried part"
+    );
+    assert_eq!(receiver.wait(WAIT).code, 0);
+    assert_same_file(&file, &scratch.dir("out").join("big.bin"));
+    assert!(stall < Duration::from_secs(15), "stall {stall:?}");
+    if !kill {
+        assert_eq!(relays[busy].wait(WAIT).code, 0, "a drained relay exits 0");
+    }
+}
+
+#[test]
+fn a_killed_relay_fails_over_to_the_standby() {
+    fail_over("grid-kill", true);
+}
+
+#[test]
+fn a_draining_relay_hands_its_session_to_the_standby() {
+    fail_over("grid-drain", false);
+}
