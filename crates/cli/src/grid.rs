@@ -231,11 +231,9 @@ fn start_chunk_reporter(
 /// chunk map is a view, the receiver's store is what counts.
 fn report_chunk(client: &OrchestratorClient, session: &str, index: u32) {
     let mut r = client.update_chunk(session, index, ChunkStatus::Verified);
-    if let Err(wait) = r.as_ref().map_err(ClientError::retry_after) {
-        if let Some(wait) = wait {
-            std::thread::sleep(wait.min(CHUNK_FLUSH));
-            r = client.update_chunk(session, index, ChunkStatus::Verified);
-        }
+    if let Err(Some(wait)) = r.as_ref().map_err(ClientError::retry_after) {
+        std::thread::sleep(wait.min(CHUNK_FLUSH));
+        r = client.update_chunk(session, index, ChunkStatus::Verified);
     }
     if let Err(e) = r {
         tracing::warn!("chunk {index}: {e}");
