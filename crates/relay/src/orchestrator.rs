@@ -167,11 +167,12 @@ impl Heartbeats {
         let deadline = Instant::now() + self.interval;
         let mut signals = lock.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            if signals.stop {
-                return None;
-            }
+            // A drain not yet announced goes out even when a stop follows right behind it.
             if signals.draining && !announced_drain {
                 return Some(true);
+            }
+            if signals.stop {
+                return None;
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
