@@ -2,6 +2,7 @@
 //! `trackshift receive --orchestrator` with no listening port and a `trackshift send --orchestrator`, on
 //! loopback. The orchestrator runs in this process through its library (`trackshift_orchestrator::start`)
 //! until the `trackshift orchestrator` command is merged. Each test has its own relays, names and dirs.
+#![allow(clippy::unwrap_used)] // test code: an unwrap that fails is a failing test, with its message
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
