@@ -5,30 +5,13 @@
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use trackshift_grid_client::OrchestratorClient;
 
-/// `…/target/debug/deps/cli_binary-hash` → `…/target/debug/trackshift`.
-fn bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let mut dir = exe.parent().unwrap().to_path_buf();
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    let path = dir.join("trackshift");
-    assert!(
-        path.is_file(),
-        "{} is missing: run `cargo build -p trackshift-cli` first",
-        path.display()
-    );
-    path
-}
-
 fn trackshift(args: &[&str]) -> Command {
-    let mut cmd = Command::new(bin());
+    let mut cmd = Command::new(trackshift_scenarios::bin());
     cmd.args(args)
         .env_remove("TRACKSHIFT_STATE_DIR")
         .env_remove("TRACKSHIFT_DATABASE")
