@@ -21,6 +21,10 @@ use crate::sys;
 pub const ADDR_A: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 /// Address of side b.
 pub const ADDR_B: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
+/// Address of side c (with `--side-c`), on the veth pair to side b.
+pub const ADDR_C: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 2);
+/// Side b's end of the veth pair to side c.
+pub const ADDR_B_TO_C: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 1);
 const PREFIX_LEN: u8 = 24;
 /// The network mask of [`PREFIX_LEN`].
 const NETMASK: u32 = u32::MAX << (u32::BITS - PREFIX_LEN as u32);
@@ -55,6 +59,10 @@ pub struct RunNames {
     pub ns_b: String,
     pub dev_a: String,
     pub dev_b: String,
+    /// Side c (only with `--side-c`): its namespace and the two ends of its veth pair (in c, in b).
+    pub ns_c: String,
+    pub dev_c: String,
+    pub dev_bc: String,
 }
 
 /// Checks a run name prefix: 1..=40 chars of `[A-Za-z0-9_-]`, starting with a letter or digit.
@@ -74,29 +82,31 @@ pub fn validate_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Namespaces `PFX-a`/`PFX-b`; devices `PFX-ta`/`PFX-tb` when that fits in 15 chars, else a hash.
+/// Namespaces `PFX-a`/`PFX-b`/`PFX-c`; devices `PFX-ta`/`PFX-tb` (TUN) and `PFX-vc`/`PFX-vb` (side c's veth
+/// pair) when that fits in 15 chars, else a hash in place of `PFX`.
 pub fn run_names(name: &str) -> RunNames {
-    let (dev_a, dev_b) = if name.len() + "-ta".len() <= MAX_DEVICE_NAME {
-        (format!("{name}-ta"), format!("{name}-tb"))
+    let stem = if name.len() + "-ta".len() <= MAX_DEVICE_NAME {
+        name.to_string()
     } else {
         // FNV-1a: stable across runs so `down` finds the same names.
         let h = name
             .bytes()
             .fold(FNV_OFFSET, |h, b| (h ^ b as u64).wrapping_mul(FNV_PRIME));
-        (
-            format!("nl{:08x}-ta", h as u32),
-            format!("nl{:08x}-tb", h as u32),
-        )
+        format!("nl{:08x}", h as u32)
     };
     RunNames {
         ns_a: format!("{name}-a"),
         ns_b: format!("{name}-b"),
-        dev_a,
-        dev_b,
+        dev_a: format!("{stem}-ta"),
+        dev_b: format!("{stem}-tb"),
+        ns_c: format!("{name}-c"),
+        dev_c: format!("{stem}-vc"),
+        dev_bc: format!("{stem}-vb"),
     }
 }
 
-fn ip_bin() -> &'static str {
+/// Where iproute2's `ip` is.
+pub(crate) fn ip_bin() -> &'static str {
     for p in ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"] {
         if Path::new(p).exists() {
             return p;
@@ -126,19 +136,19 @@ pub fn netns_exists(ns: &str) -> bool {
     Path::new("/run/netns").join(ns).exists()
 }
 
-/// Removes leftovers of a run: both namespaces and, if still in the root namespace, both devices.
-/// Idempotent; returns what it removed.
+/// Removes leftovers of a run: its namespaces (side c's too) and, if still in the root namespace, its
+/// devices. Idempotent; returns what it removed.
 pub fn down(name: &str) -> Result<Vec<String>> {
     validate_name(name)?;
     let n = run_names(name);
     let mut removed = Vec::new();
-    for ns in [&n.ns_a, &n.ns_b] {
+    for ns in [&n.ns_a, &n.ns_b, &n.ns_c] {
         if netns_exists(ns) {
             ip(&["netns", "del", ns])?;
             removed.push(format!("netns {ns}"));
         }
     }
-    for dev in [&n.dev_a, &n.dev_b] {
+    for dev in [&n.dev_a, &n.dev_b, &n.dev_c, &n.dev_bc] {
         if Path::new("/sys/class/net").join(dev).exists() && ip(&["link", "del", dev]).is_ok() {
             removed.push(format!("link {dev}"));
         }
@@ -193,6 +203,8 @@ pub struct UpOptions {
     pub seed: u64,
     pub max_duration: Duration,
     pub addr_change_at: Option<Duration>,
+    /// Also create side c, hung off side b by a plain veth pair (see [`add_side_c`]).
+    pub side_c: bool,
 }
 
 /// The `{"event":"counters"}` line printed at exit.
@@ -218,6 +230,8 @@ fn configure_side(ns: &str, dev: &str, addr: Ipv4Addr, peer_net: &str) -> Result
     ns_sysctls(
         ns,
         &[
+            // No side routes between the others (side c reaches side a only through programs in b).
+            ("net.ipv4.ip_forward".into(), "0"),
             ("net.ipv6.conf.all.disable_ipv6".into(), "1"),
             ("net.ipv6.conf.default.disable_ipv6".into(), "1"),
             ("net.ipv4.conf.all.rp_filter".into(), "0"),
@@ -259,6 +273,70 @@ fn configure_side(ns: &str, dev: &str, addr: Ipv4Addr, peer_net: &str) -> Result
         "src",
         &addr.to_string(),
     ])?;
+    Ok(())
+}
+
+/// Side c: namespace `<name>-c`, joined to side b by a plain veth pair (no emulation, no TUN): 198.18.2.2/24 in
+/// c, 198.18.2.1/24 in b, and in c a route to side b's /24 only. Side b does not forward (`ip_forward` 0, set
+/// for every side), so c and a cannot reach each other: whatever passes between them goes through a program
+/// in b (a relay). Both veth ends are created inside their namespaces, so deleting the namespaces removes them.
+fn add_side_c(run: &str, names: &RunNames, cleanup: &mut Cleanup) -> Result<()> {
+    let (ns_b, ns_c) = (names.ns_b.as_str(), names.ns_c.as_str());
+    new_netns(ns_c, run, cleanup)?;
+    ip(&[
+        "link",
+        "add",
+        &names.dev_c,
+        "netns",
+        ns_c,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &names.dev_bc,
+        "netns",
+        ns_b,
+    ])?;
+    let net_b = format!(
+        "{}/{PREFIX_LEN}",
+        Ipv4Addr::from(u32::from(ADDR_B) & NETMASK)
+    );
+    ns_sysctls(
+        ns_c,
+        &[
+            ("net.ipv4.ip_forward".into(), "0"),
+            ("net.ipv6.conf.all.disable_ipv6".into(), "1"),
+            ("net.ipv6.conf.default.disable_ipv6".into(), "1"),
+        ],
+    )?;
+    let c_addr = format!("{ADDR_C}/{PREFIX_LEN}");
+    let b_addr = format!("{ADDR_B_TO_C}/{PREFIX_LEN}");
+    ip(&["-n", ns_c, "link", "set", "lo", "up"])?;
+    ip(&["-n", ns_c, "addr", "add", &c_addr, "dev", &names.dev_c])?;
+    ip(&["-n", ns_c, "link", "set", &names.dev_c, "up"])?;
+    ip(&["-n", ns_b, "addr", "add", &b_addr, "dev", &names.dev_bc])?;
+    ip(&["-n", ns_b, "link", "set", &names.dev_bc, "up"])?;
+    ip(&[
+        "-n",
+        ns_c,
+        "route",
+        "add",
+        &net_b,
+        "via",
+        &ADDR_B_TO_C.to_string(),
+        "dev",
+        &names.dev_c,
+    ])?;
+    Ok(())
+}
+
+/// Creates namespace `ns` of run `run`, which must not exist yet, and has `cleanup` delete it.
+fn new_netns(ns: &str, run: &str, cleanup: &mut Cleanup) -> Result<()> {
+    if netns_exists(ns) {
+        bail!("namespace {ns} already exists (another run named `{run}`, or leftovers: `trackshift-netlab down --name {run}`)");
+    }
+    ip(&["netns", "add", ns])?;
+    cleanup.namespaces.push(ns.to_string());
     Ok(())
 }
 
@@ -392,15 +470,7 @@ pub fn up(opts: UpOptions) -> Result<LabCounters> {
         namespaces: Vec::new(),
     };
     for ns in [&names.ns_a, &names.ns_b] {
-        if netns_exists(ns) {
-            bail!(
-                "namespace {ns} already exists (another run named `{}`, or leftovers: `trackshift-netlab down --name {}`)",
-                opts.name,
-                opts.name
-            );
-        }
-        ip(&["netns", "add", ns])?;
-        cleanup.namespaces.push(ns.clone());
+        new_netns(ns, &opts.name, &mut cleanup)?;
     }
     let tun_a =
         sys::open_tun(&names.dev_a).with_context(|| format!("creating TUN {}", names.dev_a))?;
@@ -411,6 +481,9 @@ pub fn up(opts: UpOptions) -> Result<LabCounters> {
     let net = |a: Ipv4Addr| format!("{}/{PREFIX_LEN}", Ipv4Addr::from(u32::from(a) & NETMASK));
     configure_side(&names.ns_a, &names.dev_a, ADDR_A, &net(ADDR_B))?;
     configure_side(&names.ns_b, &names.dev_b, ADDR_B, &net(ADDR_A))?;
+    if opts.side_c {
+        add_side_c(&opts.name, &names, &mut cleanup)?;
+    }
 
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
@@ -428,8 +501,16 @@ pub fn up(opts: UpOptions) -> Result<LabCounters> {
         .spawn(move || forward(fb, fa, model_ba, s2))?;
 
     // Field order as documented: "event" first.
+    let side_c = if opts.side_c {
+        format!(
+            r#","ns_c":{},"addr_c":"{ADDR_C}""#,
+            serde_json::Value::from(names.ns_c.as_str())
+        )
+    } else {
+        String::new()
+    };
     emit_line(&format!(
-        r#"{{"event":"ready","ns_a":{},"ns_b":{},"addr_a":"{ADDR_A}","addr_b":"{ADDR_B}"}}"#,
+        r#"{{"event":"ready","ns_a":{},"ns_b":{},"addr_a":"{ADDR_A}","addr_b":"{ADDR_B}"{side_c}}}"#,
         serde_json::Value::from(names.ns_a.as_str()),
         serde_json::Value::from(names.ns_b.as_str()),
     ));

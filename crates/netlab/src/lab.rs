@@ -3,7 +3,7 @@
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -50,6 +50,8 @@ pub struct LabConfig {
     pub max_duration: Duration,
     /// Change side a's address this long after start.
     pub addr_change_at: Option<Duration>,
+    /// Also create side c (`<name>-c`, 198.18.2.2), hung off side b by a plain veth pair, unreachable from a.
+    pub side_c: bool,
     /// How long to wait for the ready line (default 20 s).
     pub ready_timeout: Duration,
     /// The `trackshift-netlab` binary; default: `$TRACKSHIFT_NETLAB_BIN`, else next to the test executable.
@@ -64,6 +66,7 @@ impl Default for LabConfig {
             seed: 1,
             max_duration: DEFAULT_MAX_DURATION,
             addr_change_at: None,
+            side_c: false,
             ready_timeout: DEFAULT_READY_TIMEOUT,
             binary: None,
         }
@@ -96,6 +99,9 @@ impl LabConfig {
                 "--addr-change-at".to_string(),
                 format!("{}ms", t.as_millis()),
             ]);
+        }
+        if self.side_c {
+            a.push("--side-c".to_string());
         }
         a
     }
@@ -154,6 +160,8 @@ pub struct Lab {
     name: String,
     ns_a: String,
     ns_b: String,
+    /// Side c's namespace and address, when the lab has one.
+    side_c: Option<(String, Ipv4Addr)>,
     addr_a: Ipv4Addr,
     addr_b: Ipv4Addr,
     lines: Mutex<Receiver<serde_json::Value>>, // Mutex only to make Lab Sync
@@ -232,6 +240,7 @@ impl Lab {
             name: name.clone(),
             ns_a: format!("{name}-a"),
             ns_b: format!("{name}-b"),
+            side_c: None,
             addr_a: emulator::ADDR_A,
             addr_b: emulator::ADDR_B,
             lines: Mutex::new(rx),
@@ -247,6 +256,13 @@ impl Lab {
         lab.addr_b = field("addr_b")
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| anyhow!("bad addr_b: {ready}"))?;
+        if cfg.side_c {
+            let ns = field("ns_c").ok_or_else(|| anyhow!("ready line without ns_c: {ready}"))?;
+            let addr = field("addr_c")
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| anyhow!("bad addr_c: {ready}"))?;
+            lab.side_c = Some((ns, addr));
+        }
         Ok(lab)
     }
 
@@ -303,6 +319,42 @@ impl Lab {
 
     pub fn addr_b(&self) -> Ipv4Addr {
         self.addr_b
+    }
+
+    /// Side c's namespace (`<name>-c`), when the lab was started with [`LabConfig::side_c`].
+    pub fn ns_c(&self) -> Option<&str> {
+        self.side_c.as_ref().map(|(ns, _)| ns.as_str())
+    }
+
+    /// Side c's address (198.18.2.2), when the lab has side c.
+    pub fn addr_c(&self) -> Option<Ipv4Addr> {
+        self.side_c.as_ref().map(|(_, addr)| *addr)
+    }
+
+    /// Adds `addr` (a /32 on `lo`) in side b, so several programs there listen on addresses of their own; side a
+    /// reaches it through the emulated link when it is in side b's /24 (198.18.1.0/24), side c through its veth.
+    /// It goes with the namespace.
+    pub fn add_addr_b(&self, addr: Ipv4Addr) -> Result<()> {
+        let out = Command::new(emulator::ip_bin())
+            .args([
+                "-n",
+                &self.ns_b,
+                "addr",
+                "add",
+                &format!("{addr}/32"),
+                "dev",
+                "lo",
+            ])
+            .output()
+            .context("running ip addr add")?;
+        if !out.status.success() {
+            bail!(
+                "ip addr add {addr}/32 dev lo in {}: {}",
+                self.ns_b,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
     }
 
     /// `ip netns exec <ns_a> <program>`: add arguments, then spawn/output as usual.
@@ -379,7 +431,12 @@ impl Lab {
                 }
             }
         }
-        if emulator::netns_exists(&self.ns_a) || emulator::netns_exists(&self.ns_b) {
+        let left = [
+            Some(self.ns_a.as_str()),
+            Some(self.ns_b.as_str()),
+            self.ns_c(),
+        ];
+        if left.into_iter().flatten().any(emulator::netns_exists) {
             let _ = Command::new(&self.binary)
                 .args(["down", "--name", &self.name])
                 .stdout(Stdio::null())
@@ -400,11 +457,7 @@ impl Drop for Lab {
 
 /// `ip netns exec <ns> <program>`.
 pub fn command_in(ns: &str, program: impl AsRef<OsStr>) -> Command {
-    let ip = ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .unwrap_or("ip");
-    let mut c = Command::new(ip);
+    let mut c = Command::new(emulator::ip_bin());
     c.args(["netns", "exec", ns]).arg(program);
     c
 }

@@ -5,7 +5,9 @@
 //! 198.18.1.1/24 on side b, routed to each other through the TUN), and forwards every IP packet between
 //! the two TUN fds through a per-direction [`LinkModel`]: one-way delay, jitter, random and
 //! Gilbert-Elliott burst loss, reordering, duplication, bit corruption, a rate limit with a drop-tail
-//! queue, scheduled outages, plus an "address change" of side a for roaming tests.
+//! queue, scheduled outages, plus an "address change" of side a for roaming tests. Optionally a third
+//! namespace, side c (`<name>-c`, 198.18.2.2), hangs off side b by a plain veth pair: it reaches side b only,
+//! and nothing forwards between it and side a (the edge-grid tests put a receiver there, relays in side b).
 //!
 //! What it owns:
 //! - the sans-IO impairment core ([`model`]), unit-tested with virtual time;
@@ -26,7 +28,7 @@ pub mod model;
 mod sys;
 
 pub use config::{parse_duration, parse_percent, parse_rate, profile, LinkOverrides, PROFILES};
-pub use emulator::{direction_seeds, LabCounters, ADDR_A, ADDR_B};
+pub use emulator::{direction_seeds, LabCounters, ADDR_A, ADDR_B, ADDR_B_TO_C, ADDR_C};
 pub use lab::{command_in, in_netns, locate_binary, Lab, LabConfig};
 pub use model::{
     Counters, DelayLine, DropCause, Forward, GilbertElliott, LinkConfig, LinkModel, Outage, Verdict,

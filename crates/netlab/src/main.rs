@@ -23,7 +23,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Create namespaces NAME-a and NAME-b joined by an emulated link; run until SIGTERM/SIGINT or --max-duration.
+    /// Create namespaces NAME-a and NAME-b joined by an emulated link (and NAME-c off side b with --side-c); run
+    /// until SIGTERM/SIGINT or --max-duration.
     Up(UpArgs),
     /// Remove leftovers (namespaces, devices) of a run. Idempotent.
     Down {
@@ -53,6 +54,10 @@ struct UpArgs {
     /// Change side a's address this long after start (as SIGUSR1 does).
     #[arg(long, value_parser = config::parse_duration)]
     addr_change_at: Option<Duration>,
+    /// Also create namespace NAME-c (198.18.2.2), joined to side b by a plain veth pair: it reaches side b
+    /// only, side a cannot reach it, and nothing forwards between them.
+    #[arg(long)]
+    side_c: bool,
 }
 
 /// Link flags, applied to both directions.
@@ -166,6 +171,7 @@ fn main() -> ExitCode {
                 seed: a.seed,
                 max_duration: a.max_duration,
                 addr_change_at: a.addr_change_at,
+                side_c: a.side_c,
             })
             .map(|_| ())
         }

@@ -6,7 +6,7 @@
               functions only, not this file's helpers"
 )]
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -426,4 +426,74 @@ fn bad_flags_fail_fast_without_leftovers() {
         .unwrap();
     assert!(!out.status.success());
     assert!(!netns_list().contains("nl-bad"));
+}
+
+/// A UDP socket bound to `addr` (port 0) in namespace `ns`, with a short read timeout.
+fn udp_in(ns: &str, addr: Ipv4Addr) -> UdpSocket {
+    let sock = trackshift_netlab::in_netns(ns, || UdpSocket::bind((addr, 0)))
+        .unwrap()
+        .unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
+    sock
+}
+
+/// `ip -n NS route add NET via GW`.
+fn add_route(ns: &str, net: &str, via: Ipv4Addr) {
+    let st = Command::new("/usr/sbin/ip")
+        .args(["-n", ns, "route", "add", net, "via", &via.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success(), "ip -n {ns} route add {net} via {via}");
+}
+
+/// Whether a datagram from `from` reaches `to` (and `to` answers it back, when it can).
+fn reaches(from: &UdpSocket, to: &UdpSocket) -> bool {
+    let _ = from.send_to(b"hello", to.local_addr().unwrap());
+    let mut buf = [0u8; 16];
+    matches!(to.recv_from(&mut buf), Ok((5, _)))
+}
+
+#[test]
+fn side_c_reaches_side_b_only() {
+    let mut cfg = config(
+        Some("clean"),
+        LinkOverrides::default(),
+        Duration::from_secs(60),
+    );
+    cfg.side_c = true;
+    let lab = Lab::start("nl-sidec", cfg).unwrap();
+    let ns_c = lab.ns_c().unwrap().to_string();
+    let names = [lab.ns_a().to_string(), lab.ns_b().to_string(), ns_c.clone()];
+    let addr_c = lab.addr_c().unwrap();
+    assert_eq!(addr_c.to_string(), "198.18.2.2");
+    // A second address in side b: both a (through the emulator) and c (through the veth) reach it.
+    let extra = Ipv4Addr::new(198, 18, 1, 7);
+    lab.add_addr_b(extra).unwrap();
+    let in_b = udp_in(lab.ns_b(), extra);
+    let in_a = udp_in(lab.ns_a(), lab.addr_a());
+    let in_c = udp_in(&ns_c, addr_c);
+    assert!(reaches(&in_a, &in_b), "a -> b");
+    assert!(reaches(&in_c, &in_b), "c -> b");
+    assert!(reaches(&in_b, &in_a), "b -> a");
+    assert!(reaches(&in_b, &in_c), "b -> c");
+    // a and c have no route to each other...
+    for (from, to) in [(&in_a, addr_c), (&in_c, lab.addr_a())] {
+        let err = from.send_to(b"x", (to, 9)).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::NetworkUnreachable, "{err}");
+    }
+    // ...and with one through b, b does not forward: nothing arrives either way.
+    let forwarding = lab
+        .run_in_b(|| std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(forwarding.trim(), "0");
+    add_route(lab.ns_a(), "198.18.2.0/24", lab.addr_b());
+    add_route(&ns_c, "198.18.0.0/24", trackshift_netlab::ADDR_B_TO_C);
+    assert!(!reaches(&in_a, &in_c), "a -> c through b");
+    assert!(!reaches(&in_c, &in_a), "c -> a through b");
+    let c = lab.stop().unwrap();
+    // The datagram from a to c crossed the emulated link and died in b.
+    assert!(c.a_to_b.forwarded >= 2, "{c:?}");
+    assert_gone(&names);
 }
