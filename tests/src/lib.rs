@@ -1,5 +1,6 @@
 //! Test support for the end-to-end scenarios in `tests/tests/e2e_*.rs`: they start the real `trackshift` binary
-//! on loopback and check what arrives.
+//! on loopback and check what arrives. The edge grid's orchestrator and relays are in [`grid`]; `netlab_*` scenarios
+//! run the binary inside the lab's network namespaces ([`trackshift_in`]).
 //!
 //! Everything here is bounded in time: every wait on a child process has a deadline, and a child that misses it
 //! is killed and the test fails with what the child printed. Every child is killed when its guard drops, so a
@@ -25,6 +26,8 @@ use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+
+pub mod grid;
 
 /// The shared secret the scenarios use.
 pub const SECRET: &str = "e2e-shared-secret";
@@ -66,8 +69,28 @@ where
     S: AsRef<OsStr>,
 {
     let mut cmd = Command::new(bin());
-    cmd.args(args)
-        .env_remove("TRACKSHIFT_SECRET")
+    cmd.args(args);
+    sealed(cmd)
+}
+
+/// [`trackshift`] run inside network namespace `ns` (`ip netns exec NS …/trackshift ARGS`; `ip` execs the
+/// binary, so the child's pid is the binary's), or as [`trackshift`] with `None`.
+pub fn trackshift_in<I, S>(ns: Option<&str>, args: I) -> Command
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let Some(ns) = ns else {
+        return trackshift(args);
+    };
+    let mut cmd = trackshift_netlab::command_in(ns, bin());
+    cmd.args(args);
+    sealed(cmd)
+}
+
+/// The environment of every `trackshift` the tests run (see [`trackshift`]).
+fn sealed(mut cmd: Command) -> Command {
+    cmd.env_remove("TRACKSHIFT_SECRET")
         .env_remove("TRACKSHIFT_STATE_DIR")
         .env_remove("TRACKSHIFT_LOG")
         .env(
@@ -316,6 +339,12 @@ pub fn ndjson_event(line: &str) -> Result<Value, String> {
 /// prints one array and `status --json` one object, see the contract).
 fn prints_ndjson(cmd: &Command) -> bool {
     let args: Vec<&OsStr> = cmd.get_args().collect();
+    // `ip netns exec NS …/trackshift ARGS` (see [`trackshift_in`]): the command's own arguments follow the binary.
+    let bin = bin();
+    let args = match args.iter().position(|a| Path::new(a) == bin) {
+        Some(at) => &args[at + 1..],
+        None => &args[..],
+    };
     let event_command = args.first().is_some_and(|a| {
         ["send", "receive", "resume"]
             .iter()

@@ -1,21 +1,24 @@
-//! `trackshift relay`, the real binary, on loopback: plain sockets play sender and receiver (hello and Bind by
-//! hand, random bytes and datagrams), a small in-test HTTP server plays the orchestrator's two relay endpoints
-//! (register, heartbeat) until the real orchestrator is merged. SIGTERM: Drain notices, a draining heartbeat,
-//! exit 0.
+//! `trackshift relay`, the real binary, on loopback, registered with the real `trackshift orchestrator` (SQLite in
+//! a temp state dir, the relay's bearer token from `trackshift orchestrator token`): plain sockets play sender and
+//! receiver (hello and Bind by hand, random bytes and datagrams, admission tokens signed with the orchestrator's
+//! key from its state dir). The heartbeats' counters are read where the orchestrator keeps them (its SQLite
+//! database). SIGTERM: Drain notices, a draining heartbeat, exit 0.
 
 #![allow(clippy::unwrap_used)] // test code: an unwrap that fails is a failing test, with its message
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use trackshift_grid::datagram::RelayDatagram;
-use trackshift_grid::{HelloAnswer, PeerRole, RefusalCode, RelayHello, Role, TokenKey};
-use trackshift_scenarios::{trackshift, Proc};
+use trackshift_grid::{HelloAnswer, PeerRole, RefusalCode, RelayHello};
+use trackshift_scenarios::grid::{Orchestrator, START_TIMEOUT};
+use trackshift_scenarios::{trackshift, Proc, Scratch};
 
 const SESSION: &str = "0f0e0d0c0b0a09080706050403020100";
+const RELAY_ID: &str = "relay-e2e";
 
 fn unix() -> u64 {
     SystemTime::now()
@@ -24,53 +27,50 @@ fn unix() -> u64 {
         .as_secs()
 }
 
-/// The relay endpoints of an orchestrator: `register` answers with `key`'s public half, `heartbeat` records.
-fn fake_orchestrator(key: &TokenKey) -> (String, Arc<Mutex<Vec<Value>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let public = key.verifier().public_hex();
-    let beats = Arc::new(Mutex::new(Vec::new()));
-    let seen = beats.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let (public, seen) = (public.clone(), seen.clone());
-            std::thread::spawn(move || serve_http(stream, &public, &seen));
-        }
-    });
-    (url, beats)
+/// What the orchestrator recorded from the relay's last heartbeat.
+#[derive(Debug, Clone)]
+struct Recorded {
+    datagrams_forwarded: u64,
+    bytes_forwarded: u64,
+    draining: bool,
+    drops: Value,
 }
 
-fn serve_http(stream: TcpStream, public: &str, beats: &Mutex<Vec<Value>>) {
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut out = stream;
+/// The relay's row in the orchestrator's SQLite database (the API lists no drop counters), if there is one yet.
+fn recorded_heartbeat(state_dir: &Path, relay_id: &str) -> Option<Recorded> {
+    let db = rusqlite::Connection::open_with_flags(
+        state_dir.join("orchestrator.sqlite3"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .ok()?;
+    db.query_row(
+        "SELECT datagrams_forwarded, bytes_forwarded, draining, drops FROM relays WHERE relay_id = ?1",
+        [relay_id],
+        |r| {
+            Ok(Recorded {
+                datagrams_forwarded: r.get::<_, i64>(0)?.try_into().unwrap_or(0),
+                bytes_forwarded: r.get::<_, i64>(1)?.try_into().unwrap_or(0),
+                draining: r.get::<_, i64>(2)? != 0,
+                drops: serde_json::from_str(&r.get::<_, String>(3)?).unwrap_or(Value::Null),
+            })
+        },
+    )
+    .ok()
+}
+
+/// Polls [`recorded_heartbeat`] until `pred` holds (bounded).
+fn wait_heartbeat(state_dir: &Path, what: &str, pred: impl Fn(&Recorded) -> bool) -> Recorded {
+    let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let mut request = String::new();
-        if reader.read_line(&mut request).unwrap_or(0) == 0 {
-            return;
+        let last = recorded_heartbeat(state_dir, RELAY_ID);
+        if let Some(hb) = last.as_ref().filter(|hb| pred(hb)) {
+            return hb.clone();
         }
-        let mut length = 0;
-        loop {
-            let mut header = String::new();
-            reader.read_line(&mut header).unwrap();
-            if header.trim().is_empty() {
-                break;
-            }
-            if let Some(v) = header.to_ascii_lowercase().strip_prefix("content-length:") {
-                length = v.trim().parse().unwrap();
-            }
-        }
-        let mut body = vec![0u8; length];
-        reader.read_exact(&mut body).unwrap();
-        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        let answer = if request.contains("/api/v1/relays/register") {
-            let reply = json!({"relay_id": body["relay_id"], "admission_key": public, "heartbeat_interval_secs": 1});
-            let text = reply.to_string();
-            format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{text}", text.len())
-        } else {
-            beats.lock().unwrap().push(body);
-            "HTTP/1.1 204 No Content\r\n\r\n".to_owned()
-        };
-        out.write_all(answer.as_bytes()).unwrap();
+        assert!(
+            Instant::now() < deadline,
+            "no heartbeat with {what} recorded: {last:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -137,11 +137,12 @@ fn answer(stream: &mut TcpStream) -> HelloAnswer {
 
 #[test]
 fn the_relay_binary_forwards_refuses_and_drains_on_sigterm() {
-    let key = TokenKey::generate().unwrap();
-    let (url, beats) = fake_orchestrator(&key);
-    let api_token = key
-        .sign_api("relay-e2e", Role::Relay, unix(), 3600)
-        .unwrap();
+    let scratch = Scratch::new("relay-e2e");
+    let state_dir = scratch.dir("orch");
+    let orchestrator = Orchestrator::start(None, "127.0.0.1:0", &state_dir);
+    let key = trackshift_orchestrator::signing_key(&state_dir).unwrap();
+    let api_token = orchestrator.token("relay", RELAY_ID);
+    // No --relay-id: the relay takes its token's subject.
     let mut relay = Proc::spawn(
         "relay",
         trackshift([
@@ -149,25 +150,20 @@ fn the_relay_binary_forwards_refuses_and_drains_on_sigterm() {
             "--listen",
             "127.0.0.1:0",
             "--orchestrator",
-            &url,
+            &orchestrator.url,
             "--token",
             &api_token,
             "--json",
         ]),
     );
-    let ready = relay.wait_event("relay_ready", Duration::from_secs(60), |v| {
+    let ready = relay.wait_event("relay_ready", START_TIMEOUT, |v| {
         v["event"] == "relay_ready"
     });
-    assert_eq!(
-        ready["relay_id"], "relay-e2e",
-        "the id is the token's subject"
-    );
+    assert_eq!(ready["relay_id"], RELAY_ID, "the id is the token's subject");
     let at: SocketAddr = ready["listen"].as_str().unwrap().parse().unwrap();
 
     // UDP: two bound ends, random datagrams both ways, byte for byte.
-    let admission = key
-        .sign_admission(SESSION, "relay-e2e", unix(), 600)
-        .unwrap();
+    let admission = key.sign_admission(SESSION, RELAY_ID, unix(), 600).unwrap();
     let (sender, receiver, stranger) = (peer(), peer(), peer());
     assert_eq!(
         bind(&sender, at, PeerRole::Sender, 11, &admission),
@@ -189,12 +185,12 @@ fn the_relay_binary_forwards_refuses_and_drains_on_sigterm() {
         assert_eq!(recv(to).as_deref(), Some(&d[..]), "datagram {i}");
     }
     // Forged, expired, for another relay, for an unknown session: refused or dropped, never forwarded.
-    let forged = TokenKey::generate()
+    let forged = trackshift_grid::TokenKey::generate()
         .unwrap()
-        .sign_admission(SESSION, "relay-e2e", unix(), 600)
+        .sign_admission(SESSION, RELAY_ID, unix(), 600)
         .unwrap();
     let expired = key
-        .sign_admission(SESSION, "relay-e2e", unix() - 700, 600)
+        .sign_admission(SESSION, RELAY_ID, unix() - 700, 600)
         .unwrap();
     let foreign = key
         .sign_admission(SESSION, "relay-other", unix(), 600)
@@ -225,25 +221,15 @@ fn the_relay_binary_forwards_refuses_and_drains_on_sigterm() {
     assert_eq!(answer(&mut bad), HelloAnswer::Refused);
     drop((tx, rx));
 
-    // Heartbeats carry the counters by reason.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let last = beats.lock().unwrap().last().cloned();
-        if let Some(b) = last.filter(|b| b["drops"]["token_invalid"] == 2) {
-            assert_eq!(b["datagrams_forwarded"], 100, "{b}");
-            assert_eq!(b["drops"]["token_expired"], 1, "{b}");
-            assert_eq!(b["drops"]["token_wrong_relay"], 1, "{b}");
-            assert_eq!(b["drops"]["wrong_address"], 1, "{b}");
-            assert_eq!(b["drops"]["unknown_conn"], 2, "{b}");
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no heartbeat with the counters: {:?}",
-            beats.lock().unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    // The heartbeats carry the counters by reason to the orchestrator.
+    let hb = wait_heartbeat(&state_dir, "the drops", |hb| hb.drops["token_invalid"] == 2);
+    let drops = &hb.drops;
+    assert_eq!(hb.datagrams_forwarded, 100, "{hb:?}");
+    assert!(hb.bytes_forwarded > 0 && !hb.draining, "{hb:?}");
+    assert_eq!(drops["token_expired"], 1, "{drops}");
+    assert_eq!(drops["token_wrong_relay"], 1, "{drops}");
+    assert_eq!(drops["wrong_address"], 1, "{drops}");
+    assert_eq!(drops["unknown_conn"], 2, "{drops}");
 
     // SIGTERM: both bound ends get a Drain notice, the orchestrator a draining heartbeat, and it exits 0.
     let out = {
@@ -270,5 +256,5 @@ fn the_relay_binary_forwards_refuses_and_drains_on_sigterm() {
         "{}",
         out.stdout
     );
-    assert!(beats.lock().unwrap().iter().any(|b| b["draining"] == true));
+    wait_heartbeat(&state_dir, "draining", |hb| hb.draining);
 }
