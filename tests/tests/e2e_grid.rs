@@ -59,8 +59,14 @@ impl Orchestrator {
 
     /// A `trackshift relay` registered here; with `capture`, everything it forwards is written there.
     fn relay(&self, id: &str, capture: Option<&Path>) -> Proc {
+        self.relay_with(id, capture, &[]).0
+    }
+
+    /// [`Orchestrator::relay`] with `extra` flags (`--forward ADDR`, say); also returns the address it
+    /// registered.
+    fn relay_with(&self, id: &str, capture: Option<&Path>, extra: &[&str]) -> (Proc, String) {
         let token = self.token(Role::Relay, id);
-        let mut cmd = trackshift([
+        let mut args = vec![
             "relay",
             "--listen",
             "127.0.0.1:0",
@@ -71,13 +77,29 @@ impl Orchestrator {
             "--relay-id",
             id,
             "--json",
-        ]);
+        ];
+        args.extend_from_slice(extra);
+        let mut cmd = trackshift(args);
         if let Some(path) = capture {
             cmd.env("TRACKSHIFT_RELAY_CAPTURE", path);
         }
         let mut relay = Proc::spawn(id, cmd);
-        relay.wait_event("relay_ready", WAIT, |v| v["event"] == "relay_ready");
-        relay
+        let ready = relay.wait_event("relay_ready", WAIT, |v| v["event"] == "relay_ready");
+        let addr = ready["addr"].as_str().unwrap().to_owned();
+        (relay, addr)
+    }
+
+    /// The session the sender's `start` event names, as an admin reads it.
+    fn session(&self, start: &Value) -> trackshift_grid::api::SessionRecord {
+        let admin = trackshift_grid_client::OrchestratorClient::new(
+            &self.url,
+            &self.token(Role::Admin, "test"),
+            None,
+        )
+        .unwrap();
+        admin
+            .session(start["session_id"].as_str().unwrap())
+            .unwrap()
     }
 
     /// `trackshift receive --orchestrator --name NAME --once`, no `--listen`, once it is registered.
@@ -178,15 +200,69 @@ fn a_file_arrives_through_one_relay_that_never_sees_its_bytes() {
     let received = receiver.wait(WAIT);
     assert_eq!(received.code, 0, "receive failed: {}", received.stderr);
     assert_same_file(&file, &scratch.dir("out").join("marked.bin"));
+    assert_forwarded_blind(&mut relay, &capture, 24 << 20);
+}
+
+/// Everything a relay forwarded, read once it stopped: more than `at_least` bytes, and never the marker.
+fn assert_forwarded_blind(relay: &mut Proc, capture: &Path, at_least: usize) {
     relay.terminate(WAIT);
-    let seen = std::fs::read(&capture).unwrap();
+    let seen = std::fs::read(capture).unwrap();
     assert!(
-        seen.len() > 24 << 20,
+        seen.len() > at_least,
         "the capture holds the transfer ({} bytes)",
         seen.len()
     );
     let hits = seen.windows(MARKER.len()).filter(|w| *w == MARKER).count();
     assert_eq!(hits, 0, "the relay forwarded the marker in clear");
+}
+
+/// A two-hop path, as a test asks for one: the exit relay starts first, then the entry with `--forward` to the
+/// exit's registered address. The orchestrator then routes every session through entry → exit (the exit
+/// alone is no candidate): the sender binds at the entry, the receiver at the exit.
+#[test]
+fn a_file_arrives_through_a_two_hop_chain() {
+    let scratch = Scratch::new("grid-two-hop");
+    let orch = Orchestrator::start(&scratch.dir("orch"));
+    let captures = [scratch.file("entry.bin"), scratch.file("exit.bin")];
+    let (mut exit, exit_addr) = orch.relay_with("grid3-exit", Some(&captures[1]), &[]);
+    let (mut entry, _) = orch.relay_with(
+        "grid3-entry",
+        Some(&captures[0]),
+        &["--forward", &exit_addr],
+    );
+    let mut receiver = orch.receiver(&scratch, "grid3-rx");
+    let file = marked_file(scratch.file("chained.bin"), 24 << 20, MARKER);
+    let mut sender = orch.sender(&scratch, &file, "grid3-rx", &["--streams", "2"]);
+    let start = sender.wait_event("start", WAIT, |v| v["event"] == "start");
+    let out = sender.wait(WAIT);
+    assert_eq!(out.code, 0, "send failed: {}", out.stderr);
+    assert_eq!(
+        relays_of(out.summary()),
+        ["grid3-entry"],
+        "the stripe is named by its entry"
+    );
+    let received = receiver.wait(WAIT);
+    assert_eq!(received.code, 0, "receive failed: {}", received.stderr);
+    assert_same_file(&file, &scratch.dir("out").join("chained.bin"));
+    let record = orch.session(&start);
+    let stripe = &record.path.stripes[0];
+    assert_eq!(stripe.relay_id, "grid3-entry");
+    let hop = stripe.exit.as_ref().expect("the record shows the exit hop");
+    assert_eq!(
+        (hop.relay_id.as_str(), hop.addr.as_str()),
+        ("grid3-exit", exit_addr.as_str())
+    );
+    assert!(
+        record
+            .path
+            .reason
+            .contains("two hops grid3-entry>grid3-exit"),
+        "the record says why: {}",
+        record.path.reason
+    );
+    // Both relays carried the whole file, and neither could read it.
+    assert_forwarded_blind(&mut entry, &captures[0], 24 << 20);
+    assert_forwarded_blind(&mut exit, &captures[1], 24 << 20);
 }
 
 #[test]
@@ -236,15 +312,7 @@ fn fail_over(test: &str, kill: bool) {
     });
     let before = before["bytes_done"].as_u64().unwrap();
     // The relay the session goes through now: its path's first stripe, as the orchestrator chose it.
-    let admin = trackshift_grid_client::OrchestratorClient::new(
-        &orch.url,
-        &orch.token(Role::Admin, "test"),
-        None,
-    )
-    .unwrap();
-    let record = admin
-        .session(start["session_id"].as_str().unwrap())
-        .unwrap();
+    let record = orch.session(&start);
     let first = &record.path.stripes[0].relay_id;
     let busy = ids.iter().position(|id| id == first).unwrap();
     let went = Instant::now();

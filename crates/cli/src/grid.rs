@@ -17,8 +17,9 @@ use trackshift_engine::{
     RelayPath, RelayRoute, SendOptions, SessionId,
 };
 use trackshift_grid::api::{
-    ChunkStatus, CreateSession, PathReport, ReceiverRegistration, SessionPath,
+    ChunkStatus, CreateSession, PathRelay, PathReport, ReceiverRegistration, SessionPath,
 };
+use trackshift_grid::PeerRole;
 use trackshift_grid_client::{ClientError, OrchestratorClient};
 
 use crate::output::Output;
@@ -83,17 +84,29 @@ fn api_error(e: ClientError) -> EngineError {
     }
 }
 
-/// The engine's path from the orchestrator's.
-fn relay_path(session_id: &str, path: SessionPath) -> Result<RelayPath, EngineError> {
+/// The engine's path from the orchestrator's, for the end `role` plays: on a two-hop stripe the sender dials
+/// the entry with the token chain and the receiver binds at the exit; either way the hop keeps the entry's id,
+/// which names the stripe to the orchestrator.
+fn relay_path(
+    session_id: &str,
+    path: SessionPath,
+    role: PeerRole,
+) -> Result<RelayPath, EngineError> {
     let session_id: SessionId = session_id.parse().map_err(|_| {
         EngineError::Failed(format!(
             "the orchestrator's session id `{session_id}` is not 32 hex digits"
         ))
     })?;
-    let hop = |r: trackshift_grid::api::PathRelay| RelayHop {
-        relay_id: r.relay_id,
-        addr: r.addr,
-        token: r.token,
+    let hop = |r: PathRelay| {
+        let (addr, token) = match role {
+            PeerRole::Sender => r.for_sender(),
+            PeerRole::Receiver => r.for_receiver(),
+        };
+        RelayHop {
+            addr: addr.to_owned(),
+            token: token.to_owned(),
+            relay_id: r.relay_id,
+        }
     };
     Ok(RelayPath {
         session_id,
@@ -102,8 +115,8 @@ fn relay_path(session_id: &str, path: SessionPath) -> Result<RelayPath, EngineEr
     })
 }
 
-/// A new path from the orchestrator when a relay fails.
-struct Orchestrated(Arc<OrchestratorClient>);
+/// A new path from the orchestrator when a relay fails, for the end `.1` plays.
+struct Orchestrated(Arc<OrchestratorClient>, PeerRole);
 
 impl PathUpdates for Orchestrated {
     fn failed(&self, session: SessionId, failed_relay: &str) -> Option<RelayPath> {
@@ -112,7 +125,7 @@ impl PathUpdates for Orchestrated {
         };
         let id = session.to_hex();
         match self.0.report_path(&id, &report) {
-            Ok(path) => relay_path(&id, path).ok(),
+            Ok(path) => relay_path(&id, path, self.1).ok(),
             Err(e) => {
                 tracing::warn!("{e}; going on with the standby relay");
                 None
@@ -123,7 +136,7 @@ impl PathUpdates for Orchestrated {
     fn current(&self, session: SessionId, _failed_relay: &str) -> Option<RelayPath> {
         let id = session.to_hex();
         match self.0.session(&id) {
-            Ok(record) => relay_path(&id, record.path).ok(),
+            Ok(record) => relay_path(&id, record.path, self.1).ok(),
             Err(e) => {
                 tracing::warn!("{e}");
                 None
@@ -181,8 +194,8 @@ fn send_through(
         .map_err(api_error)?;
     let session = created.session_id.clone();
     opts.relay = Some(RelayRoute {
-        path: relay_path(&created.session_id, created.path)?,
-        updates: Some(Arc::new(Orchestrated(client.clone()))),
+        path: relay_path(&created.session_id, created.path, PeerRole::Sender)?,
+        updates: Some(Arc::new(Orchestrated(client.clone(), PeerRole::Sender))),
     });
     let (chunks, reporter) = start_chunk_reporter(client, session)?;
     let sink = Arc::new(Tee { out, chunks });
@@ -270,7 +283,10 @@ fn receive_through(
             relay_costs: Vec::new(),
         })
         .map_err(api_error)?;
-    let (paths, feed) = RelayFeed::new(Some(Arc::new(Orchestrated(client.clone()))));
+    let (paths, feed) = RelayFeed::new(Some(Arc::new(Orchestrated(
+        client.clone(),
+        PeerRole::Receiver,
+    ))));
     std::thread::Builder::new()
         .name("trackshift-grid-poll".into())
         .spawn(move || poll_sessions(&client, &name, &paths))
@@ -285,7 +301,7 @@ fn poll_sessions(client: &OrchestratorClient, name: &str, paths: &PathSender) {
         match client.receiver_sessions(name, after, POLL_WAIT) {
             Ok(answer) => {
                 for record in answer.sessions {
-                    match relay_path(&record.session_id, record.path) {
+                    match relay_path(&record.session_id, record.path, PeerRole::Receiver) {
                         Ok(path) => {
                             if !paths.send(path) {
                                 return;

@@ -170,14 +170,50 @@ fn one() -> u8 {
 }
 
 /// One relay of a session's path, with the admission token for it.
+///
+/// A two-hop stripe (its relay registered with `--forward` to another registered relay) names both: the
+/// sender dials `addr` with `token`, here the chain `ENTRY_TOKEN,EXIT_TOKEN` ([`crate::token::chain`]), and the
+/// receiver binds at [`PathRelay::exit`] with the exit's own token. `relay_id` is the entry relay either way:
+/// it names the stripe in path reports and summaries.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct PathRelay {
     pub relay_id: String,
     /// `HOST:PORT`, UDP and TCP.
     pub addr: String,
-    /// Lets this relay forward this session (both ends present the same token).
+    /// Lets this relay forward this session (both ends present the same token on a one-hop stripe; on a
+    /// two-hop one this is the sender's chain).
     pub token: String,
+    /// The second relay of a two-hop stripe, where the receiver binds; absent on a one-hop stripe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit: Option<PathExit>,
+}
+
+/// The exit relay of a two-hop stripe: the entry forwards the sender's streams and datagrams to it, and the
+/// receiver binds here.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct PathExit {
+    pub relay_id: String,
+    /// `HOST:PORT`, UDP and TCP.
+    pub addr: String,
+    /// The exit's admission token (the receiver's; the same token ends the sender's chain).
+    pub token: String,
+}
+
+impl PathRelay {
+    /// Where the sender dials and what it presents: the entry and the whole chain.
+    pub fn for_sender(&self) -> (&str, &str) {
+        (&self.addr, &self.token)
+    }
+
+    /// Where the receiver binds and what it presents: the exit of a two-hop stripe, else the relay itself.
+    pub fn for_receiver(&self) -> (&str, &str) {
+        match &self.exit {
+            Some(exit) => (&exit.addr, &exit.token),
+            None => (&self.addr, &self.token),
+        }
+    }
 }
 
 /// The relays a session uses, and why these.

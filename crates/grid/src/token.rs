@@ -21,6 +21,22 @@ pub const ADMISSION_AUDIENCE: &str = "trackshift-relay";
 /// The longest token any TrackShift process reads, in bytes (a JWT of ours is about 300).
 pub const MAX_TOKEN_LEN: usize = 4096;
 
+/// The separator between the admission tokens of a two-hop path's chain (a character no JWT contains).
+pub const CHAIN_SEPARATOR: char = ',';
+
+/// The token chain a sender presents to the first relay of a multi-hop path: each relay's admission token, in
+/// path order. The first relay checks the first token and hands the rest on (`trackshift relay --forward`).
+pub fn chain<'a>(tokens: impl IntoIterator<Item = &'a str>) -> String {
+    let mut out = String::new();
+    for token in tokens {
+        if !out.is_empty() {
+            out.push(CHAIN_SEPARATOR);
+        }
+        out.push_str(token);
+    }
+    out
+}
+
 /// What a bearer token lets its holder do on the orchestrator's API.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -350,6 +366,12 @@ mod tests {
             key.verifier().verify_admission(&admission, "r2", 1_001),
             Err(TokenError::WrongRelay("r1".into()))
         );
+    }
+
+    #[test]
+    fn a_chain_joins_tokens_in_path_order() {
+        assert_eq!(chain(["a.b.c", "d.e.f"]), "a.b.c,d.e.f");
+        assert_eq!(chain(["a.b.c"]), "a.b.c");
     }
 
     #[test]

@@ -33,7 +33,7 @@ use crate::routes;
     components(schemas(
         api::ApiError, api::RelayCost, api::RelayRegistration, api::RelayRegistered, api::RelayHeartbeat,
         api::RelayInfo, api::ReceiverRegistration, api::ReceiverRegistered, api::ReceiverInfo,
-        api::CreateSession, api::PathRelay, api::SessionPath, api::SessionCreated, api::PathReport,
+        api::CreateSession, api::PathRelay, api::PathExit, api::SessionPath, api::SessionCreated, api::PathReport,
         api::ChunkStatus, api::ChunkUpdate, api::SessionState, api::SessionRecord, api::ReceiverSessions,
         api::SystemMetrics,
     )),

@@ -7,6 +7,12 @@
 //! as little as it can: stripes that still work stay whatever their cost, the failed one is replaced by the
 //! standby, and a relay already in the path (the standby, when it has to be chosen again) keeps its place
 //! unless another is cheaper by more than [`HYSTERESIS`], so paths do not flap between near-equal relays.
+//!
+//! Two-hop paths ([`candidates`]): a relay registered with `--forward ADDR`, where ADDR is another registered
+//! relay's address, is an entry, and that relay is its exit. A stripe on an entry always goes on to its exit:
+//! the sender binds at the entry, the receiver at the exit, and the stripe costs the sender's leg to the entry
+//! plus the receiver's leg to the exit, at the busier relay's load. An exit carries sessions only behind an
+//! entry, never as a first hop, and an entry whose exit is unknown or unhealthy is no candidate at all.
 
 use std::fmt::Write as _;
 
@@ -28,8 +34,66 @@ pub const HYSTERESIS: f64 = 0.8;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Candidate {
     pub relay_id: String,
-    /// From its last heartbeat, 0 to 1.
+    /// From its last heartbeat, 0 to 1 (of a two-hop stripe: the busier relay's).
     pub load: f64,
+    /// The exit relay a two-hop stripe goes on to, where the receiver binds; None for one hop.
+    pub exit: Option<String>,
+}
+
+/// A registered relay as selection sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Listed<'a> {
+    pub relay_id: &'a str,
+    pub addr: &'a str,
+    /// Its `--forward` address, if it has one.
+    pub forward: Option<&'a str>,
+    pub load: f64,
+    /// Probed, heartbeating and not draining.
+    pub healthy: bool,
+}
+
+/// The candidates among the registered `relays`: each healthy relay that is nobody's exit, as one hop, and
+/// each healthy entry with a healthy exit, as a two-hop stripe (see the module docs).
+pub fn candidates(relays: &[Listed<'_>]) -> Vec<Candidate> {
+    let exit_of = |entry: &Listed<'_>| {
+        let forward = entry.forward?;
+        relays
+            .iter()
+            .find(|r| r.relay_id != entry.relay_id && same_addr(r.addr, forward))
+    };
+    let is_exit = |r: &Listed<'_>| {
+        relays
+            .iter()
+            .any(|e| exit_of(e).is_some_and(|x| x.relay_id == r.relay_id))
+    };
+    relays
+        .iter()
+        .filter(|r| r.healthy && !is_exit(r))
+        .filter_map(|r| match (r.forward, exit_of(r)) {
+            (None, _) => Some(Candidate {
+                relay_id: r.relay_id.to_owned(),
+                load: r.load,
+                exit: None,
+            }),
+            (Some(_), Some(exit)) if exit.healthy => Some(Candidate {
+                relay_id: r.relay_id.to_owned(),
+                load: r.load.max(exit.load),
+                exit: Some(exit.relay_id.to_owned()),
+            }),
+            (Some(_), _) => None,
+        })
+        .collect()
+}
+
+/// Whether two `HOST:PORT` strings name the same socket (as addresses when both parse, else as text).
+fn same_addr(a: &str, b: &str) -> bool {
+    match (
+        a.parse::<std::net::SocketAddr>(),
+        b.parse::<std::net::SocketAddr>(),
+    ) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a.eq_ignore_ascii_case(b),
+    }
 }
 
 /// What both ends measured to the relays they know.
@@ -54,16 +118,18 @@ pub struct Chosen {
 pub struct NoRelay(String);
 
 impl Measured<'_> {
-    /// The relay's cost: (sender RTT + receiver RTT) × (1 + LOSS_WEIGHT × combined loss) + load penalty.
+    /// The relay's cost: (sender RTT + receiver RTT) × (1 + LOSS_WEIGHT × combined loss) + load penalty. The
+    /// receiver's leg of a two-hop stripe is the one to its exit.
     pub fn cost(&self, candidate: &Candidate) -> f64 {
-        let find = |costs: &[RelayCost]| {
+        let find = |costs: &[RelayCost], id: &str| {
             costs
                 .iter()
-                .find(|c| c.relay_id == candidate.relay_id)
+                .find(|c| c.relay_id == id)
                 .map_or((DEFAULT_RTT_MS, 0.0), |c| (c.rtt_ms, c.loss))
         };
-        let (sender_rtt, sender_loss) = find(self.sender);
-        let (receiver_rtt, receiver_loss) = find(self.receiver);
+        let receiver_end = candidate.exit.as_deref().unwrap_or(&candidate.relay_id);
+        let (sender_rtt, sender_loss) = find(self.sender, &candidate.relay_id);
+        let (receiver_rtt, receiver_loss) = find(self.receiver, receiver_end);
         let loss = 1.0 - (1.0 - sender_loss) * (1.0 - receiver_loss);
         let load = candidate.load.clamp(0.0, 1.0);
         (sender_rtt + receiver_rtt) * (1.0 + LOSS_WEIGHT * loss) + LOAD_WEIGHT_MS * load
@@ -93,7 +159,18 @@ pub fn pick(
     let take = stripes.clamp(1, ranked.len());
     let mut reason = String::from("cheapest of");
     for (c, cost) in &ranked {
-        let _ = write!(reason, " {}={cost:.1}", c.relay_id);
+        let _ = write!(reason, " {}={cost:.1}", hops(c));
+    }
+    for (c, _) in &ranked[..take] {
+        if let Some(exit) = &c.exit {
+            let _ = write!(
+                reason,
+                "; two hops {}: {} forwards to {exit} (--forward), the sender binds at {}, the receiver at {exit}",
+                hops(c),
+                c.relay_id,
+                c.relay_id
+            );
+        }
     }
     if take < stripes {
         let _ = write!(
@@ -109,6 +186,14 @@ pub fn pick(
         standby: ranked.get(take).map(|(c, _)| c.relay_id.clone()),
         reason,
     })
+}
+
+/// A candidate's hops for a reason line: `a`, or `a>b` for a two-hop stripe through entry a to exit b.
+fn hops(c: &Candidate) -> String {
+    match &c.exit {
+        Some(exit) => format!("{}>{exit}", c.relay_id),
+        None => c.relay_id.clone(),
+    }
 }
 
 /// A new path after `failed` stopped (it may also be a relay that is no longer among the healthy
@@ -212,6 +297,7 @@ mod tests {
             .map(|id| Candidate {
                 relay_id: (*id).into(),
                 load: 0.0,
+                exit: None,
             })
             .collect()
     }
@@ -239,11 +325,13 @@ mod tests {
         let a = Candidate {
             relay_id: "a".into(),
             load: 0.5,
+            exit: None,
         };
         assert!((m.cost(&a) - (40.0 * 2.0 + 25.0)).abs() < 1e-9);
         let unknown = Candidate {
             relay_id: "z".into(),
             load: 0.0,
+            exit: None,
         };
         assert!((m.cost(&unknown) - 2.0 * DEFAULT_RTT_MS).abs() < 1e-9);
     }
@@ -342,5 +430,56 @@ mod tests {
         assert_eq!(next.stripes, vec!["c".to_string(), "d".to_string()]);
         assert_eq!(next.standby, None);
         assert!(repick(&relays(&["a"]), m, &current, "a").is_err());
+    }
+
+    fn listed<'a>(id: &'a str, addr: &'a str, forward: Option<&'a str>) -> Listed<'a> {
+        Listed {
+            relay_id: id,
+            addr,
+            forward,
+            load: 0.1,
+            healthy: true,
+        }
+    }
+
+    #[test]
+    fn an_entry_forwarding_to_a_registered_relay_makes_a_two_hop_stripe() {
+        let relays = [
+            listed("a", "127.0.0.1:1000", Some("127.0.0.1:2000")),
+            listed("b", "127.0.0.1:2000", None),
+            listed("c", "127.0.0.1:3000", None),
+        ];
+        let found = candidates(&relays);
+        let view: Vec<(&str, Option<&str>)> = found
+            .iter()
+            .map(|c| (c.relay_id.as_str(), c.exit.as_deref()))
+            .collect();
+        assert_eq!(
+            view,
+            [("a", Some("b")), ("c", None)],
+            "b serves only behind a"
+        );
+        // The receiver's leg of a>b is its RTT to the exit b, not to a.
+        let receiver = [rtt("b", 5.0), rtt("a", 500.0)];
+        let m = Measured {
+            sender: &[rtt("a", 5.0)],
+            receiver: &receiver,
+        };
+        assert!((m.cost(&found[0]) - (10.0 + LOAD_WEIGHT_MS * 0.1)).abs() < 1e-9);
+        let chosen = pick(&found, m, 1).unwrap();
+        assert_eq!(chosen.stripes, ["a"]);
+        assert!(chosen.reason.contains("a>b="), "{}", chosen.reason);
+    }
+
+    #[test]
+    fn an_entry_without_a_healthy_exit_is_no_candidate() {
+        let mut exit = listed("b", "127.0.0.1:2000", None);
+        exit.healthy = false;
+        let relays = [
+            listed("a", "127.0.0.1:1000", Some("127.0.0.1:2000")),
+            exit,
+            listed("d", "127.0.0.1:4000", Some("127.0.0.1:9999")),
+        ];
+        assert!(candidates(&relays).is_empty());
     }
 }

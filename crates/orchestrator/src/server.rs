@@ -13,15 +13,15 @@ use axum::Router;
 use ring::rand::{SecureRandom, SystemRandom};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use trackshift_grid::api::{PathRelay, SessionPath};
-use trackshift_grid::{TokenKey, TokenVerifier};
+use trackshift_grid::api::{PathExit, PathRelay, SessionPath};
+use trackshift_grid::{token, TokenKey, TokenVerifier};
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::error::{ApiFailure, OrchestratorError};
 use crate::ratelimit::{Limiter, RateLimit};
 use crate::routes::{self, sessions::reuse_token};
-use crate::select::{Candidate, Chosen};
+use crate::select::{self, Candidate, Chosen, Listed};
 use crate::store::{AuditEntry, RelayRow, Store};
 use crate::{auth, clock, keyfile, openapi::ApiDoc, tls};
 
@@ -112,18 +112,21 @@ impl AppState {
         r.probed && r.healthy && !r.draining && now - r.last_heartbeat <= window_ms
     }
 
-    /// The healthy relays as selection candidates.
+    /// The healthy relays as selection candidates, two-hop stripes among them ([`select::candidates`]).
     pub async fn candidates(&self) -> Result<Vec<Candidate>, ApiFailure> {
         let now = clock::now_ms();
         let relays = self.store.relays().await?;
-        Ok(relays
-            .into_iter()
-            .filter(|r| self.is_healthy(r, now))
-            .map(|r| Candidate {
-                relay_id: r.relay_id,
+        let listed: Vec<Listed<'_>> = relays
+            .iter()
+            .map(|r| Listed {
+                relay_id: &r.relay_id,
+                addr: &r.addr,
+                forward: r.forward.as_deref(),
                 load: r.load,
+                healthy: self.is_healthy(r, now),
             })
-            .collect())
+            .collect();
+        Ok(select::candidates(&listed))
     }
 
     /// A fresh session id: 16 random bytes as 32 lowercase hex digits.
@@ -135,38 +138,63 @@ impl AppState {
         Ok(hex::encode(bytes))
     }
 
-    /// The path for `chosen`, version `version`: relays already in `old` keep their token, others get one.
+    /// The path for `chosen` (from `candidates`), version `version`: relays already in `old` keep their
+    /// tokens, others get theirs; a two-hop stripe gets its exit's token too, and the sender's chain of both.
     pub async fn sign_path(
         &self,
         session_id: &str,
         chosen: &Chosen,
+        candidates: &[Candidate],
         old: Option<&SessionPath>,
         version: u32,
     ) -> Result<SessionPath, ApiFailure> {
         let relays = self.store.relays().await?;
         let now = clock::now_secs();
-        let sign = |relay_id: &str| -> Result<PathRelay, ApiFailure> {
-            let addr = relays
+        let addr_of = |relay_id: &str| {
+            relays
                 .iter()
                 .find(|r| r.relay_id == relay_id)
                 .map(|r| r.addr.clone())
-                .unwrap_or_default();
-            if let Some(kept) = reuse_token(old, relay_id) {
-                return Ok(PathRelay { addr, ..kept });
-            }
-            let token = self
-                .key
+                .unwrap_or_default()
+        };
+        let admit = |relay_id: &str| {
+            self.key
                 .sign_admission(
                     session_id,
                     relay_id,
                     now,
                     self.settings.admission_ttl.as_secs(),
                 )
-                .map_err(|e| ApiFailure::internal(&e))?;
+                .map_err(|e| ApiFailure::internal(&e))
+        };
+        let sign = |relay_id: &str| -> Result<PathRelay, ApiFailure> {
+            let addr = addr_of(relay_id);
+            if let Some(kept) = reuse_token(old, relay_id) {
+                return Ok(PathRelay { addr, ..kept });
+            }
+            let token = admit(relay_id)?;
+            let exit = candidates
+                .iter()
+                .find(|c| c.relay_id == relay_id)
+                .and_then(|c| c.exit.as_deref());
+            let Some(exit_id) = exit else {
+                return Ok(PathRelay {
+                    relay_id: relay_id.to_owned(),
+                    addr,
+                    token,
+                    exit: None,
+                });
+            };
+            let exit = PathExit {
+                relay_id: exit_id.to_owned(),
+                addr: addr_of(exit_id),
+                token: admit(exit_id)?,
+            };
             Ok(PathRelay {
                 relay_id: relay_id.to_owned(),
                 addr,
-                token,
+                token: token::chain([token.as_str(), exit.token.as_str()]),
+                exit: Some(exit),
             })
         };
         Ok(SessionPath {

@@ -12,7 +12,7 @@ use trackshift_grid::TokenVerifier;
 use crate::counters::DropReason;
 
 /// The separator between the tokens of a chain.
-pub const CHAIN_SEPARATOR: char = ',';
+pub use trackshift_grid::token::CHAIN_SEPARATOR;
 
 /// What an accepted token says.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -59,7 +59,9 @@ pub async fn create(
     let chosen = select::pick(&candidates, measured, usize::from(body.relays))
         .map_err(|e| ApiFailure::conflict(e.to_string()))?;
     let session_id = state.new_session_id()?;
-    let path = state.sign_path(&session_id, &chosen, None, 1).await?;
+    let path = state
+        .sign_path(&session_id, &chosen, &candidates, None, 1)
+        .await?;
     let now = clock::now_ms();
     let mut row = SessionRow {
         seq: 0,
@@ -249,7 +251,13 @@ pub async fn report_path(
             .map_err(|e| ApiFailure::conflict(e.to_string()))?;
         let version = row.path.version.saturating_add(1);
         let path = state
-            .sign_path(&row.session_id, &chosen, Some(&row.path), version)
+            .sign_path(
+                &row.session_id,
+                &chosen,
+                &candidates,
+                Some(&row.path),
+                version,
+            )
             .await?;
         if state
             .store
