@@ -10,8 +10,8 @@
 //!
 //! Sides a and c have no route to each other and side b forwards nothing (each test checks it first), so the
 //! file can only go through the relays. Each test has its own lab, names and dirs; each arrives byte-identical:
-//! through one relay, striped over two, through the standby after the busy relay is SIGKILLed, and across an
-//! orchestrator SIGKILLed and restarted mid-transfer. Correctness only, no speed assertions; every wait is
+//! through one relay, striped over two, through the standby after the busy relay is SIGKILLed, across an
+//! orchestrator SIGKILLed and restarted mid-transfer, and through a two-hop chain (relay → relay `--forward`). Correctness only, no speed assertions; every wait is
 //! bounded and everything (processes, namespaces, files) is cleaned up on failure.
 //!
 //! Needs root, /dev/net/tun and the binaries built (`cargo build -p trackshift-cli -p trackshift-netlab`).
@@ -456,4 +456,44 @@ fn a_transfer_goes_on_across_an_orchestrator_restart() {
         ids.len(),
         "{listed:?}"
     );
+}
+
+/// A two-hop path, as the orchestrator makes one: the exit relay registers first, then the entry with `--forward`
+/// to the exit's address, and every session goes entry → exit. The sender (side a) binds at the entry, the
+/// receiver (side c) at the exit; the entry reaches the exit inside side b.
+#[test]
+fn a_file_arrives_through_a_two_hop_chain() {
+    let mut grid = Grid::start("ng-2hop", 0);
+    let exit = grid.add_relay(0, &[]);
+    let exit_addr = format!("{}:{RELAY_PORT}", relay_addr(0));
+    let entry = grid.add_relay(1, &["--forward", &exit_addr]);
+    let receiver = grid.receiver("ng-2hop-rx");
+    let file = grid.file("chained.bin", 32, 5);
+    let mut sender = grid.sender(&file, "ng-2hop-rx", &["--streams", "2"]);
+    let id = session_id(&mut sender);
+    let out = grid.finish(sender, receiver, &file);
+    assert_eq!(
+        relays_of(out.summary()),
+        [entry.as_str()],
+        "the stripe is named by its entry"
+    );
+    let path = grid.session(&id).path;
+    let hop = path.stripes[0].exit.as_ref().expect("the exit hop");
+    assert_eq!(path.stripes[0].relay_id, entry);
+    assert_eq!(
+        (hop.relay_id.as_str(), hop.addr.as_str()),
+        (exit.as_str(), exit_addr.as_str())
+    );
+    assert!(
+        path.reason.contains(&format!("two hops {entry}>{exit}")),
+        "{}",
+        path.reason
+    );
+    // Both relays carried the whole file.
+    for id in [&entry, &exit] {
+        let stopped = grid.relay_proc(id).terminate(WAIT);
+        let line = stopped.event("relay_stopped").expect("relay_stopped");
+        let bytes = line["bytes_forwarded"].as_u64().unwrap_or(0);
+        assert!(bytes > 32 * MIB, "{id} forwarded {bytes} bytes: {line}");
+    }
 }
