@@ -10,8 +10,9 @@
 # receiver; then, each for SECONDS (default 15) with 2 threads:
 #   create     POST /api/v1/session, 16 connections, as fast as they go
 #   chunks     PUT  chunk n (a fresh n each request) of one session of 1,000,000 chunks, 16 connections
-#   chunks@1k  the same paced: 16 connections each waiting 13 ms after each answer (about 1,000/s; wrk's
-#              delay(), so the offered rate drops a little as latency grows); the target: p99 < 20 ms
+#   chunks@1k  the same paced: 16 connections (or PACED_CONNECTIONS) each waiting 13 ms after each answer
+#              (about 1,000/s; wrk's delay(), so the offered rate drops a little as latency grows); the
+#              target: p99 < 20 ms. BACKENDS=postgres (or sqlite) runs one backend only.
 #   chunks@1k-late  the same again once the session holds the verified chunks of every run before (whether
 #              the latency grows with the chunks already verified)
 # wrk's Lua scripts (bench/wrk/*.lua) set the bearer token and bodies. Timing runs hold `flock
@@ -19,6 +20,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-15}
+backends=${BACKENDS:-sqlite postgres}   # BACKENDS=postgres: one of them only
+paced=${PACED_CONNECTIONS:-16}          # connections of the paced runs (each ~1 request per 13 ms + latency)
 out=${2:-bench/results/$(date -u +%Y-%m-%d-%H%M)-vm-api-load}
 ts=${TS_BIN:-$PWD/target/release/trackshift}
 [ -x "$ts" ] || { echo "error: build it first: cargo build --release -p trackshift-cli" >&2; exit 1; }
@@ -115,8 +118,8 @@ PY
   }
   run create create.lua 16
   run chunks chunk.lua 16 0
-  run chunks@1k chunk.lua 16 500000 13
-  run chunks@1k-late chunk.lua 16 750000 13
+  run chunks@1k chunk.lua "$paced" 500000 13
+  run chunks@1k-late chunk.lua "$paced" 750000 13
   curl -sf "$url/api/v1/session/$sid" -H "Authorization: Bearer $tx_tok" \
     | python3 -c 'import json,sys; r=json.load(sys.stdin); print(sys.argv[1] + ": session " + r["session_id"] + " holds " + str(r["chunks_verified"]) + " verified chunks at the end")' "$backend" \
     >> "$out/notes.txt"
@@ -126,8 +129,7 @@ PY
 }
 
 : > "$out/results.jsonl"; : > "$out/notes.txt"
-bench_backend sqlite
-bench_backend postgres
+for b in $backends; do bench_backend "$b"; done
 {
   echo "# Orchestrator API under load (wrk)"
   echo
@@ -135,7 +137,7 @@ bench_backend postgres
   echo "wrk 2 threads, orchestrator, relay, wrk and (for postgres) PostgreSQL $("$pgbin/postgres" --version | awk '{print $3}') all on this 2-core machine,"
   echo "which other helpers' \`nice\` cargo builds shared during the runs (load average before -> after each run in the table)."
   echo "\`chunks\` PUTs verified to a fresh chunk per request (chunk index from the run's start offset upwards), of one"
-  echo "session of 1,000,000 chunks; \`@1k\` runs are paced at about 1,000 requests/s (16 connections, 13 ms between"
+  echo "session of 1,000,000 chunks; \`@1k\` runs are paced at about 1,000 requests/s ($paced connections, 13 ms between"
   echo "answer and next request). Target: p99 < 20 ms at 1,000 chunk updates/s."
   echo
   bench/jsonl-table.py "$out/results.jsonl" backend:=backend run:=run connections=connections requests=requests \
