@@ -1,60 +1,71 @@
-//! `send` and `receive` through the edge grid with the real binaries: `trackshift relay` processes, a
+//! `send` and `receive` through the edge grid with the real binaries: a `trackshift orchestrator` process
+//! (its tokens from `trackshift orchestrator token`), `trackshift relay` processes, a
 //! `trackshift receive --orchestrator` with no listening port and a `trackshift send --orchestrator`, on
-//! loopback. The orchestrator runs in this process through its library (`trackshift_orchestrator::start`)
-//! until the `trackshift orchestrator` command is merged. Each test has its own relays, names and dirs.
+//! loopback. Each test has its own orchestrator, relays, names and dirs.
 #![allow(clippy::unwrap_used)] // test code: an unwrap that fails is a failing test, with its message
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use trackshift_grid::{Role, TokenKey};
-use trackshift_scenarios::{assert_same_file, random_file, trackshift, Proc, Scratch};
+use trackshift_grid::Role;
+use trackshift_scenarios::{assert_same_file, random_file, run, trackshift, Proc, Scratch};
 
 const SECRET: &str = "grid e2e secret";
 const WAIT: Duration = Duration::from_secs(120);
 
-fn unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-/// An orchestrator on a loopback port, on a runtime of its own.
+/// A `trackshift orchestrator --listen 127.0.0.1:0` process (killed with the test), SQLite in its state dir,
+/// heartbeats every second so a dead relay is unhealthy within 3 s.
 struct Orchestrator {
-    _runtime: tokio::runtime::Runtime,
+    _proc: Proc,
     url: String,
-    key: TokenKey,
+    state_dir: PathBuf,
 }
 
 impl Orchestrator {
     fn start(state_dir: &Path) -> Self {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let mut config = trackshift_orchestrator::Config::new("127.0.0.1:0", state_dir);
-        config.heartbeat_interval = Duration::from_secs(1);
-        let running = runtime
-            .block_on(trackshift_orchestrator::start(config))
-            .unwrap();
-        let url = running.url();
-        // Runs until the runtime is dropped with the test.
-        runtime.spawn(async move {
-            let _ = running.wait().await;
-        });
-        let key = trackshift_orchestrator::signing_key(state_dir).unwrap();
+        let dir = state_dir.to_str().unwrap();
+        let mut proc = Proc::spawn(
+            "orchestrator",
+            trackshift([
+                "orchestrator",
+                "--listen",
+                "127.0.0.1:0",
+                "--state-dir",
+                dir,
+                "--heartbeat-interval",
+                "1s",
+                "--json",
+            ]),
+        );
+        let listening = proc.wait_event("listening", WAIT, |v| v["event"] == "listening");
         Self {
-            _runtime: runtime,
-            url,
-            key,
+            url: listening["url"].as_str().unwrap().to_owned(),
+            _proc: proc,
+            state_dir: state_dir.to_owned(),
         }
     }
 
+    /// A bearer token from `trackshift orchestrator token` (same state dir, so the server's key), valid 1 h.
     fn token(&self, role: Role, subject: &str) -> String {
-        self.key.sign_api(subject, role, unix(), 3600).unwrap()
+        let out = run(
+            "orchestrator token",
+            trackshift([
+                "orchestrator",
+                "token",
+                "--role",
+                role.as_str(),
+                "--subject",
+                subject,
+                "--ttl",
+                "1h",
+                "--state-dir",
+                self.state_dir.to_str().unwrap(),
+            ]),
+            WAIT,
+        );
+        assert_eq!(out.code, 0, "orchestrator token failed: {}", out.stderr);
+        out.stdout.trim().to_owned()
     }
 
     /// A `trackshift relay` registered here; with `capture`, everything it forwards is written there.
