@@ -375,3 +375,50 @@ fn a_killed_relay_fails_over_to_the_standby() {
 fn a_draining_relay_hands_its_session_to_the_standby() {
     fail_over("grid-drain", false);
 }
+
+/// A stripe's relay is dead for UDP from the very start, before its stream's first ACK, while the
+/// orchestrator still counts it healthy: relay `b` registers with `--public-addr` pointing at a TCP port the
+/// test holds open (so the registration probe passes) where nothing takes UDP. The control connection goes
+/// through stripe `a`; stream 1 through `b` never hears an ACK. Through relays there is no TCP path to the
+/// receiver to fall back to: the stream must move to the standby `c` and the transfer stay on UDP.
+#[test]
+fn a_stream_whose_relay_is_dead_before_its_first_ack_moves_to_the_standby() {
+    let scratch = Scratch::new("grid-dead-start");
+    let orch = Orchestrator::start(&scratch.dir("orch"));
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hole_addr = hole.local_addr().unwrap().to_string();
+    let _a = orch.relay("grid4-a", None);
+    let _b = orch.relay_with("grid4-b", None, &["--public-addr", &hole_addr]);
+    let _c = orch.relay("grid4-c", None);
+    let mut receiver = orch.receiver(&scratch, "grid4-rx");
+    let file = random_file(&scratch.file("dead.bin"), 24 << 20, 4);
+    let mut sender = orch.sender(
+        &scratch,
+        &file,
+        "grid4-rx",
+        &["--streams", "2", "--relays", "2"],
+    );
+    let start = sender.wait_event("start", WAIT, |v| v["event"] == "start");
+    let path = orch.session(&start).path;
+    let stripes: Vec<&str> = path.stripes.iter().map(|r| r.relay_id.as_str()).collect();
+    assert_eq!(stripes, ["grid4-a", "grid4-b"], "equal costs: by id");
+    assert_eq!(path.standby.unwrap().relay_id, "grid4-c");
+    let failover = sender.wait_event("relay_failover", WAIT, |v| v["event"] == "relay_failover");
+    assert_eq!(failover["lost"], "grid4-b", "{failover}");
+    let out = sender.wait(WAIT);
+    assert_eq!(out.code, 0, "send failed: {}", out.stderr);
+    assert!(
+        out.event("fallback").is_none(),
+        "no fallback to TCP through relays: {:?}",
+        out.event("fallback")
+    );
+    let summary = out.summary();
+    assert_eq!(summary["protocol"], "udp", "{summary}");
+    assert!(
+        relays_of(summary).iter().any(|r| r == "grid4-c"),
+        "the standby carried stream 1: {summary}"
+    );
+    assert_eq!(receiver.wait(WAIT).code, 0);
+    assert_same_file(&file, &scratch.dir("out").join("dead.bin"));
+    drop(hole);
+}
