@@ -138,7 +138,11 @@ impl Orchestrator {
                 "--json",
             ]),
         );
-        receiver.wait_event("listening", WAIT, |v| v["event"] == "listening");
+        let listening = receiver.wait_event("listening", WAIT, |v| v["event"] == "listening");
+        assert!(
+            listening["addr"].is_null(),
+            "no listening port, so no address (not 0.0.0.0:0): {listening}"
+        );
         receiver
     }
 

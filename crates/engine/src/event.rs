@@ -118,7 +118,9 @@ pub enum Event {
     // ---- receive ----
     /// The receiver is up.
     Listening {
-        addr: String,
+        /// The listening port's address; None (JSON null) for a receiver served only through relays, which
+        /// has no listening port (`receive --orchestrator` without `--listen`).
+        addr: Option<String>,
         fingerprint: String,
         output_dir: String,
         /// The secret senders need, when the receiver generated it (or loaded the one it generated earlier).
