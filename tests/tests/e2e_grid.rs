@@ -300,7 +300,11 @@ fn a_file_is_striped_over_two_relays() {
     let mut relays = relays_of(out.summary());
     relays.sort();
     assert_eq!(relays, ["grid2-r1", "grid2-r2"], "both stripes carried it");
-    assert_eq!(receiver.wait(WAIT).code, 0);
+    let received = receiver.wait(WAIT);
+    assert_eq!(received.code, 0);
+    let mut relays = relays_of(received.summary());
+    relays.sort();
+    assert_eq!(relays, ["grid2-r1", "grid2-r2"], "the receive summary too");
     assert_same_file(&file, &scratch.dir("out").join("striped.bin"));
 }
 
@@ -362,7 +366,14 @@ fn fail_over(test: &str, kill: bool) {
         2,
         "both relays carried part"
     );
-    assert_eq!(receiver.wait(WAIT).code, 0);
+    let received = receiver.wait(WAIT);
+    assert_eq!(received.code, 0);
+    assert_eq!(
+        relays_of(received.summary()).len(),
+        2,
+        "the receive summary names both too: {}",
+        received.summary()
+    );
     assert_same_file(&file, &scratch.dir("out").join("big.bin"));
     assert!(stall < Duration::from_secs(15), "stall {stall:?}");
     if !kill {

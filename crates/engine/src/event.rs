@@ -259,6 +259,10 @@ pub struct ReceiveSummary {
     /// The DCSP figures (all null over TCP).
     #[serde(flatten)]
     pub dcsp: ReceiverFigures,
+    /// Through relays: the ids of the relays its connections were paired at and its datagrams came through,
+    /// over every connection of the session (absent when direct).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relays: Option<Vec<String>>,
 }
 
 /// What a receiver's DCSP connections counted, summed over the transfer's streams.
