@@ -437,3 +437,39 @@ fn a_stream_whose_relay_is_dead_before_its_first_ack_moves_to_the_standby() {
     assert_same_file(&file, &scratch.dir("out").join("dead.bin"));
     drop(hole);
 }
+
+/// The sender is killed once 10 MiB of 40 MiB verified; `send` run again resumes through the relay: the
+/// same session, and only the chunks not verified travel.
+#[test]
+fn a_killed_sender_resumes_through_the_relay() {
+    let scratch = Scratch::new("grid-resume");
+    let orch = Orchestrator::start(&scratch.dir("orch"));
+    let _relay = orch.relay("grid5-r1", None);
+    let mut receiver = orch.receiver(&scratch, "grid5-rx");
+    let file = random_file(&scratch.file("resumed.bin"), 40 << 20, 5);
+    let args = ["--streams", "1", "--max-rate", "20MB/s"];
+    let mut first = orch.sender(&scratch, &file, "grid5-rx", &args);
+    let start = first.wait_event("start", WAIT, |v| v["event"] == "start");
+    first.wait_event("10 MiB verified", WAIT, |v| {
+        v["event"] == "progress" && v["bytes_done"].as_u64().unwrap_or(0) >= 10 << 20
+    });
+    first.kill();
+    let out = orch.sender(&scratch, &file, "grid5-rx", &[]).wait(WAIT);
+    assert_eq!(out.code, 0, "the second send failed: {}", out.stderr);
+    let summary = out.summary();
+    assert_eq!(summary["session_id"], start["session_id"], "{summary}");
+    assert!(
+        summary["chunks_skipped"].as_u64().unwrap_or(0) >= 2,
+        "the verified chunks stayed: {summary}"
+    );
+    assert!(
+        summary["chunks_sent"].as_u64().unwrap() < summary["chunks_total"].as_u64().unwrap(),
+        "only the missing chunks travelled: {summary}"
+    );
+    eprintln!(
+        "resumed: {} of {} chunks sent, {} skipped",
+        summary["chunks_sent"], summary["chunks_total"], summary["chunks_skipped"]
+    );
+    assert_eq!(receiver.wait(WAIT).code, 0);
+    assert_same_file(&file, &scratch.dir("out").join("resumed.bin"));
+}
