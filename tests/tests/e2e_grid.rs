@@ -1,60 +1,71 @@
-//! `send` and `receive` through the edge grid with the real binaries: `trackshift relay` processes, a
+//! `send` and `receive` through the edge grid with the real binaries: a `trackshift orchestrator` process
+//! (its tokens from `trackshift orchestrator token`), `trackshift relay` processes, a
 //! `trackshift receive --orchestrator` with no listening port and a `trackshift send --orchestrator`, on
-//! loopback. The orchestrator runs in this process through its library (`trackshift_orchestrator::start`)
-//! until the `trackshift orchestrator` command is merged. Each test has its own relays, names and dirs.
+//! loopback. Each test has its own orchestrator, relays, names and dirs.
 #![allow(clippy::unwrap_used)] // test code: an unwrap that fails is a failing test, with its message
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use trackshift_grid::{Role, TokenKey};
-use trackshift_scenarios::{assert_same_file, random_file, trackshift, Proc, Scratch};
+use trackshift_grid::Role;
+use trackshift_scenarios::{assert_same_file, random_file, run, trackshift, Proc, Scratch};
 
 const SECRET: &str = "grid e2e secret";
 const WAIT: Duration = Duration::from_secs(120);
 
-fn unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-/// An orchestrator on a loopback port, on a runtime of its own.
+/// A `trackshift orchestrator --listen 127.0.0.1:0` process (killed with the test), SQLite in its state dir,
+/// heartbeats every second so a dead relay is unhealthy within 3 s.
 struct Orchestrator {
-    _runtime: tokio::runtime::Runtime,
+    _proc: Proc,
     url: String,
-    key: TokenKey,
+    state_dir: PathBuf,
 }
 
 impl Orchestrator {
     fn start(state_dir: &Path) -> Self {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let mut config = trackshift_orchestrator::Config::new("127.0.0.1:0", state_dir);
-        config.heartbeat_interval = Duration::from_secs(1);
-        let running = runtime
-            .block_on(trackshift_orchestrator::start(config))
-            .unwrap();
-        let url = running.url();
-        // Runs until the runtime is dropped with the test.
-        runtime.spawn(async move {
-            let _ = running.wait().await;
-        });
-        let key = trackshift_orchestrator::signing_key(state_dir).unwrap();
+        let dir = state_dir.to_str().unwrap();
+        let mut proc = Proc::spawn(
+            "orchestrator",
+            trackshift([
+                "orchestrator",
+                "--listen",
+                "127.0.0.1:0",
+                "--state-dir",
+                dir,
+                "--heartbeat-interval",
+                "1s",
+                "--json",
+            ]),
+        );
+        let listening = proc.wait_event("listening", WAIT, |v| v["event"] == "listening");
         Self {
-            _runtime: runtime,
-            url,
-            key,
+            url: listening["url"].as_str().unwrap().to_owned(),
+            _proc: proc,
+            state_dir: state_dir.to_owned(),
         }
     }
 
+    /// A bearer token from `trackshift orchestrator token` (same state dir, so the server's key), valid 1 h.
     fn token(&self, role: Role, subject: &str) -> String {
-        self.key.sign_api(subject, role, unix(), 3600).unwrap()
+        let out = run(
+            "orchestrator token",
+            trackshift([
+                "orchestrator",
+                "token",
+                "--role",
+                role.as_str(),
+                "--subject",
+                subject,
+                "--ttl",
+                "1h",
+                "--state-dir",
+                self.state_dir.to_str().unwrap(),
+            ]),
+            WAIT,
+        );
+        assert_eq!(out.code, 0, "orchestrator token failed: {}", out.stderr);
+        out.stdout.trim().to_owned()
     }
 
     /// A `trackshift relay` registered here; with `capture`, everything it forwards is written there.
@@ -127,7 +138,11 @@ impl Orchestrator {
                 "--json",
             ]),
         );
-        receiver.wait_event("listening", WAIT, |v| v["event"] == "listening");
+        let listening = receiver.wait_event("listening", WAIT, |v| v["event"] == "listening");
+        assert!(
+            listening["addr"].is_null(),
+            "no listening port, so no address (not 0.0.0.0:0): {listening}"
+        );
         receiver
     }
 
@@ -285,7 +300,11 @@ fn a_file_is_striped_over_two_relays() {
     let mut relays = relays_of(out.summary());
     relays.sort();
     assert_eq!(relays, ["grid2-r1", "grid2-r2"], "both stripes carried it");
-    assert_eq!(receiver.wait(WAIT).code, 0);
+    let received = receiver.wait(WAIT);
+    assert_eq!(received.code, 0);
+    let mut relays = relays_of(received.summary());
+    relays.sort();
+    assert_eq!(relays, ["grid2-r1", "grid2-r2"], "the receive summary too");
     assert_same_file(&file, &scratch.dir("out").join("striped.bin"));
 }
 
@@ -347,7 +366,14 @@ fn fail_over(test: &str, kill: bool) {
         2,
         "both relays carried part"
     );
-    assert_eq!(receiver.wait(WAIT).code, 0);
+    let received = receiver.wait(WAIT);
+    assert_eq!(received.code, 0);
+    assert_eq!(
+        relays_of(received.summary()).len(),
+        2,
+        "the receive summary names both too: {}",
+        received.summary()
+    );
     assert_same_file(&file, &scratch.dir("out").join("big.bin"));
     assert!(stall < Duration::from_secs(15), "stall {stall:?}");
     if !kill {
@@ -363,4 +389,87 @@ fn a_killed_relay_fails_over_to_the_standby() {
 #[test]
 fn a_draining_relay_hands_its_session_to_the_standby() {
     fail_over("grid-drain", false);
+}
+
+/// A stripe's relay is dead for UDP from the very start, before its stream's first ACK, while the
+/// orchestrator still counts it healthy: relay `b` registers with `--public-addr` pointing at a TCP port the
+/// test holds open (so the registration probe passes) where nothing takes UDP. The control connection goes
+/// through stripe `a`; stream 1 through `b` never hears an ACK. Through relays there is no TCP path to the
+/// receiver to fall back to: the stream must move to the standby `c` and the transfer stay on UDP.
+#[test]
+fn a_stream_whose_relay_is_dead_before_its_first_ack_moves_to_the_standby() {
+    let scratch = Scratch::new("grid-dead-start");
+    let orch = Orchestrator::start(&scratch.dir("orch"));
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hole_addr = hole.local_addr().unwrap().to_string();
+    let _a = orch.relay("grid4-a", None);
+    let _b = orch.relay_with("grid4-b", None, &["--public-addr", &hole_addr]);
+    let _c = orch.relay("grid4-c", None);
+    let mut receiver = orch.receiver(&scratch, "grid4-rx");
+    let file = random_file(&scratch.file("dead.bin"), 24 << 20, 4);
+    let mut sender = orch.sender(
+        &scratch,
+        &file,
+        "grid4-rx",
+        &["--streams", "2", "--relays", "2"],
+    );
+    let start = sender.wait_event("start", WAIT, |v| v["event"] == "start");
+    let path = orch.session(&start).path;
+    let stripes: Vec<&str> = path.stripes.iter().map(|r| r.relay_id.as_str()).collect();
+    assert_eq!(stripes, ["grid4-a", "grid4-b"], "equal costs: by id");
+    assert_eq!(path.standby.unwrap().relay_id, "grid4-c");
+    let failover = sender.wait_event("relay_failover", WAIT, |v| v["event"] == "relay_failover");
+    assert_eq!(failover["lost"], "grid4-b", "{failover}");
+    let out = sender.wait(WAIT);
+    assert_eq!(out.code, 0, "send failed: {}", out.stderr);
+    assert!(
+        out.event("fallback").is_none(),
+        "no fallback to TCP through relays: {:?}",
+        out.event("fallback")
+    );
+    let summary = out.summary();
+    assert_eq!(summary["protocol"], "udp", "{summary}");
+    assert!(
+        relays_of(summary).iter().any(|r| r == "grid4-c"),
+        "the standby carried stream 1: {summary}"
+    );
+    assert_eq!(receiver.wait(WAIT).code, 0);
+    assert_same_file(&file, &scratch.dir("out").join("dead.bin"));
+    drop(hole);
+}
+
+/// The sender is killed once 10 MiB of 40 MiB verified; `send` run again resumes through the relay: the
+/// same session, and only the chunks not verified travel.
+#[test]
+fn a_killed_sender_resumes_through_the_relay() {
+    let scratch = Scratch::new("grid-resume");
+    let orch = Orchestrator::start(&scratch.dir("orch"));
+    let _relay = orch.relay("grid5-r1", None);
+    let mut receiver = orch.receiver(&scratch, "grid5-rx");
+    let file = random_file(&scratch.file("resumed.bin"), 40 << 20, 5);
+    let args = ["--streams", "1", "--max-rate", "20MB/s"];
+    let mut first = orch.sender(&scratch, &file, "grid5-rx", &args);
+    let start = first.wait_event("start", WAIT, |v| v["event"] == "start");
+    first.wait_event("10 MiB verified", WAIT, |v| {
+        v["event"] == "progress" && v["bytes_done"].as_u64().unwrap_or(0) >= 10 << 20
+    });
+    first.kill();
+    let out = orch.sender(&scratch, &file, "grid5-rx", &[]).wait(WAIT);
+    assert_eq!(out.code, 0, "the second send failed: {}", out.stderr);
+    let summary = out.summary();
+    assert_eq!(summary["session_id"], start["session_id"], "{summary}");
+    assert!(
+        summary["chunks_skipped"].as_u64().unwrap_or(0) >= 2,
+        "the verified chunks stayed: {summary}"
+    );
+    assert!(
+        summary["chunks_sent"].as_u64().unwrap() < summary["chunks_total"].as_u64().unwrap(),
+        "only the missing chunks travelled: {summary}"
+    );
+    eprintln!(
+        "resumed: {} of {} chunks sent, {} skipped",
+        summary["chunks_sent"], summary["chunks_total"], summary["chunks_skipped"]
+    );
+    assert_eq!(receiver.wait(WAIT).code, 0);
+    assert_same_file(&file, &scratch.dir("out").join("resumed.bin"));
 }

@@ -190,6 +190,7 @@ fn send_through(
             streams: opts.transfer.streams.max(1),
             relays: relays.max(1),
             relay_costs: Vec::new(),
+            resume: earlier_session(opts),
         })
         .map_err(api_error)?;
     let session = created.session_id.clone();
@@ -203,6 +204,20 @@ fn send_through(
     // The sink (and with it the queue's sender) is gone with the engine: the reporter ends once it is empty.
     let _ = reporter.recv_timeout(CHUNK_FLUSH);
     result.map(drop)
+}
+
+/// The unfinished session of this file to this receiver in the state dir, to resume through the orchestrator
+/// (a state dir that cannot be read just means a new session; the engine reports that error itself).
+fn earlier_session(opts: &SendOptions) -> Option<String> {
+    trackshift_engine::sessions::resumable(
+        &opts.transfer.state_dir,
+        &opts.path,
+        &opts.to,
+        opts.chunk_size,
+    )
+    .ok()
+    .flatten()
+    .map(|id| id.to_hex())
 }
 
 /// The engine's events to the command line's output, and each verified chunk to the reporter.

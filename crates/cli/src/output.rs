@@ -261,7 +261,12 @@ fn receive_line(event: &Event) -> Option<String> {
                 Some(_) => "TCP and UDP".to_owned(),
                 None => "TCP".to_owned(),
             };
-            let mut line = format!("listening on {addr} ({paths}), certificate {fingerprint}");
+            let mut line = match addr {
+                Some(addr) => format!("listening on {addr} ({paths}), certificate {fingerprint}"),
+                None => format!(
+                    "receiving through relays (no listening port), certificate {fingerprint}"
+                ),
+            };
             if let Some(s) = secret {
                 line.push_str(&format!(
                     "\nsecret: {s}  (senders pass it with --secret or TRACKSHIFT_SECRET)"

@@ -118,7 +118,9 @@ pub enum Event {
     // ---- receive ----
     /// The receiver is up.
     Listening {
-        addr: String,
+        /// The listening port's address; None (JSON null) for a receiver served only through relays, which
+        /// has no listening port (`receive --orchestrator` without `--listen`).
+        addr: Option<String>,
         fingerprint: String,
         output_dir: String,
         /// The secret senders need, when the receiver generated it (or loaded the one it generated earlier).
@@ -257,6 +259,10 @@ pub struct ReceiveSummary {
     /// The DCSP figures (all null over TCP).
     #[serde(flatten)]
     pub dcsp: ReceiverFigures,
+    /// Through relays: the ids of the relays its connections were paired at and its datagrams came through,
+    /// over every connection of the session (absent when direct).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relays: Option<Vec<String>>,
 }
 
 /// What a receiver's DCSP connections counted, summed over the transfer's streams.

@@ -4,9 +4,10 @@ use std::path::Path;
 
 use serde::Serialize;
 use trackshift_proto::SessionId;
-use trackshift_storage::{SessionRecord, SessionStore, StateDir};
+use trackshift_storage::{FileSource, SessionRecord, SessionState, SessionStore, StateDir};
 
 use crate::error::EngineError;
+use crate::send::same_source;
 
 /// One session and how far it got.
 #[derive(Debug, Clone, Serialize)]
@@ -33,6 +34,22 @@ pub fn list(state_dir: &Path) -> Result<Vec<SessionView>, EngineError> {
         .into_iter()
         .map(|rec| describe(&store, rec))
         .collect()
+}
+
+/// The unfinished outgoing session of `file` to `to` that a send with `chunk_size` would resume (same size,
+/// modification time and chunk size), if any: `send --orchestrator` asks the orchestrator to resume it.
+pub fn resumable(
+    state_dir: &Path,
+    file: &Path,
+    to: &str,
+    chunk_size: u64,
+) -> Result<Option<SessionId>, EngineError> {
+    let source = FileSource::open(file)?;
+    let store = open(state_dir)?;
+    Ok(store
+        .find_outgoing(source.path(), to)?
+        .filter(|s| s.state != SessionState::Completed && same_source(s, &source, chunk_size))
+        .map(|s| s.id))
 }
 
 /// One session, by id.

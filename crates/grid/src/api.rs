@@ -163,6 +163,11 @@ pub struct CreateSession {
     /// What the sender measured to the relays it knows.
     #[serde(default)]
     pub relay_costs: Vec<RelayCost>,
+    /// An earlier session of this sender to this receiver that it resumes (its local state has the chunks
+    /// verified): if it is still pending or active and describes the same file, the answer is that session
+    /// (its id and current path) instead of a new one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume: Option<String>,
 }
 
 fn one() -> u8 {

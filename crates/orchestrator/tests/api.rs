@@ -224,6 +224,7 @@ fn receivers_register(server: &TestServer) {
 
 fn new_session(receiver: &str, relays: u8) -> CreateSession {
     CreateSession {
+        resume: None,
         receiver: receiver.into(),
         file_name: "big.bin".into(),
         file_size: 3 * 5_242_880 + 1,

@@ -26,7 +26,7 @@ use trackshift_storage::{
 };
 use trackshift_transport::{FrameReader, FrameWriter, ServerTls, TransportError};
 
-use super::dcsp_plane::UdpPlane;
+use super::dcsp_plane::{ConnRelays, UdpPlane};
 use super::dcsp_writer::{self, DcspFeed, DcspWriterMsg};
 use super::relayed::RelaySession;
 use super::tcp_writer::{self, TcpOp, TCP_WRITER_QUEUE};
@@ -570,7 +570,10 @@ impl<'a> Connection<'a> {
         let (msgs, rx) = dcsp_writer::writer_channel();
         let spare = crate::pool::SpareBufs::default();
         let mut stats = Vec::with_capacity(usize::from(streams));
-        let binds = self.relay.as_ref().map(|r| r.binds()).unwrap_or_default();
+        let relays = ConnRelays {
+            binds: self.relay.as_ref().map(|r| r.binds()).unwrap_or_default(),
+            used: self.relay.as_ref().map(|r| r.used.clone()),
+        };
         for s in 0..streams {
             let id = stream_conn_id(conn_id, s);
             let config = ReceiverConfig {
@@ -597,7 +600,7 @@ impl<'a> Connection<'a> {
                 msgs.clone(),
                 st.clone(),
                 spare.clone(),
-                binds.clone(),
+                relays.clone(),
             );
             stats.push(st);
         }
@@ -762,6 +765,7 @@ impl<'a> Connection<'a> {
             peer,
             bytes_received: t.bytes_now,
             dcsp: ReceiverFigures::of(udp.as_ref(), self.control_rtt),
+            relays: self.relay.as_ref().map(|r| r.used.ids()),
         };
         self.ctx
             .sink

@@ -17,7 +17,7 @@ use trackshift_udp::{steered_index, RecvBatch, UdpEndpoint};
 use super::dcsp_writer::DcspWriterMsg;
 use crate::pool::SpareBufs;
 use crate::relay::timers::BindTimer;
-use crate::relay::{bind_datagram, RelayBind, RelayNotice};
+use crate::relay::{bind_datagram, RelayBind, RelayNotice, UsedRelays};
 use crate::threads;
 use trackshift_grid::PeerRole;
 
@@ -40,6 +40,8 @@ enum PlaneCmd {
         /// Through relays: where to bind the connection id (every relay of the session's path, so the
         /// sender's streams find this receiver at whichever relay they use).
         binds: Vec<RelayBind>,
+        /// Through relays: where the relays its datagrams come through are noted.
+        used: Option<Arc<UsedRelays>>,
     },
     /// Forget a connection; its final counters are in its stats when `done` hears back.
     Unregister(u64, std_mpsc::Sender<()>),
@@ -111,7 +113,7 @@ impl UdpPlane {
         writer: std_mpsc::SyncSender<DcspWriterMsg>,
         stats: Arc<Mutex<ReceiverStats>>,
         spare: SpareBufs,
-        binds: Vec<RelayBind>,
+        relays: ConnRelays,
     ) {
         self.send(
             conn_id,
@@ -121,7 +123,8 @@ impl UdpPlane {
                 writer,
                 stats,
                 spare,
-                binds,
+                binds: relays.binds,
+                used: relays.used,
             },
         );
     }
@@ -192,8 +195,16 @@ impl EarlyDatagrams {
     }
 }
 
+/// Through relays: where a connection binds, and where to note the relays its datagrams came through.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ConnRelays {
+    pub(crate) binds: Vec<RelayBind>,
+    pub(crate) used: Option<Arc<UsedRelays>>,
+}
+
 struct Session {
     receiver: Box<DcspReceiver>,
+    used: Option<Arc<UsedRelays>>,
     spare: SpareBufs,
     writer: std_mpsc::SyncSender<DcspWriterMsg>,
     stats: Arc<Mutex<ReceiverStats>>,
@@ -261,6 +272,7 @@ impl Plane {
                     stats,
                     spare,
                     binds,
+                    used,
                 })) => {
                     let now = Instant::now();
                     self.binds.extend(binds.into_iter().map(|relay| Binding {
@@ -270,6 +282,7 @@ impl Plane {
                     }));
                     let mut s = Session {
                         receiver,
+                        used,
                         spare,
                         writer,
                         stats,
@@ -277,7 +290,7 @@ impl Plane {
                     };
                     for (from, mut datagram) in self.early.claim(conn_id) {
                         s.receiver.handle_datagram(now, from, &mut datagram);
-                        drain_events(&mut s);
+                        drain_events(&mut s, &self.binds, conn_id);
                     }
                     self.sessions.insert(conn_id, s);
                 }
@@ -320,7 +333,7 @@ impl Plane {
                         };
                         // Opened in place, in the receive buffer.
                         s.receiver.handle_datagram(now, from, datagram);
-                        drain_events(s);
+                        drain_events(s, &self.binds, id);
                     }
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
@@ -417,7 +430,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn drain_events(s: &mut Session) {
+/// The connection `conn_id`'s events: blocks to its writer; a new sender address noted as a relay used when it
+/// is one of the connection's relays.
+fn drain_events(s: &mut Session, binds: &[Binding], conn_id: u64) {
     while let Some(ev) = s.receiver.poll_event() {
         match ev {
             ReceiverEvent::Block {
@@ -444,11 +459,27 @@ fn drain_events(s: &mut Session) {
                     }
                 }
             }
-            ReceiverEvent::PathChanged { from, to } => match from {
-                Some(from) => tracing::info!("DCSP sender moved from {from} to {to}"),
-                None => tracing::debug!("DCSP sender at {to}"),
-            },
+            ReceiverEvent::PathChanged { from, to } => {
+                note_relay(s.used.as_deref(), binds, conn_id, to);
+                match from {
+                    Some(from) => tracing::info!("DCSP sender moved from {from} to {to}"),
+                    None => tracing::debug!("DCSP sender at {to}"),
+                }
+            }
         }
+    }
+}
+
+/// The relay at `addr`, if it is one `conn_id` binds at, goes into `used`.
+fn note_relay(used: Option<&UsedRelays>, binds: &[Binding], conn_id: u64, addr: SocketAddr) {
+    let Some(used) = used else {
+        return;
+    };
+    if let Some(b) = binds
+        .iter()
+        .find(|b| b.conn_id == conn_id && b.relay.addr == addr)
+    {
+        used.note(&b.relay.relay_id);
     }
 }
 

@@ -233,7 +233,7 @@ async fn set_up(
         }
     };
     sink.event(&Event::Listening {
-        addr: local.to_string(),
+        addr: listener.as_ref().map(|_| local.to_string()),
         fingerprint: identity.fingerprint(),
         output_dir: opts.output_dir.display().to_string(),
         secret: (generated || opts.secret.is_none()).then(|| secret.clone()),

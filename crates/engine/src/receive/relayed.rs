@@ -17,7 +17,9 @@ use trackshift_storage::SessionState;
 
 use super::{handle_conn, ConnOutcome, Ctx};
 use crate::relay::RECEIVER_ANSWER_WAIT;
-use crate::relay::{dial, udp_addr, DialError, PathUpdates, RelayBind, RelayHop, RelayPath};
+use crate::relay::{
+    dial, udp_addr, DialError, PathUpdates, RelayBind, RelayHop, RelayPath, UsedRelays,
+};
 
 /// After a waiting connection ended without a sender (the relay's own wait ran out, or it broke), a pause
 /// before the next, so a relay that answers at once cannot make the loop spin.
@@ -69,6 +71,8 @@ pub(super) struct RelaySession {
     pub(super) session_id: SessionId,
     /// Every relay of the session's latest path, where its DCSP connections bind.
     binds: Mutex<Vec<RelayBind>>,
+    /// The relays its connections were paired at and its datagrams came through, over every connection.
+    pub(super) used: Arc<UsedRelays>,
 }
 
 impl RelaySession {
@@ -173,6 +177,7 @@ fn serve_path(dialler: &Dialler, served: &mut HashMap<SessionId, Served>, path: 
         relay: Arc::new(RelaySession {
             session_id: path.session_id,
             binds: Mutex::new(Vec::new()),
+            used: Arc::default(),
         }),
         waiting: HashMap::new(),
         finished: watch::channel(false).0,
@@ -223,6 +228,7 @@ async fn wait_at(
         match dialled {
             Ok(tcp) => {
                 unreachable = UNREACHABLE_FIRST;
+                session.used.note(&hop.relay_id);
                 let peer = match tcp.peer_addr() {
                     Ok(p) => p,
                     Err(_) => continue,

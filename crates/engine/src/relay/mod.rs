@@ -223,6 +223,25 @@ pub(crate) struct RelayBind {
     pub(crate) token: String,
 }
 
+/// The relay ids that carried part of a session at the receiver, each once, in the order first seen (for the
+/// summary's `relays`).
+#[derive(Debug, Default)]
+pub(crate) struct UsedRelays(std::sync::Mutex<Vec<String>>);
+
+impl UsedRelays {
+    pub(crate) fn note(&self, relay_id: &str) {
+        if let Ok(mut ids) = self.0.lock() {
+            if !ids.iter().any(|id| id == relay_id) {
+                ids.push(relay_id.to_owned());
+            }
+        }
+    }
+
+    pub(crate) fn ids(&self) -> Vec<String> {
+        self.0.lock().map(|ids| ids.clone()).unwrap_or_default()
+    }
+}
+
 /// The `Bind` datagram for `conn_id` as `role`.
 pub(crate) fn bind_datagram(role: PeerRole, conn_id: u64, token: &str) -> Vec<u8> {
     RelayDatagram::Bind {

@@ -44,7 +44,8 @@ pub(crate) const PLANE_QUEUE_BYTES: u64 = 8 * 1024 * 1024;
 const PLANE_QUEUE_BLOCKS: (u64, u64) = (2, 16);
 /// Datagrams handed to the kernel in one batch.
 const SEND_BATCH: usize = 64;
-/// With no ACK at all this long after starting, UDP is taken to be blocked.
+/// With no ACK at all this long after starting, UDP is taken to be blocked (directly) or the stream's relay
+/// lost (through relays).
 pub(crate) const UDP_PROBE: Duration = Duration::from_secs(5);
 /// A receiver silent this long mid-transfer counts as gone (the control channel reconnects).
 const UDP_SILENCE: Duration = Duration::from_secs(60);
@@ -228,7 +229,7 @@ impl Planes {
 /// Why the data plane gave up.
 #[derive(Debug)]
 pub(crate) enum PlaneFailure {
-    /// No ACK ever: UDP is probably blocked on the way.
+    /// No ACK ever on a direct path: UDP is probably blocked on the way (through a relay: `RelayLost`).
     NoAnswer,
     /// The receiver went silent mid-transfer.
     Silent,
@@ -365,11 +366,22 @@ impl SendLoop {
         }
     }
 
-    /// No ACK ever (UDP blocked), or none for too long (the receiver is gone): the plane gives up.
+    /// No ACK ever (UDP blocked), or none for too long (the receiver is gone): the plane gives up. Through a
+    /// relay, no ACK ever means the relay is lost (it died before the stream's first ACK, or does not forward):
+    /// its streams move to the standby, since there is no direct TCP path to a receiver behind relays.
     fn check_peer(&mut self, now: Instant) -> Result<(), PlaneFailure> {
         let heard = self.sender.heard_from_peer();
         if !heard && now.duration_since(self.started) > UDP_PROBE {
-            return Err(PlaneFailure::NoAnswer);
+            return Err(match &self.relay {
+                Some(relay) => PlaneFailure::RelayLost {
+                    relay_id: relay.bind.relay_id.clone(),
+                    why: format!(
+                        "no acknowledgement came through it within {} s of the stream's start",
+                        UDP_PROBE.as_secs()
+                    ),
+                },
+                None => PlaneFailure::NoAnswer,
+            });
         }
         if heard && self.sender.silence(now) > UDP_SILENCE {
             return Err(PlaneFailure::Silent);

@@ -909,6 +909,14 @@ impl Sender {
 
 /// The session to send: the unfinished one of the same source and receiver (or the one to resume), if the source
 /// is unchanged, else a new one. True when the session is new.
+/// Whether `s` is a session of `source` as it is now (size, modification time) with `chunk_size`: one a send
+/// resumes.
+pub(crate) fn same_source(s: &OutgoingSession, source: &FileSource, chunk_size: u64) -> bool {
+    s.size == source.size()
+        && s.mtime_ns == i128::from(source.mtime_ns())
+        && s.chunk_size == chunk_size
+}
+
 fn find_session(
     store: &SessionStore,
     source: &FileSource,
@@ -921,11 +929,7 @@ fn find_session(
         Some(id) => store.outgoing(&id)?,
         None => store.find_outgoing(source.path(), &opts.to)?,
     };
-    let same_source = |s: &OutgoingSession| {
-        s.size == source.size()
-            && s.mtime_ns == i128::from(source.mtime_ns())
-            && s.chunk_size == opts.chunk_size
-    };
+    let same_source = |s: &OutgoingSession| same_source(s, source, opts.chunk_size);
     let now = trackshift_storage::unix_now();
     let (mut record, fresh) = match previous {
         Some(p) if p.state != SessionState::Completed && same_source(&p) => {

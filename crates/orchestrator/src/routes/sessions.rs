@@ -51,6 +51,10 @@ pub async fn create(
             body.receiver, body.receiver
         ))
     })?;
+    if let Some(resumed) = resumed(&state, &caller, &body).await? {
+        tracing::info!(session = %resumed.session_id, "session resumed");
+        return Ok(Json(resumed));
+    }
     let candidates = state.candidates().await?;
     let measured = Measured {
         sender: &body.relay_costs,
@@ -86,6 +90,33 @@ pub async fn create(
     Ok(Json(SessionCreated {
         session_id,
         path,
+        admission_key: state.verifier.public_hex(),
+    }))
+}
+
+/// The session `body.resume` names, with its current path, if it is the caller's, to the same receiver, of the
+/// same file and still open; None for a new session (an unknown, finished or different one is not an error:
+/// the sender's local state is what it resumes from, and a fresh session starts over).
+async fn resumed(
+    state: &AppState,
+    caller: &Caller,
+    body: &CreateSession,
+) -> Result<Option<SessionCreated>, ApiFailure> {
+    let Some(id) = &body.resume else {
+        return Ok(None);
+    };
+    let id = validate::session_id(id)?;
+    let Some(row) = state.store.session(&id).await? else {
+        return Ok(None);
+    };
+    let same = row.sender == caller.subject
+        && row.receiver == body.receiver
+        && row.file_size == body.file_size
+        && row.chunk_size == body.chunk_size
+        && matches!(row.state, SessionState::Pending | SessionState::Active);
+    Ok(same.then(|| SessionCreated {
+        session_id: row.session_id,
+        path: row.path,
         admission_key: state.verifier.public_hex(),
     }))
 }
