@@ -161,7 +161,7 @@ pub fn relay(
     (proc, ready)
 }
 
-/// The relay ids in a send summary's `relays`.
+/// The relay ids in a send or receive summary's `relays`.
 pub fn relays_of(summary: &Value) -> Vec<String> {
     summary["relays"]
         .as_array()

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use trackshift_grid::Role;
+use trackshift_scenarios::grid::relays_of;
 use trackshift_scenarios::{assert_same_file, random_file, run, trackshift, Proc, Scratch};
 
 const SECRET: &str = "grid e2e secret";
@@ -170,17 +171,6 @@ impl Orchestrator {
         args.extend(extra.iter().map(|s| s.to_string()));
         Proc::spawn("sender", trackshift(args))
     }
-}
-
-fn relays_of(summary: &Value) -> Vec<String> {
-    summary["relays"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// A file with `marker` written into it again and again.
