@@ -40,6 +40,7 @@ fn session(server: &TestServer, chunks: u64) -> String {
         streams: 1,
         relays: 1,
         relay_costs: Vec::new(),
+        resume: None,
     };
     server
         .client(Role::Sender, "alice")
