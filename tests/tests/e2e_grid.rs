@@ -149,26 +149,38 @@ impl Orchestrator {
 
     /// `trackshift send FILE --to NAME --orchestrator …`, started.
     fn sender(&self, scratch: &Scratch, file: &Path, to: &str, extra: &[&str]) -> Proc {
+        let file = file.to_str().unwrap();
+        let send = ["send", file, "--to", to, "--chunk-size", "5MiB"];
+        self.outgoing(scratch, &send, extra)
+    }
+
+    /// `trackshift resume ID --orchestrator …`, started.
+    fn resumer(&self, scratch: &Scratch, session_id: &str) -> Proc {
+        self.outgoing(scratch, &["resume", session_id], &[])
+    }
+
+    /// `command` (`send …` or `resume …`) with the grid's flags, the secret, the sender's state dir and
+    /// `extra`, started.
+    fn outgoing(&self, scratch: &Scratch, command: &[&str], extra: &[&str]) -> Proc {
         let token = self.token(Role::Sender, "alice");
         let state = scratch.dir("send-state");
-        let mut args = vec![
-            "send".to_owned(),
-            file.to_str().unwrap().to_owned(),
-            "--to".into(),
-            to.into(),
-            "--orchestrator".into(),
-            self.url.clone(),
-            "--token".into(),
-            token,
-            "--secret".into(),
-            SECRET.into(),
-            "--state-dir".into(),
-            state.to_str().unwrap().to_owned(),
-            "--chunk-size".into(),
-            "5MiB".into(),
-            "--json".into(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut args: Vec<String> = command.iter().map(|s| s.to_string()).collect();
+        for flag in [
+            "--orchestrator",
+            &self.url,
+            "--token",
+            &token,
+            "--secret",
+            SECRET,
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--json",
+        ]
+        .iter()
+        .chain(extra)
+        {
+            args.push(flag.to_string());
+        }
         Proc::spawn("sender", trackshift(args))
     }
 }
@@ -428,26 +440,32 @@ fn a_stream_whose_relay_is_dead_before_its_first_ack_moves_to_the_standby() {
     drop(hole);
 }
 
-/// The sender is killed once 10 MiB of 40 MiB verified; `send` run again resumes through the relay: the
-/// same session, and only the chunks not verified travel.
-#[test]
-fn a_killed_sender_resumes_through_the_relay() {
-    let scratch = Scratch::new("grid-resume");
+/// The sender is killed once 10 MiB of 40 MiB verified; `send` run again (or `resume ID`, with `by_id`)
+/// resumes through the relay: the same session, and only the chunks not verified travel.
+fn killed_sender_resumes(test: &str, by_id: bool) {
+    let scratch = Scratch::new(test);
     let orch = Orchestrator::start(&scratch.dir("orch"));
-    let _relay = orch.relay("grid5-r1", None);
-    let mut receiver = orch.receiver(&scratch, "grid5-rx");
+    let _relay = orch.relay(&format!("{test}-r1"), None);
+    let name = format!("{test}-rx");
+    let mut receiver = orch.receiver(&scratch, &name);
     let file = random_file(&scratch.file("resumed.bin"), 40 << 20, 5);
     let args = ["--streams", "1", "--max-rate", "20MB/s"];
-    let mut first = orch.sender(&scratch, &file, "grid5-rx", &args);
+    let mut first = orch.sender(&scratch, &file, &name, &args);
     let start = first.wait_event("start", WAIT, |v| v["event"] == "start");
     first.wait_event("10 MiB verified", WAIT, |v| {
         v["event"] == "progress" && v["bytes_done"].as_u64().unwrap_or(0) >= 10 << 20
     });
     first.kill();
-    let out = orch.sender(&scratch, &file, "grid5-rx", &[]).wait(WAIT);
-    assert_eq!(out.code, 0, "the second send failed: {}", out.stderr);
+    let mut again = if by_id {
+        orch.resumer(&scratch, start["session_id"].as_str().unwrap())
+    } else {
+        orch.sender(&scratch, &file, &name, &[])
+    };
+    let out = again.wait(WAIT);
+    assert_eq!(out.code, 0, "the second run failed: {}", out.stderr);
     let summary = out.summary();
     assert_eq!(summary["session_id"], start["session_id"], "{summary}");
+    assert_eq!(relays_of(summary), [format!("{test}-r1")], "{summary}");
     assert!(
         summary["chunks_skipped"].as_u64().unwrap_or(0) >= 2,
         "the verified chunks stayed: {summary}"
@@ -462,4 +480,14 @@ fn a_killed_sender_resumes_through_the_relay() {
     );
     assert_eq!(receiver.wait(WAIT).code, 0);
     assert_same_file(&file, &scratch.dir("out").join("resumed.bin"));
+}
+
+#[test]
+fn a_killed_sender_resumes_through_the_relay() {
+    killed_sender_resumes("grid5", false);
+}
+
+#[test]
+fn trackshift_resume_goes_through_the_relay() {
+    killed_sender_resumes("grid6", true);
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use clap::Args;
 use trackshift_engine::{
     EngineError, Event, EventSink, PathSender, PathUpdates, ReceiveOptions, RelayFeed, RelayHop,
-    RelayPath, RelayRoute, SendOptions, SessionId,
+    RelayPath, RelayRoute, SendOptions, SessionId, TransferOptions,
 };
 use trackshift_grid::api::{
     ChunkStatus, CreateSession, PathRelay, PathReport, ReceiverRegistration, SessionPath,
@@ -48,6 +48,16 @@ pub(crate) struct GridArgs {
     /// Trust this CA certificate (PEM) for the orchestrator's HTTPS
     #[arg(long, value_name = "FILE")]
     orchestrator_ca: Option<PathBuf>,
+}
+
+/// `send`'s and `resume`'s flags on the grid: the orchestrator, and how many relays a transfer takes.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct GridSendArgs {
+    /// With --orchestrator: stripe the transfer's streams over this many relays
+    #[arg(long, default_value = "1", value_parser = clap::value_parser!(u8).range(1..=16), value_name = "N")]
+    relays: u8,
+    #[command(flatten)]
+    grid: GridArgs,
 }
 
 impl GridArgs {
@@ -149,11 +159,29 @@ impl PathUpdates for Orchestrated {
 /// the chunks verified reported as they come. `None` without `--orchestrator` (a direct send).
 pub(crate) fn send(
     mut opts: SendOptions,
-    grid: &GridArgs,
-    relays: u8,
+    grid: &GridSendArgs,
     out: Arc<dyn Output>,
 ) -> Option<Result<(), EngineError>> {
-    with_client(grid, |client| send_through(&mut opts, client, relays, out))
+    with_client(&grid.grid, |client| {
+        send_through(&mut opts, client, grid.relays, out)
+    })
+}
+
+/// `resume ID` of an outgoing session through the grid: the session's file and receiver from the state dir,
+/// sent as `send` sends them (the orchestrator hands back the same session); `None` without `--orchestrator`.
+pub(crate) fn resume(
+    id: SessionId,
+    transfer: TransferOptions,
+    grid: &GridSendArgs,
+    out: Arc<dyn Output>,
+) -> Option<Result<(), EngineError>> {
+    with_client(
+        &grid.grid,
+        |client| match trackshift_engine::resume_options(id, transfer, out.clone())? {
+            Some(mut opts) => send_through(&mut opts, client, grid.relays, out),
+            None => Ok(()),
+        },
+    )
 }
 
 /// `f` with the orchestrator's client; `None` without `--orchestrator`.

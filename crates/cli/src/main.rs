@@ -189,11 +189,8 @@ struct SendArgs {
     /// The receiver, HOST:PORT; with --orchestrator, its registered name
     #[arg(long, value_name = "HOST:PORT|NAME")]
     to: String,
-    /// With --orchestrator: stripe the transfer's streams over this many relays
-    #[arg(long, default_value = "1", value_parser = clap::value_parser!(u8).range(1..=16), value_name = "N")]
-    relays: u8,
     #[command(flatten)]
-    grid: grid::GridArgs,
+    grid: grid::GridSendArgs,
     /// Chunk size: the unit of verification and resume (5MiB to 200MiB)
     #[arg(long, value_parser = chunk_size, default_value = "50MiB", value_name = "SIZE")]
     chunk_size: u64,
@@ -244,6 +241,9 @@ struct ReceiveArgs {
 struct ResumeArgs {
     /// The session id, as `trackshift list` shows it
     session_id: SessionId,
+    /// A session sent through the grid resumes through it (the same flags as `send`'s)
+    #[command(flatten)]
+    grid: grid::GridSendArgs,
     #[command(flatten)]
     transfer: TransferArgs,
     #[command(flatten)]
@@ -308,15 +308,17 @@ fn run(cli: Cli) -> Result<(), (EngineError, Option<Arc<dyn Output>>)> {
                 transfer: a.transfer.into_options(state_dir),
                 relay: None,
             };
-            grid::send(opts.clone(), &a.grid, a.relays, reporter.clone())
+            grid::send(opts.clone(), &a.grid, reporter.clone())
                 .unwrap_or_else(|| trackshift_engine::send(opts, reporter.clone()).map(drop))
                 .map_err(|e| (e, Some(reporter)))
         }
         Command::Resume(a) => {
             let (reporter, state_dir) = setup(&a.common);
             let transfer = a.transfer.into_options(state_dir);
-            trackshift_engine::resume(a.session_id, transfer, reporter.clone())
-                .map(drop)
+            grid::resume(a.session_id, transfer.clone(), &a.grid, reporter.clone())
+                .unwrap_or_else(|| {
+                    trackshift_engine::resume(a.session_id, transfer, reporter.clone()).map(drop)
+                })
                 .map_err(|e| (e, Some(reporter)))
         }
         Command::Receive(a) => {

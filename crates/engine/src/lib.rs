@@ -43,7 +43,7 @@ pub use receive::{
     VerifyMode,
 };
 pub use relay::{PathUpdates, RelayHop, RelayPath, RelayRoute};
-pub use send::{resume, send, RateCap, SendOptions, SendReport, TransferOptions};
+pub use send::{resume, resume_options, send, RateCap, SendOptions, SendReport, TransferOptions};
 pub use trackshift_dcsp::ParityMode;
 pub use trackshift_proto::compress::CompressMode;
 pub use trackshift_proto::frame::PROTOCOL_VERSION;

@@ -106,6 +106,22 @@ pub fn resume(
     transfer: TransferOptions,
     sink: Arc<dyn EventSink>,
 ) -> Result<Option<SendReport>, EngineError> {
+    let Some(opts) = resume_options(id, transfer, sink.clone())? else {
+        return Ok(None);
+    };
+    crate::runtime()?
+        .block_on(run(opts, Some(id), sink))
+        .map(Some)
+}
+
+/// What resuming the outgoing session `id` sends (its file, receiver, chunk size and compression, with
+/// `transfer`), for a caller that sends it another way (through the grid's relays, say); `None` after an
+/// [`Event::AlreadyCompleted`] when the session had finished.
+pub fn resume_options(
+    id: SessionId,
+    transfer: TransferOptions,
+    sink: Arc<dyn EventSink>,
+) -> Result<Option<SendOptions>, EngineError> {
     let store = SessionStore::open(&StateDir::open(&transfer.state_dir)?)?;
     let rec = store.outgoing(&id)?.ok_or_else(|| {
         EngineError::BadInput(format!(
@@ -120,17 +136,14 @@ pub fn resume(
         });
         return Ok(None);
     }
-    let opts = SendOptions {
+    Ok(Some(SendOptions {
         path: rec.source.clone(),
         to: rec.to.clone(),
         chunk_size: rec.chunk_size,
         compress: CompressMode::from_name(&rec.compress),
         transfer,
         relay: None,
-    };
-    crate::runtime()?
-        .block_on(run(opts, Some(rec.id), sink))
-        .map(Some)
+    }))
 }
 
 async fn run(
