@@ -12,6 +12,7 @@
 //! store at each end is what resumes a transfer; the orchestrator's chunk map is the grid's view of it).
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::any::{install_default_drivers, AnyPoolOptions, AnyRow};
@@ -79,6 +80,8 @@ pub enum Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// SQLite's chunk updates take turns here (see [`Store::sqlite_chunk_turn`]); shared by the clones.
+    chunk_turn: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// A session as stored.
@@ -183,7 +186,11 @@ impl Store {
                 url: redact(url),
                 source,
             })?;
-        let store = Self { pool, backend };
+        let store = Self {
+            pool,
+            backend,
+            chunk_turn: Arc::default(),
+        };
         store.migrate().await?;
         Ok(store)
     }
@@ -403,12 +410,12 @@ impl Store {
     /// On SQLite, chunk updates take turns in this process before they write. SQLite has one writer at a time
     /// anyway, and a writer that finds the lock taken sleeps in SQLite's busy handler (1, 2, 5, 10, 15, 20, 25
     /// ms ... between tries), which put ~35 ms on the slowest 1% of updates at 1,000/s (bench/api-load.sh;
-    /// 8-10 ms with this queue): a queue in front of it wakes each one as soon as the one before finished. PostgreSQL updates of different
-    /// sessions go on at once, so there it is `None`.
-    async fn sqlite_chunk_turn(&self) -> Option<tokio::sync::MutexGuard<'static, ()>> {
-        static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    /// 8-10 ms with this queue): a queue in front of it wakes each one as soon as the one before finished.
+    /// The queue is this store's (one database), not the process's. PostgreSQL updates of different sessions
+    /// go on at once, so there it is `None`.
+    async fn sqlite_chunk_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
         match self.backend {
-            Backend::Sqlite => Some(TURN.lock().await),
+            Backend::Sqlite => Some(self.chunk_turn.lock().await),
             Backend::Postgres => None,
         }
     }
